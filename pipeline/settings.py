@@ -1,0 +1,159 @@
+"""One settings object for the whole product, read from ``JW_*`` environment variables.
+
+It is built once at the entry point and passed down; nothing below reads the environment.
+The reference table in docs/settings.md is generated from this class and checked in CI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class Settings(BaseSettings):
+    """journeywatch settings. Every field is also the environment variable ``JW_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="JW_", extra="ignore", frozen=True)
+
+    # --- Kafka -----------------------------------------------------------------------------
+    broker_url: str | None = Field(
+        default=None,
+        description="Kafka bootstrap servers, e.g. `kafka:9092` or `host1:9092,host2:9092`. "
+        "Unset: `journeywatch run` starts the embedded Kafka-protocol broker.",
+    )
+    embedded_broker_port: int = Field(
+        default=19092, description="Port of the embedded broker on 127.0.0.1 (when started)."
+    )
+    topic_prefix: str = Field(default="", description="Prefix for every topic name.")
+    partitions: int = Field(
+        default=4,
+        ge=1,
+        description="Partition count of every journeywatch topic; the ceiling of worker "
+        "parallelism. Choose it up front: stateful topics cannot simply be repartitioned.",
+    )
+    replication_factor: int = Field(default=1, ge=1, description="Replication factor of topics.")
+    consumer_session_timeout_s: float = Field(
+        default=10.0, gt=0, description="Consumer-group session time-out (embedded: 3 s)."
+    )
+    consumer_heartbeat_s: float = Field(
+        default=3.0, gt=0, description="Consumer heartbeat interval (embedded: 0.5 s)."
+    )
+    consumer_rebalance_timeout_s: float = Field(
+        default=60.0, gt=0, description="Consumer rebalance time-out (embedded: 3 s)."
+    )
+
+    # --- ClickHouse ------------------------------------------------------------------------
+    clickhouse_dsn: str = Field(
+        default="chdb:var/clickhouse",
+        description="`chdb:relative/dir` or `chdb:///abs/dir` for the embedded, in-process "
+        "ClickHouse; `http(s)://user:password@host:8123` for a ClickHouse server. "
+        "(`chdb://x/y` would mean location `x`, database `y`: avoid.)",
+    )
+    clickhouse_database: str = Field(
+        default="journeywatch", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Database name."
+    )
+    touchpoint_retention_days: int = Field(
+        default=395, ge=1, description="Days of raw touchpoints kept in ClickHouse (TTL)."
+    )
+    sink_batch_size: int = Field(
+        default=5000, ge=1, description="Most rows a sink writes to ClickHouse in one insert."
+    )
+    sink_batch_seconds: float = Field(
+        default=0.5, gt=0, description="Longest a sink waits to fill a batch before writing."
+    )
+
+    # --- Processing ------------------------------------------------------------------------
+    ingest_batch_size: int = Field(default=1000, ge=1, description="Events per ingest batch.")
+    ingest_batch_seconds: float = Field(
+        default=0.05, gt=0, description="Longest the ingest agent waits to fill a batch."
+    )
+    workers: int = Field(
+        default=1, ge=1, description="Faust worker processes started by `journeywatch run`."
+    )
+    data_dir: Path = Field(
+        default=Path("var"), description="Where workers keep local state (tables, logs)."
+    )
+
+    # --- HTTP ------------------------------------------------------------------------------
+    web_host: str = Field(default="127.0.0.1", description="Interface the web servers bind.")
+    status_port: int = Field(
+        default=8080,
+        description="Port of the sink process: status page, /api, /metrics, /livez, /readyz.",
+    )
+    worker_web_port: int = Field(
+        default=6066,
+        description="First port of the workers' /metrics, /livez, /readyz (one port each).",
+    )
+
+    # --- Simulator (embedded run) ----------------------------------------------------------
+    simulate_rate: float = Field(
+        default=50.0, ge=0, description="Events per second the embedded simulator produces."
+    )
+    simulate_seed: int = Field(default=1, description="Seed of the embedded simulator.")
+
+    # --- Security --------------------------------------------------------------------------
+    pii_hash_key: SecretStr | None = Field(
+        default=None,
+        description="Key of the HMAC that hashes e-mail addresses and phone numbers. Required "
+        "in production; `journeywatch run` creates a random one under data_dir when unset.",
+    )
+
+    # --- Logging ---------------------------------------------------------------------------
+    log_level: LogLevel = Field(default="WARNING", description="Log level (structured JSON).")
+
+    @field_validator("clickhouse_dsn")
+    @classmethod
+    def _known_dsn(cls, value: str) -> str:
+        if not value.startswith(("chdb:", "http://", "https://")):
+            raise ValueError("clickhouse_dsn must start with chdb:, http:// or https://")
+        if value.startswith("chdb://") and not value.startswith("chdb:///"):
+            raise ValueError(
+                "chdb://x/y is read as location x, database y; write chdb:relative/dir or "
+                "chdb:///absolute/dir"
+            )
+        return value
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url is None
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return self.clickhouse_dsn.startswith("chdb:")
+
+    def topic(self, name: str) -> str:
+        """The full name of one of journeywatch's topics."""
+        return f"{self.topic_prefix}{name}"
+
+
+def embedded_profile(settings: Settings, broker_url: str) -> Settings:
+    """The settings an embedded run hands to its child processes.
+
+    Short consumer-group time-outs: the embedded broker makes a join wait about half the
+    session time-out.
+    """
+    return settings.model_copy(
+        update={
+            "broker_url": broker_url,
+            "consumer_session_timeout_s": min(settings.consumer_session_timeout_s, 3.0),
+            "consumer_heartbeat_s": min(settings.consumer_heartbeat_s, 0.5),
+            "consumer_rebalance_timeout_s": min(settings.consumer_rebalance_timeout_s, 3.0),
+        }
+    )
+
+
+def to_environment(settings: Settings) -> dict[str, str]:
+    """Settings as ``JW_*`` variables, to hand to a child process."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"JW_{name.upper()}"] = str(value)
+    return env

@@ -1,0 +1,1 @@
+"""Adapters that keep what the pipeline knows: ClickHouse tables and Prometheus metrics."""

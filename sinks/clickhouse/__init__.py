@@ -1,0 +1,1 @@
+"""ClickHouse: connection, migrations, batched idempotent writes, read queries."""

@@ -1,0 +1,25 @@
+"""Read queries behind the status page and the JSON API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+
+def pipeline_stats(client: Client, database: str) -> dict[str, Any]:
+    """Row counts of the fact tables, touchpoints by channel and failures by reason."""
+    by_channel = dict(
+        client.query(f"SELECT channel, count() FROM {database}.touchpoints GROUP BY channel").result_rows
+    )
+    by_reason = dict(
+        client.query(f"SELECT reason, count() FROM {database}.failed_events GROUP BY reason").result_rows
+    )
+    latest = client.query(f"SELECT max(occurred_at) FROM {database}.touchpoints").result_rows[0][0]
+    return {
+        "touchpoints": sum(by_channel.values()),
+        "failed_events": sum(by_reason.values()),
+        "touchpoints_by_channel": by_channel,
+        "failed_events_by_reason": by_reason,
+        "latest_occurred_at": latest.isoformat() if by_channel else None,
+    }

@@ -1,0 +1,1 @@
+"""The stream-processing adapters: Faust app and agents, Kafka topics, web, CLI, runtime."""

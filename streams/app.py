@@ -1,0 +1,68 @@
+"""The Faust application: one factory, two roles.
+
+* ``worker``: the processing agents (ingest today; the journey engine plugs in here);
+* ``sink``: the ClickHouse sink agents. In the embedded mode exactly one process may open the
+  chdb directory, so the sink role owns it and also serves the status page and the read API.
+
+Both serve ``/livez``, ``/readyz`` and ``/metrics`` on their Faust web server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import faust
+
+from pipeline.settings import Settings
+from sinks.metrics import set_worker_info
+from streams import web
+from streams.topics import faust_broker_url
+
+Role = Literal["worker", "sink"]
+
+
+@dataclass
+class Readiness:
+    """What /readyz reports: every check must be true."""
+
+    checks: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.checks) and all(self.checks.values())
+
+
+def create_app(settings: Settings, role: Role, index: int = 0) -> tuple[faust.App, Readiness]:
+    app_id = "journeywatch" if role == "worker" else "journeywatch-sink"
+    port = settings.worker_web_port + index if role == "worker" else settings.status_port
+    app = faust.App(
+        app_id,
+        broker=faust_broker_url(settings),
+        store="memory://",
+        processing_guarantee="at_least_once",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.consumer_session_timeout_s,
+        broker_heartbeat_interval=settings.consumer_heartbeat_s,
+        broker_rebalance_timeout=settings.consumer_rebalance_timeout_s,
+        broker_commit_interval=1.0,
+        producer_linger_ms=5,
+        web_enabled=True,
+        web_bind=settings.web_host,
+        web_port=port,
+        web_in_thread=False,
+        datadir=str(settings.data_dir / f"faust-{role}-{index}"),
+    )
+    readiness = Readiness(checks={"partitions_assigned": False})
+
+    @app.on_rebalance_complete.connect
+    async def _assigned(sender: faust.App, **kwargs: object) -> None:
+        readiness.checks["partitions_assigned"] = True
+
+    set_worker_info(role)
+    web.register_health(app, readiness)
+    return app, readiness

@@ -1,0 +1,135 @@
+"""The ``journeywatch`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+from pydantic import ValidationError
+
+from pipeline.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [
+            f"  JW_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        ]
+        raise click.ClickException("invalid settings:\n" + "\n".join(lines)) from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="journeywatch")
+def main() -> None:
+    """journeywatch: real-time customer-experience monitor.
+
+    Settings come from JW_* environment variables (see docs/settings.md).
+    """
+
+
+@main.command()
+def run() -> None:
+    """Start the whole product on this machine (embedded broker and ClickHouse by default)."""
+    from streams.logs import setup_logging
+    from streams.runtime import run as run_runtime
+
+    settings = _settings()
+    setup_logging(settings.log_level)
+    sys.exit(run_runtime(settings))
+
+
+@main.command()
+@click.option("--index", default=0, show_default=True, help="Worker number (sets its web port).")
+def worker(index: int) -> None:
+    """Run one Faust worker with the processing agents (needs JW_BROKER_URL)."""
+    from streams.roles import run_worker
+
+    settings = _settings()
+    if settings.broker_url is None:
+        raise click.ClickException("JW_BROKER_URL is not set: a worker needs a Kafka broker")
+    run_worker(settings, index)
+
+
+@main.command()
+def sink() -> None:
+    """Run the ClickHouse sink (owns ClickHouse; serves the status page and the API)."""
+    from streams.roles import run_sink
+
+    settings = _settings()
+    if settings.broker_url is None:
+        raise click.ClickException("JW_BROKER_URL is not set: the sink needs a Kafka broker")
+    run_sink(settings)
+
+
+@main.command()
+def migrate() -> None:
+    """Apply the ClickHouse migrations to JW_CLICKHOUSE_DSN (idempotent)."""
+    from sinks.clickhouse.client import connect, redact_dsn
+    from sinks.clickhouse.migrations import apply_migrations
+
+    settings = _settings()
+    client = connect(settings.clickhouse_dsn)
+    applied = apply_migrations(
+        client, settings.clickhouse_database, settings.touchpoint_retention_days
+    )
+    target = f"{redact_dsn(settings.clickhouse_dsn)} ({settings.clickhouse_database})"
+    if applied:
+        for migration in applied:
+            click.echo(f"applied {migration.version:04d}_{migration.name}")
+    click.echo(f"{target} is up to date")
+
+
+@main.command()
+def topics() -> None:
+    """Create journeywatch's Kafka topics on JW_BROKER_URL (idempotent)."""
+    from streams.topics import ensure_topics
+
+    settings = _settings()
+    for name, topic_id in ensure_topics(settings).items():
+        click.echo(f"{name}\t{settings.partitions} partitions\t{topic_id}")
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), help="Write to this file.")
+def schema(out: Path | None) -> None:
+    """Print the JSON Schema of the touchpoint event contract."""
+    from pipeline.contract import event_json_schema
+
+    text = json.dumps(event_json_schema(), indent=2, sort_keys=True) + "\n"
+    if out:
+        out.write_text(text)
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command()
+@click.option("--rate", type=float, default=100.0, show_default=True, help="Events per second.")
+@click.option("--count", type=int, default=None, help="Stop after this many events.")
+@click.option("--seed", type=int, default=1, show_default=True)
+def simulate(rate: float, count: int | None, seed: int) -> None:
+    """Produce simulated touchpoints to touchpoints.raw on JW_BROKER_URL."""
+    from streams.producer import SimulatorThread
+
+    settings = _settings()
+    if settings.broker_url is None:
+        raise click.ClickException("JW_BROKER_URL is not set")
+    thread = SimulatorThread(settings, rate, seed, limit=count)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        thread.stop()
+        thread.join()
+    if thread.error:
+        raise click.ClickException(f"simulator stopped: {thread.error}")
+    click.echo(f"produced {thread.produced} events")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Child processes that cannot outlive the process that started them."""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import sys
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def child_process_options() -> dict[str, Any]:
+    """Popen options: own session (Ctrl-C reaches only the supervisor, which stops children in
+    order) and, on Linux, SIGTERM to the child when its parent dies."""
+    options: dict[str, Any] = {"start_new_session": True}
+    if sys.platform.startswith("linux"):
+        options["preexec_fn"] = _die_with_parent
+    return options

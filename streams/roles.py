@@ -1,0 +1,43 @@
+"""Start one journeywatch process role (worker or sink) as a Faust worker."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+from faust.worker import Worker
+
+from pipeline.settings import Settings
+from streams.app import create_app
+from streams.ingest import register_ingest
+from streams.logs import logging_config
+from streams.topics import ensure_topics
+
+
+def _run_worker(app: object, settings: Settings) -> NoReturn:
+    worker = Worker(
+        app,  # type: ignore[arg-type]
+        loglevel=settings.log_level,
+        logging_config=logging_config(settings.log_level),
+        quiet=True,
+        redirect_stdouts=False,
+        override_logging=True,
+    )
+    worker.execute_from_commandline()
+
+
+def run_worker(settings: Settings, index: int = 0) -> NoReturn:
+    ensure_topics(settings)
+    app, _ = create_app(settings, "worker", index)
+    register_ingest(app, settings)
+    _run_worker(app, settings)
+
+
+def run_sink(settings: Settings) -> NoReturn:
+    from streams.sink import SinkRole
+
+    topic_ids = ensure_topics(settings)
+    app, readiness = create_app(settings, "sink")
+    role = SinkRole(app, settings, readiness, topic_ids)
+    role.migrate()
+    role.register()
+    _run_worker(app, settings)

@@ -1,0 +1,248 @@
+"""``journeywatch run``: the whole product on one machine.
+
+Starts, in order: the embedded broker (unless ``JW_BROKER_URL`` names one), the topics, the
+sink process (owns ClickHouse, applies migrations, serves the status page), the Faust worker
+processes and the simulator. Waits until every process is ready, prints where to look, and
+on Ctrl-C or SIGTERM stops everything in reverse order, the broker last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from pydantic import SecretStr
+
+from pipeline.settings import Settings, embedded_profile, to_environment
+from streams.broker import EmbeddedBroker
+from streams.process import child_process_options
+from streams.producer import SimulatorThread
+from streams.topics import ensure_topics
+
+
+class RuntimeErrorExit(RuntimeError):
+    """The runtime could not start; the message tells the user what to do."""
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    ready_url: str
+    log_path: Path
+    log_file: IO[bytes]
+
+
+def http_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+    except (urllib.error.URLError, OSError, ValueError):
+        return 0, None
+
+
+def ensure_pii_key(settings: Settings) -> Settings:
+    """An embedded run without ``JW_PII_HASH_KEY`` gets a random key kept under data_dir."""
+    if settings.pii_hash_key is not None:
+        return settings
+    key_file = settings.data_dir / "pii-hash.key"
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(secrets.token_hex(32))
+        key_file.chmod(0o600)
+    key = SecretStr(key_file.read_text().strip())
+    return settings.model_copy(update={"pii_hash_key": key})
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class EmbeddedRuntime:
+    def __init__(self, settings: Settings, out: IO[str] = sys.stdout) -> None:
+        self.settings = settings
+        self.out = out
+        self.broker: EmbeddedBroker | None = None
+        self.children: list[Child] = []
+        self.simulator: SimulatorThread | None = None
+        self._stop = threading.Event()
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    # --- start ----------------------------------------------------------------------------
+    def start(self) -> None:
+        settings = ensure_pii_key(self.settings)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir = settings.data_dir / "logs"
+        self.log_dir.mkdir(exist_ok=True)
+        if settings.embedded_broker:
+            self.broker = EmbeddedBroker(settings.embedded_broker_port, self.log_dir / "broker.log")
+            self.broker.start()
+            settings = embedded_profile(settings, self.broker.url)
+        self.settings = settings
+        ensure_topics(settings)
+        sink_base = f"http://127.0.0.1:{settings.status_port}"
+        self._spawn("sink", ["sink"], f"{sink_base}/readyz")
+        for index in range(settings.workers):
+            port = settings.worker_web_port + index
+            self._spawn(
+                f"worker-{index}",
+                ["worker", "--index", str(index)],
+                f"http://127.0.0.1:{port}/readyz",
+            )
+        self._wait_ready(timeout_s=180.0)
+        if settings.simulate_rate > 0:
+            self.simulator = SimulatorThread(settings, settings.simulate_rate, settings.simulate_seed)
+            self.simulator.start()
+
+    def _spawn(self, name: str, args: list[str], ready_url: str) -> None:
+        env = {**os.environ, **to_environment(self.settings), "PYTHONUNBUFFERED": "1"}
+        log_path = self.log_dir / f"{name}.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", *args],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            **child_process_options(),
+        )
+        self.children.append(Child(name, process, ready_url, log_path, log_file))
+
+    def _check_children(self) -> None:
+        for child in self.children:
+            code = child.process.poll()
+            if code is not None:
+                raise RuntimeErrorExit(
+                    f"the {child.name} process exited with code {code}. Last lines of "
+                    f"{child.log_path}:\n{_tail(child.log_path)}"
+                )
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = list(self.children)
+        while pending:
+            self._check_children()
+            if self._stop.is_set():
+                return
+            pending = [c for c in pending if http_json(c.ready_url)[0] != 200]
+            if pending and time.monotonic() > deadline:
+                names = ", ".join(c.name for c in pending)
+                raise RuntimeErrorExit(f"not ready after {timeout_s:.0f} s: {names}; see {self.log_dir}")
+            self._stop.wait(0.25)
+
+    def banner(self) -> str:
+        s = self.settings
+        base = f"http://127.0.0.1:{s.status_port}"
+        workers = ", ".join(
+            f"http://127.0.0.1:{s.worker_web_port + i}/metrics" for i in range(s.workers)
+        )
+        broker = f"{s.broker_url} (embedded, in memory)" if self.broker else str(s.broker_url)
+        return "\n".join(
+            [
+                "journeywatch is running.",
+                f"  Status page   {base}/",
+                f"  Stats (JSON)  {base}/api/v1/stats",
+                f"  Metrics       {base}/metrics (sink); {workers}",
+                f"  Health        {base}/livez  {base}/readyz",
+                f"  Kafka         {broker}",
+                f"  ClickHouse    {s.clickhouse_dsn} database {s.clickhouse_database}",
+                f"  Simulator     {s.simulate_rate:g} events/s into {s.topic('touchpoints.raw')}",
+                f"  Logs          {self.log_dir}/",
+                "Press Ctrl-C to stop.",
+            ]
+        )
+
+    # --- run ------------------------------------------------------------------------------
+    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        self._stop.set()
+
+    def watch(self, report_every_s: float = 10.0) -> None:
+        """Until asked to stop: check the processes, report the ClickHouse row counts."""
+        stats_url = f"http://127.0.0.1:{self.settings.status_port}/api/v1/stats"
+        last_report = 0.0
+        previous = 0
+        while not self._stop.is_set():
+            self._check_children()
+            if self.simulator and self.simulator.error:
+                raise RuntimeErrorExit(f"the simulator stopped: {self.simulator.error}")
+            if time.monotonic() - last_report >= report_every_s:
+                last_report = time.monotonic()
+                status, stats = http_json(stats_url)
+                if status == 200 and stats:
+                    rows = int(stats["touchpoints"])
+                    self.say(
+                        f"ClickHouse: {rows:,} touchpoints (+{rows - previous:,}), "
+                        f"{int(stats['failed_events']):,} failed events"
+                    )
+                    previous = rows
+            self._stop.wait(0.5)
+
+    # --- stop -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        if self.simulator:
+            self.simulator.stop()
+            self.simulator.join(10)
+        # Workers first (they flush and commit), then the sink, the broker last.
+        for group in (
+            [c for c in self.children if c.name.startswith("worker")],
+            [c for c in self.children if c.name == "sink"],
+        ):
+            for child in group:
+                if child.process.poll() is None:
+                    child.process.send_signal(signal.SIGTERM)
+            for child in group:
+                try:
+                    child.process.wait(30)
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+                    child.process.wait()
+                child.log_file.close()
+        if self.broker:
+            self.broker.stop()
+
+
+def run(settings: Settings) -> int:
+    runtime = EmbeddedRuntime(settings)
+    previous = {
+        sig: signal.signal(sig, runtime.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    code = 0
+    try:
+        runtime.say("Starting journeywatch (broker, sink, workers, simulator)...")
+        runtime.start()
+        if not runtime._stop.is_set():
+            runtime.say(runtime.banner())
+            runtime.watch()
+    except RuntimeErrorExit as exc:
+        print(f"journeywatch: {exc}", file=sys.stderr)
+        code = 1
+    except Exception as exc:
+        print(f"journeywatch: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        runtime.say("Stopping...")
+        with contextlib.suppress(Exception):
+            runtime.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        runtime.say("Stopped.")
+    return code

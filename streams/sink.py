@@ -1,0 +1,166 @@
+"""The ClickHouse sink role: agents that write topics to tables, and the read API.
+
+Each agent takes a batch, groups it by partition, writes each partition's rows in one insert
+(off the event loop), and only then lets Faust acknowledge the batch, so offsets are committed
+after ClickHouse holds the rows. While ClickHouse is unreachable the agent keeps retrying the
+same batch: consumption stops (backpressure) and memory stays bounded by one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faust
+import orjson
+from faust.types import EventT
+
+from pipeline.settings import Settings
+from sinks.clickhouse.client import connect
+from sinks.clickhouse.migrations import apply_migrations
+from sinks.clickhouse.queries import pipeline_stats
+from sinks.clickhouse.rows import (
+    FAILED_EVENT_COLUMNS,
+    TOUCHPOINT_COLUMNS,
+    failed_event_row,
+    touchpoint_row,
+)
+from sinks.clickhouse.writer import ClickHouseWriter, PartitionBatch
+from sinks.metrics import SINK_DUPLICATES_SKIPPED, SINK_ERRORS, SINK_ROWS, SINK_WRITE_SECONDS
+from streams.app import Readiness
+from streams.topics import BY_PERSON, DLQ
+
+log = logging.getLogger(__name__)
+
+RowBuilder = Callable[[EventT, str], list[Any]]
+
+
+def _record_write(table: str, rows: int, seconds: float, ok: bool) -> None:
+    SINK_WRITE_SECONDS.labels(table).observe(seconds)
+    if ok:
+        SINK_ROWS.labels(table).inc(rows)
+    else:
+        SINK_ERRORS.labels(table).inc()
+
+
+def _touchpoint_row(event: EventT, topic_id: str) -> list[Any]:
+    message = event.message
+    return touchpoint_row(
+        orjson.loads(message.value), message.topic, topic_id, message.partition, message.offset
+    )
+
+
+def _failed_event_row(event: EventT, topic_id: str) -> list[Any]:
+    message = event.message
+    headers = {
+        name: value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+        for name, value in (message.headers or [])
+    }
+    raw = message.value if isinstance(message.value, bytes) else b""
+    return failed_event_row(
+        headers, raw, message.topic, topic_id, message.partition, message.offset
+    )
+
+
+def partition_batches(
+    events: Sequence[EventT], build: RowBuilder, topic_ids: dict[str, str]
+) -> list[PartitionBatch]:
+    grouped: dict[tuple[str, int], tuple[list[int], list[list[Any]]]] = defaultdict(
+        lambda: ([], [])
+    )
+    for event in events:
+        message = event.message
+        offsets, rows = grouped[(message.topic, message.partition)]
+        offsets.append(message.offset)
+        rows.append(build(event, topic_ids.get(message.topic, "")))
+    return [
+        PartitionBatch(topic, topic_ids.get(topic, ""), partition, offsets, rows)
+        for (topic, partition), (offsets, rows) in grouped.items()
+    ]
+
+
+class SinkRole:
+    """Owns the ClickHouse client of this process and the sink agents."""
+
+    def __init__(
+        self, app: faust.App, settings: Settings, readiness: Readiness, topic_ids: dict[str, str]
+    ) -> None:
+        self.app = app
+        self.topic_ids = topic_ids
+        self.settings = settings
+        self.readiness = readiness
+        readiness.checks["clickhouse_migrated"] = False
+        self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="ch-write")
+        self._read_pool = ThreadPoolExecutor(2, thread_name_prefix="ch-read")
+        self.client = connect(settings.clickhouse_dsn)
+        self.writer = ClickHouseWriter(self.client, settings.clickhouse_database, on_result=_record_write)
+
+    def migrate(self) -> None:
+        apply_migrations(
+            self.client, self.settings.clickhouse_database, self.settings.touchpoint_retention_days
+        )
+        self.readiness.checks["clickhouse_migrated"] = True
+
+    def register(self) -> None:
+        settings = self.settings
+        self._sink_agent(settings.topic(BY_PERSON), "touchpoints", TOUCHPOINT_COLUMNS, _touchpoint_row)
+        self._sink_agent(settings.topic(DLQ), "failed_events", FAILED_EVENT_COLUMNS, _failed_event_row)
+
+        @self.app.on_partitions_revoked.connect
+        async def _revoked(sender: faust.App, revoked: object, **kwargs: object) -> None:
+            self.writer.forget_positions()
+
+        @self.app.page("/api/v1/stats")
+        async def stats(view: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+            loop = asyncio.get_running_loop()
+            body = await loop.run_in_executor(
+                self._read_pool, pipeline_stats, self.client, settings.clickhouse_database
+            )
+            return view.json(body)
+
+        @self.app.page("/")
+        async def status_page(view: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+            return view.html(_STATUS_PAGE)
+
+    def _sink_agent(self, topic_name: str, table: str, columns: Sequence[str], build: RowBuilder) -> None:
+        topic = self.app.topic(topic_name, key_serializer="raw", value_serializer="raw")
+        settings = self.settings
+
+        async def sink(stream: faust.StreamT[bytes]) -> None:
+            async for events in stream.take_events(settings.sink_batch_size, within=settings.sink_batch_seconds):
+                for batch in partition_batches(events, build, self.topic_ids):
+                    await self._write_until_done(table, columns, batch)
+
+        self.app.agent(topic, name=f"sink-{table}")(sink)
+
+    async def _write_until_done(self, table: str, columns: Sequence[str], batch: PartitionBatch) -> None:
+        loop = asyncio.get_running_loop()
+        delay = 1.0
+        while True:
+            try:
+                written = await loop.run_in_executor(
+                    self._write_pool, self.writer.write, table, columns, batch
+                )
+                if written < len(batch.rows):
+                    SINK_DUPLICATES_SKIPPED.labels(table).inc(len(batch.rows) - written)
+                return
+            except Exception as exc:
+                log.error(
+                    "clickhouse write failed; holding the batch and retrying",
+                    extra={"table": table, "partition": batch.partition, "error": str(exc), "retry_in_s": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+
+def _load_status_page() -> str:
+    from importlib import resources
+
+    return resources.files("streams").joinpath("static/status.html").read_text(encoding="utf-8")
+
+
+_STATUS_PAGE = _load_status_page()

@@ -1,0 +1,100 @@
+"""journeywatch's Kafka topics, created explicitly with the partition count from settings.
+
+Topics are never left to broker auto-creation: the embedded broker would give every
+auto-created topic 4 partitions whatever is asked, and a production cluster should not guess.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RAW = "touchpoints.raw"
+BY_PERSON = "touchpoints.by_person"
+DLQ = "touchpoints.dlq"
+
+ALL_TOPICS = (RAW, BY_PERSON, DLQ)
+
+
+class TopicSetupError(RuntimeError):
+    pass
+
+
+def bootstrap_servers(settings: Settings) -> list[str]:
+    if settings.broker_url is None:
+        raise TopicSetupError("no broker configured (JW_BROKER_URL is unset)")
+    return [
+        server.strip().removeprefix("kafka://")
+        for server in settings.broker_url.replace(";", ",").split(",")
+        if server.strip()
+    ]
+
+
+def faust_broker_url(settings: Settings) -> str:
+    return ";".join(f"kafka://{server}" for server in bootstrap_servers(settings))
+
+
+def admin_client(settings: Settings, timeout_s: float = 30.0) -> KafkaAdminClient:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return KafkaAdminClient(
+                bootstrap_servers=bootstrap_servers(settings), client_id="journeywatch-admin"
+            )
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise TopicSetupError(
+                    f"no Kafka broker answers at {settings.broker_url}: start it or fix "
+                    "JW_BROKER_URL"
+                ) from exc
+            time.sleep(0.2)
+
+
+def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS) -> dict[str, str]:
+    """Create the missing topics and check the others; returns each topic's id.
+
+    A topic id changes when a topic is deleted and created again (and on every start of the
+    in-memory embedded broker): offsets start again from zero, so sinks key their positions
+    by topic id, not by name alone.
+    """
+    admin = admin_client(settings)
+    try:
+        wanted = [settings.topic(name) for name in names]
+        existing = set(admin.list_topics())
+        missing = [name for name in wanted if name not in existing]
+        if missing:
+            try:
+                admin.create_topics(
+                    [
+                        NewTopic(name, settings.partitions, settings.replication_factor)
+                        for name in missing
+                    ]
+                )
+            except TopicAlreadyExistsError:
+                pass  # another process won the race
+            except KafkaError as exc:
+                raise TopicSetupError(f"could not create topics {missing}: {exc}") from exc
+        topic_ids: dict[str, str] = {}
+        for description in admin.describe_topics(wanted):
+            topic_ids[description["name"]] = str(description.get("topic_id") or "")
+            count = len(description["partitions"])
+            if count != settings.partitions:
+                log.warning(
+                    "topic has a different partition count than configured",
+                    extra={
+                        "topic": description["name"],
+                        "partitions": count,
+                        "configured": settings.partitions,
+                    },
+                )
+        return topic_ids
+    finally:
+        admin.close()
