@@ -9,7 +9,6 @@ human-readable detail: bad input is data, never an exception that escapes.
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -117,7 +116,7 @@ class TouchpointEvent(BaseModel):
     revenue: Annotated[Decimal, Field(max_digits=18, decimal_places=4)] | None = None
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] | None = None
     source: Annotated[str, StringConstraints(max_length=64)] | None = None
-    attributes: dict[Annotated[str, StringConstraints(max_length=64)], AttributeValue] = Field(
+    attributes: dict[Annotated[str, StringConstraints(max_length=64)], Any] = Field(
         default_factory=dict
     )
 
@@ -135,9 +134,15 @@ class TouchpointEvent(BaseModel):
 
     @field_validator("attributes")
     @classmethod
-    def _bounded_attributes(cls, value: dict[str, AttributeValue]) -> dict[str, AttributeValue]:
+    def _bounded_attributes(cls, value: dict[str, Any]) -> dict[str, AttributeValue]:
         if len(value) > MAX_ATTRIBUTES:
             raise ValueError(f"at most {MAX_ATTRIBUTES} attributes are allowed, got {len(value)}")
+        for key, item in value.items():
+            if not isinstance(item, str | int | float | bool | None):
+                raise ValueError(
+                    f"attribute {key!r} must be a string, number, boolean or null, "
+                    f"not {type(item).__name__}"
+                )
         return value
 
     @model_validator(mode="after")
@@ -201,7 +206,9 @@ def _rejection_from(error: ValidationError, channel: str) -> Rejection:
             return Rejection(RejectReason.MISSING_IDENTIFIER, "", message[13:], channel)
         if "after received_at" in message:
             return Rejection(RejectReason.FUTURE_EVENT, "occurred_at", message[13:], channel)
-        return Rejection(RejectReason.INVALID_FIELD, "", message.removeprefix("Value error, "), channel)
+        return Rejection(
+            RejectReason.INVALID_FIELD, "", message.removeprefix("Value error, "), channel
+        )
     if field == "schema_version" and first["type"] == "value_error":
         return Rejection(RejectReason.UNSUPPORTED_VERSION, field, message[13:], channel)
     reason = _ERROR_REASONS.get(first["type"], RejectReason.INVALID_FIELD)
@@ -223,9 +230,13 @@ def decode_touchpoint(raw: bytes, received_at: datetime) -> TouchpointEvent | Re
     except orjson.JSONDecodeError as exc:
         return Rejection(RejectReason.NOT_JSON, "", f"not valid JSON: {exc}")
     if not isinstance(data, dict):
-        return Rejection(RejectReason.NOT_AN_OBJECT, "", f"expected a JSON object, got {type(data).__name__}")
+        return Rejection(
+            RejectReason.NOT_AN_OBJECT, "", f"expected a JSON object, got {type(data).__name__}"
+        )
     channel = data.get("channel")
-    channel_label = channel if isinstance(channel, str) and channel in _KNOWN_CHANNELS else "unknown"
+    channel_label = (
+        channel if isinstance(channel, str) and channel in _KNOWN_CHANNELS else "unknown"
+    )
     if "received_at" not in data:
         data["received_at"] = received_at
     try:

@@ -157,3 +157,17 @@ def to_environment(settings: Settings) -> dict[str, str]:
             value = value.get_secret_value()
         env[f"JW_{name.upper()}"] = str(value)
     return env
+
+
+def settings_reference() -> str:
+    """The settings reference table for docs/settings.md."""
+    lines = [
+        "| Variable | Default | Description |",
+        "| --- | --- | --- |",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        shown = "unset" if default is None else f"`{default}`"
+        description = (field.description or "").replace("|", "\\|")
+        lines.append(f"| `JW_{name.upper()}` | {shown} | {description} |")
+    return "\n".join(lines) + "\n"

@@ -41,9 +41,7 @@ INGEST_BATCH_SECONDS = Histogram(
     "Time to validate and forward one ingest batch.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
-SINK_ROWS = Counter(
-    "jw_sink_rows_written_total", "Rows written to ClickHouse.", ["table"]
-)
+SINK_ROWS = Counter("jw_sink_rows_written_total", "Rows written to ClickHouse.", ["table"])
 SINK_ERRORS = Counter(
     "jw_sink_write_errors_total", "ClickHouse writes that failed (each is retried).", ["table"]
 )
@@ -65,7 +63,7 @@ class LabelCache(Generic[_M]):
     """Children of a labelled metric, resolved once per label tuple."""
 
     def __init__(self, metric: _M) -> None:
-        self._metric = metric
+        self._metric: _M = metric
         self._children: dict[tuple[str, ...], _M] = {}
         self.get: Callable[..., _M] = self._get
 

@@ -10,7 +10,7 @@ Both serve ``/livez``, ``/readyz`` and ``/metrics`` on their Faust web server.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import faust
 
@@ -36,6 +36,8 @@ class Readiness:
 def create_app(settings: Settings, role: Role, index: int = 0) -> tuple[faust.App, Readiness]:
     app_id = "journeywatch" if role == "worker" else "journeywatch-sink"
     port = settings.worker_web_port + index if role == "worker" else settings.status_port
+    datadir = settings.data_dir / f"faust-{role}-{index}"
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id,
         broker=faust_broker_url(settings),
@@ -55,12 +57,12 @@ def create_app(settings: Settings, role: Role, index: int = 0) -> tuple[faust.Ap
         web_bind=settings.web_host,
         web_port=port,
         web_in_thread=False,
-        datadir=str(settings.data_dir / f"faust-{role}-{index}"),
+        datadir=str(datadir),
     )
     readiness = Readiness(checks={"partitions_assigned": False})
 
     @app.on_rebalance_complete.connect
-    async def _assigned(sender: faust.App, **kwargs: object) -> None:
+    async def _assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         readiness.checks["partitions_assigned"] = True
 
     set_worker_info(role)

@@ -70,7 +70,9 @@ class EmbeddedBroker:
         deadline = time.monotonic() + timeout_s
         while not port_is_open(self.host, self.port):
             if self._process.poll() is not None:
-                raise BrokerStartError(f"the embedded broker exited with {self._process.returncode}")
+                raise BrokerStartError(
+                    f"the embedded broker exited with {self._process.returncode}"
+                )
             if time.monotonic() > deadline:
                 self.stop()
                 raise BrokerStartError(f"the embedded broker did not listen within {timeout_s} s")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import faust
-from faust.types import EventT
+from faust.streams import Stream
+from faust.types import EventT, StreamT
 
 from pipeline.contract import TouchpointEvent, decode_touchpoint
 from pipeline.deadletter import dead_letter_headers
@@ -23,22 +25,29 @@ from streams.topics import BY_PERSON, DLQ, RAW
 
 
 def register_ingest(app: faust.App, settings: Settings) -> None:
-    raw_topic = app.topic(settings.topic(RAW), key_type=bytes, value_type=bytes,
-                          key_serializer="raw", value_serializer="raw")
+    raw_topic = app.topic(
+        settings.topic(RAW),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
     by_person = app.topic(settings.topic(BY_PERSON), key_serializer="raw", value_serializer="raw")
     dead_letters = app.topic(settings.topic(DLQ), key_serializer="raw", value_serializer="raw")
     accepted = LabelCache(EVENTS_ACCEPTED)
     rejected = LabelCache(EVENTS_REJECTED)
 
-    async def ingest(stream: faust.StreamT[bytes]) -> None:
-        batches = stream.take_events(settings.ingest_batch_size, within=settings.ingest_batch_seconds)
+    async def ingest(stream: StreamT[Any]) -> None:
+        batches = cast("Stream[bytes]", stream).take_events(
+            settings.ingest_batch_size, within=settings.ingest_batch_seconds
+        )
         async for events in batches:
             started = time.perf_counter()
             for event in events:
                 await _ingest_one(event)
             INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
 
-    async def _ingest_one(event: EventT) -> None:
+    async def _ingest_one(event: EventT[Any]) -> None:
         message = event.message
         raw = message.value if isinstance(message.value, bytes) else b""
         received_at = datetime.fromtimestamp(message.timestamp, UTC)

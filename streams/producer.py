@@ -28,7 +28,9 @@ def raw_producer(settings: Settings) -> KafkaProducer:
 class SimulatorThread(threading.Thread):
     """Steady simulated traffic at ``rate`` events per second, until stopped."""
 
-    def __init__(self, settings: Settings, rate: float, seed: int, limit: int | None = None) -> None:
+    def __init__(
+        self, settings: Settings, rate: float, seed: int, limit: int | None = None
+    ) -> None:
         super().__init__(name="simulator", daemon=True)
         self._settings = settings
         self._rate = rate

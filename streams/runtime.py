@@ -111,7 +111,9 @@ class EmbeddedRuntime:
             )
         self._wait_ready(timeout_s=180.0)
         if settings.simulate_rate > 0:
-            self.simulator = SimulatorThread(settings, settings.simulate_rate, settings.simulate_seed)
+            self.simulator = SimulatorThread(
+                settings, settings.simulate_rate, settings.simulate_seed
+            )
             self.simulator.start()
 
     def _spawn(self, name: str, args: list[str], ready_url: str) -> None:
@@ -146,7 +148,9 @@ class EmbeddedRuntime:
             pending = [c for c in pending if http_json(c.ready_url)[0] != 200]
             if pending and time.monotonic() > deadline:
                 names = ", ".join(c.name for c in pending)
-                raise RuntimeErrorExit(f"not ready after {timeout_s:.0f} s: {names}; see {self.log_dir}")
+                raise RuntimeErrorExit(
+                    f"not ready after {timeout_s:.0f} s: {names}; see {self.log_dir}"
+                )
             self._stop.wait(0.25)
 
     def banner(self) -> str:

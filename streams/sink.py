@@ -13,11 +13,12 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import faust
 import orjson
-from faust.types import EventT
+from faust.streams import Stream
+from faust.types import EventT, StreamT
 
 from pipeline.settings import Settings
 from sinks.clickhouse.client import connect
@@ -36,7 +37,7 @@ from streams.topics import BY_PERSON, DLQ
 
 log = logging.getLogger(__name__)
 
-RowBuilder = Callable[[EventT, str], list[Any]]
+RowBuilder = Callable[[EventT[Any], str], list[Any]]
 
 
 def _record_write(table: str, rows: int, seconds: float, ok: bool) -> None:
@@ -47,18 +48,26 @@ def _record_write(table: str, rows: int, seconds: float, ok: bool) -> None:
         SINK_ERRORS.labels(table).inc()
 
 
-def _touchpoint_row(event: EventT, topic_id: str) -> list[Any]:
+def _touchpoint_row(event: EventT[Any], topic_id: str) -> list[Any]:
     message = event.message
     return touchpoint_row(
-        orjson.loads(message.value), message.topic, topic_id, message.partition, message.offset
+        orjson.loads(message.value or b"null"),
+        message.topic,
+        topic_id,
+        message.partition,
+        message.offset,
     )
 
 
-def _failed_event_row(event: EventT, topic_id: str) -> list[Any]:
+def _failed_event_row(event: EventT[Any], topic_id: str) -> list[Any]:
     message = event.message
+    raw_headers: Any = message.headers or []
+    pairs = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
     headers = {
-        name: value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
-        for name, value in (message.headers or [])
+        str(name): value.decode("utf-8", errors="replace")
+        if isinstance(value, bytes)
+        else str(value)
+        for name, value in pairs
     }
     raw = message.value if isinstance(message.value, bytes) else b""
     return failed_event_row(
@@ -67,7 +76,7 @@ def _failed_event_row(event: EventT, topic_id: str) -> list[Any]:
 
 
 def partition_batches(
-    events: Sequence[EventT], build: RowBuilder, topic_ids: dict[str, str]
+    events: Sequence[EventT[Any]], build: RowBuilder, topic_ids: dict[str, str]
 ) -> list[PartitionBatch]:
     grouped: dict[tuple[str, int], tuple[list[int], list[list[Any]]]] = defaultdict(
         lambda: ([], [])
@@ -97,7 +106,9 @@ class SinkRole:
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="ch-write")
         self._read_pool = ThreadPoolExecutor(2, thread_name_prefix="ch-read")
         self.client = connect(settings.clickhouse_dsn)
-        self.writer = ClickHouseWriter(self.client, settings.clickhouse_database, on_result=_record_write)
+        self.writer = ClickHouseWriter(
+            self.client, settings.clickhouse_database, on_result=_record_write
+        )
 
     def migrate(self) -> None:
         apply_migrations(
@@ -107,11 +118,15 @@ class SinkRole:
 
     def register(self) -> None:
         settings = self.settings
-        self._sink_agent(settings.topic(BY_PERSON), "touchpoints", TOUCHPOINT_COLUMNS, _touchpoint_row)
-        self._sink_agent(settings.topic(DLQ), "failed_events", FAILED_EVENT_COLUMNS, _failed_event_row)
+        self._sink_agent(
+            settings.topic(BY_PERSON), "touchpoints", TOUCHPOINT_COLUMNS, _touchpoint_row
+        )
+        self._sink_agent(
+            settings.topic(DLQ), "failed_events", FAILED_EVENT_COLUMNS, _failed_event_row
+        )
 
         @self.app.on_partitions_revoked.connect
-        async def _revoked(sender: faust.App, revoked: object, **kwargs: object) -> None:
+        async def _revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
             self.writer.forget_positions()
 
         @self.app.page("/api/v1/stats")
@@ -123,21 +138,29 @@ class SinkRole:
             return view.json(body)
 
         @self.app.page("/")
-        async def status_page(view: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        async def status_page(
+            view: faust.web.View, request: faust.web.Request
+        ) -> faust.web.Response:
             return view.html(_STATUS_PAGE)
 
-    def _sink_agent(self, topic_name: str, table: str, columns: Sequence[str], build: RowBuilder) -> None:
+    def _sink_agent(
+        self, topic_name: str, table: str, columns: Sequence[str], build: RowBuilder
+    ) -> None:
         topic = self.app.topic(topic_name, key_serializer="raw", value_serializer="raw")
         settings = self.settings
 
-        async def sink(stream: faust.StreamT[bytes]) -> None:
-            async for events in stream.take_events(settings.sink_batch_size, within=settings.sink_batch_seconds):
+        async def sink(stream: StreamT[Any]) -> None:
+            async for events in cast("Stream[bytes]", stream).take_events(
+                settings.sink_batch_size, within=settings.sink_batch_seconds
+            ):
                 for batch in partition_batches(events, build, self.topic_ids):
                     await self._write_until_done(table, columns, batch)
 
         self.app.agent(topic, name=f"sink-{table}")(sink)
 
-    async def _write_until_done(self, table: str, columns: Sequence[str], batch: PartitionBatch) -> None:
+    async def _write_until_done(
+        self, table: str, columns: Sequence[str], batch: PartitionBatch
+    ) -> None:
         loop = asyncio.get_running_loop()
         delay = 1.0
         while True:
@@ -151,7 +174,12 @@ class SinkRole:
             except Exception as exc:
                 log.error(
                     "clickhouse write failed; holding the batch and retrying",
-                    extra={"table": table, "partition": batch.partition, "error": str(exc), "retry_in_s": delay},
+                    extra={
+                        "table": table,
+                        "partition": batch.partition,
+                        "error": str(exc),
+                        "retry_in_s": delay,
+                    },
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)

@@ -39,7 +39,9 @@ def connect(dsn: str, **settings: Any) -> Client:
             if dsn.startswith("chdb:")
             else "check JW_CLICKHOUSE_DSN, the server, and the credentials."
         )
-        raise ClickHouseUnavailable(f"cannot open ClickHouse at {redact_dsn(dsn)}: {exc}; {hint}") from exc
+        raise ClickHouseUnavailable(
+            f"cannot open ClickHouse at {redact_dsn(dsn)}: {exc}; {hint}"
+        ) from exc
 
 
 def redact_dsn(dsn: str) -> str:

@@ -7,13 +7,17 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 
+def _counts(client: Client, sql: str) -> dict[str, int]:
+    return {str(row[0]): int(row[1]) for row in client.query(sql).result_rows}
+
+
 def pipeline_stats(client: Client, database: str) -> dict[str, Any]:
     """Row counts of the fact tables, touchpoints by channel and failures by reason."""
-    by_channel = dict(
-        client.query(f"SELECT channel, count() FROM {database}.touchpoints GROUP BY channel").result_rows
+    by_channel = _counts(
+        client, f"SELECT channel, count() FROM {database}.touchpoints GROUP BY channel"
     )
-    by_reason = dict(
-        client.query(f"SELECT reason, count() FROM {database}.failed_events GROUP BY reason").result_rows
+    by_reason = _counts(
+        client, f"SELECT reason, count() FROM {database}.failed_events GROUP BY reason"
     )
     latest = client.query(f"SELECT max(occurred_at) FROM {database}.touchpoints").result_rows[0][0]
     return {
@@ -21,5 +25,5 @@ def pipeline_stats(client: Client, database: str) -> dict[str, Any]:
         "failed_events": sum(by_reason.values()),
         "touchpoints_by_channel": by_channel,
         "failed_events_by_reason": by_reason,
-        "latest_occurred_at": latest.isoformat() if by_channel else None,
+        "latest_occurred_at": latest.isoformat() + "Z" if by_channel else None,
     }

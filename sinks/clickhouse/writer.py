@@ -75,7 +75,9 @@ class ClickHouseWriter:
         """Write the rows of ``batch`` not yet in ``table``; returns how many were written."""
         high_water = self._stored_high_water(table, batch)
         fresh = [
-            row for offset, row in zip(batch.offsets, batch.rows, strict=True) if offset > high_water
+            row
+            for offset, row in zip(batch.offsets, batch.rows, strict=True)
+            if offset > high_water
         ]
         if not fresh:
             return 0

@@ -1,0 +1,1 @@
+"""journeywatch benchmarks: `make bench` runs them and rewrites docs/benchmarks.md."""

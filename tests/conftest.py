@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streams.broker import EmbeddedBroker
+from tests.helpers import free_port
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture()
+def broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    """A real Kafka-protocol broker (Tansu) on a free loopback port, fresh for each test."""
+    with EmbeddedBroker(free_port(), tmp_path / "broker.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one chdb directory this pytest process may open (chdb: one per process)."""
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture()
+def clickhouse(chdb_dir: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """An in-process ClickHouse client and a fresh database name for this test."""
+    from sinks.clickhouse.client import connect
+
+    client = connect(f"chdb://{chdb_dir}")
+    database = "t_" + "".join(ch if ch.isalnum() else "_" for ch in request.node.name)[:60]
+    client.command(f"DROP DATABASE IF EXISTS {database}")
+    yield client, database
+    client.command(f"DROP DATABASE IF EXISTS {database}")
