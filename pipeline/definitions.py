@@ -1,0 +1,229 @@
+"""Journey definitions: stages, goal, time-outs and moments of truth, from a versioned YAML file.
+
+The file is validated at start-up; every problem is reported with the file, the line and
+what is wrong, so an operator can fix a typo without reading a stack trace.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.contract import Channel, OutcomeStatus
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(value: Any) -> int:
+    """``"30m"`` → 1 800 000. Bare numbers are seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        return int(value * 1000)
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match:
+            return int(float(match[1]) * _UNIT_MS[match[2]])
+    raise ValueError(f"not a duration: {value!r} (write e.g. 30s, 15m, 2h, 7d)")
+
+
+DurationMs = Annotated[int, BeforeValidator(parse_duration_ms), Field(gt=0)]
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Pattern(_Strict):
+    """Matches a touchpoint: every given part must match (touchpoint is a glob)."""
+
+    touchpoint: str = "*"
+    action: str | None = None
+    channel: tuple[Channel, ...] | None = None
+    outcome: tuple[OutcomeStatus, ...] | None = None
+
+    def matches(self, touchpoint: str, action: str, channel: str, outcome: str) -> bool:
+        if self.action is not None and action != self.action:
+            return False
+        if self.channel is not None and channel not in self.channel:
+            return False
+        if self.outcome is not None and outcome not in self.outcome:
+            return False
+        return fnmatch.fnmatchcase(touchpoint, self.touchpoint)
+
+
+class Stage(_Strict):
+    name: Name
+    match: tuple[Pattern, ...] = Field(min_length=1)
+    timeout: DurationMs
+
+
+class MomentOfTruth(_Strict):
+    name: Name
+    match: tuple[Pattern, ...] = Field(min_length=1)
+    weight: float = Field(default=2.0, ge=1.0, le=10.0)
+
+
+class JourneyDefinition(_Strict):
+    name: Name
+    description: str = ""
+    stages: tuple[Stage, ...] = Field(min_length=1)
+    goal: tuple[Pattern, ...] = Field(min_length=1)
+    resume_within: DurationMs = 7 * 86_400_000
+    first_contact_resolution: bool = False
+    moments_of_truth: tuple[MomentOfTruth, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_stage_names(self) -> JourneyDefinition:
+        names = [stage.name for stage in self.stages]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"stage names must be unique, repeated: {', '.join(duplicates)}")
+        return self
+
+
+class DetectorSettings(_Strict):
+    call_queue_wait: DurationMs = 300_000
+    store_queue_wait: DurationMs = 600_000
+    slow_page: DurationMs = 5_000
+    repeat_contact_within: DurationMs = 7 * 86_400_000
+    channel_switch_within: DurationMs = 1_800_000
+    repeated_attempts: int = Field(default=3, ge=2)
+    repeated_attempts_within: DurationMs = 120_000
+    churn_after: DurationMs = 60 * 86_400_000
+    max_customers_per_identifier: int = Field(default=3, ge=1)
+
+
+class JourneyCatalog(_Strict):
+    """Everything in one journey definitions file."""
+
+    version: int = Field(ge=1)
+    detectors: DetectorSettings = DetectorSettings()
+    journeys: tuple[JourneyDefinition, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_journey_names(self) -> JourneyCatalog:
+        names = [journey.name for journey in self.journeys]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"journey names must be unique, repeated: {', '.join(duplicates)}")
+        return self
+
+
+@dataclass(frozen=True)
+class DefinitionProblem:
+    file: str
+    line: int
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.where}: {self.message}"
+
+
+class DefinitionError(ValueError):
+    """The journey definitions file is invalid; ``problems`` lists each with its line."""
+
+    def __init__(self, problems: list[DefinitionProblem]) -> None:
+        self.problems = problems
+        super().__init__("invalid journey definitions:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _node_at(node: yaml.Node, path: tuple[int | str, ...]) -> yaml.Node:
+    """The YAML node a validation-error location points at (as deep as it exists)."""
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == part:
+                    node = value
+                    break
+            else:
+                return node
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            node = node.value[part]
+        else:
+            return node
+    return node
+
+
+def _describe(data: Any, path: tuple[int | str, ...]) -> str:
+    """A readable location: ``journeys[online_purchase].stages[cart].timeout``."""
+    parts: list[str] = []
+    current = data
+    for part in path:
+        if isinstance(part, int) and isinstance(current, list) and part < len(current):
+            item = current[part]
+            label = item.get("name") if isinstance(item, dict) else None
+            parts[-1] += f"[{label or part}]"
+            current = item
+        else:
+            parts.append(str(part))
+            current = current.get(part) if isinstance(current, dict) else None
+    return ".".join(parts) or "(top level)"
+
+
+def parse_catalog(text: str, file: str = "<journeys>") -> JourneyCatalog:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise DefinitionError(
+            [DefinitionProblem(file, line, "(yaml)", str(exc).splitlines()[0])]
+        ) from exc
+    if root is None or not isinstance(data, dict):
+        raise DefinitionError(
+            [
+                DefinitionProblem(
+                    file, 1, "(top level)", "expected a mapping with version and journeys"
+                )
+            ]
+        )
+    try:
+        return JourneyCatalog.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        errors = exc.errors(include_url=False)
+        paths = [tuple(p for p in e["loc"] if isinstance(p, int | str)) for e in errors]
+        for error, path in zip(errors, paths, strict=True):
+            # A list whose items failed also looks "too short": report only the items.
+            if error["type"] == "too_short" and any(
+                len(other) > len(path) and other[: len(path)] == path for other in paths
+            ):
+                continue
+            node = _node_at(root, path)
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(
+                DefinitionProblem(file, node.start_mark.line + 1, _describe(data, path), message)
+            )
+        raise DefinitionError(problems) from exc
+
+
+def load_catalog(path: Path | None = None) -> JourneyCatalog:
+    """The catalog from ``path``, or the defaults shipped with journeywatch."""
+    if path is None:
+        text = (
+            resources.files("pipeline")
+            .joinpath("defaults/journeys.yaml")
+            .read_text(encoding="utf-8")
+        )
+        return parse_catalog(text, "journeywatch/defaults/journeys.yaml")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DefinitionError(
+            [DefinitionProblem(str(path), 0, "(file)", f"cannot read: {exc.strerror}")]
+        ) from exc
+    return parse_catalog(text, str(path))

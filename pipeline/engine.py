@@ -1,0 +1,817 @@
+"""The journey engine: touchpoints in, journey outcomes, negative moments, scores and KPIs out.
+
+Deterministic and driven by event time. Events are held until the watermark (the highest event
+time seen minus the allowed lateness) passes them, then applied in event-time order, with the
+drop-off deadlines that fall between them. So any arrival order within the lateness gives the
+same outputs. Events later than that are applied at once and counted (see ``late_events`` and
+docs/journey-engine.md for the rule). Nothing here reads a clock: the adapter passes the
+wall-clock time to ``tick`` only to advance the watermark when input is idle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Final
+
+import orjson
+
+from pipeline.definitions import JourneyCatalog, JourneyDefinition, Pattern
+from pipeline.experience import (
+    GOAL_VALUE,
+    NEGATIVE_INTENSITY,
+    more_intense,
+    peak_end_score,
+    positive_value,
+    weighted,
+)
+from pipeline.identity import IdentityGraph
+from pipeline.touch import Touch
+
+GOAL: Final = -1
+ASSISTED: Final = frozenset({"call_center", "chat", "email"})
+SESSION_GAP_MS: Final = {
+    "web": 30 * 60_000,
+    "app": 30 * 60_000,
+    "chat": 30 * 60_000,
+    "email": 24 * 3_600_000,
+    "social": 24 * 3_600_000,
+    "call_center": 15 * 60_000,
+    "store": 2 * 3_600_000,
+}
+RECENT_IDS: Final = 64
+CHANNELS: Final = ("web", "app", "call_center", "store", "chat", "email", "social")
+CHANNEL_BIT: Final = {name: 1 << i for i, name in enumerate(CHANNELS)}
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _id_hash(event_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One fact the engine emits. ``output_id`` is deterministic: consumers deduplicate on it.
+
+    ``type`` is one of: ``journey`` (name: started, stage_reached, converted, dropped_off,
+    resumed, merged), ``negative_moment`` (name: its kind), ``moment_of_truth`` (name: the
+    MOT; detail.passed), ``score`` (name: peak_end), ``kpi`` (name: conversion, csat, nps,
+    first_contact_resolution, complaint_response, ltv_increment, churn_risk), ``identity``
+    (name: merged, identifier_blocked).
+    """
+
+    type: str
+    name: str
+    output_id: str
+    at: int
+    person_id: str
+    journey: str | None = None
+    journey_id: str | None = None
+    stage: str | None = None
+    channel: str | None = None
+    touchpoint: str | None = None
+    event_id: str | None = None
+    value: float | None = None
+    detail: tuple[tuple[str, Any], ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {name: getattr(self, name) for name in self.__slots__ if name != "detail"}
+        data["detail"] = dict(self.detail)
+        return data
+
+
+@dataclass(slots=True)
+class JourneyState:
+    journey_id: str
+    definition: int
+    stage: int
+    started_at: int
+    active_at: int  # last activity that kept the journey alive
+    status: str = "active"  # active | dropped
+    dropped_at: int = 0
+    peak: float = 0.0
+    end: float = 0.0
+    channels: int = 0
+    contacts: int = 0  # assisted-channel sessions (first-contact resolution)
+    negatives: int = 0
+
+    def to_list(self) -> list[Any]:
+        return [
+            self.journey_id,
+            self.definition,
+            self.stage,
+            self.started_at,
+            self.active_at,
+            self.status == "active",
+            self.dropped_at,
+            round(self.peak, 4),
+            round(self.end, 4),
+            self.channels,
+            self.contacts,
+            self.negatives,
+        ]
+
+    @classmethod
+    def from_list(cls, data: list[Any]) -> JourneyState:
+        return cls(
+            data[0],
+            data[1],
+            data[2],
+            data[3],
+            data[4],
+            "active" if data[5] else "dropped",
+            data[6],
+            data[7],
+            data[8],
+            data[9],
+            data[10],
+            data[11],
+        )
+
+
+@dataclass(slots=True)
+class PersonState:
+    journeys: list[JourneyState] = field(default_factory=list)
+    sessions: dict[str, list[Any]] = field(default_factory=dict)  # channel → [last_at, hint]
+    recent: list[int] = field(default_factory=list)  # hashes of the last event ids
+    last_failure: tuple[int, str] | None = None  # (at, channel)
+    last_contact: tuple[int, str] | None = None  # (at, issue) of the last assisted contact
+    complaint_at: int | None = None
+    attempts: tuple[str, int, int] | None = None  # (step, first_at, count)
+    last_activity: int = 0
+    churn_flagged: bool = False
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(
+            [
+                [j.to_list() for j in self.journeys],
+                self.sessions,
+                self.recent,
+                self.last_failure,
+                self.last_contact,
+                self.complaint_at,
+                self.attempts,
+                self.last_activity,
+                self.churn_flagged,
+            ]
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> PersonState:
+        data = orjson.loads(raw)
+        return cls(
+            journeys=[JourneyState.from_list(j) for j in data[0]],
+            sessions=data[1],
+            recent=data[2],
+            last_failure=tuple(data[3]) if data[3] else None,
+            last_contact=tuple(data[4]) if data[4] else None,
+            complaint_at=data[5],
+            attempts=tuple(data[6]) if data[6] else None,
+            last_activity=data[7],
+            churn_flagged=data[8],
+        )
+
+
+@dataclass
+class EngineCounters:
+    events: int = 0
+    duplicates: int = 0
+    late_events: int = 0
+
+
+class JourneyEngine:
+    """One engine per partition of persons. Feed it ``submit``; advance it with ``tick``."""
+
+    def __init__(
+        self, catalog: JourneyCatalog, allowed_lateness_ms: int = 60_000, idle_after_ms: int = 5_000
+    ) -> None:
+        self.catalog = catalog
+        self.definitions: tuple[JourneyDefinition, ...] = catalog.journeys
+        self.detectors = catalog.detectors
+        self.lateness = allowed_lateness_ms
+        self.idle_after = idle_after_ms
+        self.identity = IdentityGraph(max_customers=catalog.detectors.max_customers_per_identifier)
+        self.persons: dict[str, PersonState] = {}
+        self.counters = EngineCounters()
+        self.watermark = -(2**62)
+        self.max_event_time = -(2**62)
+        self._last_input_wall: int | None = None
+        self._pending: list[tuple[int, str, int, Touch]] = []
+        self._deadlines: list[tuple[int, int, str, str]] = []  # (due, seq, person, journey_id)
+        self._seq = 0
+        self._matches = lru_cache(maxsize=65_536)(self._compute_matches)
+        self._mot = lru_cache(maxsize=65_536)(self._compute_mot)
+
+    # --- input -----------------------------------------------------------------------------
+    def submit(self, touch: Touch, wall_ms: int | None = None) -> list[Output]:
+        """Accept one touchpoint; returns what became final because the watermark moved."""
+        self._last_input_wall = wall_ms
+        self.counters.events += 1
+        if touch.at < self.watermark:
+            self.counters.late_events += 1
+            out: list[Output] = []
+            self._apply(touch, out)
+            return out
+        self._seq += 1
+        heapq.heappush(self._pending, (touch.at, touch.event_id, self._seq, touch))
+        if touch.at > self.max_event_time:
+            self.max_event_time = touch.at
+            return self.advance(self.max_event_time - self.lateness)
+        return []
+
+    def tick(self, wall_ms: int) -> list[Output]:
+        """Advance the watermark with processing time when input has been idle."""
+        if self._last_input_wall is None:
+            self._last_input_wall = wall_ms
+            return []
+        idle = wall_ms - self._last_input_wall
+        if idle < self.idle_after:
+            return []
+        return self.advance(self.max_event_time - self.lateness + idle)
+
+    def advance(self, watermark: int) -> list[Output]:
+        """Apply every held event and fire every deadline up to ``watermark``, in time order."""
+        out: list[Output] = []
+        if watermark <= self.watermark:
+            return out
+        self.watermark = watermark
+        pending, deadlines = self._pending, self._deadlines
+        while True:
+            next_event = pending[0][0] if pending else None
+            next_due = deadlines[0][0] if deadlines else None
+            if (
+                next_event is not None
+                and next_event <= watermark
+                and (next_due is None or next_event <= next_due)
+            ):
+                self._apply(heapq.heappop(pending)[3], out)
+            elif next_due is not None and next_due <= watermark:
+                due, _, person_id, journey_id = heapq.heappop(deadlines)
+                self._on_deadline(due, person_id, journey_id, out)
+            else:
+                return out
+
+    def flush(self) -> list[Output]:
+        """End of input: apply everything held (deadlines are left to the watermark)."""
+        out: list[Output] = []
+        while self._pending:
+            self._apply(heapq.heappop(self._pending)[3], out)
+        return out
+
+    # --- state -----------------------------------------------------------------------------
+    def active_journeys(self) -> int:
+        return sum(1 for p in self.persons.values() for j in p.journeys if j.status == "active")
+
+    def snapshot(self) -> dict[str, bytes]:
+        """Serialized state per person, for a key-value store."""
+        return {person: state.to_bytes() for person, state in self.persons.items()}
+
+    def restore(self, snapshot: dict[str, bytes]) -> None:
+        """Load person states and re-derive their deadlines."""
+        for person, raw in snapshot.items():
+            state = PersonState.from_bytes(raw)
+            self.persons[person] = state
+            for journey in state.journeys:
+                self._schedule(person, journey)
+
+    # --- matching ---------------------------------------------------------------------------
+    def _compute_matches(
+        self, touchpoint: str, action: str, channel: str, outcome: str
+    ) -> tuple[tuple[int, int], ...]:
+        found = []
+        for index, definition in enumerate(self.definitions):
+            if _any(definition.goal, touchpoint, action, channel, outcome):
+                found.append((index, GOAL))
+                continue
+            for stage_index in range(len(definition.stages) - 1, -1, -1):
+                stage = definition.stages[stage_index]
+                if _any(stage.match, touchpoint, action, channel, outcome):
+                    found.append((index, stage_index))
+                    break
+        return tuple(found)
+
+    def _compute_mot(
+        self, definition: int, touchpoint: str, action: str, channel: str, outcome: str
+    ) -> tuple[str, float] | None:
+        for mot in self.definitions[definition].moments_of_truth:
+            if _any(mot.match, touchpoint, action, channel, outcome):
+                return mot.name, mot.weight
+        return None
+
+    # --- applying one touch ----------------------------------------------------------------------
+    def _apply(self, touch: Touch, out: list[Output]) -> None:
+        resolution = self.identity.resolve(touch.identifiers)
+        person_id = resolution.person_id
+        for source in resolution.merged:
+            self._merge_person(source, person_id, touch, out)
+        for identifier in resolution.blocked:
+            out.append(
+                Output(
+                    "identity",
+                    "identifier_blocked",
+                    _short_hash(f"blocked:{identifier}"),
+                    touch.at,
+                    person_id,
+                    event_id=touch.event_id,
+                    detail=(("identifier_kind", identifier.split(":", 1)[0]),),
+                )
+            )
+        person = self.persons.get(person_id)
+        if person is None:
+            person = self.persons[person_id] = PersonState()
+        marker = _id_hash(touch.event_id)
+        if marker in person.recent:
+            self.counters.duplicates += 1
+            return
+        person.recent.append(marker)
+        if len(person.recent) > RECENT_IDS:
+            del person.recent[0]
+        new_session = self._session(person, touch)
+        negatives = self._negative_kinds(person, touch, new_session)
+        matches = self._matches(touch.touchpoint, touch.action, touch.channel, touch.outcome)
+        touched = self._progress(person_id, person, touch, matches, new_session, negatives, out)
+        self._kpis(person_id, person, touch, touched, out)
+        person.last_activity = max(person.last_activity, touch.at)
+        if person.churn_flagged:
+            person.churn_flagged = False
+        self._push(touch.at + self.detectors.churn_after, person_id, "")
+
+    def _session(self, person: PersonState, touch: Touch) -> bool:
+        session = person.sessions.get(touch.channel)
+        gap = SESSION_GAP_MS.get(touch.channel, 30 * 60_000)
+        new = (
+            session is None
+            or touch.at - session[0] > gap
+            or (touch.session_hint is not None and touch.session_hint != session[1])
+        )
+        if session is None or touch.at >= session[0]:
+            person.sessions[touch.channel] = [touch.at, touch.session_hint]
+        return new
+
+    def _negative_kinds(self, person: PersonState, touch: Touch, new_session: bool) -> list[str]:
+        d = self.detectors
+        kinds: list[str] = []
+        failed = touch.outcome != "ok"
+        if touch.outcome == "error":
+            kinds.append("error")
+        elif touch.outcome == "abandoned":
+            queue = touch.channel == "call_center" and touch.touchpoint.startswith("queue.")
+            kinds.append("call_abandoned" if queue else "abandoned")
+        wait = touch.wait_ms
+        if wait is not None and (
+            (touch.channel == "call_center" and wait > d.call_queue_wait)
+            or (touch.channel == "store" and wait > d.store_queue_wait)
+        ):
+            kinds.append("long_wait")
+        if (
+            touch.duration_ms is not None
+            and touch.channel in ("web", "app")
+            and (touch.action == "view" and touch.duration_ms > d.slow_page)
+        ):
+            kinds.append("slow_page")
+        if touch.csat is not None and touch.csat <= 2:
+            kinds.append("low_csat")
+        if touch.nps is not None and touch.nps <= 6:
+            kinds.append("nps_detractor")
+        if touch.sentiment is not None and touch.sentiment <= -0.3:
+            kinds.append("negative_sentiment")
+        if touch.action == "complain" or touch.touchpoint.endswith(".complaint"):
+            kinds.append("complaint")
+        if touch.action == "transfer":
+            kinds.append("transfer")
+        if touch.channel in ASSISTED and new_session:
+            issue = touch.issue or ""
+            last = person.last_contact
+            if (
+                last is not None
+                and 0 < touch.at - last[0] <= d.repeat_contact_within
+                and (not issue or not last[1] or issue == last[1])
+            ):
+                kinds.append("repeat_contact")
+            person.last_contact = (touch.at, issue)
+        if person.last_failure is not None:
+            failed_at, failed_channel = person.last_failure
+            if (
+                failed_channel != touch.channel
+                and 0 <= touch.at - failed_at <= d.channel_switch_within
+            ):
+                kinds.append("channel_switch_after_failure")
+                person.last_failure = None
+        if failed:
+            person.last_failure = (touch.at, touch.channel)
+        step = f"{touch.touchpoint}/{touch.action}"
+        attempts = person.attempts
+        if (
+            attempts is not None
+            and attempts[0] == step
+            and touch.at - attempts[1] <= d.repeated_attempts_within
+        ):
+            count = attempts[2] + 1
+            person.attempts = (step, attempts[1], count)
+            if count == d.repeated_attempts:
+                kinds.append("repeated_attempts")
+        else:
+            person.attempts = (step, touch.at, 1)
+        return kinds
+
+    def _progress(
+        self,
+        person_id: str,
+        person: PersonState,
+        touch: Touch,
+        matches: tuple[tuple[int, int], ...],
+        new_session: bool,
+        negatives: list[str],
+        out: list[Output],
+    ) -> list[JourneyState]:
+        touched: list[JourneyState] = []
+        for definition_index, stage_index in matches:
+            definition = self.definitions[definition_index]
+            journey = self._journey_for(person, definition_index, touch.at, definition)
+            if journey is None:
+                if stage_index == GOAL:
+                    continue  # a goal without a journey before it starts nothing
+                journey = JourneyState(
+                    _short_hash(f"{definition.name}:{touch.event_id}"),
+                    definition_index,
+                    stage_index,
+                    touch.at,
+                    touch.at,
+                )
+                person.journeys.append(journey)
+                self._journey_out("started", person_id, journey, touch, out)
+            elif journey.status == "dropped":
+                journey.status = "active"
+                self._journey_out("resumed", person_id, journey, touch, out)
+            if stage_index != GOAL and stage_index > journey.stage:
+                journey.stage = stage_index
+                self._journey_out("stage_reached", person_id, journey, touch, out)
+            journey.active_at = max(journey.active_at, touch.at)
+            journey.channels |= CHANNEL_BIT.get(touch.channel, 0)
+            if touch.channel in ASSISTED and new_session:
+                journey.contacts += 1
+            touched.append(journey)
+        if not touched and negatives:
+            latest = max(person.journeys, key=lambda j: j.active_at, default=None)
+            if latest is not None and latest.status == "active":
+                touched.append(latest)
+            else:  # outside any journey: still a negative moment of this person
+                for kind in negatives:
+                    intensity = NEGATIVE_INTENSITY[kind]
+                    out.append(
+                        Output(
+                            "negative_moment", kind,
+                            _short_hash(f"negative_moment:{kind}:{person_id}:{touch.event_id}"),
+                            touch.at, person_id, channel=touch.channel, touchpoint=touch.touchpoint,
+                            event_id=touch.event_id, value=-intensity,
+                            detail=(("severity", intensity), ("moment_of_truth", None)),
+                        )
+                    )  # fmt: skip
+        value = positive_value(touch.csat, touch.nps, touch.sentiment)
+        for journey in touched:
+            definition = self.definitions[journey.definition]
+            mot = self._mot(
+                journey.definition, touch.touchpoint, touch.action, touch.channel, touch.outcome
+            )
+            weight = mot[1] if mot else 1.0
+            journey_value = value
+            for kind in negatives:
+                intensity = weighted(NEGATIVE_INTENSITY[kind], weight)
+                journey_value = more_intense(journey_value, -intensity)
+                journey.negatives += 1
+                self._emit(
+                    out,
+                    "negative_moment",
+                    kind,
+                    person_id,
+                    journey,
+                    touch,
+                    -intensity,
+                    (
+                        ("severity", round(intensity, 4)),
+                        ("moment_of_truth", mot[0] if mot else None),
+                    ),
+                )
+            if mot:
+                self._emit(
+                    out,
+                    "moment_of_truth",
+                    mot[0],
+                    person_id,
+                    journey,
+                    touch,
+                    None,
+                    (("passed", not negatives), ("weight", weight)),
+                )
+            goal = (journey.definition, GOAL) in matches and journey.status == "active"
+            if goal:
+                journey_value = more_intense(journey_value, GOAL_VALUE)
+            journey.peak = more_intense(journey.peak, journey_value)
+            journey.end = journey_value
+            if goal:
+                self._convert(person_id, person, journey, definition, touch, out)
+            else:
+                self._schedule(person_id, journey)
+        return touched
+
+    def _journey_for(
+        self, person: PersonState, definition_index: int, at: int, definition: JourneyDefinition
+    ) -> JourneyState | None:
+        for journey in person.journeys:
+            if journey.definition != definition_index:
+                continue
+            if journey.status == "active" or at - journey.dropped_at <= definition.resume_within:
+                return journey
+        return None
+
+    def _convert(
+        self,
+        person_id: str,
+        person: PersonState,
+        journey: JourneyState,
+        definition: JourneyDefinition,
+        touch: Touch,
+        out: list[Output],
+    ) -> None:
+        self._journey_out("converted", person_id, journey, touch, out)
+        seconds = (touch.at - journey.started_at) / 1000
+        self._emit(out, "kpi", "conversion", person_id, journey, touch, seconds, ())
+        if definition.first_contact_resolution:
+            self._emit(
+                out,
+                "kpi",
+                "first_contact_resolution",
+                person_id,
+                journey,
+                touch,
+                1.0 if journey.contacts <= 1 else 0.0,
+                (("contacts", journey.contacts),),
+            )
+        self._score(person_id, journey, touch.at, "converted", out)
+        person.journeys.remove(journey)
+
+    def _schedule(self, person_id: str, journey: JourneyState) -> None:
+        definition = self.definitions[journey.definition]
+        if journey.status == "active":
+            due = journey.active_at + definition.stages[journey.stage].timeout
+        else:
+            due = journey.dropped_at + definition.resume_within
+        self._push(due, person_id, journey.journey_id)
+
+    def _push(self, due: int, person_id: str, journey_id: str) -> None:
+        self._seq += 1
+        heapq.heappush(self._deadlines, (due, self._seq, person_id, journey_id))
+
+    def _on_deadline(self, due: int, person_id: str, journey_id: str, out: list[Output]) -> None:
+        person = self.persons.get(person_id)
+        if person is None:
+            return
+        if not journey_id:
+            self._on_churn_deadline(due, person_id, person, out)
+            return
+        journey = next((j for j in person.journeys if j.journey_id == journey_id), None)
+        if journey is None:
+            return
+        definition = self.definitions[journey.definition]
+        if journey.status == "active":
+            if journey.active_at + definition.stages[journey.stage].timeout != due:
+                return  # superseded by later activity
+            journey.status = "dropped"
+            journey.dropped_at = due
+            stage = definition.stages[journey.stage].name
+            out.append(
+                Output(
+                    "journey",
+                    "dropped_off",
+                    _short_hash(f"dropped_off:{journey_id}"),
+                    due,
+                    person_id,
+                    definition.name,
+                    journey_id,
+                    stage,
+                    detail=(("negative_moments", journey.negatives),),
+                )
+            )
+            self._score(person_id, journey, due, "dropped_off", out)
+            self._schedule(person_id, journey)
+        elif journey.dropped_at + definition.resume_within == due:
+            person.journeys.remove(journey)  # no longer resumable: forget it
+
+    def _on_churn_deadline(
+        self, due: int, person_id: str, person: PersonState, out: list[Output]
+    ) -> None:
+        if person.last_activity + self.detectors.churn_after != due or person.churn_flagged:
+            return
+        if person_id.startswith("c:"):
+            person.churn_flagged = True
+            out.append(
+                Output(
+                    "kpi",
+                    "churn_risk",
+                    _short_hash(f"churn:{person_id}:{due}"),
+                    due,
+                    person_id,
+                    value=self.detectors.churn_after / 86_400_000,
+                )
+            )
+        if not person.journeys:
+            del self.persons[person_id]
+
+    def _merge_person(self, source: str, target: str, touch: Touch, out: list[Output]) -> None:
+        moved = self.persons.pop(source, None)
+        out.append(
+            Output(
+                "identity",
+                "merged",
+                _short_hash(f"merged:{source}:{target}"),
+                touch.at,
+                target,
+                event_id=touch.event_id,
+                detail=(("from_person", source),),
+            )
+        )
+        if moved is None:
+            return
+        person = self.persons.get(target)
+        if person is None:
+            self.persons[target] = moved
+            person = moved
+        else:
+            person.recent = (person.recent + moved.recent)[-RECENT_IDS:]
+            person.last_activity = max(person.last_activity, moved.last_activity)
+            for journey in moved.journeys:
+                existing = next(
+                    (j for j in person.journeys if j.definition == journey.definition), None
+                )
+                if existing is None:
+                    person.journeys.append(journey)
+                    continue
+                keep, gone = (
+                    (existing, journey)
+                    if existing.started_at <= journey.started_at
+                    else (journey, existing)
+                )
+                keep.stage = max(keep.stage, gone.stage)
+                keep.active_at = max(keep.active_at, gone.active_at)
+                keep.channels |= gone.channels
+                keep.contacts += gone.contacts
+                keep.negatives += gone.negatives
+                keep.peak = more_intense(keep.peak, gone.peak)
+                if gone.active_at > keep.active_at:
+                    keep.end = gone.end
+                if keep is journey:
+                    person.journeys.remove(existing)
+                    person.journeys.append(journey)
+                out.append(
+                    Output(
+                        "journey",
+                        "merged",
+                        _short_hash(f"merged:{gone.journey_id}"),
+                        touch.at,
+                        target,
+                        self.definitions[gone.definition].name,
+                        gone.journey_id,
+                        detail=(("into_journey_id", keep.journey_id),),
+                    )
+                )
+                self._schedule(target, keep)
+        for journey in person.journeys:
+            if journey.status == "active":
+                self._schedule(target, journey)
+
+    # --- outputs ------------------------------------------------------------------------------
+    def _journey_out(
+        self, name: str, person_id: str, journey: JourneyState, touch: Touch, out: list[Output]
+    ) -> None:
+        definition = self.definitions[journey.definition]
+        stage = definition.stages[journey.stage].name
+        out.append(
+            Output(
+                "journey",
+                name,
+                _short_hash(f"{name}:{journey.journey_id}:{touch.event_id}"),
+                touch.at,
+                person_id,
+                definition.name,
+                journey.journey_id,
+                stage,
+                touch.channel,
+                touch.touchpoint,
+                touch.event_id,
+            )
+        )
+
+    def _emit(
+        self,
+        out: list[Output],
+        type_: str,
+        name: str,
+        person_id: str,
+        journey: JourneyState,
+        touch: Touch,
+        value: float | None,
+        detail: tuple[tuple[str, Any], ...],
+    ) -> None:
+        definition = self.definitions[journey.definition]
+        out.append(
+            Output(
+                type_,
+                name,
+                _short_hash(f"{type_}:{name}:{journey.journey_id}:{touch.event_id}"),
+                touch.at,
+                person_id,
+                definition.name,
+                journey.journey_id,
+                definition.stages[journey.stage].name,
+                touch.channel,
+                touch.touchpoint,
+                touch.event_id,
+                value,
+                detail,
+            )
+        )
+
+    def _score(
+        self, person_id: str, journey: JourneyState, at: int, outcome: str, out: list[Output]
+    ) -> None:
+        definition = self.definitions[journey.definition]
+        out.append(
+            Output(
+                "score",
+                "peak_end",
+                _short_hash(f"score:{journey.journey_id}:{outcome}"),
+                at,
+                person_id,
+                definition.name,
+                journey.journey_id,
+                definition.stages[journey.stage].name,
+                value=peak_end_score(journey.peak, journey.end),
+                detail=(
+                    ("outcome", outcome),
+                    ("peak", round(journey.peak, 4)),
+                    ("end", round(journey.end, 4)),
+                ),
+            )
+        )
+
+    def _kpis(
+        self,
+        person_id: str,
+        person: PersonState,
+        touch: Touch,
+        touched: list[JourneyState],
+        out: list[Output],
+    ) -> None:
+        journey = touched[0] if touched else None
+        journey_name = self.definitions[journey.definition].name if journey else None
+        journey_id = journey.journey_id if journey else None
+
+        def kpi(name: str, value: float, detail: tuple[tuple[str, Any], ...] = ()) -> None:
+            out.append(
+                Output(
+                    "kpi",
+                    name,
+                    _short_hash(f"kpi:{name}:{touch.event_id}"),
+                    touch.at,
+                    person_id,
+                    journey_name,
+                    journey_id,
+                    None,
+                    touch.channel,
+                    touch.touchpoint,
+                    touch.event_id,
+                    value,
+                    detail,
+                )
+            )
+
+        if touch.csat is not None:
+            kpi("csat", float(touch.csat))
+        if touch.nps is not None:
+            category = (
+                "promoter" if touch.nps >= 9 else "passive" if touch.nps >= 7 else "detractor"
+            )
+            kpi("nps", float(touch.nps), (("category", category),))
+        if touch.revenue is not None and person_id.startswith("c:"):
+            kpi("ltv_increment", touch.revenue, (("currency", touch.currency),))
+        if touch.action == "complain" or touch.touchpoint.endswith(".complaint"):
+            if person.complaint_at is None:
+                person.complaint_at = touch.at
+        elif (
+            person.complaint_at is not None
+            and touch.channel in ASSISTED | {"store"}
+            and (touch.action in ("respond", "resolve") or touch.touchpoint.startswith("agent."))
+        ):
+            kpi("complaint_response", (touch.at - person.complaint_at) / 1000)
+            person.complaint_at = None
+
+
+def _any(
+    patterns: tuple[Pattern, ...], touchpoint: str, action: str, channel: str, outcome: str
+) -> bool:
+    return any(p.matches(touchpoint, action, channel, outcome) for p in patterns)

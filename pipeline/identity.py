@@ -1,0 +1,94 @@
+"""Identity stitching: which person an event belongs to, across identifiers and channels.
+
+An identity graph over identifiers (``customer_id:c1``, ``device_id:d9`` …). Every identifier
+belongs to one person. A person is either a known customer (``c:<customer_id>``) or anonymous
+(``a:<first identifier seen>``). An event that carries a customer id together with other
+identifiers links them: an anonymous person they belonged to is merged into the customer (a
+merge is reported, so the anonymous journeys become the customer's).
+
+Over-merge protection: two known customers are never merged. An identifier seen with more
+than ``max_customers`` distinct customers (a shared store kiosk, a family tablet) is blocked:
+it is no longer used to resolve or merge, and the block is reported once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CUSTOMER = "customer_id"
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    person_id: str
+    merged: tuple[str, ...] = ()  # anonymous persons merged into person_id by this event
+    blocked: tuple[str, ...] = ()  # identifiers blocked by this event
+    linked: tuple[str, ...] = ()  # identifiers newly linked to person_id by this event
+
+
+@dataclass
+class IdentityGraph:
+    max_customers: int = 3
+    owner: dict[str, str] = field(default_factory=dict)
+    members: dict[str, set[str]] = field(default_factory=dict)
+    customers_seen: dict[str, set[str]] = field(default_factory=dict)
+    blocked: set[str] = field(default_factory=set)
+
+    def person_of(self, identifier: str) -> str | None:
+        return self.owner.get(identifier)
+
+    def _own(self, identifier: str, person: str) -> None:
+        self.owner[identifier] = person
+        self.members.setdefault(person, set()).add(identifier)
+
+    def _merge(self, source: str, target: str) -> None:
+        for identifier in self.members.pop(source, set()):
+            self._own(identifier, target)
+
+    def _shared(self, identifier: str, first: str, other: str, blocked: list[str]) -> None:
+        seen = self.customers_seen.setdefault(identifier, {first})
+        seen.add(other)
+        if len(seen) > self.max_customers and identifier not in self.blocked:
+            self.blocked.add(identifier)
+            blocked.append(identifier)
+
+    def resolve(self, identifiers: tuple[tuple[str, str], ...]) -> Resolution:
+        """The person of an event carrying ``identifiers`` (strongest first); links them."""
+        keys = [f"{kind}:{value}" for kind, value in identifiers]
+        merged: list[str] = []
+        blocked: list[str] = []
+        linked: list[str] = []
+        customer_key = next((k for k in keys if k.startswith(CUSTOMER + ":")), None)
+        if customer_key is not None:
+            person = "c:" + customer_key[len(CUSTOMER) + 1 :]
+            if customer_key not in self.owner:
+                self._own(customer_key, person)
+        else:
+            candidates: list[str] = []
+            for key in keys:
+                owner = self.owner.get(key)
+                if owner is not None and key not in self.blocked and owner not in candidates:
+                    candidates.append(owner)
+            customers = [p for p in candidates if p.startswith("c:")]
+            if customers:
+                person = customers[0]
+            elif candidates:
+                person = candidates[0]
+            else:
+                usable = [k for k in keys if k not in self.blocked] or keys
+                person = "a:" + usable[0]
+        for key in keys:
+            if key == customer_key or key in self.blocked:
+                continue
+            owner = self.owner.get(key)
+            if owner is None:
+                self._own(key, person)
+                linked.append(key)
+            elif owner == person:
+                continue
+            elif owner.startswith("a:"):
+                self._merge(owner, person)
+                merged.append(owner)
+            elif person.startswith("c:"):
+                self._shared(key, owner, person, blocked)
+        return Resolution(person, tuple(merged), tuple(blocked), tuple(linked))

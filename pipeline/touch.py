@@ -1,0 +1,54 @@
+"""The engine's view of a touchpoint: plain, compact, times in epoch milliseconds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.contract import IDENTIFIER_FIELDS, TouchpointEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    event_id: str
+    at: int  # occurred_at, epoch milliseconds (event time)
+    channel: str
+    touchpoint: str
+    action: str
+    outcome: str = "ok"
+    reason: str | None = None
+    identifiers: tuple[tuple[str, str], ...] = ()  # (kind, value), strongest first
+    session_hint: str | None = None
+    duration_ms: int | None = None
+    wait_ms: int | None = None
+    csat: int | None = None
+    nps: int | None = None
+    sentiment: float | None = None
+    revenue: float | None = None
+    currency: str | None = None
+    issue: str | None = None  # attributes.issue: what a contact is about (repeat contacts)
+
+    @classmethod
+    def from_event(cls, event: TouchpointEvent) -> Touch:
+        identifiers = tuple(
+            (name, value) for name in IDENTIFIER_FIELDS if (value := getattr(event, name))
+        )
+        issue = event.attributes.get("issue")
+        return cls(
+            event_id=event.event_id,
+            at=int(event.occurred_at.timestamp() * 1000),
+            channel=event.channel.value,
+            touchpoint=event.touchpoint,
+            action=event.action,
+            outcome=event.outcome.value,
+            reason=event.outcome_reason,
+            identifiers=identifiers,
+            session_hint=event.session_hint,
+            duration_ms=event.duration_ms,
+            wait_ms=event.wait_ms,
+            csat=event.csat,
+            nps=event.nps,
+            sentiment=event.sentiment,
+            revenue=float(event.revenue) if event.revenue is not None else None,
+            currency=event.currency,
+            issue=str(issue) if issue is not None else None,
+        )
