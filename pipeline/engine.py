@@ -465,13 +465,18 @@ class JourneyEngine:
                     intensity = NEGATIVE_INTENSITY[kind]
                     out.append(
                         Output(
-                            "negative_moment", kind,
+                            "negative_moment",
+                            kind,
                             _short_hash(f"negative_moment:{kind}:{person_id}:{touch.event_id}"),
-                            touch.at, person_id, channel=touch.channel, touchpoint=touch.touchpoint,
-                            event_id=touch.event_id, value=-intensity,
+                            touch.at,
+                            person_id,
+                            channel=touch.channel,
+                            touchpoint=touch.touchpoint,
+                            event_id=touch.event_id,
+                            value=-intensity,
                             detail=(("severity", intensity), ("moment_of_truth", None)),
                         )
-                    )  # fmt: skip
+                    )
         value = positive_value(touch.csat, touch.nps, touch.sentiment)
         for journey in touched:
             definition = self.definitions[journey.definition]
@@ -582,7 +587,11 @@ class JourneyEngine:
             if journey.active_at + definition.stages[journey.stage].timeout != due:
                 return  # superseded by later activity
             journey.status = "dropped"
+            already_dropped = journey.dropped_at > 0
             journey.dropped_at = due
+            self._schedule(person_id, journey)
+            if already_dropped:
+                return  # resumed, then stalled again: a drop-off is reported once per journey
             stage = definition.stages[journey.stage].name
             out.append(
                 Output(
@@ -598,7 +607,6 @@ class JourneyEngine:
                 )
             )
             self._score(person_id, journey, due, "dropped_off", out)
-            self._schedule(person_id, journey)
         elif journey.dropped_at + definition.resume_within == due:
             person.journeys.remove(journey)  # no longer resumable: forget it
 

@@ -18,9 +18,18 @@ CATALOG = load_catalog()
 _ids = itertools.count()
 
 
-def touch(at: int, touchpoint: str, channel: str = "web", action: str = "view", *,
-          customer: str | None = None, device: str | None = None, loyalty: str | None = None,
-          event_id: str | None = None, **fields: Any) -> Touch:  # fmt: skip
+def touch(
+    at: int,
+    touchpoint: str,
+    channel: str = "web",
+    action: str = "view",
+    *,
+    customer: str | None = None,
+    device: str | None = None,
+    loyalty: str | None = None,
+    event_id: str | None = None,
+    **fields: Any,
+) -> Touch:
     identifiers = tuple(
         (kind, value)
         for kind, value in (
@@ -30,8 +39,15 @@ def touch(at: int, touchpoint: str, channel: str = "web", action: str = "view", 
         )
         if value
     )
-    return Touch(event_id or f"ev-{next(_ids)}", T0 + at, channel, touchpoint, action,
-                 identifiers=identifiers, **fields)  # fmt: skip
+    return Touch(
+        event_id or f"ev-{next(_ids)}",
+        T0 + at,
+        channel,
+        touchpoint,
+        action,
+        identifiers=identifiers,
+        **fields,
+    )
 
 
 def run(touches: list[Touch], until: int | None = None, lateness: int = 0) -> list[Output]:

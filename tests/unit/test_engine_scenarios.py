@@ -15,13 +15,24 @@ def journey_names(outputs, name):  # type: ignore[no-untyped-def]
 
 
 def test_online_purchase_converts_with_stages_time_and_a_good_score() -> None:
-    out = run([
-        touch(0, "home.view", device="d1"),
-        touch(1 * M, "product.view", device="d1"),
-        touch(2 * M, "cart.add", action="add", device="d1"),
-        touch(3 * M, "checkout.payment", action="submit", customer="c1", device="d1", revenue=49.9, currency="EUR"),
-        touch(4 * M, "checkout.confirmation", customer="c1", csat=5),
-    ], until=5 * M)  # fmt: skip
+    out = run(
+        [
+            touch(0, "home.view", device="d1"),
+            touch(1 * M, "product.view", device="d1"),
+            touch(2 * M, "cart.add", action="add", device="d1"),
+            touch(
+                3 * M,
+                "checkout.payment",
+                action="submit",
+                customer="c1",
+                device="d1",
+                revenue=49.9,
+                currency="EUR",
+            ),
+            touch(4 * M, "checkout.confirmation", customer="c1", csat=5),
+        ],
+        until=5 * M,
+    )
     assert journey_names(out, "started") == [("online_purchase", "awareness")]
     assert [s for _, s in journey_names(out, "stage_reached")] == [
         "consideration",
@@ -59,24 +70,43 @@ def test_drop_off_fires_once_at_the_stage_time_out_and_not_before() -> None:
 
 
 def test_activity_after_a_drop_off_resumes_and_can_still_convert_without_a_second_drop() -> None:
-    out = run([
-        touch(0, "cart.add", action="add", device="d3"),
-        touch(3 * H, "checkout.payment", action="submit", device="d3"),
-        touch(3 * H + 1 * M, "checkout.confirmation", device="d3"),
-    ])  # fmt: skip
+    out = run(
+        [
+            touch(0, "cart.add", action="add", device="d3"),
+            touch(3 * H, "checkout.payment", action="submit", device="d3"),
+            touch(3 * H + 1 * M, "checkout.confirmation", device="d3"),
+        ]
+    )
     assert [o.name for o in named(out, "journey") if o.journey == "online_purchase"] == [
-        "started", "dropped_off", "resumed", "stage_reached", "converted",
-    ]  # fmt: skip
+        "started",
+        "dropped_off",
+        "resumed",
+        "stage_reached",
+        "converted",
+    ]
 
 
 def test_browse_online_buy_in_store_is_stitched_across_web_app_and_store() -> None:
-    out = run([
-        touch(0, "store_locator.search", device="d4"),
-        touch(10 * M, "account.login", channel="app", action="login", customer="c4", device="d4"),
-        touch(20 * M, "profile.view", channel="app", customer="c4", loyalty="L4"),
-        touch(2 * H, "store.visit", channel="store", action="enter", loyalty="L4"),
-        touch(2 * H + 20 * M, "till.purchase", channel="store", action="pay", loyalty="L4", revenue=120.0, currency="EUR"),
-    ], until=3 * H)  # fmt: skip
+    out = run(
+        [
+            touch(0, "store_locator.search", device="d4"),
+            touch(
+                10 * M, "account.login", channel="app", action="login", customer="c4", device="d4"
+            ),
+            touch(20 * M, "profile.view", channel="app", customer="c4", loyalty="L4"),
+            touch(2 * H, "store.visit", channel="store", action="enter", loyalty="L4"),
+            touch(
+                2 * H + 20 * M,
+                "till.purchase",
+                channel="store",
+                action="pay",
+                loyalty="L4",
+                revenue=120.0,
+                currency="EUR",
+            ),
+        ],
+        until=3 * H,
+    )
     converted = named(out, "journey", "converted")
     assert [(o.journey, o.person_id) for o in converted] == [("browse_online_buy_in_store", "c:c4")]
     merges = named(out, "identity", "merged")
@@ -85,33 +115,68 @@ def test_browse_online_buy_in_store_is_stitched_across_web_app_and_store() -> No
 
 
 def test_support_case_first_contact_resolution() -> None:
-    resolved_first = run([
-        touch(0, "ivr.menu", "call_center", "select", customer="c5", session_hint="call-1"),
-        touch(1 * M, "agent.talk", "call_center", "resolve", customer="c5", session_hint="call-1", csat=4),
-    ], until=2 * M)  # fmt: skip
+    resolved_first = run(
+        [
+            touch(0, "ivr.menu", "call_center", "select", customer="c5", session_hint="call-1"),
+            touch(
+                1 * M,
+                "agent.talk",
+                "call_center",
+                "resolve",
+                customer="c5",
+                session_hint="call-1",
+                csat=4,
+            ),
+        ],
+        until=2 * M,
+    )
     assert [o.value for o in named(resolved_first, "kpi", "first_contact_resolution")] == [1.0]
-    second_call = run([
-        touch(0, "ivr.menu", "call_center", "select", customer="c6", session_hint="call-1"),
-        touch(1 * M, "agent.talk", "call_center", "talk", customer="c6", session_hint="call-1"),
-        touch(1 * D, "ivr.menu", "call_center", "select", customer="c6", session_hint="call-2"),
-        touch(1 * D + 5 * M, "agent.talk", "call_center", "resolve", customer="c6", session_hint="call-2"),
-    ], until=2 * D)  # fmt: skip
+    second_call = run(
+        [
+            touch(0, "ivr.menu", "call_center", "select", customer="c6", session_hint="call-1"),
+            touch(1 * M, "agent.talk", "call_center", "talk", customer="c6", session_hint="call-1"),
+            touch(1 * D, "ivr.menu", "call_center", "select", customer="c6", session_hint="call-2"),
+            touch(
+                1 * D + 5 * M,
+                "agent.talk",
+                "call_center",
+                "resolve",
+                customer="c6",
+                session_hint="call-2",
+            ),
+        ],
+        until=2 * D,
+    )
     assert [o.value for o in named(second_call, "kpi", "first_contact_resolution")] == [0.0]
     assert len(named(second_call, "negative_moment", "repeat_contact")) == 1
 
 
 def test_app_onboarding_converts_or_drops_at_signup() -> None:
-    done = run([
-        touch(0, "app.install", "app", "install", device="p1"),
-        touch(2 * M, "onboarding.signup", "app", "submit", device="p1"),
-        touch(4 * M, "onboarding.profile", "app", "submit", device="p1"),
-        touch(6 * M, "onboarding.completed", "app", "view", device="p1"),
-    ], until=7 * M)  # fmt: skip
+    done = run(
+        [
+            touch(0, "app.install", "app", "install", device="p1"),
+            touch(2 * M, "onboarding.signup", "app", "submit", device="p1"),
+            touch(4 * M, "onboarding.profile", "app", "submit", device="p1"),
+            touch(6 * M, "onboarding.completed", "app", "view", device="p1"),
+        ],
+        until=7 * M,
+    )
     assert journey_names(done, "converted") == [("app_onboarding", "setup")]
-    stuck = run([
-        touch(0, "app.install", "app", "install", device="p2"),
-        touch(2 * M, "onboarding.signup", "app", "submit", device="p2", outcome="error", reason="sms_not_received"),
-    ], until=2 * H)  # fmt: skip
+    stuck = run(
+        [
+            touch(0, "app.install", "app", "install", device="p2"),
+            touch(
+                2 * M,
+                "onboarding.signup",
+                "app",
+                "submit",
+                device="p2",
+                outcome="error",
+                reason="sms_not_received",
+            ),
+        ],
+        until=2 * H,
+    )
     assert journey_names(stuck, "dropped_off") == [("app_onboarding", "signup")]
     mot = named(stuck, "moment_of_truth", "signup")
     assert [dict(o.detail)["passed"] for o in mot] == [False]
@@ -156,10 +221,13 @@ def test_every_negative_moment_kind_is_detected_once(kind: str) -> None:
 
 
 def test_negative_moments_outside_their_window_are_not_reported() -> None:
-    late_switch = run([
-        touch(0, "checkout.payment", action="submit", customer="w", outcome="error"),
-        touch(2 * H, "ivr.menu", "call_center", "select", customer="w"),
-    ], until=3 * H)  # fmt: skip
+    late_switch = run(
+        [
+            touch(0, "checkout.payment", action="submit", customer="w", outcome="error"),
+            touch(2 * H, "ivr.menu", "call_center", "select", customer="w"),
+        ],
+        until=3 * H,
+    )
     assert named(late_switch, "negative_moment", "channel_switch_after_failure") == []
     short_wait = run([touch(0, "queue.wait", "call_center", "wait", customer="w", wait_ms=60_000)])
     assert named(short_wait, "negative_moment", "long_wait") == []
@@ -176,14 +244,19 @@ def test_a_problem_at_a_moment_of_truth_weighs_more() -> None:
 
 
 def test_peak_end_a_journey_that_ends_badly_is_remembered_badly() -> None:
-    recovered = run([
-        touch(0, "checkout.payment", action="submit", device="k1", outcome="error"),
-        touch(1 * M, "checkout.confirmation", device="k1"),
-    ], until=2 * M)  # fmt: skip
-    ends_badly = run([
-        touch(0, "cart.add", action="add", device="k2"),
-        touch(1 * M, "checkout.payment", action="submit", device="k2", outcome="error"),
-    ])  # fmt: skip
+    recovered = run(
+        [
+            touch(0, "checkout.payment", action="submit", device="k1", outcome="error"),
+            touch(1 * M, "checkout.confirmation", device="k1"),
+        ],
+        until=2 * M,
+    )
+    ends_badly = run(
+        [
+            touch(0, "cart.add", action="add", device="k2"),
+            touch(1 * M, "checkout.payment", action="submit", device="k2", outcome="error"),
+        ]
+    )
     good, bad = named(recovered, "score")[0].value, named(ends_badly, "score")[0].value
     assert good == peak_end_score(-0.936, 0.5) == 39.1
     assert bad == peak_end_score(-0.936, -0.936) == 3.2
@@ -239,7 +312,8 @@ def test_definition_errors_name_the_file_line_and_problem(tmp_path) -> None:  # 
     path = tmp_path / "journeys.yaml"
     path.write_text(
         "version: 1\njourneys:\n  - name: buy\n    stages:\n      - name: cart\n"
-        "        match: [{touchpoint: 'cart.*'}]\n        timeout: soon\n    goal: [{touchpoint: x}]\n"
+        "        match: [{touchpoint: 'cart.*'}]\n        timeout: soon\n"
+        "    goal: [{touchpoint: x}]\n"
     )
     with pytest.raises(DefinitionError) as error:
         load_catalog(path)
@@ -257,8 +331,11 @@ def test_definition_errors_name_the_file_line_and_problem(tmp_path) -> None:  # 
 def test_the_default_definitions_cover_the_four_channels() -> None:
     catalog = load_catalog()
     assert {j.name for j in catalog.journeys} >= {
-        "online_purchase", "browse_online_buy_in_store", "support_case", "app_onboarding",
-    }  # fmt: skip
+        "online_purchase",
+        "browse_online_buy_in_store",
+        "support_case",
+        "app_onboarding",
+    }
     channels = {
         channel
         for j in catalog.journeys

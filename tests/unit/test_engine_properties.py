@@ -1,0 +1,158 @@
+"""Properties of the journey engine over generated multi-person, multi-channel streams."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.engine import JourneyEngine, Output
+from pipeline.touch import Touch
+from tests.unit.journeys import CATALOG, T0, H, M, S
+
+LATENESS = 10 * M
+# (channel, touchpoint, action) steps of one persona's script, per default journey.
+SCRIPTS = [
+    [
+        ("web", "home.view", "view"),
+        ("web", "product.view", "view"),
+        ("web", "cart.add", "add"),
+        ("web", "checkout.payment", "submit"),
+        ("web", "checkout.confirmation", "view"),
+    ],
+    [
+        ("app", "product.view", "view"),
+        ("app", "cart.add", "add"),
+        ("app", "checkout.payment", "submit"),
+        ("call_center", "ivr.menu", "select"),
+        ("call_center", "queue.wait", "wait"),
+        ("call_center", "agent.talk", "resolve"),
+    ],
+    [
+        ("web", "store_locator.search", "view"),
+        ("store", "store.visit", "enter"),
+        ("store", "till.purchase", "pay"),
+    ],
+    [
+        ("app", "app.install", "install"),
+        ("app", "onboarding.signup", "submit"),
+        ("app", "onboarding.profile", "submit"),
+        ("app", "onboarding.completed", "view"),
+    ],
+]
+
+
+def generate(seed: int, personas: int = 12) -> list[tuple[int, Touch]]:
+    """(persona, touch) pairs in event-time order, with identity links and failures."""
+    rng = random.Random(seed)
+    stream: list[tuple[int, Touch]] = []
+    for persona in range(personas):
+        script = rng.choice(SCRIPTS)
+        length = rng.randint(1, len(script))
+        at = rng.randint(0, 2 * H)
+        customer = f"c{persona}" if rng.random() < 0.6 else None
+        for index, (channel, touchpoint, action) in enumerate(script[:length]):
+            at += rng.choice([20 * S, 2 * M, 20 * M, 90 * M, 5 * H])
+            identifiers: tuple[tuple[str, str], ...] = (("device_id", f"d{persona}"),)
+            if customer and (channel in ("call_center", "store") or index >= 2):
+                identifiers = (("customer_id", customer), *identifiers)
+            outcome = "error" if rng.random() < 0.15 else "ok"
+            extra = {"csat": rng.randint(1, 5)} if rng.random() < 0.2 else {}
+            stream.append(
+                (
+                    persona,
+                    Touch(
+                        f"p{persona}-{index}",
+                        T0 + at,
+                        channel,
+                        touchpoint,
+                        action,
+                        outcome,
+                        identifiers=identifiers,
+                        session_hint=f"s{persona}-{index}" if channel == "call_center" else None,
+                        wait_ms=rng.choice([None, 30_000, 900_000])
+                        if touchpoint == "queue.wait"
+                        else None,
+                        **extra,
+                    ),
+                )
+            )
+    stream.sort(key=lambda item: (item[1].at, item[1].event_id))
+    return stream
+
+
+def run(touches: list[Touch]) -> list[Output]:
+    engine = JourneyEngine(CATALOG, allowed_lateness_ms=LATENESS)
+    out: list[Output] = []
+    for item in touches:
+        out += engine.submit(item)
+    out += engine.flush()
+    out += engine.advance(2**62)
+    return out
+
+
+def canonical(outputs: list[Output]) -> list[tuple[object, ...]]:
+    return sorted((o.output_id, repr(o)) for o in outputs)
+
+
+def arrival_order(touches: list[Touch], rng: random.Random) -> list[Touch]:
+    """Each touch delayed by less than the allowed lateness."""
+    return [
+        t
+        for _, t in sorted(
+            ((t.at + rng.randrange(LATENESS), t) for t in touches), key=lambda x: x[0]
+        )
+    ]
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10**9), shuffle=st.integers(0, 10**9))
+def test_order_within_the_lateness_does_not_change_the_outcome(seed: int, shuffle: int) -> None:
+    touches = [t for _, t in generate(seed)]
+    assert canonical(run(arrival_order(touches, random.Random(shuffle)))) == canonical(run(touches))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10**9), picks=st.lists(st.integers(0, 10**6), min_size=1, max_size=8))
+def test_duplicates_change_nothing(seed: int, picks: list[int]) -> None:
+    touches = [t for _, t in generate(seed)]
+    duplicated = list(touches)
+    for pick in picks:
+        original = touches[pick % len(touches)]
+        duplicated.insert(duplicated.index(original) + 1 + pick % 3, original)
+    assert canonical(run(sorted(duplicated, key=lambda t: t.at))) == canonical(run(touches))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10**9))
+def test_every_journey_ends_exactly_once_and_never_drops_before_its_time_out(seed: int) -> None:
+    stream = generate(seed)
+    outputs = run([t for _, t in stream])
+    by_journey: dict[str, Counter[str]] = defaultdict(Counter)
+    for o in outputs:
+        if o.type == "journey" and o.journey_id:
+            by_journey[o.journey_id][o.name] += 1
+    assert by_journey, "the generated stream starts journeys"
+    for journey_id, names in by_journey.items():
+        assert names["started"] == 1, (journey_id, names)
+        assert names["dropped_off"] <= 1 and names["converted"] <= 1, (journey_id, names)
+        assert names["converted"] + names["dropped_off"] + names["merged"] >= 1, (journey_id, names)
+    definitions = {d.name: d for d in CATALOG.journeys}
+    matcher = JourneyEngine(CATALOG)._compute_matches
+    for drop in (o for o in outputs if o.name == "dropped_off"):
+        definition = definitions[drop.journey or ""]
+        index = next(i for i, d in enumerate(CATALOG.journeys) if d.name == definition.name)
+        timeout = next(s.timeout for s in definition.stages if s.name == drop.stage)
+        persona_touches = {
+            p
+            for p, t in stream
+            if (t.event_id in {o.event_id for o in outputs if o.journey_id == drop.journey_id})
+        }
+        for persona, touch in stream:
+            if persona in persona_touches and any(
+                m[0] == index
+                for m in matcher(touch.touchpoint, touch.action, touch.channel, touch.outcome)
+            ):
+                assert not drop.at - timeout < touch.at <= drop.at, (drop, touch)
