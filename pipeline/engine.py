@@ -42,6 +42,7 @@ SESSION_GAP_MS: Final = {
     "store": 2 * 3_600_000,
 }
 RECENT_IDS: Final = 64
+_RESPONDING: Final = ASSISTED | {"store"}
 CHANNELS: Final = ("web", "app", "call_center", "store", "chat", "email", "social")
 CHANNEL_BIT: Final = {name: 1 << i for i, name in enumerate(CHANNELS)}
 
@@ -67,7 +68,7 @@ class Output:
 
     type: str
     name: str
-    output_id: str
+    key: str  # what makes the output unique; output_id is its hash
     at: int
     person_id: str
     journey: str | None = None
@@ -79,8 +80,16 @@ class Output:
     value: float | None = None
     detail: tuple[tuple[str, Any], ...] = ()
 
+    @property
+    def output_id(self) -> str:
+        """Deterministic id (16 hex characters): the same input always gives the same id."""
+        return _short_hash(self.key)
+
     def as_dict(self) -> dict[str, Any]:
-        data = {name: getattr(self, name) for name in self.__slots__ if name != "detail"}
+        data = {
+            name: getattr(self, name) for name in self.__slots__ if name not in ("detail", "key")
+        }
+        data["output_id"] = self.output_id
         data["detail"] = dict(self.detail)
         return data
 
@@ -314,7 +323,7 @@ class JourneyEngine:
                 Output(
                     "identity",
                     "identifier_blocked",
-                    _short_hash(f"blocked:{identifier}"),
+                    f"blocked:{identifier}",
                     touch.at,
                     person_id,
                     event_id=touch.event_id,
@@ -467,7 +476,7 @@ class JourneyEngine:
                         Output(
                             "negative_moment",
                             kind,
-                            _short_hash(f"negative_moment:{kind}:{person_id}:{touch.event_id}"),
+                            f"negative_moment:{kind}:{person_id}:{touch.event_id}",
                             touch.at,
                             person_id,
                             channel=touch.channel,
@@ -597,7 +606,7 @@ class JourneyEngine:
                 Output(
                     "journey",
                     "dropped_off",
-                    _short_hash(f"dropped_off:{journey_id}"),
+                    f"dropped_off:{journey_id}",
                     due,
                     person_id,
                     definition.name,
@@ -621,7 +630,7 @@ class JourneyEngine:
                 Output(
                     "kpi",
                     "churn_risk",
-                    _short_hash(f"churn:{person_id}:{due}"),
+                    f"churn:{person_id}:{due}",
                     due,
                     person_id,
                     value=self.detectors.churn_after / 86_400_000,
@@ -636,7 +645,7 @@ class JourneyEngine:
             Output(
                 "identity",
                 "merged",
-                _short_hash(f"merged:{source}:{target}"),
+                f"merged:{source}:{target}",
                 touch.at,
                 target,
                 event_id=touch.event_id,
@@ -679,7 +688,7 @@ class JourneyEngine:
                     Output(
                         "journey",
                         "merged",
-                        _short_hash(f"merged:{gone.journey_id}"),
+                        f"merged:{gone.journey_id}",
                         touch.at,
                         target,
                         self.definitions[gone.definition].name,
@@ -702,7 +711,7 @@ class JourneyEngine:
             Output(
                 "journey",
                 name,
-                _short_hash(f"{name}:{journey.journey_id}:{touch.event_id}"),
+                f"{name}:{journey.journey_id}:{touch.event_id}",
                 touch.at,
                 person_id,
                 definition.name,
@@ -730,7 +739,7 @@ class JourneyEngine:
             Output(
                 type_,
                 name,
-                _short_hash(f"{type_}:{name}:{journey.journey_id}:{touch.event_id}"),
+                f"{type_}:{name}:{journey.journey_id}:{touch.event_id}",
                 touch.at,
                 person_id,
                 definition.name,
@@ -752,7 +761,7 @@ class JourneyEngine:
             Output(
                 "score",
                 "peak_end",
-                _short_hash(f"score:{journey.journey_id}:{outcome}"),
+                f"score:{journey.journey_id}:{outcome}",
                 at,
                 person_id,
                 definition.name,
@@ -775,48 +784,61 @@ class JourneyEngine:
         touched: list[JourneyState],
         out: list[Output],
     ) -> None:
+        complaint = touch.action == "complain" or touch.touchpoint.endswith(".complaint")
+        if (
+            touch.csat is None
+            and touch.nps is None
+            and touch.revenue is None
+            and not complaint
+            and person.complaint_at is None
+        ):
+            return  # the common case: nothing to measure
         journey = touched[0] if touched else None
-        journey_name = self.definitions[journey.definition].name if journey else None
-        journey_id = journey.journey_id if journey else None
-
-        def kpi(name: str, value: float, detail: tuple[tuple[str, Any], ...] = ()) -> None:
-            out.append(
-                Output(
-                    "kpi",
-                    name,
-                    _short_hash(f"kpi:{name}:{touch.event_id}"),
-                    touch.at,
-                    person_id,
-                    journey_name,
-                    journey_id,
-                    None,
-                    touch.channel,
-                    touch.touchpoint,
-                    touch.event_id,
-                    value,
-                    detail,
-                )
-            )
-
+        context = (
+            (self.definitions[journey.definition].name, journey.journey_id)
+            if journey
+            else (None, None)
+        )
         if touch.csat is not None:
-            kpi("csat", float(touch.csat))
+            self._kpi(out, "csat", float(touch.csat), person_id, touch, context)
         if touch.nps is not None:
             category = (
                 "promoter" if touch.nps >= 9 else "passive" if touch.nps >= 7 else "detractor"
             )
-            kpi("nps", float(touch.nps), (("category", category),))
+            self._kpi(
+                out, "nps", float(touch.nps), person_id, touch, context, (("category", category),)
+            )
         if touch.revenue is not None and person_id.startswith("c:"):
-            kpi("ltv_increment", touch.revenue, (("currency", touch.currency),))
-        if touch.action == "complain" or touch.touchpoint.endswith(".complaint"):
+            detail = (("currency", touch.currency),)
+            self._kpi(out, "ltv_increment", touch.revenue, person_id, touch, context, detail)
+        if complaint:
             if person.complaint_at is None:
                 person.complaint_at = touch.at
         elif (
             person.complaint_at is not None
-            and touch.channel in ASSISTED | {"store"}
+            and touch.channel in _RESPONDING
             and (touch.action in ("respond", "resolve") or touch.touchpoint.startswith("agent."))
         ):
-            kpi("complaint_response", (touch.at - person.complaint_at) / 1000)
+            seconds = (touch.at - person.complaint_at) / 1000
+            self._kpi(out, "complaint_response", seconds, person_id, touch, context)
             person.complaint_at = None
+
+    @staticmethod
+    def _kpi(
+        out: list[Output],
+        name: str,
+        value: float,
+        person_id: str,
+        touch: Touch,
+        context: tuple[str | None, str | None],
+        detail: tuple[tuple[str, Any], ...] = (),
+    ) -> None:
+        out.append(
+            Output(
+                "kpi", name, f"kpi:{name}:{touch.event_id}", touch.at, person_id, context[0],
+                context[1], None, touch.channel, touch.touchpoint, touch.event_id, value, detail,
+            )
+        )  # fmt: skip
 
 
 def _any(

@@ -55,6 +55,15 @@ class IdentityGraph:
     def resolve(self, identifiers: tuple[tuple[str, str], ...]) -> Resolution:
         """The person of an event carrying ``identifiers`` (strongest first); links them."""
         keys = [f"{kind}:{value}" for kind, value in identifiers]
+        owner_of = self.owner.get
+        first = owner_of(keys[0]) if keys else None
+        if (
+            first is not None
+            and all(owner_of(k) == first for k in keys[1:])
+            and (not self.blocked or not any(k in self.blocked for k in keys))
+            and (first.startswith("c:") or not any(k.startswith("customer_id:") for k in keys))
+        ):
+            return Resolution(first)  # the common case: all already belong to one person
         merged: list[str] = []
         blocked: list[str] = []
         linked: list[str] = []

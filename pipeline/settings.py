@@ -79,6 +79,18 @@ class Settings(BaseSettings):
         default=Path("var"), description="Where workers keep local state (tables, logs)."
     )
 
+    journeys_file: Path | None = Field(
+        default=None,
+        description="Journey definitions (YAML). Unset: the defaults shipped with journeywatch. "
+        "Validated at start-up; `journeywatch journeys check FILE` reports every problem.",
+    )
+    allowed_lateness_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How late (event time) a touchpoint may arrive and still be applied in "
+        "order. Drop-offs are reported this much after their deadline.",
+    )
+
     # --- HTTP ------------------------------------------------------------------------------
     web_host: str = Field(default="127.0.0.1", description="Interface the web servers bind.")
     status_port: int = Field(

@@ -47,11 +47,16 @@ def run() -> None:
 @click.option("--index", default=0, show_default=True, help="Worker number (sets its web port).")
 def worker(index: int) -> None:
     """Run one Faust worker with the processing agents (needs JW_BROKER_URL)."""
+    from pipeline.definitions import DefinitionError, load_catalog
     from streams.roles import run_worker
 
     settings = _settings()
     if settings.broker_url is None:
         raise click.ClickException("JW_BROKER_URL is not set: a worker needs a Kafka broker")
+    try:  # fail at start-up, not at the first event
+        load_catalog(settings.journeys_file)
+    except DefinitionError as exc:
+        raise click.ClickException(str(exc)) from exc
     run_worker(settings, index)
 
 
@@ -105,6 +110,28 @@ def schema(out: Path | None) -> None:
         out.write_text(text)
     else:
         click.echo(text, nl=False)
+
+
+@main.group()
+def journeys() -> None:
+    """Journey definitions."""
+
+
+@journeys.command("check")
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+def journeys_check(file: Path | None) -> None:
+    """Validate a journey definitions file (default: JW_JOURNEYS_FILE or the built-in one)."""
+    from pipeline.definitions import DefinitionError, load_catalog
+
+    path = file or _settings().journeys_file
+    try:
+        catalog = load_catalog(path)
+    except DefinitionError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for journey in catalog.journeys:
+        stages = " → ".join(stage.name for stage in journey.stages)
+        click.echo(f"{journey.name}: {stages} → goal ({len(journey.moments_of_truth)} moments of truth)")
+    click.echo(f"{path or 'built-in definitions'}: version {catalog.version}, valid")
 
 
 @main.command()
