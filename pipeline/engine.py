@@ -14,7 +14,7 @@ import hashlib
 import heapq
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -55,8 +55,7 @@ def _id_hash(event_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class Output(NamedTuple):
     """One fact the engine emits. ``output_id`` is deterministic: consumers deduplicate on it.
 
     ``type`` is one of: ``journey`` (name: started, stage_reached, converted, dropped_off,
@@ -86,9 +85,7 @@ class Output:
         return _short_hash(self.key)
 
     def as_dict(self) -> dict[str, Any]:
-        data = {
-            name: getattr(self, name) for name in self.__slots__ if name not in ("detail", "key")
-        }
+        data = {name: getattr(self, name) for name in self._fields if name not in ("detail", "key")}
         data["output_id"] = self.output_id
         data["detail"] = dict(self.detail)
         return data
@@ -108,6 +105,7 @@ class JourneyState:
     channels: int = 0
     contacts: int = 0  # assisted-channel sessions (first-contact resolution)
     negatives: int = 0
+    pending_due: int = 0  # earliest deadline queued for it (not persisted; re-derived)
 
     def to_list(self) -> list[Any]:
         return [
@@ -154,6 +152,7 @@ class PersonState:
     attempts: tuple[str, int, int] | None = None  # (step, first_at, count)
     last_activity: int = 0
     churn_flagged: bool = False
+    churn_due: int = 0  # churn deadline queued (not persisted; re-derived)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(
@@ -287,6 +286,7 @@ class JourneyEngine:
             self.persons[person] = state
             for journey in state.journeys:
                 self._schedule(person, journey)
+            self._schedule_churn(person, state)
 
     # --- matching ---------------------------------------------------------------------------
     def _compute_matches(
@@ -346,9 +346,8 @@ class JourneyEngine:
         touched = self._progress(person_id, person, touch, matches, new_session, negatives, out)
         self._kpis(person_id, person, touch, touched, out)
         person.last_activity = max(person.last_activity, touch.at)
-        if person.churn_flagged:
-            person.churn_flagged = False
-        self._push(touch.at + self.detectors.churn_after, person_id, "")
+        person.churn_flagged = False
+        self._schedule_churn(person_id, person)
 
     def _session(self, person: PersonState, touch: Touch) -> bool:
         session = person.sessions.get(touch.channel)
@@ -569,13 +568,26 @@ class JourneyEngine:
         self._score(person_id, journey, touch.at, "converted", out)
         person.journeys.remove(journey)
 
-    def _schedule(self, person_id: str, journey: JourneyState) -> None:
+    def _due(self, journey: JourneyState) -> int:
         definition = self.definitions[journey.definition]
         if journey.status == "active":
-            due = journey.active_at + definition.stages[journey.stage].timeout
-        else:
-            due = journey.dropped_at + definition.resume_within
+            return journey.active_at + definition.stages[journey.stage].timeout
+        return journey.dropped_at + definition.resume_within
+
+    def _schedule(self, person_id: str, journey: JourneyState) -> None:
+        """Queue the journey's deadline, unless an earlier one is queued already: that one,
+        when it fires, finds the journey still alive and queues the real deadline. This keeps
+        one queue entry per journey instead of one per touchpoint."""
+        due = self._due(journey)
+        if journey.pending_due and journey.pending_due <= due:
+            return
+        journey.pending_due = due
         self._push(due, person_id, journey.journey_id)
+
+    def _schedule_churn(self, person_id: str, person: PersonState) -> None:
+        if not person.churn_due:
+            person.churn_due = person.last_activity + self.detectors.churn_after
+            self._push(person.churn_due, person_id, "")
 
     def _push(self, due: int, person_id: str, journey_id: str) -> None:
         self._seq += 1
@@ -591,10 +603,15 @@ class JourneyEngine:
         journey = next((j for j in person.journeys if j.journey_id == journey_id), None)
         if journey is None:
             return
+        if journey.pending_due == due:
+            journey.pending_due = 0
+        expected = self._due(journey)
+        if expected != due:  # superseded by later activity
+            if expected > due and not journey.pending_due:
+                self._schedule(person_id, journey)
+            return
         definition = self.definitions[journey.definition]
         if journey.status == "active":
-            if journey.active_at + definition.stages[journey.stage].timeout != due:
-                return  # superseded by later activity
             journey.status = "dropped"
             already_dropped = journey.dropped_at > 0
             journey.dropped_at = due
@@ -616,13 +633,20 @@ class JourneyEngine:
                 )
             )
             self._score(person_id, journey, due, "dropped_off", out)
-        elif journey.dropped_at + definition.resume_within == due:
+        else:
             person.journeys.remove(journey)  # no longer resumable: forget it
 
     def _on_churn_deadline(
         self, due: int, person_id: str, person: PersonState, out: list[Output]
     ) -> None:
-        if person.last_activity + self.detectors.churn_after != due or person.churn_flagged:
+        if person.churn_due == due:
+            person.churn_due = 0
+        expected = person.last_activity + self.detectors.churn_after
+        if expected != due:
+            if expected > due:
+                self._schedule_churn(person_id, person)
+            return
+        if person.churn_flagged:
             return
         if person_id.startswith("c:"):
             person.churn_flagged = True
@@ -654,6 +678,10 @@ class JourneyEngine:
         )
         if moved is None:
             return
+        # Queued deadlines name the old person id: queue them again under the new one.
+        moved.churn_due = 0
+        for journey in moved.journeys:
+            journey.pending_due = 0
         person = self.persons.get(target)
         if person is None:
             self.persons[target] = moved
@@ -673,14 +701,16 @@ class JourneyEngine:
                     if existing.started_at <= journey.started_at
                     else (journey, existing)
                 )
+                if gone.active_at > keep.active_at:
+                    keep.end = gone.end
+                if gone.status == "active":
+                    keep.status = "active"
                 keep.stage = max(keep.stage, gone.stage)
                 keep.active_at = max(keep.active_at, gone.active_at)
                 keep.channels |= gone.channels
                 keep.contacts += gone.contacts
                 keep.negatives += gone.negatives
                 keep.peak = more_intense(keep.peak, gone.peak)
-                if gone.active_at > keep.active_at:
-                    keep.end = gone.end
                 if keep is journey:
                     person.journeys.remove(existing)
                     person.journeys.append(journey)
@@ -696,10 +726,9 @@ class JourneyEngine:
                         detail=(("into_journey_id", keep.journey_id),),
                     )
                 )
-                self._schedule(target, keep)
         for journey in person.journeys:
-            if journey.status == "active":
-                self._schedule(target, journey)
+            self._schedule(target, journey)
+        self._schedule_churn(target, person)
 
     # --- outputs ------------------------------------------------------------------------------
     def _journey_out(

@@ -14,12 +14,12 @@ it is no longer used to resolve or merge, and the block is reported once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 CUSTOMER = "customer_id"
 
 
-@dataclass(frozen=True, slots=True)
-class Resolution:
+class Resolution(NamedTuple):
     person_id: str
     merged: tuple[str, ...] = ()  # anonymous persons merged into person_id by this event
     blocked: tuple[str, ...] = ()  # identifiers blocked by this event

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from pipeline.contract import IDENTIFIER_FIELDS, TouchpointEvent
 
 
-@dataclass(frozen=True, slots=True)
-class Touch:
+class Touch(NamedTuple):
+    """A NamedTuple, not a frozen dataclass: construction is several times cheaper."""
+
     event_id: str
     at: int  # occurred_at, epoch milliseconds (event time)
     channel: str

@@ -130,7 +130,9 @@ def journeys_check(file: Path | None) -> None:
         raise click.ClickException(str(exc)) from exc
     for journey in catalog.journeys:
         stages = " → ".join(stage.name for stage in journey.stages)
-        click.echo(f"{journey.name}: {stages} → goal ({len(journey.moments_of_truth)} moments of truth)")
+        click.echo(
+            f"{journey.name}: {stages} → goal ({len(journey.moments_of_truth)} moments of truth)"
+        )
     click.echo(f"{path or 'built-in definitions'}: version {catalog.version}, valid")
 
 
