@@ -39,7 +39,11 @@ class IdentityGraph:
 
     def _own(self, identifier: str, person: str) -> None:
         self.owner[identifier] = person
-        self.members.setdefault(person, set()).add(identifier)
+        members = self.members.get(person)
+        if members is None:
+            self.members[person] = {identifier}
+        else:
+            members.add(identifier)
 
     def _merge(self, source: str, target: str) -> None:
         for identifier in self.members.pop(source, set()):
@@ -54,16 +58,18 @@ class IdentityGraph:
 
     def resolve(self, identifiers: tuple[tuple[str, str], ...]) -> Resolution:
         """The person of an event carrying ``identifiers`` (strongest first); links them."""
-        keys = [f"{kind}:{value}" for kind, value in identifiers]
+        keys = [kind + ":" + value for kind, value in identifiers]
         owner_of = self.owner.get
         first = owner_of(keys[0]) if keys else None
-        if (
-            first is not None
-            and all(owner_of(k) == first for k in keys[1:])
-            and (not self.blocked or not any(k in self.blocked for k in keys))
-            and (first.startswith("c:") or not any(k.startswith("customer_id:") for k in keys))
-        ):
-            return Resolution(first)  # the common case: all already belong to one person
+        if first is not None:
+            # The common case: every identifier already belongs to one person and none is
+            # blocked. (A customer id always comes first and always belongs to its customer.)
+            blocked_ids = self.blocked
+            for key in keys:
+                if owner_of(key) != first or key in blocked_ids:
+                    break
+            else:
+                return Resolution(first)
         merged: list[str] = []
         blocked: list[str] = []
         linked: list[str] = []

@@ -156,3 +156,15 @@ def test_every_journey_ends_exactly_once_and_never_drops_before_its_time_out(see
                 for m in matcher(touch.touchpoint, touch.action, touch.channel, touch.outcome)
             ):
                 assert not drop.at - timeout < touch.at <= drop.at, (drop, touch)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**9), size=st.integers(1, 20))
+def test_batched_submission_gives_the_same_outcome(seed: int, size: int) -> None:
+    touches = [t for _, t in generate(seed)]
+    engine = JourneyEngine(CATALOG, allowed_lateness_ms=LATENESS)
+    out: list[Output] = []
+    for start in range(0, len(touches), size):
+        out += engine.submit_batch(touches[start : start + size])
+    out += engine.flush() + engine.advance(2**62)
+    assert canonical(out) == canonical(run(touches))
