@@ -233,6 +233,11 @@ def decode_touchpoint(raw: bytes, received_at: datetime) -> TouchpointEvent | Re
         return Rejection(
             RejectReason.NOT_AN_OBJECT, "", f"expected a JSON object, got {type(data).__name__}"
         )
+    return validate_touchpoint(data, received_at)
+
+
+def validate_touchpoint(data: dict[str, Any], received_at: datetime) -> TouchpointEvent | Rejection:
+    """Validate an already parsed JSON object (``data`` may be modified)."""
     channel = data.get("channel")
     channel_label = (
         channel if isinstance(channel, str) and channel in _KNOWN_CHANNELS else "unknown"

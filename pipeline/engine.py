@@ -893,10 +893,21 @@ class JourneyEngine:
     ) -> None:
         out.append(
             Output(
-                "kpi", name, f"kpi:{name}:{touch.event_id}", touch.at, person_id, context[0],
-                context[1], None, touch.channel, touch.touchpoint, touch.event_id, value, detail,
+                "kpi",
+                name,
+                f"kpi:{name}:{touch.event_id}",
+                touch.at,
+                person_id,
+                context[0],
+                context[1],
+                None,
+                touch.channel,
+                touch.touchpoint,
+                touch.event_id,
+                value,
+                detail,
             )
-        )  # fmt: skip
+        )
 
 
 def _any(

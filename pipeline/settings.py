@@ -6,13 +6,25 @@ The reference table in docs/settings.md is generated from this class and checked
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.contract import Channel
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class ApiKey(BaseModel):
+    """One collector API key: the source it identifies and the channels it may send."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key: SecretStr = Field(min_length=16)
+    channels: tuple[Channel, ...] | None = None  # None: every channel
 
 
 class Settings(BaseSettings):
@@ -102,6 +114,25 @@ class Settings(BaseSettings):
         description="First port of the workers' /metrics, /livez, /readyz (one port each).",
     )
 
+    # --- HTTP collector ----------------------------------------------------------------
+    collector_port: int = Field(default=8090, description="Port of `journeywatch collector`.")
+    collector_api_keys: dict[str, ApiKey] = Field(
+        default_factory=dict,
+        description='Per-source API keys as JSON: `{"web-sdk": {"key": "...", "channels": '
+        '["web", "app"]}}`. `journeywatch run` creates a `demo` key under data_dir when unset.',
+    )
+    collector_max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body the collector accepts."
+    )
+    collector_max_batch: int = Field(
+        default=500, ge=1, description="Most events in one collector request."
+    )
+    phone_default_country_code: str = Field(
+        default="",
+        pattern=r"^\d{0,3}$",
+        description="Country calling code for national phone numbers before hashing (e.g. 44).",
+    )
+
     # --- Simulator (embedded run) ----------------------------------------------------------
     simulate_rate: float = Field(
         default=50.0, ge=0, description="Events per second the embedded simulator produces."
@@ -167,6 +198,16 @@ def to_environment(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
+        elif name == "collector_api_keys":
+            value = json.dumps(
+                {
+                    source: {
+                        "key": key.key.get_secret_value(),
+                        "channels": list(key.channels) if key.channels is not None else None,
+                    }
+                    for source, key in settings.collector_api_keys.items()
+                }
+            )
         env[f"JW_{name.upper()}"] = str(value)
     return env
 
@@ -178,7 +219,7 @@ def settings_reference() -> str:
         "| --- | --- | --- |",
     ]
     for name, field in Settings.model_fields.items():
-        default = field.default
+        default = field.get_default(call_default_factory=True)
         shown = "unset" if default is None else f"`{default}`"
         description = (field.description or "").replace("|", "\\|")
         lines.append(f"| `JW_{name.upper()}` | {shown} | {description} |")

@@ -56,6 +56,19 @@ SINK_DUPLICATES_SKIPPED = Counter(
     "Re-delivered rows the sink skipped because ClickHouse already held them.",
     ["table"],
 )
+COLLECTOR_REQUESTS = Counter(
+    "jw_collector_requests_total", "HTTP requests to POST /v1/events by status code.", ["status"]
+)
+COLLECTOR_EVENTS = Counter(
+    "jw_collector_events_total",
+    "Events submitted to the collector, accepted or rejected.",
+    ["outcome"],
+)
+COLLECTOR_REQUEST_SECONDS = Histogram(
+    "jw_collector_request_seconds",
+    "Time to answer POST /v1/events, broker acknowledgement included.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 WORKER_INFO = Info("jw_worker", "journeywatch process: version and role.")
 
 

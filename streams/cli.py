@@ -72,6 +72,27 @@ def sink() -> None:
 
 
 @main.command()
+def collector() -> None:
+    """Run the HTTP collector (POST /v1/events) on JW_COLLECTOR_PORT."""
+    from streams.collector import run_collector
+    from streams.logs import setup_logging
+
+    settings = _settings()
+    if settings.broker_url is None:
+        raise click.ClickException("JW_BROKER_URL is not set: the collector needs a Kafka broker")
+    if settings.pii_hash_key is None:
+        raise click.ClickException(
+            "JW_PII_HASH_KEY is not set: the collector hashes e-mail and phone with it"
+        )
+    if not settings.collector_api_keys:
+        raise click.ClickException(
+            'JW_COLLECTOR_API_KEYS is empty: e.g. {"web-sdk": {"key": "<32 random chars>"}}'
+        )
+    setup_logging(settings.log_level)
+    run_collector(settings)
+
+
+@main.command()
 def migrate() -> None:
     """Apply the ClickHouse migrations to JW_CLICKHOUSE_DSN (idempotent)."""
     from sinks.clickhouse.client import connect, redact_dsn

@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from pydantic import SecretStr
 
-from pipeline.settings import Settings, embedded_profile, to_environment
+from pipeline.settings import ApiKey, Settings, embedded_profile, to_environment
 from streams.broker import EmbeddedBroker
 from streams.process import child_process_options
 from streams.producer import SimulatorThread
@@ -56,16 +56,27 @@ def http_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
         return 0, None
 
 
+def _secret_file(path: Path) -> str:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def ensure_demo_api_key(settings: Settings) -> Settings:
+    """An embedded run without collector keys gets a ``demo`` key kept under data_dir."""
+    if settings.collector_api_keys:
+        return settings
+    key = ApiKey(key=SecretStr(_secret_file(settings.data_dir / "collector-demo.key")))
+    return settings.model_copy(update={"collector_api_keys": {"demo": key}})
+
+
 def ensure_pii_key(settings: Settings) -> Settings:
     """An embedded run without ``JW_PII_HASH_KEY`` gets a random key kept under data_dir."""
     if settings.pii_hash_key is not None:
         return settings
-    key_file = settings.data_dir / "pii-hash.key"
-    if not key_file.exists():
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(secrets.token_hex(32))
-        key_file.chmod(0o600)
-    key = SecretStr(key_file.read_text().strip())
+    key = SecretStr(_secret_file(settings.data_dir / "pii-hash.key"))
     return settings.model_copy(update={"pii_hash_key": key})
 
 
@@ -90,7 +101,7 @@ class EmbeddedRuntime:
 
     # --- start ----------------------------------------------------------------------------
     def start(self) -> None:
-        settings = ensure_pii_key(self.settings)
+        settings = ensure_demo_api_key(ensure_pii_key(self.settings))
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir = settings.data_dir / "logs"
         self.log_dir.mkdir(exist_ok=True)
@@ -109,6 +120,9 @@ class EmbeddedRuntime:
                 ["worker", "--index", str(index)],
                 f"http://127.0.0.1:{port}/readyz",
             )
+        self._spawn(
+            "collector", ["collector"], f"http://127.0.0.1:{settings.collector_port}/readyz"
+        )
         self._wait_ready(timeout_s=180.0)
         if settings.simulate_rate > 0:
             self.simulator = SimulatorThread(
@@ -160,6 +174,13 @@ class EmbeddedRuntime:
             f"http://127.0.0.1:{s.worker_web_port + i}/metrics" for i in range(s.workers)
         )
         broker = f"{s.broker_url} (embedded, in memory)" if self.broker else str(s.broker_url)
+        collector = f"http://127.0.0.1:{s.collector_port}/v1/events"
+        sources = ", ".join(sorted(s.collector_api_keys))
+        key_hint = (
+            f"key in {s.data_dir / 'collector-demo.key'}"
+            if "demo" in s.collector_api_keys
+            else f"keys from JW_COLLECTOR_API_KEYS ({sources})"
+        )
         return "\n".join(
             [
                 "journeywatch is running.",
@@ -167,6 +188,7 @@ class EmbeddedRuntime:
                 f"  Stats (JSON)  {base}/api/v1/stats",
                 f"  Metrics       {base}/metrics (sink); {workers}",
                 f"  Health        {base}/livez  {base}/readyz",
+                f"  Collector     POST {collector} ({key_hint}; API: /openapi.json)",
                 f"  Kafka         {broker}",
                 f"  ClickHouse    {s.clickhouse_dsn} database {s.clickhouse_database}",
                 f"  Simulator     {s.simulate_rate:g} events/s into {s.topic('touchpoints.raw')}",
@@ -207,6 +229,7 @@ class EmbeddedRuntime:
             self.simulator.join(10)
         # Workers first (they flush and commit), then the sink, the broker last.
         for group in (
+            [c for c in self.children if c.name == "collector"],
             [c for c in self.children if c.name.startswith("worker")],
             [c for c in self.children if c.name == "sink"],
         ):

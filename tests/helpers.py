@@ -38,7 +38,7 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: 
 
 def http_get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
+import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -16,8 +19,9 @@ pytestmark = pytest.mark.e2e
 
 
 def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    status_port, worker_port, broker_port = free_port(), free_port(), free_port()
+    status_port, worker_port, broker_port, collector_port = (free_port() for _ in range(4))
     env = jw_env(
+        collector_port=collector_port,
         status_port=status_port,
         worker_web_port=worker_port,
         embedded_broker_port=broker_port,
@@ -58,11 +62,41 @@ def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None
         )
         banner = (tmp_path / "run.out").read_text()
         assert f"{base}/" in banner and "Press Ctrl-C to stop." in banner
+        assert f"POST http://127.0.0.1:{collector_port}/v1/events" in banner
+
+        # An event through the collector, with the demo key the run created, reaches ClickHouse
+        # (the simulator sends no chat events, so the chat count is ours alone).
+        key = (tmp_path / "var" / "collector-demo.key").read_text().strip()
+        chat = {
+            "event_id": "e2e-chat-1",
+            "occurred_at": datetime.now(UTC).isoformat(),
+            "channel": "chat",
+            "touchpoint": "chat.start",
+            "action": "start",
+            "customer_id": "c-e2e",
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{collector_port}/v1/events",
+            data=json.dumps(chat).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202
+        wait_until(
+            lambda: (
+                (http_json(f"{base}/api/v1/stats") or {})
+                .get("touchpoints_by_channel", {})
+                .get("chat")
+                == 1
+            ),
+            60,
+            "the collector's event in ClickHouse",
+        )
 
         family = [run.pid] + [
             child.pid for child in psutil.Process(run.pid).children(recursive=True)
         ]
-        assert len(family) >= 4  # run, broker, sink, worker
+        assert len(family) >= 5  # run, broker, sink, worker, collector
         run.send_signal(signal.SIGINT)
         assert run.wait(90) == 0
         assert not [

@@ -88,7 +88,12 @@ def test_journeywatch_services_use_known_settings_and_commands(compose: dict[str
 
 def test_secrets_are_never_written_into_the_compose_file() -> None:
     text = COMPOSE.read_text()
-    for key in ("JW_PII_HASH_KEY", "CLICKHOUSE_PASSWORD", "GF_SECURITY_ADMIN_PASSWORD"):
+    for key in (
+        "JW_PII_HASH_KEY",
+        "CLICKHOUSE_PASSWORD",
+        "GF_SECURITY_ADMIN_PASSWORD",
+        "JW_COLLECTOR_API_KEYS",
+    ):
         for match in re.finditer(rf"^\s*{key}:\s*(\S+)", text, re.M):
             assert match.group(1).startswith("${"), f"{key} must come from the environment"
 

@@ -1,0 +1,100 @@
+"""What the HTTP collector does to each submitted event before it may leave the collector.
+
+Pure: parse the body, check the channel against the API key, replace raw e-mail addresses and
+phone numbers by their keyed hashes, stamp ``received_at`` and ``source``, validate. The
+HTTP and Kafka parts live in ``streams/collector.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from pipeline.contract import MAX_EVENT_BYTES, TouchpointEvent, validate_touchpoint
+from pipeline.pii import hash_email, hash_phone
+
+
+@dataclass(frozen=True, slots=True)
+class ItemError:
+    """Why one event of a request was refused."""
+
+    index: int
+    reason: str
+    field: str
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "reason": self.reason,
+            "field": self.field,
+            "detail": self.detail,
+        }
+
+
+class BodyError(ValueError):
+    """The request body as a whole cannot be read."""
+
+
+def parse_body(body: bytes, ndjson: bool) -> list[Any]:
+    """The events of a request: one object, a JSON array, ``{"events": [...]}`` or NDJSON."""
+    try:
+        if ndjson:
+            return [orjson.loads(line) for line in body.splitlines() if line.strip()]
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BodyError(f"the body is not valid JSON: {exc}") from exc
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict) and isinstance(data.get("events"), list) and len(data) == 1:
+        return list(data["events"])
+    if isinstance(data, dict):
+        return [data]
+    raise BodyError('expected a JSON object, an array of objects, or {"events": [...]}')
+
+
+def prepare_event(
+    index: int,
+    item: Any,
+    *,
+    source: str,
+    allowed_channels: frozenset[str] | None,
+    received_at: datetime,
+    pii_key: bytes,
+    phone_country_code: str = "",
+) -> TouchpointEvent | ItemError:
+    """One submitted event made safe and valid, or the reason it is refused."""
+    if not isinstance(item, dict):
+        return ItemError(index, "not_an_object", "", "each event must be a JSON object")
+    channel = item.get("channel")
+    if allowed_channels is not None and channel not in allowed_channels:
+        return ItemError(
+            index,
+            "channel_not_allowed",
+            "channel",
+            f"this API key may send {', '.join(sorted(allowed_channels))}, not {channel!r}",
+        )
+    email = item.pop("email", None)
+    phone = item.pop("phone", None)
+    if email is not None:
+        if not isinstance(email, str) or "@" not in email:
+            return ItemError(index, "invalid_field", "email", "must be an e-mail address")
+        item["email_hash"] = hash_email(email, pii_key)
+    if phone is not None:
+        if not isinstance(phone, str) or sum(ch.isdigit() for ch in phone) < 6:
+            return ItemError(index, "invalid_field", "phone", "must be a phone number")
+        item["phone_hash"] = hash_phone(phone, pii_key, phone_country_code)
+    item["received_at"] = received_at
+    item["source"] = source
+    size = len(orjson.dumps(item, default=str))
+    if size > MAX_EVENT_BYTES:
+        return ItemError(
+            index, "too_large", "", f"event is {size} bytes, the limit is {MAX_EVENT_BYTES}"
+        )
+    result = validate_touchpoint(item, received_at)
+    if isinstance(result, TouchpointEvent):
+        return result
+    return ItemError(index, result.reason.value, result.field, result.detail)

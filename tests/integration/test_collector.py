@@ -1,0 +1,189 @@
+"""The HTTP collector against a real broker: every status code, partial batches, PII."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from openapi_spec_validator import validate
+
+from pipeline.pii import hash_email, hash_phone
+from pipeline.settings import Settings
+from streams.broker import EmbeddedBroker
+from streams.topics import RAW, ensure_topics
+from tests.helpers import (
+    free_port,
+    http_get,
+    jw_env,
+    read_topic,
+    start_cli,
+    stop_process,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+WEB_KEY = "web-key-0123456789abcdef"
+STORE_KEY = "store-key-0123456789abcdef"
+PII_KEY = "collector-test-pii-key"
+EMAIL = "Jane.Doe@Example.com"
+PHONE = "+44 20 7946 0958"
+
+
+@dataclass
+class Running:
+    url: str
+    broker: EmbeddedBroker
+    log: Path
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture()
+def collector(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Running]:
+    ensure_topics(Settings(broker_url=broker.url, partitions=2))
+    port = free_port()
+    keys = {
+        "web-sdk": {"key": WEB_KEY, "channels": ["web", "app"]},
+        "store-feed": {"key": STORE_KEY},
+    }
+    env = jw_env(
+        broker_url=broker.url,
+        collector_port=port,
+        pii_hash_key=PII_KEY,
+        collector_api_keys=json.dumps(keys),
+        collector_max_body_bytes=200_000,
+        collector_max_batch=50,
+        log_level="INFO",
+    )
+    log = tmp_path / "collector.log"
+    process = start_cli(["collector"], env, log)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        assert process.poll() is None, log.read_text()
+        return http_get(f"{url}/readyz")[0] == 200
+
+    wait_until(ready, 30, "the collector")
+    yield Running(url, broker, log, process)
+    stop_process(process)
+
+
+def event(**overrides: Any) -> dict[str, Any]:
+    data = {
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "channel": "web",
+        "touchpoint": "checkout.payment",
+        "action": "submit",
+        "device_id": "d-1",
+    }
+    data.update(overrides)
+    return data
+
+
+def post(
+    url: str,
+    body: Any,
+    key: str | None = WEB_KEY,
+    content_type: str = "application/json",
+    raw: bytes | None = None,
+) -> tuple[int, Any]:
+    headers = {"Content-Type": content_type}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    data = raw if raw is not None else orjson.dumps(body)
+    request = urllib.request.Request(f"{url}/v1/events", data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def test_a_single_event_is_acknowledged_after_the_broker_has_it(collector: Running) -> None:
+    sent = event(email=EMAIL, phone=PHONE)
+    status, body = post(collector.url, sent)
+    assert (status, body) == (202, {"accepted": 1, "rejected": []})
+    # 202 came after the broker's acknowledgement: the record is readable right away.
+    records = read_topic(collector.broker.url, RAW)
+    assert len(records) == 1
+    stored = orjson.loads(records[0].value)
+    assert stored["event_id"] == sent["event_id"]
+    assert stored["source"] == "web-sdk" and "received_at" in stored
+    assert stored["email_hash"] == hash_email(EMAIL, PII_KEY.encode())
+    assert stored["phone_hash"] == hash_phone(PHONE, PII_KEY.encode())
+    assert "email" not in stored and "phone" not in stored
+
+
+def test_a_batch_accepts_the_good_events_and_reports_each_bad_one(collector: Running) -> None:
+    batch = [event(), event(csat=9), event(channel="store"), event(), event(coupon="X")]
+    status, body = post(collector.url, {"events": batch})
+    assert status == 202 and body["accepted"] == 2
+    assert [(e["index"], e["reason"], e["field"]) for e in body["rejected"]] == [
+        (1, "invalid_field", "csat"),
+        (2, "channel_not_allowed", "channel"),
+        (4, "unknown_field", "coupon"),
+    ]
+    assert len(read_topic(collector.broker.url, RAW)) == 2
+    ndjson = b"\n".join(orjson.dumps(event()) for _ in range(3))
+    status, body = post(collector.url, None, content_type="application/x-ndjson", raw=ndjson)
+    assert (status, body["accepted"]) == (202, 3)
+
+
+def test_status_codes(collector: Running) -> None:
+    url = collector.url
+    assert post(url, event(), key=None)[0] == 401
+    assert post(url, event(), key="not-a-key-at-all-xxxxx")[0] == 401
+    assert post(url, [event(channel="store")], key=WEB_KEY)[0] == 403
+    assert (
+        post(url, event(channel="store"), key=STORE_KEY)[0] == 202
+    )  # that key may send any channel
+    status, body = post(url, [event(csat=0), event(nps=11)])
+    assert status == 400 and [e["field"] for e in body["errors"]] == ["csat", "nps"]
+    assert post(url, None, raw=b"{nope")[0] == 400
+    assert post(url, event(), content_type="text/plain")[0] == 415
+    assert post(url, None, raw=b"[" + b" " * 210_000 + b"]")[0] == 413
+    assert post(url, [event() for _ in range(51)])[0] == 413
+    assert (
+        post(url, event(attributes={"blob": "x" * 70_000}))[1]["errors"][0]["reason"] == "too_large"
+    )
+
+
+def test_raw_personal_data_never_reaches_the_topic_or_the_log(collector: Running) -> None:
+    batch = [
+        event(email=EMAIL, phone=PHONE),
+        event(email=EMAIL, csat=7),
+        event(email="not-an-email"),
+    ]
+    status, _ = post(collector.url, batch)
+    assert status == 202
+    stop_process(collector.process)
+    raw_values = (EMAIL, EMAIL.lower(), "7946 0958", "+442079460958", "not-an-email")
+    for record in read_topic(collector.broker.url, RAW):
+        assert not any(value.encode() in record.value for value in raw_values)
+    log = collector.log.read_text()
+    assert not any(value in log for value in raw_values)
+
+
+def test_the_openapi_description_is_valid_and_served(collector: Running) -> None:
+    status, body = http_get(f"{collector.url}/openapi.json")
+    assert status == 200
+    document = json.loads(body)
+    validate(document)
+    assert set(document["paths"]["/v1/events"]["post"]["responses"]) >= {
+        "202",
+        "400",
+        "401",
+        "403",
+        "413",
+        "415",
+    }
