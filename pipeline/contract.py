@@ -172,7 +172,7 @@ class TouchpointEvent(BaseModel):
 
     def to_json(self) -> bytes:
         """Canonical JSON encoding, the form written to topics downstream of ingest."""
-        return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
+        return self.__pydantic_serializer__.to_json(self, exclude_none=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,157 @@
+"""Load on one collector process over loopback: events/s and latency, in batches of 100."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from pipeline.settings import Settings
+from streams.broker import EmbeddedBroker
+from streams.topics import ensure_topics
+
+REQUESTS = 400
+BATCH = 100
+CONCURRENCY = 4
+KEY = "bench-key-0123456789abcdef"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _batches() -> list[bytes]:
+    now = datetime.now(UTC).isoformat()
+    return [
+        orjson.dumps(
+            [
+                {
+                    "event_id": str(uuid.uuid4()),
+                    "occurred_at": now,
+                    "channel": "web",
+                    "touchpoint": "product.view",
+                    "action": "view",
+                    "device_id": f"d{i % 5000}",
+                    "email": f"user{i}@example.com",
+                    "duration_ms": 800,
+                }
+                for i in range(r * BATCH, (r + 1) * BATCH)
+            ]
+        )
+        for r in range(REQUESTS)
+    ]
+
+
+async def _load(url: str, bodies: list[bytes]) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as session:
+
+        async def client() -> None:
+            while not queue.empty():
+                body = queue.get_nowait()
+                started = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as response:
+                    assert response.status == 202, await response.text()
+                    await response.read()
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(CONCURRENCY)))
+        return time.perf_counter() - started, latencies
+
+
+async def _baseline(bootstrap: str, bodies: list[bytes]) -> float:
+    """The same events produced straight to Kafka with aiokafka, batch by batch."""
+    events = [[orjson.dumps(e) for e in orjson.loads(body)] for body in bodies]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+    await producer.start()
+    try:
+        semaphore = asyncio.Semaphore(CONCURRENCY)
+
+        async def send(batch: list[bytes]) -> None:
+            async with semaphore:
+                futures = [await producer.send("baseline", value=v) for v in batch]
+                await asyncio.gather(*futures)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(send(batch) for batch in events))
+        return time.perf_counter() - started
+    finally:
+        await producer.stop()
+
+
+def run() -> str:
+    bodies = _batches()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedBroker(_free_port(), Path(tmp) / "b.log") as broker,
+    ):
+        settings = Settings(broker_url=broker.url, partitions=4)
+        ensure_topics(settings)
+        ensure_topics(settings.model_copy(update={"topic_prefix": ""}), ("baseline",))
+        port = _free_port()
+        env = {
+            **os.environ,
+            "JW_BROKER_URL": broker.url,
+            "JW_COLLECTOR_PORT": str(port),
+            "JW_PII_HASH_KEY": "bench",
+            "JW_COLLECTOR_API_KEYS": json.dumps({"bench": {"key": KEY}}),
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "collector"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), 0.2):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the collector did not start") from None
+                    time.sleep(0.1)
+            url = f"http://127.0.0.1:{port}/v1/events"
+            asyncio.run(_load(url, bodies[:20]))  # warm-up
+            elapsed, latencies = asyncio.run(_load(url, bodies))
+            baseline_elapsed = asyncio.run(_baseline(broker.url, bodies))
+        finally:
+            process.terminate()
+            process.wait(10)
+    events = REQUESTS * BATCH
+    rate, baseline = events / elapsed, events / baseline_elapsed
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2] * 1000
+    p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
+    return (
+        "## HTTP collector (one process, loopback)\n\n"
+        f"Command: `make bench` (suite `benchmarks/collector.py`): {REQUESTS} requests of {BATCH} "
+        f"events (with a raw e-mail to hash), {CONCURRENCY} concurrent clients, embedded broker; "
+        "client, collector and broker share the machine's 2 cores.\n\n"
+        "| what | events/s | ratio to baseline |\n| --- | ---: | ---: |\n"
+        f"| baseline: aiokafka producer, same events, acks=all | {baseline:,.0f} | 1.00 |\n"
+        f"| collector: `POST /v1/events`, 202 after broker ack | {rate:,.0f} | "
+        f"{rate / baseline:.2f} |\n\n"
+        f"Collector latency per request of {BATCH}: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
+        "(targets: ≥ 20,000 events/s, p99 < 50 ms).\n"
+    )
