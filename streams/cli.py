@@ -92,6 +92,49 @@ def collector() -> None:
     run_collector(settings)
 
 
+@main.command("import")
+@click.option(
+    "--kind",
+    type=click.Choice(["contact-center", "store"]),
+    required=True,
+    help="Which export the files are.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl"]),
+    default=None,
+    help="Default: from the file name (.jsonl/.ndjson/.json: JSON Lines; else CSV).",
+)
+@click.option("--dry-run", is_flag=True, help="Check the files; produce nothing.")
+@click.option("--errors-out", type=click.Path(path_type=Path), help="Write the error report here.")
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+def import_(
+    kind: str, fmt: str | None, dry_run: bool, errors_out: Path | None, files: tuple[Path, ...]
+) -> None:
+    """Import contact-centre or store exports (CSV or JSON Lines) into touchpoints.raw."""
+    from streams.importer import import_file
+
+    settings = _settings()
+    if settings.broker_url is None and not dry_run:
+        raise click.ClickException("JW_BROKER_URL is not set (or use --dry-run)")
+    reports = [import_file(path, kind, settings, fmt=fmt, dry_run=dry_run) for path in files]
+    errors = [line for report in reports for line in report.errors]
+    for line in errors[:50]:
+        click.echo(line, err=True)
+    if len(errors) > 50:
+        click.echo(f"... and {len(errors) - 50} more", err=True)
+    if errors_out:
+        errors_out.write_text("".join(line + "\n" for line in errors))
+    imported = sum(r.imported for r in reports)
+    verb = "valid" if dry_run else "imported"
+    click.echo(f"{imported} events {verb}, {len(errors)} lines rejected")
+    if imported == 0 and errors:
+        sys.exit(1)
+
+
 @main.command()
 def migrate() -> None:
     """Apply the ClickHouse migrations to JW_CLICKHOUSE_DSN (idempotent)."""

@@ -1,0 +1,108 @@
+"""`journeywatch import` into a real broker: exact counts, malformed lines reported, not fatal."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from pipeline.settings import Settings
+from streams.broker import EmbeddedBroker
+from streams.topics import RAW, ensure_topics
+from tests.helpers import REPO, jw_env, read_topic
+
+pytestmark = pytest.mark.integration
+
+CALLS = """call_id,event,timestamp,customer_id,phone,queue,wait_seconds,wrap_up_code,csat
+k1,ivr,2026-11-20T09:00:00Z,c1,+44 20 7946 0958,billing,,,
+k1,queued,2026-11-20T09:00:30Z,,,billing,,,
+k1,answered,2026-11-20T09:07:30Z,,,billing,420,,
+k1,ended,2026-11-20T09:15:00Z,,,billing,,resolved,
+k1,csat,2026-11-20T09:16:00Z,,,,,,5
+k2,queued,2026-11-20T10:00:00,c2,,,,,
+k3,teleported,2026-11-20T10:00:00Z,c3,,,,,
+k4,csat,2026-11-20T10:00:00Z,c4,,,,,9
+k5,queued,2026-11-20T10:00:00Z,c5,,,,,,extra
+k6,abandoned,2026-11-20T11:00:00Z,c6,,,,,
+"""
+VISIT = {
+    "visit_id": "v1",
+    "store_id": "s1",
+    "timestamp": "2026-11-20T12:00:00Z",
+    "loyalty_id": "L1",
+}
+STORE = (
+    b"\n".join(
+        [
+            orjson.dumps({**VISIT, "event": "visit"}),
+            orjson.dumps({**VISIT, "event": "purchase", "amount": "19.99", "currency": "EUR"}),
+            b"not json at all",
+            b"[1, 2]",
+            b"",
+            orjson.dumps({"visit_id": "v2", "event": "visit", "timestamp": "2026-11-20T12:00:00Z"}),
+        ]
+    )
+    + b"\n"
+)
+
+
+def run_import(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", "import", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_import_reports_bad_lines_by_file_and_line_and_produces_exactly_the_good_ones(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    ensure_topics(Settings(broker_url=broker.url, partitions=2))
+    calls, store = tmp_path / "calls.csv", tmp_path / "store.jsonl"
+    calls.write_text(CALLS)
+    store.write_bytes(STORE)
+    env = jw_env(broker_url=broker.url, pii_hash_key="import-key")
+    report = tmp_path / "errors.txt"
+
+    result = run_import(["--kind", "contact-center", str(calls), "--errors-out", str(report)], env)
+    assert result.returncode == 0, result.stderr
+    assert "6 events imported, 4 lines rejected" in result.stdout
+    errors = report.read_text().splitlines()
+    assert [line.split(": ", 1)[0] for line in errors] == [f"{calls}:{n}" for n in (7, 8, 9, 10)]
+    assert "has no time zone" in errors[0] and "teleported" in errors[1] and "csat" in errors[2]
+    assert "10 fields, the header has 9" in errors[3]
+
+    result = run_import(["--kind", "store", str(store)], env)
+    assert result.returncode == 0, result.stderr
+    assert "2 events imported, 3 lines rejected" in result.stdout
+    assert (
+        f"{store}:3: not valid JSON" in result.stderr
+        and f"{store}:4: expected a JSON object" in result.stderr
+    )
+    assert f"{store}:6: no identifier" in result.stderr
+
+    records = [orjson.loads(r.value) for r in read_topic(broker.url, RAW)]
+    assert len(records) == 8
+    assert sum(r["channel"] == "call_center" for r in records) == 6
+    assert all(b"7946" not in orjson.dumps(r) for r in records)
+    # The same files again: the same event ids (deduplicated downstream).
+    run_import(["--kind", "store", str(store)], env)
+    again = [orjson.loads(r.value) for r in read_topic(broker.url, RAW)][8:]
+    assert {r["event_id"] for r in again} == {
+        r["event_id"] for r in records if r["channel"] == "store"
+    }
+
+
+def test_a_file_with_no_good_line_fails(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("call_id,event,timestamp\nx,nope,2026-11-20T09:00:00Z\n")
+    result = run_import(
+        ["--kind", "contact-center", "--dry-run", str(bad)], jw_env(pii_hash_key="k")
+    )
+    assert result.returncode == 1 and "0 events valid, 1 lines rejected" in result.stdout
