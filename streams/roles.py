@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from faust.worker import Worker
 
@@ -18,11 +18,24 @@ from streams.topics import ensure_topics
 GC_THRESHOLDS = (50_000, 20, 100)
 
 
+class QuietWorker(Worker):
+    """A Faust worker without the terminal spinner.
+
+    The spinner writes cursor escape codes into the logs and, worse, installs a log handler
+    that sets the root logger to DEBUG, so every debug record of every library is built
+    and formatted even when the configured level is WARNING.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spinner = None
+
+
 def _run_worker(app: object, settings: Settings) -> NoReturn:
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()  # what start-up allocated is never garbage
-    worker = Worker(
-        app,  # type: ignore[arg-type]
+    worker = QuietWorker(
+        app,
         loglevel=settings.log_level,
         logging_config=logging_config(settings.log_level),
         quiet=True,
