@@ -474,7 +474,7 @@ class JourneyEngine:
                 if stage_index == GOAL:
                     continue  # a goal without a journey before it starts nothing
                 journey = JourneyState(
-                    _short_hash(f"{definition.name}:{touch.event_id}"),
+                    f"{_id_hash(definition.name + ':' + touch.event_id):016x}",
                     definition_index,
                     stage_index,
                     touch.at,
@@ -514,7 +514,10 @@ class JourneyEngine:
                             detail=(("severity", intensity), ("moment_of_truth", None)),
                         )
                     )
-        value = positive_value(touch.csat, touch.nps, touch.sentiment)
+        if touch.csat is None and touch.nps is None and touch.sentiment is None:
+            value = 0.0
+        else:
+            value = positive_value(touch.csat, touch.nps, touch.sentiment)
         for journey in touched:
             definition = self.definitions[journey.definition]
             mot = self._mot(
@@ -553,7 +556,8 @@ class JourneyEngine:
             goal = (journey.definition, GOAL) in matches and journey.status == "active"
             if goal:
                 journey_value = more_intense(journey_value, GOAL_VALUE)
-            journey.peak = more_intense(journey.peak, journey_value)
+            if journey_value:
+                journey.peak = more_intense(journey.peak, journey_value)
             journey.end = journey_value
             if goal:
                 self._convert(person_id, person, journey, definition, touch, out)
