@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import gc
-import random
 import time
 
 import orjson
 
 from pipeline.definitions import load_catalog
 from pipeline.engine import JourneyEngine
+from pipeline.simulator import scripted_touches
 from pipeline.touch import Touch
 
 EVENTS = 200_000
@@ -17,70 +17,12 @@ WORKER_GC_THRESHOLDS = (50_000, 20, 100)  # the same values as streams.roles
 BATCH = 1_000  # as the worker's take() batches
 T0 = 1_795_000_000_000
 M = 60_000
-SCRIPTS = [
-    [
-        ("web", "home.view", "view"),
-        ("web", "product.view", "view"),
-        ("web", "cart.add", "add"),
-        ("web", "checkout.payment", "submit"),
-        ("web", "checkout.confirmation", "view"),
-    ],
-    [
-        ("app", "product.view", "view"),
-        ("app", "cart.add", "add"),
-        ("app", "checkout.payment", "submit"),
-        ("call_center", "ivr.menu", "select"),
-        ("call_center", "queue.wait", "wait"),
-        ("call_center", "agent.talk", "resolve"),
-    ],
-    [
-        ("web", "store_locator.search", "view"),
-        ("store", "store.visit", "enter"),
-        ("store", "till.purchase", "pay"),
-    ],
-    [
-        ("app", "app.install", "install"),
-        ("app", "onboarding.signup", "submit"),
-        ("app", "onboarding.profile", "submit"),
-        ("app", "onboarding.completed", "view"),
-    ],
-    [("web", "home.view", "view"), ("web", "product.view", "view")],
-]
 
 
 def mixed_stream(events: int, seed: int = 5) -> list[Touch]:
     """Concurrent personas walking the default journeys, interleaved in event-time order."""
-    rng = random.Random(seed)
-    touches: list[Touch] = []
-    persona = 0
-    while len(touches) < events:
-        persona += 1
-        script = rng.choice(SCRIPTS)
-        at = T0 + rng.randrange(6 * 60 * M)
-        customer = f"c{persona}" if rng.random() < 0.5 else None
-        for index, (channel, touchpoint, action) in enumerate(
-            script[: rng.randint(1, len(script))]
-        ):
-            at += rng.choice((15_000, 60_000, 4 * M, 25 * M))
-            ids: tuple[tuple[str, str], ...] = (("device_id", f"d{persona}"),)
-            if customer and (index >= 2 or channel in ("call_center", "store")):
-                ids = (("customer_id", customer), *ids)
-            touches.append(
-                Touch(
-                    f"{persona}-{index}",
-                    at,
-                    channel,
-                    touchpoint,
-                    action,
-                    "error" if rng.random() < 0.05 else "ok",
-                    identifiers=ids,
-                    duration_ms=rng.randint(100, 6_000) if channel in ("web", "app") else None,
-                    wait_ms=rng.randint(0, 600_000) if touchpoint == "queue.wait" else None,
-                    csat=rng.randint(1, 5) if action == "resolve" else None,
-                )
-            )
-    touches.sort(key=lambda t: t.at)
-    return touches[:events]
+    stream = scripted_touches(seed, t0=T0, events=events, start_spread_ms=6 * 60 * M)
+    return [touch for _, touch in stream]
 
 
 def run() -> str:

@@ -39,6 +39,12 @@ DurationMs = Annotated[int, BeforeValidator(parse_duration_ms), Field(gt=0)]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 
 
+def _require_unique(what: str, names: list[str]) -> None:
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"{what} names must be unique, repeated: {', '.join(duplicates)}")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -84,10 +90,7 @@ class JourneyDefinition(_Strict):
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> JourneyDefinition:
-        names = [stage.name for stage in self.stages]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"stage names must be unique, repeated: {', '.join(duplicates)}")
+        _require_unique("stage", [stage.name for stage in self.stages])
         return self
 
 
@@ -112,10 +115,7 @@ class JourneyCatalog(_Strict):
 
     @model_validator(mode="after")
     def _unique_journey_names(self) -> JourneyCatalog:
-        names = [journey.name for journey in self.journeys]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"journey names must be unique, repeated: {', '.join(duplicates)}")
+        _require_unique("journey", [journey.name for journey in self.journeys])
         return self
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pipeline.touch import Touch
+
 Step = tuple[str, str, str, str, str | None]  # channel, touchpoint, action, outcome, reason
 
 _ONLINE_BUY: tuple[Step, ...] = (
@@ -124,3 +126,93 @@ class SimpleTrafficSource:
     def events(self, now: datetime, count: int) -> Iterator[dict[str, Any]]:
         for _ in range(count):
             yield self.next_event(now)
+
+
+# (channel, touchpoint, action) steps of a persona walking one of the default journeys.
+JOURNEY_SCRIPTS: tuple[tuple[tuple[str, str, str], ...], ...] = (
+    (
+        ("web", "home.view", "view"),
+        ("web", "product.view", "view"),
+        ("web", "cart.add", "add"),
+        ("web", "checkout.payment", "submit"),
+        ("web", "checkout.confirmation", "view"),
+    ),
+    (
+        ("app", "product.view", "view"),
+        ("app", "cart.add", "add"),
+        ("app", "checkout.payment", "submit"),
+        ("call_center", "ivr.menu", "select"),
+        ("call_center", "queue.wait", "wait"),
+        ("call_center", "agent.talk", "resolve"),
+    ),
+    (
+        ("web", "store_locator.search", "view"),
+        ("store", "store.visit", "enter"),
+        ("store", "till.purchase", "pay"),
+    ),
+    (
+        ("app", "app.install", "install"),
+        ("app", "onboarding.signup", "submit"),
+        ("app", "onboarding.profile", "submit"),
+        ("app", "onboarding.completed", "view"),
+    ),
+    (("web", "home.view", "view"), ("web", "product.view", "view")),  # a browser who leaves
+)
+
+
+def scripted_touches(
+    seed: int,
+    *,
+    t0: int,
+    personas: int | None = None,
+    events: int | None = None,
+    start_spread_ms: int = 2 * 3_600_000,
+    gaps_ms: tuple[int, ...] = (15_000, 60_000, 240_000, 1_500_000),
+    error_rate: float = 0.05,
+    customer_share: float = 0.5,
+    csat_rate: float = 0.0,
+) -> list[tuple[int, Touch]]:
+    """(persona, touch) pairs in event-time order: personas walking the default journeys,
+    each stopping at a random step, anonymous on the web and the app until they identify
+    themselves (from the third step, or in a call or a store), with random failures.
+
+    Stops after ``personas`` personas or ``events`` touches, whichever is given.
+    """
+    rng = random.Random(seed)
+    stream: list[tuple[int, Touch]] = []
+    persona = 0
+    while (personas is None or persona < personas) and (events is None or len(stream) < events):
+        script = rng.choice(JOURNEY_SCRIPTS)
+        at = t0 + rng.randrange(start_spread_ms)
+        customer = f"c{persona}" if rng.random() < customer_share else None
+        for index, (channel, touchpoint, action) in enumerate(
+            script[: rng.randint(1, len(script))]
+        ):
+            at += rng.choice(gaps_ms)
+            identifiers: tuple[tuple[str, str], ...] = (("device_id", f"d{persona}"),)
+            if customer and (index >= 2 or channel in ("call_center", "store")):
+                identifiers = (("customer_id", customer), *identifiers)
+            csat = rng.randint(1, 5) if action == "resolve" or rng.random() < csat_rate else None
+            stream.append(
+                (
+                    persona,
+                    Touch(
+                        f"p{persona}-{index}",
+                        at,
+                        channel,
+                        touchpoint,
+                        action,
+                        "error" if rng.random() < error_rate else "ok",
+                        identifiers=identifiers,
+                        session_hint=f"s{persona}-{index}" if channel == "call_center" else None,
+                        duration_ms=rng.randint(100, 6_000) if channel in ("web", "app") else None,
+                        wait_ms=rng.choice((30_000, 900_000))
+                        if touchpoint == "queue.wait"
+                        else None,
+                        csat=csat,
+                    ),
+                )
+            )
+        persona += 1
+    stream.sort(key=lambda item: (item[1].at, item[1].event_id))
+    return stream[:events] if events is not None else stream

@@ -9,78 +9,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.engine import JourneyEngine, Output
+from pipeline.simulator import scripted_touches
 from pipeline.touch import Touch
 from tests.unit.journeys import CATALOG, T0, H, M, S
 
 LATENESS = 10 * M
-# (channel, touchpoint, action) steps of one persona's script, per default journey.
-SCRIPTS = [
-    [
-        ("web", "home.view", "view"),
-        ("web", "product.view", "view"),
-        ("web", "cart.add", "add"),
-        ("web", "checkout.payment", "submit"),
-        ("web", "checkout.confirmation", "view"),
-    ],
-    [
-        ("app", "product.view", "view"),
-        ("app", "cart.add", "add"),
-        ("app", "checkout.payment", "submit"),
-        ("call_center", "ivr.menu", "select"),
-        ("call_center", "queue.wait", "wait"),
-        ("call_center", "agent.talk", "resolve"),
-    ],
-    [
-        ("web", "store_locator.search", "view"),
-        ("store", "store.visit", "enter"),
-        ("store", "till.purchase", "pay"),
-    ],
-    [
-        ("app", "app.install", "install"),
-        ("app", "onboarding.signup", "submit"),
-        ("app", "onboarding.profile", "submit"),
-        ("app", "onboarding.completed", "view"),
-    ],
-]
 
 
 def generate(seed: int, personas: int = 12) -> list[tuple[int, Touch]]:
-    """(persona, touch) pairs in event-time order, with identity links and failures."""
-    rng = random.Random(seed)
-    stream: list[tuple[int, Touch]] = []
-    for persona in range(personas):
-        script = rng.choice(SCRIPTS)
-        length = rng.randint(1, len(script))
-        at = rng.randint(0, 2 * H)
-        customer = f"c{persona}" if rng.random() < 0.6 else None
-        for index, (channel, touchpoint, action) in enumerate(script[:length]):
-            at += rng.choice([20 * S, 2 * M, 20 * M, 90 * M, 5 * H])
-            identifiers: tuple[tuple[str, str], ...] = (("device_id", f"d{persona}"),)
-            if customer and (channel in ("call_center", "store") or index >= 2):
-                identifiers = (("customer_id", customer), *identifiers)
-            outcome = "error" if rng.random() < 0.15 else "ok"
-            extra = {"csat": rng.randint(1, 5)} if rng.random() < 0.2 else {}
-            stream.append(
-                (
-                    persona,
-                    Touch(
-                        f"p{persona}-{index}",
-                        T0 + at,
-                        channel,
-                        touchpoint,
-                        action,
-                        outcome,
-                        identifiers=identifiers,
-                        session_hint=f"s{persona}-{index}" if channel == "call_center" else None,
-                        wait_ms=rng.choice([None, 30_000, 900_000])
-                        if touchpoint == "queue.wait"
-                        else None,
-                        **extra,
-                    ),
-                )
-            )
-    stream.sort(key=lambda item: (item[1].at, item[1].event_id))
-    return stream
+    """(persona, touch) pairs in event-time order, with identity links and failures; gaps
+    long enough that some journeys drop off, resume or time out between steps."""
+    return scripted_touches(
+        seed,
+        t0=T0,
+        personas=personas,
+        gaps_ms=(20 * S, 2 * M, 20 * M, 90 * M, 5 * H),
+        error_rate=0.15,
+        customer_share=0.6,
+        csat_rate=0.2,
+    )
 
 
 def run(touches: list[Touch]) -> list[Output]:
