@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint unit integration bench docs clean install
+.PHONY: run test lint unit integration bench docs clean install system-deps
 
 install: $(STAMP)
 
@@ -26,7 +26,11 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy pipeline streams sinks
 	$(VENV)/bin/lint-imports
 
-test: $(STAMP) lint
+# Tools the tests drive that come from Debian rather than PyPI; installed when missing.
+system-deps:
+	@command -v kubectl >/dev/null || { apt-get update -q && apt-get install -y -q kubectl; }
+
+test: $(STAMP) system-deps lint
 	$(PY) -m pytest -q
 
 unit: $(STAMP)

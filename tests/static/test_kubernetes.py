@@ -1,0 +1,139 @@
+"""Every kustomize overlay renders, and every object passes the Kubernetes schemas (offline)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.helpers import REPO
+
+K8S = REPO / "deploy" / "k8s"
+OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
+KUBERNETES_VERSION = "1.30.0"
+CRDS = {"ServiceMonitor", "PrometheusRule"}
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(K8S / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def objects(request: pytest.FixtureRequest) -> list[dict[str, Any]]:
+    return render(request.param)
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def pod_specs(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (o["metadata"]["name"], o["spec"]["template"]["spec"])
+        for o in objects
+        if o["kind"] in ("Deployment", "StatefulSet", "Job")
+    ]
+
+
+def test_there_are_small_and_production_overlays() -> None:
+    assert {"small", "production"} <= set(OVERLAYS)
+
+
+def test_every_object_is_valid_for_kubernetes(objects: list[dict[str, Any]]) -> None:
+    for obj in objects:
+        if obj["kind"] in CRDS:
+            assert obj["apiVersion"] == "monitoring.coreos.com/v1" and obj["spec"]
+            continue
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_every_container_runs_non_root_read_only_with_limits(objects: list[dict[str, Any]]) -> None:
+    specs = pod_specs(objects)
+    assert {name for name, _ in specs} >= {
+        "journeywatch-worker",
+        "journeywatch-sink",
+        "journeywatch-collector",
+        "journeywatch-migrate",
+        "journeywatch-topics",
+    }
+    for name, spec in specs:
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert {"requests", "limits"} <= set(container["resources"]), name
+            refs = {ref.get("secretRef", {}).get("name") for ref in container.get("envFrom", [])}
+            assert "journeywatch-secrets" in refs, name
+
+
+def test_long_running_pods_have_readiness_and_liveness_probes(
+    objects: list[dict[str, Any]],
+) -> None:
+    for name, spec in pod_specs(objects):
+        if name.endswith(("migrate", "topics")):
+            continue
+        container = spec["containers"][0]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", name
+        assert container["livenessProbe"]["httpGet"]["path"] == "/livez", name
+
+
+def test_workers_scale_at_most_to_the_partition_count(objects: list[dict[str, Any]]) -> None:
+    config = next(
+        o
+        for o in by_kind(objects, "ConfigMap")
+        if o["metadata"]["name"].startswith("journeywatch-config")
+    )
+    partitions = int(config["data"]["JW_PARTITIONS"])
+    hpa = next(
+        o
+        for o in by_kind(objects, "HorizontalPodAutoscaler")
+        if o["metadata"]["name"] == "journeywatch-worker"
+    )
+    assert hpa["spec"]["maxReplicas"] <= partitions
+    assert by_kind(objects, "PodDisruptionBudget") and by_kind(objects, "NetworkPolicy")
+
+
+def test_no_secret_values_are_committed(objects: list[dict[str, Any]]) -> None:
+    assert by_kind(objects, "Secret") == []
+    for config in by_kind(objects, "ConfigMap"):
+        for key in config.get("data", {}):
+            assert key not in ("JW_PII_HASH_KEY", "JW_COLLECTOR_API_KEYS", "JW_CLICKHOUSE_DSN")
+
+
+def test_prometheus_rule_and_journeys_are_generated_from_their_sources() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate_docs", REPO / "docs" / "generate.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    stale = "deploy/k8s is stale: run `make docs`"
+    assert (K8S / "base" / "prometheusrule.yaml").read_text() == module.prometheus_rule(), stale
+    assert (K8S / "base" / "journeys.yaml").read_text() == (
+        REPO / "pipeline" / "defaults" / "journeys.yaml"
+    ).read_text(), stale
+
+
+def test_the_worker_mounts_the_journey_definitions(objects: list[dict[str, Any]]) -> None:
+    worker = next(o for o in by_kind(objects, "StatefulSet"))
+    mounts = {
+        m["mountPath"] for m in worker["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    }
+    config = next(
+        o
+        for o in by_kind(objects, "ConfigMap")
+        if o["metadata"]["name"].startswith("journeywatch-config")
+    )
+    assert Path(config["data"]["JW_JOURNEYS_FILE"]).parent.as_posix() in mounts
