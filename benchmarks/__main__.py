@@ -7,10 +7,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import collector, contract_decode, engine
+from benchmarks import collector, contract_decode, engine, scaling
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-SUITES = [contract_decode, engine, collector]
+SUITES = [contract_decode, engine, collector, scaling]
 
 
 def main() -> None:

@@ -20,7 +20,12 @@ def register_health(app: faust.App, readiness: Readiness) -> None:
 
     @app.page("/readyz")
     async def readyz(self: View, request: Request) -> Response:
-        body: dict[str, Any] = {"ready": readiness.ready, "checks": readiness.checks}
+        assigned = sorted(f"{tp.topic}:{tp.partition}" for tp in app.assignor.assigned_actives())
+        body: dict[str, Any] = {
+            "ready": readiness.ready,
+            "checks": readiness.checks,
+            "assigned_partitions": assigned,
+        }
         return self.json(body, status=200 if readiness.ready else 503)
 
     @app.page("/metrics")

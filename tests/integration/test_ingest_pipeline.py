@@ -109,6 +109,12 @@ def test_ten_thousand_events_land_exactly_once_with_every_failure_explained(
         for port, process in ((status_port, sink), (worker_port, worker)):
             wait_until(lambda p=port, proc=process: ready(p, proc), 90, f"/readyz on port {port}")
 
+        # One worker owns every partition of the raw topic, and says so on /readyz.
+        readyz = http_json(f"http://127.0.0.1:{worker_port}/readyz")
+        assert {tp for tp in readyz["assigned_partitions"] if tp.startswith(RAW)} == {
+            f"{RAW}:{p}" for p in range(4)
+        }
+
         rng = random.Random(42)
         now = datetime.now(UTC)
         producer = KafkaProducer(

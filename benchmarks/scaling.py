@@ -1,0 +1,141 @@
+"""Scale-out on one machine: ingest throughput with one and with two worker processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+
+from pipeline.settings import Settings
+from pipeline.simulator import SimpleTrafficSource
+from streams.broker import EmbeddedBroker
+from streams.topics import RAW, ensure_topics
+
+EVENTS = 30_000
+PARTITIONS = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _assignment_settled(ports: list[int]) -> bool:
+    """Every raw partition is assigned to exactly one worker, and every worker has some."""
+    owned: list[str] = []
+    for port in ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
+                mine = [
+                    tp
+                    for tp in orjson.loads(response.read())["assigned_partitions"]
+                    if tp.startswith(RAW)
+                ]
+        except OSError:
+            return False
+        if not mine:
+            return False
+        owned += mine
+    return sorted(owned) == sorted(f"{RAW}:{p}" for p in range(PARTITIONS))
+
+
+def _lag(bootstrap: str, group: str) -> int:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        committed = admin.list_group_offsets(group).get(group, {})
+        partitions = [TopicPartition(RAW, p) for p in range(PARTITIONS)]
+        ends = consumer.end_offsets(partitions)
+        return sum(
+            max(0, ends[tp] - (committed[tp].offset if tp in committed else 0)) for tp in partitions
+        )
+    finally:
+        consumer.close()
+        admin.close()
+
+
+def _measure(workers: int, payloads: list[bytes]) -> float:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedBroker(_free_port(), Path(tmp) / "b.log") as broker,
+    ):
+        ensure_topics(Settings(broker_url=broker.url, partitions=PARTITIONS))
+        env = {
+            **os.environ,
+            "JW_BROKER_URL": broker.url,
+            "JW_PARTITIONS": str(PARTITIONS),
+            "JW_DATA_DIR": tmp,
+            "JW_CONSUMER_SESSION_TIMEOUT_S": "3",
+            "JW_CONSUMER_HEARTBEAT_S": "0.5",
+            "JW_CONSUMER_REBALANCE_TIMEOUT_S": "3",
+        }
+        base = _free_port()
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker", "--index", str(i)],
+                env={**env, "JW_WORKER_WEB_PORT": str(base)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for i in range(workers)
+        ]
+        try:
+            deadline = time.monotonic() + 120
+            while not all(_ready(base + i) for i in range(workers)):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("workers did not become ready")
+                time.sleep(0.2)
+            while not _assignment_settled([base + i for i in range(workers)]):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the consumer group did not settle")
+                time.sleep(0.2)
+            producer = KafkaProducer(
+                bootstrap_servers=broker.url, linger_ms=5, batch_size=256 * 1024
+            )
+            started = time.perf_counter()
+            for payload in payloads:
+                producer.send(RAW, value=payload)
+            producer.flush()
+            while _lag(broker.url, "journeywatch") > 0:
+                time.sleep(0.1)
+            return len(payloads) / (time.perf_counter() - started)
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(30)
+
+
+def run() -> str:
+    now = datetime.now(UTC)
+    payloads = [orjson.dumps(e) for e in SimpleTrafficSource(seed=9).events(now, EVENTS)]
+    one = _measure(1, payloads)
+    two = _measure(2, payloads)
+    return (
+        "## Scale-out: one and two worker processes\n\n"
+        f"Command: `make bench` (suite `benchmarks/scaling.py`): {EVENTS:,} events produced to "
+        f"`touchpoints.raw` ({PARTITIONS} partitions) on the embedded broker, timed from the "
+        "first send until the ingest group has committed every offset; the workers run the "
+        "ingest agent (validation, dead letters) — the journey agent is not in the topology "
+        "yet. The broker, the producer and the workers share the machine's 2 cores.\n\n"
+        "| workers | events/s | ratio to one worker |\n| ---: | ---: | ---: |\n"
+        f"| 1 | {one:,.0f} | 1.00 |\n| 2 | {two:,.0f} | {two / one:.2f} |\n"
+    )
