@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     clickhouse_database: str = Field(
         default="journeywatch", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Database name."
     )
+    clickhouse_cluster: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$",
+        description="ClickHouse cluster name (remote_servers). Set: migrations run ON CLUSTER "
+        "with replicated `<table>_local` tables behind Distributed tables of the usual names.",
+    )
     touchpoint_retention_days: int = Field(
         default=395, ge=1, description="Days of raw touchpoints kept in ClickHouse (TTL)."
     )

@@ -144,7 +144,10 @@ def migrate() -> None:
     settings = _settings()
     client = connect(settings.clickhouse_dsn)
     applied = apply_migrations(
-        client, settings.clickhouse_database, settings.touchpoint_retention_days
+        client,
+        settings.clickhouse_database,
+        settings.touchpoint_retention_days,
+        settings.clickhouse_cluster,
     )
     target = f"{redact_dsn(settings.clickhouse_dsn)} ({settings.clickhouse_database})"
     if applied:

@@ -107,12 +107,18 @@ class SinkRole:
         self._read_pool = ThreadPoolExecutor(2, thread_name_prefix="ch-read")
         self.client = connect(settings.clickhouse_dsn)
         self.writer = ClickHouseWriter(
-            self.client, settings.clickhouse_database, on_result=_record_write
+            self.client,
+            settings.clickhouse_database,
+            on_result=_record_write,
+            distributed=settings.clickhouse_cluster is not None,
         )
 
     def migrate(self) -> None:
         apply_migrations(
-            self.client, self.settings.clickhouse_database, self.settings.touchpoint_retention_days
+            self.client,
+            self.settings.clickhouse_database,
+            self.settings.touchpoint_retention_days,
+            self.settings.clickhouse_cluster,
         )
         self.readiness.checks["clickhouse_migrated"] = True
 

@@ -25,18 +25,71 @@ class Migration:
 
     @property
     def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()
-
-    def statements(self, **params: object) -> list[str]:
-        text = "\n".join(
-            line for line in self.sql.splitlines() if not line.strip().startswith("--")
+        """Of the SQL without comments: editing a comment is not a schema change."""
+        code = "\n".join(
+            line.rstrip() for line in self.sql.splitlines() if not line.strip().startswith("--")
         )
-        rendered = text.format(**params)
-        return [part.strip() for part in rendered.split(";") if part.strip()]
+        return hashlib.sha256(code.encode()).hexdigest()
+
+    def statements(self, cluster: str | None = None, **params: object) -> list[str]:
+        """The statements to run; with ``cluster``, their replicated, sharded variant."""
+        rendered: list[str] = []
+        for block in self.sql.split(";"):
+            lines = block.splitlines()
+            shard_by = next(
+                (
+                    line.split("shard_by:", 1)[1].strip()
+                    for line in lines
+                    if line.strip().startswith("-- shard_by:")
+                ),
+                "rand()",
+            )
+            text = "\n".join(line for line in lines if not line.strip().startswith("--")).strip()
+            if not text:
+                continue
+            text = text.format(**params)
+            if cluster:
+                rendered.extend(cluster_variant(text, cluster, str(params["db"]), shard_by))
+            else:
+                rendered.append(text)
+        return rendered
 
 
 class MigrationError(RuntimeError):
     pass
+
+
+_CREATE_RE = re.compile(
+    r"^CREATE TABLE IF NOT EXISTS (?P<db>\w+)\.(?P<table>\w+)\s*(?P<body>\(.*?\))\s*"
+    r"ENGINE\s*=\s*(?P<engine>\w*MergeTree)(?:\((?P<args>[^)]*)\))?(?P<rest>.*)$",
+    re.S,
+)
+
+
+def cluster_variant(statement: str, cluster: str, db: str, shard_by: str) -> list[str]:
+    """A table on a cluster: ``<table>_local``, replicated on every shard, and ``<table>``,
+    a Distributed table over them, so writers and analysts keep using the same name.
+
+    Rows that must collapse together (one ``event_id``) must share a shard: migrations say
+    how with a ``-- shard_by: <expression>`` comment (default ``rand()``).
+    """
+    match = _CREATE_RE.match(statement)
+    if match is None:
+        if statement.startswith(("CREATE", "ALTER", "DROP")) and " ON CLUSTER " not in statement:
+            raise MigrationError(f"no cluster variant for: {statement.splitlines()[0]}")
+        return [statement]
+    table, engine, args = match["table"], match["engine"], (match["args"] or "").strip()
+    path = f"'/clickhouse/tables/{{shard}}/{db}/{table}_local', '{{replica}}'"
+    engine_args = f"{path}, {args}" if args else path
+    local = (
+        f"CREATE TABLE IF NOT EXISTS {db}.{table}_local ON CLUSTER '{cluster}' {match['body']}\n"
+        f"ENGINE = Replicated{engine}({engine_args}){match['rest']}"
+    )
+    distributed = (
+        f"CREATE TABLE IF NOT EXISTS {db}.{table} ON CLUSTER '{cluster}' AS {db}.{table}_local\n"
+        f"ENGINE = Distributed('{cluster}', '{db}', '{table}_local', {shard_by})"
+    )
+    return [local, distributed]
 
 
 def load_migrations() -> list[Migration]:
@@ -53,14 +106,36 @@ def load_migrations() -> list[Migration]:
     return found
 
 
-def apply_migrations(client: Client, database: str, retention_days: int) -> list[Migration]:
-    """Bring ``database`` up to date; returns the migrations applied now (none if current)."""
-    client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
-    client.command(
-        f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations "
-        "(version UInt32, name String, checksum String, applied_at DateTime64(3, 'UTC') "
-        "DEFAULT now64(3)) ENGINE = ReplacingMergeTree ORDER BY version"
+def bookkeeping_statements(database: str, cluster: str | None = None) -> list[str]:
+    """The database and the ``schema_migrations`` table (one copy for the whole cluster)."""
+    columns = (
+        "(version UInt32, name String, checksum String, "
+        "applied_at DateTime64(3, 'UTC') DEFAULT now64(3))"
     )
+    if not cluster:
+        return [
+            f"CREATE DATABASE IF NOT EXISTS {database}",
+            f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations {columns} "
+            "ENGINE = ReplacingMergeTree ORDER BY version",
+        ]
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER '{cluster}'",
+        f"CREATE TABLE IF NOT EXISTS {database}.schema_migrations ON CLUSTER '{cluster}' {columns} "
+        f"ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{database}/schema_migrations', "
+        "'{replica}') ORDER BY version",
+    ]
+
+
+def apply_migrations(
+    client: Client, database: str, retention_days: int, cluster: str | None = None
+) -> list[Migration]:
+    """Bring ``database`` up to date; returns the migrations applied now (none if current).
+
+    With ``cluster``, tables are created ``ON CLUSTER`` as replicated ``<table>_local`` tables
+    behind Distributed tables of the usual names (docs/operations/clickhouse-cluster.md).
+    """
+    for statement in bookkeeping_statements(database, cluster):
+        client.command(statement)
     applied = {
         int(row[0]): str(row[1])
         for row in client.query(
@@ -77,7 +152,8 @@ def apply_migrations(client: Client, database: str, retention_days: int) -> list
                     f"was applied to {database}; add a new migration instead of editing it"
                 )
             continue
-        for statement in migration.statements(db=database, retention_days=retention_days):
+        statements = migration.statements(cluster, db=database, retention_days=retention_days)
+        for statement in statements:
             client.command(statement)
         client.insert(
             f"{database}.schema_migrations",

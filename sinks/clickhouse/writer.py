@@ -43,6 +43,7 @@ class ClickHouseWriter:
         backoff_s: float = 0.2,
         max_backoff_s: float = 10.0,
         on_result: Callable[[str, int, float, bool], None] | None = None,
+        distributed: bool = False,
     ) -> None:
         self._client = client
         self._db = database
@@ -51,6 +52,11 @@ class ClickHouseWriter:
         self._max_backoff_s = max_backoff_s
         self._high_water: dict[tuple[str, str, str, int], int] = {}
         self._on_result = on_result
+        # Through a Distributed table the insert must reach the shards before it returns, or
+        # "written" would mean "queued on this node" and the offsets would be committed early.
+        self._insert_settings: dict[str, Any] = {"async_insert": 0}
+        if distributed:
+            self._insert_settings["distributed_foreground_insert"] = 1
 
     def forget_positions(self) -> None:
         """Drop cached high-water marks (after a rebalance another sink may have written)."""
@@ -92,7 +98,7 @@ class ClickHouseWriter:
                     f"{self._db}.{table}",
                     fresh,
                     column_names=list(columns),
-                    settings={"insert_deduplication_token": token, "async_insert": 0},
+                    settings={"insert_deduplication_token": token, **self._insert_settings},
                 ),
                 what=f"insert {len(fresh)} rows into {table}",
             )

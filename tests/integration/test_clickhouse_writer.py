@@ -11,7 +11,12 @@ import pytest
 from pipeline.contract import Rejection, TouchpointEvent, decode_touchpoint
 from pipeline.deadletter import dead_letter_headers
 from pipeline.simulator import SimpleTrafficSource
-from sinks.clickhouse.migrations import MigrationError, apply_migrations, load_migrations
+from sinks.clickhouse.migrations import (
+    MigrationError,
+    apply_migrations,
+    bookkeeping_statements,
+    load_migrations,
+)
 from sinks.clickhouse.rows import (
     FAILED_EVENT_COLUMNS,
     TOUCHPOINT_COLUMNS,
@@ -130,3 +135,32 @@ def test_failed_events_keep_reason_source_and_redacted_bytes(clickhouse) -> None
             '{"event_id": "x"}',
         )
     ]
+
+
+def test_the_cluster_variant_is_valid_clickhouse_sql(clickhouse) -> None:
+    client, _ = clickhouse
+    statements = bookkeeping_statements("journeywatch", "jw_cluster")
+    for migration in load_migrations():
+        statements += migration.statements("jw_cluster", db="journeywatch", retention_days=30)
+    for statement in statements:  # the server's own parser, without running anything
+        formatted = client.query(
+            "SELECT formatQuery({q:String})", parameters={"q": statement}
+        ).result_rows[0][0]
+        assert "ON CLUSTER jw_cluster" in formatted, formatted
+    text = "\n".join(statements)
+    assert "journeywatch.touchpoints_local ON CLUSTER 'jw_cluster'" in text
+    assert (
+        "ENGINE = ReplicatedReplacingMergeTree("
+        "'/clickhouse/tables/{shard}/journeywatch/touchpoints_local', '{replica}', ingested_at)"
+        in text
+    )
+    assert (
+        "ENGINE = Distributed('jw_cluster', 'journeywatch', 'touchpoints_local', "
+        "cityHash64(event_id))" in text
+    )
+    assert "Distributed('jw_cluster', 'journeywatch', 'failed_events_local', rand())" in text
+    # Without a cluster nothing changes.
+    plain = [
+        s for m in load_migrations() for s in m.statements(db="journeywatch", retention_days=30)
+    ]
+    assert not any("ON CLUSTER" in s or "_local" in s for s in plain)

@@ -2,6 +2,7 @@
 -- ReplacingMergeTree on event_id: a touchpoint re-sent by a producer collapses on merge.
 -- kafka_topic_id/partition/offset let the sink skip what it already wrote after a restart
 -- (the id changes when a topic is re-created and its offsets start again).
+-- shard_by: cityHash64(event_id)
 CREATE TABLE IF NOT EXISTS {db}.touchpoints
 (
     event_id        String,
