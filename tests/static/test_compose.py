@@ -104,6 +104,10 @@ def test_the_dockerfile_runs_as_non_root_with_a_health_check() -> None:
     assert "HEALTHCHECK" in dockerfile
     stages = re.findall(r"^FROM\s+(\S+)", dockerfile, re.M)
     assert len(stages) >= 2 and all("slim" in stage for stage in stages)
+    final = dockerfile[dockerfile.rindex("\nFROM ") :]
+    # No build tools in the final image: it only copies the built virtualenv.
+    assert not re.search(r"apt-get install|pip install|gcc|build-essential", final)
+    assert "COPY --from=build /opt/journeywatch /opt/journeywatch" in final
 
 
 @pytest.mark.parametrize(
