@@ -378,11 +378,14 @@ class JourneyEngine:
     def _session(self, person: PersonState, touch: Touch) -> bool:
         session = person.sessions.get(touch.channel)
         gap = SESSION_GAP_MS.get(touch.channel, 30 * 60_000)
-        new = (
-            session is None
-            or touch.at - session[0] > gap
-            or (touch.session_hint is not None and touch.session_hint != session[1])
-        )
+        if session is None:
+            new = True
+        elif touch.session_hint is not None:
+            # A call id or a visit id names the session: one call is one session, however
+            # long its queue.
+            new = touch.session_hint != session[1]
+        else:
+            new = touch.at - session[0] > gap
         if session is None:
             person.sessions[touch.channel] = [touch.at, touch.session_hint]
         elif touch.at >= session[0]:
