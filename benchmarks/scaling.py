@@ -19,6 +19,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from pipeline.settings import Settings
 from pipeline.simulator import SimpleTrafficSource
 from streams.broker import EmbeddedBroker
+from streams.offsets import confirmed_end_offsets
 from streams.topics import RAW, ensure_topics
 
 EVENTS = 30_000
@@ -65,7 +66,7 @@ def _lag(bootstrap: str, group: str) -> int:
     try:
         committed = admin.list_group_offsets(group).get(group, {})
         partitions = [TopicPartition(RAW, p) for p in range(PARTITIONS)]
-        ends = consumer.end_offsets(partitions)
+        ends = confirmed_end_offsets(bootstrap, partitions)
         return sum(
             max(0, ends[tp] - (committed[tp].offset if tp in committed else 0)) for tp in partitions
         )

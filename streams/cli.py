@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -207,11 +208,70 @@ def journeys_check(file: Path | None) -> None:
 @click.option("--rate", type=float, default=100.0, show_default=True, help="Events per second.")
 @click.option("--count", type=int, default=None, help="Stop after this many events.")
 @click.option("--seed", type=int, default=1, show_default=True)
-def simulate(rate: float, count: int | None, seed: int) -> None:
-    """Produce simulated touchpoints to touchpoints.raw on JW_BROKER_URL."""
+@click.option(
+    "--day",
+    "day",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="Simulate this whole day at once (personas, incidents, ground truth).",
+)
+@click.option("--personas", type=int, default=5_000, show_default=True, help="With --day.")
+@click.option(
+    "--incidents",
+    default="none",
+    show_default=True,
+    help="With --day: all, none, or some of payment_outage, app_checkout_crash, "
+    "call_centre_understaffed, store_stockout (comma-separated).",
+)
+@click.option(
+    "--ground-truth",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --day: write the ground truth here (JSON Lines): every journey's outcome "
+    "and negative moments, every identity link.",
+)
+@click.option(
+    "--collector-url", default=None, help="With --day: send through this collector (…/v1/events)."
+)
+@click.option(
+    "--api-key", envvar="JW_SIMULATE_API_KEY", default=None, help="The collector API key."
+)
+@click.option(
+    "--batch-size", type=int, default=100, show_default=True, help="Events per collector request."
+)
+def simulate(
+    rate: float,
+    count: int | None,
+    seed: int,
+    day: datetime | None,
+    personas: int,
+    incidents: str,
+    ground_truth: Path | None,
+    collector_url: str | None,
+    api_key: str | None,
+    batch_size: int,
+) -> None:
+    """Produce simulated touchpoints: a steady stream, or a whole day with --day."""
     from streams.producer import SimulatorThread
 
     settings = _settings()
+    if day is not None:
+        from streams.day import parse_incidents, simulate_day
+
+        if settings.broker_url is None and collector_url is None:
+            raise click.ClickException("JW_BROKER_URL is not set (or give --collector-url)")
+        sent = simulate_day(
+            settings,
+            day=day.date(),
+            personas=personas,
+            incidents=parse_incidents(incidents),
+            seed=seed,
+            ground_truth=ground_truth,
+            collector_url=collector_url,
+            api_key=api_key,
+            batch_size=batch_size,
+        )
+        click.echo(f"simulated {day.date()}: {sent} events from {personas} personas")
+        return
     if settings.broker_url is None:
         raise click.ClickException("JW_BROKER_URL is not set")
     thread = SimulatorThread(settings, rate, seed, limit=count)

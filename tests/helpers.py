@@ -115,6 +115,8 @@ def group_lag(bootstrap: str, group: str, topics: list[str]) -> int | None:
     """Records not yet committed by consumer ``group`` on ``topics`` (None: nothing committed)."""
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
+    from streams.offsets import confirmed_end_offsets
+
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap)
     try:
@@ -124,7 +126,7 @@ def group_lag(bootstrap: str, group: str, topics: list[str]) -> int | None:
             for topic in topics
             for p in consumer.partitions_for_topic(topic) or ()
         ]
-        ends = consumer.end_offsets(partitions)
+        ends = confirmed_end_offsets(bootstrap, partitions)
         lag = 0
         for tp in partitions:
             end = ends[tp]
@@ -141,12 +143,14 @@ def read_topic(bootstrap: str, topic: str) -> list[Any]:
     """Every record of ``topic``, from the beginning to the current end."""
     from kafka import KafkaConsumer, TopicPartition
 
+    from streams.offsets import confirmed_end_offsets
+
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         consumer.assign(partitions)
         consumer.seek_to_beginning()
-        ends = consumer.end_offsets(partitions)
+        ends = confirmed_end_offsets(bootstrap, partitions)
         records: list[Any] = []
         deadline = time.monotonic() + 60
         while any(consumer.position(tp) < ends[tp] for tp in partitions):

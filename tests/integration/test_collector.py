@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -22,6 +23,7 @@ from pipeline.settings import Settings
 from streams.broker import EmbeddedBroker
 from streams.topics import RAW, ensure_topics
 from tests.helpers import (
+    REPO,
     free_port,
     http_get,
     jw_env,
@@ -187,3 +189,36 @@ def test_the_openapi_description_is_valid_and_served(collector: Running) -> None
         "413",
         "415",
     }
+
+
+def test_the_day_simulator_can_send_through_the_collector(
+    collector: Running, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "simulate",
+            "--day",
+            "2026-11-02",
+            "--personas",
+            "50",
+            "--collector-url",
+            f"{collector.url}/v1/events",
+            "--api-key",
+            STORE_KEY,
+            "--batch-size",
+            "50",
+        ],
+        env=jw_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    sent = int(result.stdout.split(": ")[1].split(" events")[0])
+    records = [orjson.loads(r.value) for r in read_topic(collector.broker.url, RAW)]
+    assert len(records) == sent > 50
+    assert {r["source"] for r in records} == {"store-feed"}  # the collector stamps the key's source
