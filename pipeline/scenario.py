@@ -167,14 +167,19 @@ def _call(
     """One call: IVR, queue, agent; records the support_case journey it makes."""
     hint = f"call-{p.events[-1]['event_id'][:8] if p.events else p.customer}"
     moments = list(extra_moments)
-    p.touch(
-        "call_center",
-        "ivr.menu",
-        "select",
-        customer_id=p.customer,
-        session_hint=hint,
-        attributes={"issue": issue},
-    )
+
+    def in_call(touchpoint: str, action: str, **fields: Any) -> None:
+        p.touch(
+            "call_center",
+            touchpoint,
+            action,
+            customer_id=p.customer,
+            session_hint=hint,
+            attributes={"issue": issue},
+            **fields,
+        )
+
+    in_call("ivr.menu", "select")
     p.wait(10 * SECOND, 40 * SECOND)
     understaffed = p.sim.incident_active("call_centre_understaffed", p.at)
     wait_ms = (
@@ -183,44 +188,24 @@ def _call(
         else p.rng.randint(20 * SECOND, 3 * MINUTE)
     )
     if understaffed and p.rng.random() < 0.4:
-        p.touch(
-            "call_center",
+        in_call(
             "queue.wait",
             "wait",
-            customer_id=p.customer,
-            session_hint=hint,
             wait_ms=wait_ms,
             outcome="abandoned",
             outcome_reason="caller_hung_up",
-            attributes={"issue": issue},
         )
         moments += ["long_wait", "call_abandoned"]
         p.journey("support_case", person, "dropped_off", "diagnosis", *moments)
         return
-    p.touch(
-        "call_center",
-        "queue.wait",
-        "wait",
-        customer_id=p.customer,
-        session_hint=hint,
-        wait_ms=wait_ms,
-        attributes={"issue": issue},
-    )
+    in_call("queue.wait", "wait", wait_ms=wait_ms)
     if understaffed:
         moments.append("long_wait")
     p.at += wait_ms
     csat = p.rng.choice((1, 2, 4, 5, 5)) if not understaffed else p.rng.choice((1, 2, 3))
     if csat <= 2:
         moments.append("low_csat")
-    p.touch(
-        "call_center",
-        "agent.talk",
-        "resolve",
-        customer_id=p.customer,
-        session_hint=hint,
-        csat=csat,
-        attributes={"issue": issue},
-    )
+    in_call("agent.talk", "resolve", csat=csat)
     p.journey("support_case", person, "converted", "diagnosis", *moments)
 
 

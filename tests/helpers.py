@@ -81,6 +81,20 @@ def start_cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Pop
     )
 
 
+def run_cli(
+    args: list[str], env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``journeywatch ARGS`` to completion, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
     if process.poll() is None:
         process.terminate()

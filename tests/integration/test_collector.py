@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 import uuid
@@ -23,11 +22,11 @@ from pipeline.settings import Settings
 from streams.broker import EmbeddedBroker
 from streams.topics import RAW, ensure_topics
 from tests.helpers import (
-    REPO,
     free_port,
     http_get,
     jw_env,
     read_topic,
+    run_cli,
     start_cli,
     stop_process,
     wait_until,
@@ -194,29 +193,20 @@ def test_the_openapi_description_is_valid_and_served(collector: Running) -> None
 def test_the_day_simulator_can_send_through_the_collector(
     collector: Running, tmp_path: Path
 ) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streams.cli",
-            "simulate",
-            "--day",
-            "2026-11-02",
-            "--personas",
-            "50",
-            "--collector-url",
-            f"{collector.url}/v1/events",
-            "--api-key",
-            STORE_KEY,
-            "--batch-size",
-            "50",
-        ],
-        env=jw_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    args = [
+        "simulate",
+        "--day",
+        "2026-11-02",
+        "--personas",
+        "50",
+        "--batch-size",
+        "50",
+        "--collector-url",
+        f"{collector.url}/v1/events",
+        "--api-key",
+        STORE_KEY,
+    ]
+    result = run_cli(args, jw_env())
     assert result.returncode == 0, result.stderr
     sent = int(result.stdout.split(": ")[1].split(" events")[0])
     records = [orjson.loads(r.value) for r in read_topic(collector.broker.url, RAW)]

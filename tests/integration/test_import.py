@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -12,7 +11,7 @@ import pytest
 from pipeline.settings import Settings
 from streams.broker import EmbeddedBroker
 from streams.topics import RAW, ensure_topics
-from tests.helpers import REPO, jw_env, read_topic
+from tests.helpers import jw_env, read_topic, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -50,14 +49,7 @@ STORE = (
 
 
 def run_import(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", "import", *args],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(["import", *args], env)
 
 
 def test_import_reports_bad_lines_by_file_and_line_and_produces_exactly_the_good_ones(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -14,7 +12,7 @@ from pipeline.scenario import DaySimulator, default_incidents
 from pipeline.settings import Settings
 from streams.broker import EmbeddedBroker
 from streams.topics import RAW, ensure_topics
-from tests.helpers import REPO, jw_env, read_topic
+from tests.helpers import jw_env, read_topic, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -24,29 +22,20 @@ def test_a_simulated_day_goes_to_kafka_with_its_ground_truth(
 ) -> None:
     ensure_topics(Settings(broker_url=broker.url, partitions=2))
     truth = tmp_path / "truth.jsonl"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streams.cli",
-            "simulate",
-            "--day",
-            "2026-11-02",
-            "--personas",
-            "300",
-            "--incidents",
-            "all",
-            "--seed",
-            "5",
-            "--ground-truth",
-            str(truth),
-        ],
-        env=jw_env(broker_url=broker.url),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    args = [
+        "simulate",
+        "--day",
+        "2026-11-02",
+        "--personas",
+        "300",
+        "--incidents",
+        "all",
+        "--seed",
+        "5",
+        "--ground-truth",
+        str(truth),
+    ]
+    result = run_cli(args, jw_env(broker_url=broker.url))
     assert result.returncode == 0, result.stderr
     records = [orjson.loads(r.value) for r in read_topic(broker.url, RAW)]
     # The same day, generated here: the topic holds exactly its events.
