@@ -28,7 +28,11 @@ lint: $(STAMP)
 
 # Tools the tests drive that come from Debian rather than PyPI; installed when missing.
 system-deps:
-	@command -v kubectl >/dev/null || { apt-get update -q && apt-get install -y -q kubectl; }
+	@missing=""; \
+	command -v kubectl >/dev/null || missing="$$missing kubectl"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q $$missing; fi
 
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest -q

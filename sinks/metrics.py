@@ -56,6 +56,35 @@ SINK_DUPLICATES_SKIPPED = Counter(
     "Re-delivered rows the sink skipped because ClickHouse already held them.",
     ["table"],
 )
+# Journeys (the journey agent of the streaming topology increments these). Label values are
+# journey and stage names from the definitions file and channels: bounded sets.
+JOURNEYS_STARTED = Counter("jw_journeys_started_total", "Journeys started.", ["journey", "channel"])
+JOURNEY_STAGE_ENTERED = Counter(
+    "jw_journey_stage_entered_total",
+    "Journeys entering a stage (the denominator of the stage's drop-off rate).",
+    ["journey", "stage", "channel"],
+)
+JOURNEYS_CONVERTED = Counter(
+    "jw_journeys_converted_total",
+    "Journeys that reached their goal.",
+    ["journey", "stage", "channel"],
+)
+JOURNEYS_DROPPED_OFF = Counter(
+    "jw_journeys_dropped_off_total",
+    "Journeys that stopped progressing at a stage for longer than it allows.",
+    ["journey", "stage", "channel"],
+)
+NEGATIVE_MOMENTS = Counter(
+    "jw_negative_moments_total", "Negative moments by kind.", ["kind", "channel", "journey"]
+)
+MOMENTS_OF_TRUTH = Counter(
+    "jw_moments_of_truth_total",
+    "Moments of truth passed or failed.",
+    ["journey", "moment", "channel", "outcome"],
+)
+CONSUMER_LAG = Gauge(
+    "jw_consumer_lag", "Records not yet processed, per topic and partition.", ["topic", "partition"]
+)
 COLLECTOR_REQUESTS = Counter(
     "jw_collector_requests_total", "HTTP requests to POST /v1/events by status code.", ["status"]
 )

@@ -1,0 +1,120 @@
+"""Prometheus rules and Alertmanager routing, checked and unit-tested with the real tools."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.helpers import REPO
+
+PROMETHEUS = REPO / "deploy" / "prometheus"
+RULES = sorted((PROMETHEUS / "rules").glob("*.yml"))
+RULE_TESTS = sorted((PROMETHEUS / "tests").glob("*.yml"))
+ALERTMANAGER = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
+
+
+def run(*args: str) -> str:
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def alerts() -> list[dict[str, Any]]:
+    return [
+        rule
+        for path in RULES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    ]
+
+
+def test_rules_and_config_pass_promtool() -> None:
+    assert "SUCCESS" in run("promtool", "check", "rules", *map(str, RULES))
+    assert "SUCCESS" in run("promtool", "check", "config", str(PROMETHEUS / "prometheus.yml"))
+
+
+def test_rule_unit_tests_pass() -> None:
+    output = run("promtool", "test", "rules", *map(str, RULE_TESTS))
+    assert output.count("SUCCESS") == len(RULE_TESTS)
+
+
+def test_every_alert_has_a_case_that_fires_and_one_that_must_not() -> None:
+    fires: set[str] = set()
+    silent: set[str] = set()
+    for path in RULE_TESTS:
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            for check in case.get("alert_rule_test", []):
+                (fires if check["exp_alerts"] else silent).add(check["alertname"])
+    names = {alert["alert"] for alert in alerts()}
+    assert names >= {
+        "JourneyDropOffSpike",
+        "NegativeMomentSpike",
+        "MomentOfTruthFailing",
+        "IngestionStalled",
+        "ConsumerLagGrowing",
+        "SinkFailing",
+        "DeadLetterRateHigh",
+        "WorkerDown",
+    }
+    assert names <= fires, f"no firing case for {names - fires}"
+    assert names <= silent, f"no silent case for {names - silent}"
+
+
+@pytest.mark.parametrize("alert", alerts(), ids=lambda a: a["alert"])
+def test_every_alert_says_what_how_bad_and_where_to_look(alert: dict[str, Any]) -> None:
+    assert alert["labels"]["severity"] in ("page", "warning")
+    annotations = alert["annotations"]
+    assert {"summary", "runbook_url", "dashboard"} <= set(annotations)
+    runbook = re.search(r"/docs/runbooks/([a-z-]+\.md)$", annotations["runbook_url"])
+    assert runbook and (REPO / "docs" / "runbooks" / runbook.group(1)).exists()
+    text = (REPO / "docs" / "runbooks" / runbook.group(1)).read_text()
+    assert alert["alert"] in text and "## Check" in text and "## Fix" in text
+    if re.search(r"\bjourney\b", alert["expr"]):
+        assert (
+            "$labels.journey" in annotations["summary"] or "$labels.kind" in annotations["summary"]
+        )
+
+
+def test_alertmanager_config_and_routes() -> None:
+    assert "SUCCESS" in run("amtool", "check-config", str(ALERTMANAGER))
+
+    def route(*labels: str) -> str:
+        out = run("amtool", "config", "routes", "test", f"--config.file={ALERTMANAGER}", *labels)
+        return out.strip().splitlines()[0]
+
+    assert (
+        route("alertname=JourneyDropOffSpike", "severity=page", "journey=online_purchase")
+        == "oncall"
+    )
+    assert route("alertname=NegativeMomentSpike", "severity=warning") == "ops-chat"
+    assert route("alertname=Unknown") == "ops-chat"
+
+
+def test_ingestion_stalled_inhibits_the_drop_offs_it_causes() -> None:
+    config = yaml.safe_load(ALERTMANAGER.read_text())
+    rule = next(
+        r for r in config["inhibit_rules"] if 'alertname="IngestionStalled"' in r["source_matchers"]
+    )
+    assert "JourneyDropOffSpike" in rule["target_matchers"][0] and rule["equal"] == ["channel"]
+    assert config["route"]["group_by"][:2] == ["alertname", "journey"]
+
+
+def test_the_kubernetes_rule_object_carries_the_same_rules() -> None:
+    generated = yaml.safe_load(
+        (REPO / "deploy" / "k8s" / "base" / "prometheusrule.yaml").read_text()
+    )
+    groups = [g for path in RULES for g in yaml.safe_load(path.read_text())["groups"]]
+    assert generated["spec"]["groups"] == groups
+
+
+def test_rule_files_are_where_compose_mounts_them() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    volumes = compose["services"]["prometheus"]["volumes"]
+    assert any(v.startswith("./deploy/prometheus/rules:") for v in volumes)
+    assert Path(PROMETHEUS / "prometheus.yml").exists()
