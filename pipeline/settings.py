@@ -139,6 +139,15 @@ class Settings(BaseSettings):
         description="Country calling code for national phone numbers before hashing (e.g. 44).",
     )
 
+    # --- Local monitoring (embedded run) -------------------------------------------------
+    local_monitoring: bool = Field(
+        default=True,
+        description="`journeywatch run` also starts Prometheus and Alertmanager with "
+        "journeywatch's rules when their binaries are installed.",
+    )
+    prometheus_port: int = Field(default=9090, description="Port of the local Prometheus.")
+    alertmanager_port: int = Field(default=9093, description="Port of the local Alertmanager.")
+
     # --- Simulator (embedded run) ----------------------------------------------------------
     simulate_rate: float = Field(
         default=50.0, ge=0, description="Events per second the embedded simulator produces."

@@ -28,6 +28,7 @@ from pydantic import SecretStr
 
 from pipeline.settings import ApiKey, Settings, embedded_profile, to_environment
 from streams.broker import EmbeddedBroker
+from streams.monitoring import LocalMonitoring, start_local_monitoring
 from streams.process import child_process_options
 from streams.producer import SimulatorThread
 from streams.topics import ensure_topics
@@ -94,6 +95,7 @@ class EmbeddedRuntime:
         self.broker: EmbeddedBroker | None = None
         self.children: list[Child] = []
         self.simulator: SimulatorThread | None = None
+        self.monitoring: LocalMonitoring | None = None
         self._stop = threading.Event()
 
     def say(self, text: str) -> None:
@@ -124,6 +126,20 @@ class EmbeddedRuntime:
             "collector", ["collector"], f"http://127.0.0.1:{settings.collector_port}/readyz"
         )
         self._wait_ready(timeout_s=180.0)
+        if settings.local_monitoring:
+            self.monitoring = start_local_monitoring(
+                settings.data_dir / "monitoring",
+                {
+                    "journeywatch-sink": [f"127.0.0.1:{settings.status_port}"],
+                    "journeywatch-worker": [
+                        f"127.0.0.1:{settings.worker_web_port + i}" for i in range(settings.workers)
+                    ],
+                    "journeywatch-collector": [f"127.0.0.1:{settings.collector_port}"],
+                },
+                settings.prometheus_port,
+                settings.alertmanager_port,
+                self.log_dir,
+            )
         if settings.simulate_rate > 0:
             self.simulator = SimulatorThread(
                 settings, settings.simulate_rate, settings.simulate_seed
@@ -190,6 +206,17 @@ class EmbeddedRuntime:
                 f"  Health        {base}/livez  {base}/readyz",
                 f"  Collector     POST {collector} ({key_hint}; API: /openapi.json)",
                 f"  Kafka         {broker}",
+                *(
+                    [
+                        f"  Prometheus    {self.monitoring.prometheus_url} (journeywatch's rules)",
+                        f"  Alertmanager  {self.monitoring.alertmanager_url}",
+                    ]
+                    if self.monitoring
+                    else [
+                        "  Monitoring    add Prometheus and Alertmanager with: "
+                        "apt-get install prometheus prometheus-alertmanager"
+                    ]
+                ),
                 f"  ClickHouse    {s.clickhouse_dsn} database {s.clickhouse_database}",
                 f"  Simulator     {s.simulate_rate:g} events/s into {s.topic('touchpoints.raw')}",
                 f"  Logs          {self.log_dir}/",
@@ -224,6 +251,8 @@ class EmbeddedRuntime:
 
     # --- stop -----------------------------------------------------------------------------
     def stop(self) -> None:
+        if self.monitoring:
+            self.monitoring.stop()
         if self.simulator:
             self.simulator.stop()
             self.simulator.join(10)

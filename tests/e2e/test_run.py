@@ -19,8 +19,12 @@ pytestmark = pytest.mark.e2e
 
 
 def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    status_port, worker_port, broker_port, collector_port = (free_port() for _ in range(4))
+    status_port, worker_port, broker_port, collector_port, prometheus_port, alertmanager_port = (
+        free_port() for _ in range(6)
+    )
     env = jw_env(
+        prometheus_port=prometheus_port,
+        alertmanager_port=alertmanager_port,
         collector_port=collector_port,
         status_port=status_port,
         worker_web_port=worker_port,
@@ -93,10 +97,26 @@ def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None
             "the collector's event in ClickHouse",
         )
 
+        # The local Prometheus (real, from Debian) scrapes every process of the run with the
+        # project's rules loaded, and the local Alertmanager answers.
+        def targets_up() -> bool:
+            data = http_json(f"http://127.0.0.1:{prometheus_port}/api/v1/targets")
+            active = data["data"]["activeTargets"] if data else []
+            return len(active) == 3 and all(t["health"] == "up" for t in active)
+
+        wait_until(targets_up, 60, "Prometheus to scrape the sink, the worker and the collector")
+        rules = http_json(f"http://127.0.0.1:{prometheus_port}/api/v1/rules")["data"]["groups"]
+        assert {"journeywatch-journeys", "journeywatch-pipeline"} <= {g["name"] for g in rules}
+        accepted = http_json(
+            f"http://127.0.0.1:{prometheus_port}/api/v1/query?query=sum(jw_events_accepted_total)"
+        )
+        assert float(accepted["data"]["result"][0]["value"][1]) > 0
+        assert http_get(f"http://127.0.0.1:{alertmanager_port}/-/ready")[0] == 200
+
         family = [run.pid] + [
             child.pid for child in psutil.Process(run.pid).children(recursive=True)
         ]
-        assert len(family) >= 5  # run, broker, sink, worker, collector
+        assert len(family) >= 7  # run, broker, sink, worker, collector, prometheus, alertmanager
         run.send_signal(signal.SIGINT)
         assert run.wait(90) == 0
         assert not [
