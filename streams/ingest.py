@@ -8,7 +8,9 @@ flushed (at-least-once).
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -32,8 +34,8 @@ def register_ingest(app: faust.App, settings: Settings) -> None:
         key_serializer="raw",
         value_serializer="raw",
     )
-    by_person = app.topic(settings.topic(BY_PERSON), key_serializer="raw", value_serializer="raw")
-    dead_letters = app.topic(settings.topic(DLQ), key_serializer="raw", value_serializer="raw")
+    by_person = settings.topic(BY_PERSON)
+    dead_letters = settings.topic(DLQ)
     accepted = LabelCache(EVENTS_ACCEPTED)
     rejected = LabelCache(EVENTS_REJECTED)
 
@@ -43,27 +45,34 @@ def register_ingest(app: faust.App, settings: Settings) -> None:
         )
         async for events in batches:
             started = time.perf_counter()
-            for event in events:
-                await _ingest_one(event)
+            # Produce the whole batch through the driver's producer, then wait for the broker
+            # to acknowledge all of it before the batch is acknowledged (and its offsets may
+            # be committed): at-least-once, without Faust's per-message send machinery.
+            deliveries = [await _ingest_one(event) for event in events]
+            await asyncio.gather(*deliveries)
             INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
 
-    async def _ingest_one(event: EventT[Any]) -> None:
+    async def _ingest_one(event: EventT[Any]) -> Awaitable[Any]:
         message = event.message
         raw = message.value if isinstance(message.value, bytes) else b""
         received_at = datetime.fromtimestamp(message.timestamp, UTC)
         result = decode_touchpoint(raw, received_at)
         if isinstance(result, TouchpointEvent):
-            await by_person.send(key=result.person_key().encode(), value=result.to_json())
             accepted.get(result.channel.value).inc()
-            return
+            return await app.producer.send(
+                by_person, result.person_key().encode(), result.to_json(), None, None, None
+            )
+        rejected.get(result.channel, result.reason.value).inc()
         headers = dead_letter_headers(
             result, message.topic, message.partition, message.offset, datetime.now(UTC)
         )
-        await dead_letters.send(
-            key=message.key,
-            value=redact(raw),
-            headers=[(name, value.encode()) for name, value in headers.items()],
+        return await app.producer.send(
+            dead_letters,
+            message.key if isinstance(message.key, bytes) else None,
+            redact(raw),
+            None,
+            None,
+            [(name, value.encode()) for name, value in headers.items()],
         )
-        rejected.get(result.channel, result.reason.value).inc()
 
     app.agent(raw_topic, name="ingest")(ingest)
