@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from benchmarks._support import free_port
 from pipeline.settings import Settings
 from streams.broker import EmbeddedBroker
 from streams.topics import ensure_topics
@@ -26,12 +27,6 @@ REQUESTS = 400
 BATCH = 100
 CONCURRENCY = 4
 KEY = "bench-key-0123456789abcdef"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _batches() -> list[bytes]:
@@ -102,12 +97,12 @@ def run() -> str:
     bodies = _batches()
     with (
         tempfile.TemporaryDirectory() as tmp,
-        EmbeddedBroker(_free_port(), Path(tmp) / "b.log") as broker,
+        EmbeddedBroker(free_port(), Path(tmp) / "b.log") as broker,
     ):
         settings = Settings(broker_url=broker.url, partitions=4)
         ensure_topics(settings)
         ensure_topics(settings.model_copy(update={"topic_prefix": ""}), ("baseline",))
-        port = _free_port()
+        port = free_port()
         env = {
             **os.environ,
             "JW_BROKER_URL": broker.url,

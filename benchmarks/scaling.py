@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,23 +13,18 @@ from pathlib import Path
 
 import orjson
 import psutil
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
+from benchmarks._support import free_port
 from pipeline.settings import Settings
 from pipeline.simulator import SimpleTrafficSource
 from streams.broker import EmbeddedBroker
-from streams.offsets import confirmed_end_offsets
+from streams.offsets import group_lag
 from streams.topics import RAW, ensure_topics
 
 EVENTS = 30_000
 PARTITIONS = 4
 REPEATS = 2  # best of: the machine is noisy
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _ready(port: int) -> bool:
@@ -60,26 +54,11 @@ def _assignment_settled(ports: list[int]) -> bool:
     return sorted(owned) == sorted(f"{RAW}:{p}" for p in range(PARTITIONS))
 
 
-def _lag(bootstrap: str, group: str) -> int:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        committed = admin.list_group_offsets(group).get(group, {})
-        partitions = [TopicPartition(RAW, p) for p in range(PARTITIONS)]
-        ends = confirmed_end_offsets(bootstrap, partitions)
-        return sum(
-            max(0, ends[tp] - (committed[tp].offset if tp in committed else 0)) for tp in partitions
-        )
-    finally:
-        consumer.close()
-        admin.close()
-
-
 def _measure(workers: int, payloads: list[bytes]) -> tuple[float, float]:
     """Events/s through ``workers`` ingest workers, and the largest worker's RSS in MiB."""
     with (
         tempfile.TemporaryDirectory() as tmp,
-        EmbeddedBroker(_free_port(), Path(tmp) / "b.log") as broker,
+        EmbeddedBroker(free_port(), Path(tmp) / "b.log") as broker,
     ):
         ensure_topics(Settings(broker_url=broker.url, partitions=PARTITIONS))
         env = {
@@ -91,7 +70,7 @@ def _measure(workers: int, payloads: list[bytes]) -> tuple[float, float]:
             "JW_CONSUMER_HEARTBEAT_S": "0.5",
             "JW_CONSUMER_REBALANCE_TIMEOUT_S": "3",
         }
-        base = _free_port()
+        base = free_port()
         processes = [
             subprocess.Popen(
                 [sys.executable, "-m", "streams.cli", "worker", "--index", str(i)],
@@ -118,7 +97,7 @@ def _measure(workers: int, payloads: list[bytes]) -> tuple[float, float]:
             for payload in payloads:
                 producer.send(RAW, value=payload)
             producer.flush()
-            while _lag(broker.url, "journeywatch") > 0:
+            while group_lag(broker.url, "journeywatch", [RAW]) > 0:
                 time.sleep(0.1)
             rate = len(payloads) / (time.perf_counter() - started)
             rss = max(psutil.Process(p.pid).memory_info().rss for p in processes) / 2**20

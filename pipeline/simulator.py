@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -54,7 +54,6 @@ class _Walker:
     path: tuple[Step, ...]
     position: int = 0
     loyalty_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class SimpleTrafficSource:

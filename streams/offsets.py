@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 
 def confirmed_end_offsets(
@@ -34,3 +34,26 @@ def confirmed_end_offsets(
                 ends[tp] = max(ends[tp], records[-1].offset + 1)
     finally:
         consumer.close()
+
+
+def group_lag(bootstrap: str | list[str], group: str, topics: Iterable[str]) -> int:
+    """Records of ``topics`` that consumer ``group`` has not committed yet (all partitions)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        committed = admin.list_group_offsets(group).get(group, {})
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in consumer.partitions_for_topic(topic) or ()
+        ]
+        ends = confirmed_end_offsets(bootstrap, partitions)
+        lag = 0
+        for tp in partitions:
+            done = committed.get(tp)
+            position = done.offset if done is not None and done.offset >= 0 else 0
+            lag += max(0, ends[tp] - position)
+        return lag
+    finally:
+        consumer.close()
+        admin.close()

@@ -125,34 +125,6 @@ def query_chdb(directory: Path, sql: str) -> list[list[Any]]:
     return list(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
-def group_lag(bootstrap: str, group: str, topics: list[str]) -> int | None:
-    """Records not yet committed by consumer ``group`` on ``topics`` (None: nothing committed)."""
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-
-    from streams.offsets import confirmed_end_offsets
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        committed = admin.list_group_offsets(group).get(group, {})
-        partitions = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in consumer.partitions_for_topic(topic) or ()
-        ]
-        ends = confirmed_end_offsets(bootstrap, partitions)
-        lag = 0
-        for tp in partitions:
-            end = ends[tp]
-            done = committed.get(tp)
-            position = done.offset if done is not None and done.offset >= 0 else 0
-            lag += max(0, end - position)
-        return lag
-    finally:
-        consumer.close()
-        admin.close()
-
-
 def read_topic(bootstrap: str, topic: str) -> list[Any]:
     """Every record of ``topic``, from the beginning to the current end."""
     from kafka import KafkaConsumer, TopicPartition

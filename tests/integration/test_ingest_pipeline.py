@@ -18,10 +18,10 @@ from kafka import KafkaProducer
 from pipeline.contract import RejectReason
 from pipeline.settings import Settings
 from streams.broker import EmbeddedBroker
+from streams.offsets import group_lag
 from streams.topics import BY_PERSON, DLQ, RAW, ensure_topics
 from tests.helpers import (
     free_port,
-    group_lag,
     http_get,
     http_json,
     jw_env,
