@@ -158,23 +158,27 @@ class PersonState:
     churn_due: int = 0  # churn deadline queued (not persisted; re-derived)
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(
-            [
-                [j.to_list() for j in self.journeys],
-                self.sessions,
-                self.recent,
-                self.last_failure,
-                self.last_contact,
-                self.complaint_at,
-                self.attempts,
-                self.last_activity,
-                self.churn_flagged,
-            ]
-        )
+        return orjson.dumps(self.to_list())
+
+    def to_list(self) -> list[Any]:
+        return [
+            [j.to_list() for j in self.journeys],
+            self.sessions,
+            self.recent,
+            self.last_failure,
+            self.last_contact,
+            self.complaint_at,
+            self.attempts,
+            self.last_activity,
+            self.churn_flagged,
+        ]
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> PersonState:
-        data = orjson.loads(raw)
+        return cls.from_list(orjson.loads(raw))
+
+    @classmethod
+    def from_list(cls, data: list[Any]) -> PersonState:
         return cls(
             journeys=[JourneyState.from_list(j) for j in data[0]],
             sessions=data[1],
@@ -215,6 +219,8 @@ class JourneyEngine:
         self._pending: list[tuple[int, str, int, Touch]] = []
         self._deadlines: list[tuple[int, int, str, str]] = []  # (due, seq, person, journey_id)
         self._seq = 0
+        self.dirty: set[str] = set()  # persons changed since the adapter last saved them
+        self.applied: list[str] | None = None  # event ids applied, when the adapter asks
         self._matches = lru_cache(maxsize=65_536)(self._compute_matches)
         self._mot = lru_cache(maxsize=65_536)(self._compute_mot)
 
@@ -314,6 +320,86 @@ class JourneyEngine:
                 self._schedule(person, journey)
             self._schedule_churn(person, state)
 
+    # --- hand-over between partitions (pipeline/shard.py) ---------------------------------------
+    def person_record(self, person_id: str) -> list[Any] | None:
+        """What must be kept of one person: its state and the identifiers it owns."""
+        state = self.persons.get(person_id)
+        members = self.identity.members.get(person_id)
+        if state is None and not members:
+            return None
+        return [state.to_list() if state else None, sorted(members or ())]
+
+    def load_person(self, person_id: str, record: list[Any]) -> None:
+        """The inverse of ``person_record`` (recovery): state, identifiers and deadlines."""
+        if record[0] is not None:
+            state = PersonState.from_list(record[0])
+            self.persons[person_id] = state
+            for journey in state.journeys:
+                self._schedule(person_id, journey)
+            self._schedule_churn(person_id, state)
+        for identifier in record[1]:
+            self.identity.own(identifier, person_id)
+
+    def extract(
+        self, person_id: str, also: str | None = None
+    ) -> tuple[list[Any] | None, list[str], list[Touch]]:
+        """Remove a person for another partition: its record and the touches held for it
+        (those carrying one of its identifiers, or ``also``)."""
+        record = self.person_record(person_id)
+        self.persons.pop(person_id, None)
+        members = self.identity.members.pop(person_id, set())
+        for identifier in members:
+            self.identity.owner.pop(identifier, None)
+        wanted = members | {also} if also else members
+        held: list[Touch] = []
+        if wanted and self._pending:
+            keep = []
+            for entry in self._pending:
+                touch = entry[3]
+                if any(kind + ":" + value in wanted for kind, value in touch.identifiers):
+                    held.append(touch)
+                else:
+                    keep.append(entry)
+            if held:
+                heapq.heapify(keep)
+                self._pending = keep
+        self.dirty.add(person_id)
+        held.sort(key=lambda t: (t.at, t.event_id))
+        return record, sorted(members), held
+
+    def absorb(
+        self,
+        source: str | None,
+        target: str,
+        record: list[Any] | None,
+        identifiers: list[str],
+        at: int,
+        event_id: str,
+    ) -> list[Output]:
+        """Take over identifiers (and, when ``source`` is given, that person's state) for
+        ``target``: the other half of ``extract``, with the merge reported as if stitched here."""
+        out: list[Output] = []
+        for identifier in identifiers:
+            self.identity.own(identifier, target)
+        self.dirty.add(target)
+        if source is None or source == target:
+            return out
+        if record is not None and record[0] is not None:
+            if source in self.persons:  # handed over twice: keep what is here
+                return out
+            self.persons[source] = PersonState.from_list(record[0])
+        self._merge_person(source, target, at, event_id, out)
+        return out
+
+    def apply_now(self, touches: list[Touch]) -> list[Output]:
+        """Apply touches at once, in event-time order (touches handed over by another
+        partition: they were held there already)."""
+        out: list[Output] = []
+        self.counters.events += len(touches)
+        for touch in sorted(touches, key=lambda t: (t.at, t.event_id)):
+            self._apply(touch, out)
+        return out
+
     # --- matching ---------------------------------------------------------------------------
     def _compute_matches(
         self, touchpoint: str, action: str, channel: str, outcome: str
@@ -340,10 +426,13 @@ class JourneyEngine:
 
     # --- applying one touch ----------------------------------------------------------------------
     def _apply(self, touch: Touch, out: list[Output]) -> None:
+        if self.applied is not None:
+            self.applied.append(touch.event_id)
         resolution = self.identity.resolve(touch.identifiers)
         person_id = resolution.person_id
+        self.dirty.add(person_id)
         for source in resolution.merged:
-            self._merge_person(source, person_id, touch, out)
+            self._merge_person(source, person_id, touch.at, touch.event_id, out)
         for identifier in resolution.blocked:
             out.append(
                 Output(
@@ -633,6 +722,7 @@ class JourneyEngine:
         person = self.persons.get(person_id)
         if person is None:
             return
+        self.dirty.add(person_id)
         if not journey_id:
             self._on_churn_deadline(due, person_id, person, out)
             return
@@ -699,16 +789,20 @@ class JourneyEngine:
         if not person.journeys:
             del self.persons[person_id]
 
-    def _merge_person(self, source: str, target: str, touch: Touch, out: list[Output]) -> None:
+    def _merge_person(
+        self, source: str, target: str, at: int, event_id: str, out: list[Output]
+    ) -> None:
         moved = self.persons.pop(source, None)
+        self.dirty.add(source)
+        self.dirty.add(target)
         out.append(
             Output(
                 "identity",
                 "merged",
                 f"merged:{source}:{target}",
-                touch.at,
+                at,
                 target,
-                event_id=touch.event_id,
+                event_id=event_id,
                 detail=(("from_person", source),),
             )
         )
@@ -732,6 +826,8 @@ class JourneyEngine:
                 if existing is None:
                     person.journeys.append(journey)
                     continue
+                if existing.journey_id == journey.journey_id:
+                    continue  # handed over twice (a retried hand-off): already here
                 keep, gone = (
                     (existing, journey)
                     if existing.started_at <= journey.started_at
@@ -755,7 +851,7 @@ class JourneyEngine:
                         "journey",
                         "merged",
                         f"merged:{gone.journey_id}",
-                        touch.at,
+                        at,
                         target,
                         self.definitions[gone.definition].name,
                         gone.journey_id,

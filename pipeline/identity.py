@@ -33,6 +33,17 @@ class IdentityGraph:
     members: dict[str, set[str]] = field(default_factory=dict)
     customers_seen: dict[str, set[str]] = field(default_factory=dict)
     blocked: set[str] = field(default_factory=set)
+    changed: set[str] = field(default_factory=set)  # identifiers whose sharing/blocking changed
+
+    def own(self, identifier: str, person: str) -> None:
+        """Record that ``identifier`` belongs to ``person`` (no merging, no checks)."""
+        self._own(identifier, person)
+
+    def share(self, identifier: str, first: str, other: str) -> bool:
+        """``identifier`` was seen with customer ``other`` too; True when that blocks it."""
+        blocked: list[str] = []
+        self._shared(identifier, first, other, blocked)
+        return bool(blocked)
 
     def person_of(self, identifier: str) -> str | None:
         return self.owner.get(identifier)
@@ -52,6 +63,7 @@ class IdentityGraph:
     def _shared(self, identifier: str, first: str, other: str, blocked: list[str]) -> None:
         seen = self.customers_seen.setdefault(identifier, {first})
         seen.add(other)
+        self.changed.add(identifier)
         if len(seen) > self.max_customers and identifier not in self.blocked:
             self.blocked.add(identifier)
             blocked.append(identifier)

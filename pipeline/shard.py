@@ -1,0 +1,440 @@
+"""One partition of the journey engine, stitching identities across partitions.
+
+The stream is partitioned by identifier (``touchpoints.by_person`` is keyed by the strongest
+identifier of each event). A person lives in the partition of its *anchor*: the customer id of a
+known customer (``c:<id>`` → ``customer_id:<id>``), the first identifier of an anonymous one
+(``a:device_id:d1`` → ``device_id:d1``). Every identifier has a *home*, the partition its key
+hashes to; the home is the authority on whom the identifier belongs to.
+
+Identities are stitched across partitions with four messages on the hand-off topic, each keyed so
+that it reaches the partition that must act on it:
+
+* ``forward``: a touchpoint keyed by an identifier that now belongs to a person anchored
+  elsewhere goes on to that person's partition.
+* ``link``: a person's touchpoint carries an identifier whose home is another partition (and that
+  this partition does not know yet): the home is asked to link it. The touchpoint travels with the
+  request, and later touchpoints of that person wait (are *parked*) until the answer arrives, so
+  the person's touchpoints are still applied in order.
+* ``handoff``: the answer, to the person's partition: the identifier is now the person's; if an
+  anonymous person owned it, that person's state, identifiers and held touchpoints come along
+  and are merged in, reported as the same ``merged`` outputs as in one process. An identifier
+  that belongs to another customer comes back as *foreign* (and may get blocked: over-merge
+  protection, decided by its home).
+* ``redirect``: the identifier belongs to a known customer and the asking person is anonymous:
+  the anonymous person moves to the customer (its partition sends the ``handoff``).
+
+Everything here is pure and deterministic; an adapter (streams/journeys.py) delivers the messages,
+saves the changed records and acknowledges input. ``drain`` says what to do, in order: deliver
+``outputs`` and ``sends``, save ``records``, then acknowledge ``done`` (at-least-once: a crash
+anywhere replays input, which the engine recognises by event id, and every output carries a
+deterministic id).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+import orjson
+
+from pipeline.engine import JourneyEngine, Output
+from pipeline.touch import Touch
+
+CUSTOMER_PREFIX = "customer_id:"
+MAX_HOPS = 16
+
+
+class Step(NamedTuple):
+    outputs: list[Output]
+    sends: list[tuple[str, bytes]]  # (key, value) for the hand-off topic
+    records: dict[str, bytes | None]  # state records to save (None: delete)
+    done: list[Any]  # input tokens that may be acknowledged once the rest is done
+
+
+def anchor_key(person_id: str) -> str:
+    """The identifier key whose partition a person lives in."""
+    if person_id.startswith("c:"):
+        return CUSTOMER_PREFIX + person_id[2:]
+    return person_id[2:]
+
+
+def _keys(touch: Touch) -> list[str]:
+    return [kind + ":" + value for kind, value in touch.identifiers]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def _touch(data: list[Any]) -> Touch:
+    data[7] = tuple(tuple(pair) for pair in data[7])
+    return Touch(*data)
+
+
+class JourneyShard:
+    """The engine of one partition plus the identity hand-off protocol."""
+
+    def __init__(
+        self, engine: JourneyEngine, partition: int, partition_of: Callable[[str], int]
+    ) -> None:
+        self.engine = engine
+        engine.applied = []
+        self.graph = engine.identity
+        self.partition = partition
+        self.partition_of = partition_of
+        self.aliases: dict[str, str] = {}  # identifier homed here → person anchored elsewhere
+        self.foreign: dict[str, set[str]] = {}  # person → identifiers that are someone else's
+        self.awaiting: dict[str, str] = {}  # person → identifier being linked
+        self.parked: dict[str, list[tuple[Touch, Any]]] = {}
+        self.messages = 0
+        self._tokens: dict[str, list[Any]] = {}  # event id → tokens waiting for it to apply
+        self._outputs: list[Output] = []
+        self._sends: list[tuple[str, bytes]] = []
+        self._done: list[Any] = []
+        self._dirty_persons: set[str] = set()
+        self._dirty_ids: set[str] = set()
+        self._local: deque[tuple[bytes, Any]] = deque()
+
+    # --- input ---------------------------------------------------------------------------------
+    def touch(self, touch: Touch, token: Any) -> None:
+        """A touchpoint from ``touchpoints.by_person`` (keyed by its first identifier)."""
+        self._route(touch, token, None)
+
+    def message(self, raw: bytes, token: Any) -> None:
+        """A message from the hand-off topic."""
+        self.messages += 1
+        data = orjson.loads(raw)
+        kind = data["kind"]
+        if kind == "forward":
+            self._route(_touch(data["touch"]), token, data["person"])
+            return
+        if kind == "link":
+            self._on_link(data["key"], data["person"], _touch(data["touch"]), data["awaits"])
+        elif kind == "handoff":
+            self._on_handoff(data)
+        elif kind == "redirect":
+            self._on_redirect(data["person"], data["to"], _touch(data["touch"]), data["awaits"])
+        else:  # pragma: no cover - written by this module only
+            raise ValueError(f"unknown hand-off message kind {kind!r}")
+        self._done.append(token)
+
+    def tick(self, wall_ms: int) -> None:
+        self._outputs += self.engine.tick(wall_ms)
+
+    def drain(self) -> Step:
+        """What this partition must now do, in order (see the module documentation)."""
+        while self._local:
+            raw, token = self._local.popleft()
+            self.message(raw, token)
+        applied = self.engine.applied
+        if applied:
+            tokens = self._tokens
+            for event_id in applied:
+                waiting = tokens.pop(event_id, None)
+                if waiting:
+                    self._done += waiting
+            applied.clear()
+        records: dict[str, bytes | None] = {}
+        persons = self.engine.dirty | self._dirty_persons
+        for person in persons:
+            records["p:" + person] = self._person_record(person)
+        identifiers = self._dirty_ids | self.graph.changed
+        for identifier in identifiers:
+            records["i:" + identifier] = self._identifier_record(identifier)
+        self.engine.dirty = set()
+        self._dirty_persons = set()
+        self._dirty_ids = set()
+        self.graph.changed = set()
+        step = Step(self._outputs, self._sends, records, self._done)
+        self._outputs, self._sends, self._done = [], [], []
+        return step
+
+    @property
+    def held(self) -> int:
+        """Input not yet acknowledgeable: held for the watermark or parked."""
+        parked = sum(len(p) for p in self.parked.values())
+        return sum(len(t) for t in self._tokens.values()) + parked
+
+    # --- records -------------------------------------------------------------------------------
+    def _person_record(self, person: str) -> bytes | None:
+        record = self.engine.person_record(person)
+        foreign = self.foreign.get(person)
+        awaiting = self.awaiting.get(person)
+        if record is None and not foreign and awaiting is None:
+            return None
+        return orjson.dumps([record, sorted(foreign or ()), awaiting])
+
+    def _identifier_record(self, identifier: str) -> bytes | None:
+        alias = self.aliases.get(identifier)
+        seen = self.graph.customers_seen.get(identifier)
+        blocked = identifier in self.graph.blocked
+        if alias is None and not seen and not blocked:
+            return None
+        return orjson.dumps([alias, sorted(seen or ()), blocked])
+
+    def load(self, records: Iterable[tuple[str, bytes]]) -> None:
+        """Recover from saved records (the inverse of ``drain``'s ``records``)."""
+        for key, raw in records:
+            data = orjson.loads(raw)
+            if key.startswith("p:"):
+                person = key[2:]
+                if data[0] is not None:
+                    self.engine.load_person(person, data[0])
+                if data[1]:
+                    self.foreign[person] = set(data[1])
+                if data[2] is not None:
+                    self.awaiting[person] = data[2]
+            elif key.startswith("i:"):
+                identifier = key[2:]
+                if data[0] is not None:
+                    self.aliases[identifier] = data[0]
+                if data[1]:
+                    self.graph.customers_seen[identifier] = set(data[1])
+                if data[2]:
+                    self.graph.blocked.add(identifier)
+        self.engine.dirty = set()
+
+    # --- routing -------------------------------------------------------------------------------
+    def _here(self, key: str) -> bool:
+        return self.partition_of(key) == self.partition
+
+    def _send(self, key: str, body: dict[str, Any]) -> None:
+        raw = orjson.dumps(body, default=_plain)
+        if self._here(key):
+            self._local.append((raw, None))
+        else:
+            self._sends.append((key, raw))
+
+    def _follow(self, person: str) -> str:
+        """Where a person went: an anonymous person merged into another leaves an alias on its
+        anchor identifier, which this partition may hold."""
+        for _ in range(MAX_HOPS):
+            anchor = anchor_key(person)
+            moved = self.aliases.get(anchor) if self._here(anchor) else None
+            if moved is None or moved == person:
+                return person
+            person = moved
+        return person
+
+    def _person_of(self, keys: list[str]) -> str:
+        first = keys[0]
+        if first.startswith(CUSTOMER_PREFIX):
+            return "c:" + first[len(CUSTOMER_PREFIX) :]
+        if first in self.graph.blocked:
+            return "a:" + first
+        alias = self.aliases.get(first)
+        if alias is not None:
+            return self._follow(alias)
+        owner = self.graph.owner.get(first)
+        return owner if owner is not None else "a:" + first
+
+    def _needs_link(self, person: str, keys: list[str]) -> str | None:
+        """The first identifier of the touch whose home must be asked before it applies."""
+        anchor = anchor_key(person)
+        foreign = self.foreign.get(person)
+        owner = self.graph.owner
+        blocked = self.graph.blocked
+        for key in keys:
+            if key == anchor or owner.get(key) == person or key in blocked:
+                continue
+            if foreign is not None and key in foreign:
+                continue
+            if self._here(key) and key not in self.aliases:
+                continue  # its home is here: the engine stitches it, as in one process
+            return key
+        return None
+
+    def _strip_foreign(self, person: str, touch: Touch) -> Touch:
+        foreign = self.foreign.get(person)
+        if not foreign:
+            return touch
+        kept = tuple(i for i in touch.identifiers if i[0] + ":" + i[1] not in foreign)
+        return touch._replace(identifiers=kept)
+
+    def _route(self, touch: Touch, token: Any, person: str | None) -> None:
+        keys = _keys(touch)
+        person = self._person_of(keys) if person is None else self._follow(person)
+        anchor = anchor_key(person)
+        if not self._here(anchor):
+            self._send(anchor, {"kind": "forward", "person": person, "touch": touch})
+            self._done.append(token)
+            return
+        if person in self.awaiting:
+            self.parked.setdefault(person, []).append((touch, token))
+            return
+        key = self._needs_link(person, keys)
+        if key is not None:
+            self._link(person, key, touch)
+            self._done.append(token)
+            return
+        if token is not None:
+            self._tokens.setdefault(touch.event_id, []).append(token)
+        self._outputs += self.engine.submit(self._strip_foreign(person, touch))
+
+    def _link(self, person: str, key: str, touch: Touch) -> None:
+        self.awaiting[person] = key
+        self._dirty_persons.add(person)
+        body = {"kind": "link", "key": key, "person": person, "touch": touch, "awaits": key}
+        self._send(key, body)
+
+    def _release(self, person: str) -> None:
+        """Route the touches parked behind a link, in arrival order, until one links again."""
+        parked = self.parked.get(person)
+        while parked and person not in self.awaiting:
+            touch, token = parked.pop(0)
+            self._route(touch, token, person)
+        if not parked:
+            self.parked.pop(person, None)
+
+    def _take(
+        self, person: str, also: str | None = None
+    ) -> tuple[list[Any] | None, list[str], list[Touch]]:
+        """Remove a person anchored here, with its held and parked touches (they travel on)."""
+        record, members, held = self.engine.extract(person, also)
+        for touch in held:
+            self._done += self._tokens.pop(touch.event_id, ())
+        for touch, token in self.parked.pop(person, []):
+            held.append(touch)
+            self._done.append(token)
+        self.awaiting.pop(person, None)
+        self.foreign.pop(person, None)
+        self._dirty_persons.add(person)
+        return record, members, held
+
+    # --- the protocol ---------------------------------------------------------------------------
+    def _on_link(self, key: str, target: str, touch: Touch, awaits: str) -> None:
+        """At the home of ``key``: it is wanted by ``target``."""
+        graph = self.graph
+        alias = self.aliases.get(key)
+        current = self._follow(alias) if alias is not None else graph.owner.get(key)
+        answer: dict[str, Any] = {
+            "kind": "handoff",
+            "person": target,
+            "source": None,
+            "record": None,
+            "identifiers": [],
+            "foreign": [],
+            "touches": [touch],
+            "awaits": awaits,
+        }
+        if key in graph.blocked:
+            answer["foreign"] = [key]
+        elif current == target:
+            answer["identifiers"] = [key]
+        elif current is None:
+            # Nobody owns it yet, but touches carrying it may be held here, not applied yet:
+            # they were this identifier's anonymous person's, so they go along.
+            anonymous = "a:" + key
+            record, members, held = self._take(anonymous, also=key)
+            self._give(key, target)
+            answer["identifiers"] = [key]
+            if held or record is not None:
+                answer |= {"source": anonymous, "record": record, "touches": [*held, touch]}
+        elif current.startswith("c:") and target.startswith("c:"):
+            if graph.share(key, current, target):
+                self._outputs.append(
+                    Output(
+                        "identity",
+                        "identifier_blocked",
+                        f"blocked:{key}",
+                        touch.at,
+                        target,
+                        event_id=touch.event_id,
+                        detail=(("identifier_kind", key.split(":", 1)[0]),),
+                    )
+                )
+            answer["foreign"] = [key]
+        elif current.startswith("c:"):
+            # the asking person is anonymous and the identifier is a customer's: move it there
+            body = {"kind": "redirect", "person": target, "to": current, "touch": touch}
+            self._send(anchor_key(target), body | {"awaits": awaits})
+            return
+        elif self._here(anchor_key(current)):
+            record, members, held = self._take(current)
+            for member in members:
+                if self._here(member):
+                    self._give(member, target)
+            self._give(anchor_key(current), target)
+            answer |= {
+                "source": current,
+                "record": record,
+                "identifiers": members,
+                "touches": [*held, touch],
+            }
+        else:  # an anonymous person anchored elsewhere owns it: ask there
+            self._give(key, target)
+            body = {
+                "kind": "link",
+                "key": anchor_key(current),
+                "person": target,
+                "touch": touch,
+                "awaits": awaits,
+            }
+            self._send(anchor_key(current), body)
+            return
+        self._send(anchor_key(target), answer)
+
+    def _give(self, key: str, person: str) -> None:
+        """``key`` (homed here) now belongs to ``person``."""
+        if self._here(anchor_key(person)):
+            self.aliases.pop(key, None)
+            self.graph.own(key, person)
+            self._dirty_persons.add(person)
+        else:
+            self.aliases[key] = person
+            self.graph.owner.pop(key, None)
+        self._dirty_ids.add(key)
+
+    def _on_redirect(self, person: str, to: str, touch: Touch, awaits: str) -> None:
+        """At an anonymous person's partition: it belongs to customer ``to``; move it there."""
+        record, members, held = self._take(person)
+        for member in members:
+            if self._here(member):
+                self._give(member, to)
+        self._give(anchor_key(person), to)
+        self._send(
+            anchor_key(to),
+            {
+                "kind": "handoff",
+                "person": to,
+                "source": person,
+                "record": record,
+                "identifiers": members,
+                "foreign": [],
+                "touches": [*held, touch],
+                "awaits": None,
+            },
+        )
+
+    def _on_handoff(self, data: dict[str, Any]) -> None:
+        target = data["person"]
+        moved = self._follow(target)
+        if moved != target or not self._here(anchor_key(target)):
+            # the person itself moved meanwhile: the hand-off follows it
+            self._send(anchor_key(moved), data | {"person": moved, "awaits": None})
+            if self.awaiting.get(target) == data["awaits"]:
+                self.awaiting.pop(target, None)
+            return
+        touches = [_touch(t) for t in data["touches"]]
+        last = touches[-1]
+        self._outputs += self.engine.absorb(
+            data["source"], target, data["record"], data["identifiers"], last.at, last.event_id
+        )
+        if data["foreign"]:
+            self.foreign.setdefault(target, set()).update(data["foreign"])
+        self._dirty_persons.add(target)
+        if data["awaits"] is not None and self.awaiting.get(target) == data["awaits"]:
+            self.awaiting.pop(target)
+        ready = []
+        for touch in touches:
+            key = self._needs_link(target, _keys(touch))
+            if key is not None:  # another identifier to link first: the touch travels again
+                self._link(target, key, touch)
+            else:
+                ready.append(self._strip_foreign(target, touch))
+        # Held elsewhere already: applied now, in event-time order.
+        self._outputs += self.engine.apply_now(ready)
+        self._release(target)

@@ -1,0 +1,287 @@
+"""The journey engine split over partitions, against the ground truth of a simulated day.
+
+A small in-process model of Kafka (ordered partitions, committed offsets, redelivery after a
+crash) drives ``JourneyShard``s exactly as the Faust adapter does: deliver outputs and hand-off
+messages, save records, then acknowledge. Identity merges cross partitions here on purpose
+(buyers browse anonymously on one partition and log in on another); the tests in
+tests/e2e/test_topology.py do the same on a real broker with real workers.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from pipeline.contract import TouchpointEvent, decode_touchpoint
+from pipeline.definitions import load_catalog
+from pipeline.engine import JourneyEngine, Output
+from pipeline.scenario import DAY, DaySimulator, default_incidents
+from pipeline.shard import JourneyShard, Step
+from pipeline.touch import Touch
+
+from .test_scenario import START, truth_journeys
+
+CATALOG = load_catalog()
+BY_PERSON, HANDOFF = "by_person", "handoff"
+DEVICE = "device_id"
+
+
+def partitioner(partitions: int):  # type: ignore[no-untyped-def]
+    return lambda key: zlib.crc32(key.encode()) % partitions
+
+
+@dataclass
+class Log:
+    """Two topics of ``partitions`` partitions, with a consumer position and acks per partition."""
+
+    partitions: int
+    records: dict[tuple[str, int], list[tuple[str, object]]] = field(default_factory=dict)
+    position: dict[tuple[str, int], int] = field(default_factory=dict)
+    acked: dict[tuple[str, int], set[int]] = field(default_factory=dict)
+    committed: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def append(self, topic: str, key: str, value: object) -> None:
+        tp = (topic, partitioner(self.partitions)(key))
+        self.records.setdefault(tp, []).append((key, value))
+
+    def poll(self, rng: random.Random, partition: int, limit: int) -> list[tuple[str, int, object]]:
+        got = []
+        for topic in rng.sample([BY_PERSON, HANDOFF], 2):
+            tp = (topic, partition)
+            start = self.position.get(tp, 0)
+            records = self.records.get(tp, [])[start : start + limit]
+            self.position[tp] = start + len(records)
+            got += [(topic, start + i, value) for i, (_, value) in enumerate(records)]
+        return got
+
+    def ack(self, token: tuple[str, int, int]) -> None:
+        topic, partition, offset = token
+        tp = (topic, partition)
+        acked = self.acked.setdefault(tp, set())
+        acked.add(offset)
+        position = self.committed.get(tp, 0)
+        while position in acked:
+            position += 1
+        self.committed[tp] = position
+
+    def rewind(self, partition: int) -> None:
+        """A crash: consumption restarts at the committed offsets."""
+        for topic in (BY_PERSON, HANDOFF):
+            tp = (topic, partition)
+            self.position[tp] = self.committed.get(tp, 0)
+            self.acked[tp] = {o for o in self.acked.get(tp, set()) if o < self.committed.get(tp, 0)}
+
+    def pending(self) -> int:
+        return sum(len(records) - self.position.get(tp, 0) for tp, records in self.records.items())
+
+
+class Cluster:
+    def __init__(self, partitions: int, seed: int, crash_rate: float = 0.0) -> None:
+        self.rng = random.Random(seed)
+        self.partitions = partitions
+        self.log = Log(partitions)
+        self.store: dict[int, dict[str, bytes]] = {p: {} for p in range(partitions)}
+        self.outputs: list[Output] = []
+        self.crash_rate = crash_rate
+        self.crashes = 0
+        self.shards = {p: self._start(p) for p in range(partitions)}
+
+    def _start(self, partition: int) -> JourneyShard:
+        engine = JourneyEngine(CATALOG, allowed_lateness_ms=60_000)
+        shard = JourneyShard(engine, partition, partitioner(self.partitions))
+        shard.load(self.store[partition].items())
+        return shard
+
+    def produce(self, touch: Touch) -> None:
+        key = touch.identifiers[0][0] + ":" + touch.identifiers[0][1]
+        self.log.append(BY_PERSON, key, touch)
+
+    def run(self, wall_ms: int) -> None:
+        """Deliver everything in flight (in a random interleaving of partitions and topics),
+        then let the partitions notice the wall clock: in-flight messages take milliseconds,
+        idle time-outs take seconds."""
+        while True:
+            while self.log.pending():
+                partition = self.rng.randrange(self.partitions)
+                shard = self.shards[partition]
+                limit = self.rng.randint(1, 30)
+                for topic, offset, value in self.log.poll(self.rng, partition, limit):
+                    token = (topic, partition, offset)
+                    if topic == BY_PERSON:
+                        assert isinstance(value, Touch)
+                        shard.touch(value, token)
+                    else:
+                        assert isinstance(value, bytes)
+                        shard.message(value, token)
+                self._finish(partition, shard.drain())
+            for partition, shard in list(self.shards.items()):
+                shard.tick(wall_ms)
+                self._finish(partition, shard.drain())
+            if not self.log.pending():
+                return
+
+    def _finish(self, partition: int, step: Step) -> None:
+        self.outputs += step.outputs
+        for key, value in step.sends:
+            self.log.append(HANDOFF, key, value)
+        if self.rng.random() < self.crash_rate:  # outputs and sends out, nothing saved or acked
+            self.crashes += 1
+            self.log.rewind(partition)
+            self.shards[partition] = self._start(partition)
+            return
+        for key, record in step.records.items():
+            if record is None:
+                self.store[partition].pop(key, None)
+            else:
+                self.store[partition][key] = record
+        for token in step.done:
+            if token is not None:
+                self.log.ack(token)
+
+    def finish(self, wall: int) -> None:
+        """Input is over: deliver what is in flight, then let time pass until every deadline
+        has fired."""
+        while self.log.pending():
+            self.run(wall)
+        for shard in self.shards.values():
+            self._finish(shard.partition, _flush(shard))
+        while self.log.pending():
+            self.run(wall)
+        wall = START + 40 * DAY
+        for partition, shard in self.shards.items():
+            shard._outputs += shard.engine.advance(START + 40 * DAY)
+            shard.tick(wall + 10 * DAY)
+            self._finish(partition, shard.drain())
+        while self.log.pending():
+            self.run(wall + 20 * DAY)
+
+
+def _flush(shard: JourneyShard) -> Step:
+    shard._outputs += shard.engine.flush()
+    return shard.drain()
+
+
+def touches_of(seed: int, personas: int) -> tuple[list[Touch], Counter[tuple[object, ...]]]:
+    simulator = DaySimulator(seed, START, personas, default_incidents(START))
+    events = simulator.generate()
+    received = datetime.fromtimestamp((START + 5 * DAY) / 1000, UTC)
+    touches = []
+    for event in events:
+        decoded = decode_touchpoint(orjson.dumps(event), received)
+        assert isinstance(decoded, TouchpointEvent)
+        touches.append(Touch.from_event(decoded))
+    return touches, truth_journeys(simulator.truth)
+
+
+def outcomes(outputs: list[Output]) -> Counter[tuple[object, ...]]:
+    unique = {o.output_id: o for o in outputs}
+    final: dict[str, Output] = {}
+    moments: dict[str, list[str]] = {}
+    for o in unique.values():
+        if o.type == "journey" and o.name in ("converted", "dropped_off") and o.journey_id:
+            assert o.journey_id not in final, f"two outcomes for one journey: {o}"
+            final[o.journey_id] = o
+        elif o.type == "negative_moment" and o.journey_id:
+            moments.setdefault(o.journey_id, []).append(o.name)
+    return Counter(
+        (o.journey, o.person_id, o.name, o.stage, tuple(sorted(moments.get(jid, []))))
+        for jid, o in final.items()
+    )
+
+
+def play(cluster: Cluster, touches: list[Touch], window_ms: int = 20_000) -> None:
+    """Produce the touches as they happen: each ``window_ms`` of event time arrives at once,
+    then everything in flight is delivered (hand-offs take far less than the allowed
+    lateness, as on a live stream)."""
+    batch: list[Touch] = []
+    for touch in touches:
+        if batch and touch.at - batch[0].at >= window_ms:
+            cluster.run(wall_ms=batch[-1].at)
+            batch = []
+        cluster.produce(touch)
+        batch.append(touch)
+    cluster.run(wall_ms=touches[-1].at)
+    cluster.finish(touches[-1].at)
+
+
+@pytest.mark.parametrize("partitions", [1, 3, 4, 7])
+def test_partitioned_engine_finds_the_ground_truth(partitions: int) -> None:
+    touches, truth = touches_of(seed=21, personas=500)
+    cluster = Cluster(partitions, seed=partitions)
+    play(cluster, touches)
+    found = outcomes(cluster.outputs)
+    assert found == truth, (found - truth, truth - found)
+    messages = sum(shard.messages for shard in cluster.shards.values())
+    if partitions > 1:
+        assert messages > 0, "no identity crossed a partition: the test proves nothing"
+    merged = [o for o in cluster.outputs if o.type == "identity" and o.name == "merged"]
+    assert merged, "anonymous browsing was never merged into a customer"
+
+
+def test_partitioned_engine_survives_crashes_exactly() -> None:
+    touches, truth = touches_of(seed=22, personas=400)
+    cluster = Cluster(4, seed=5, crash_rate=0.05)
+    play(cluster, touches)
+    assert cluster.crashes > 10
+    found = outcomes(cluster.outputs)
+    assert found == truth, (found - truth, truth - found)
+
+
+def test_a_merge_across_partitions_reports_one_journey_under_the_customer() -> None:
+    partitions = 4
+    part = partitioner(partitions)
+    device = next(f"device_id:d{i}" for i in range(100) if part(f"device_id:d{i}") == 1)
+    customer = next(f"customer_id:c{i}" for i in range(100) if part(f"customer_id:c{i}") == 2)
+    d, c = device.split(":")[1], customer.split(":")[1]
+    script = [
+        Touch("e1", START, "web", "home.view", "view", identifiers=(("device_id", d),)),
+        Touch("e2", START + 60_000, "web", "product.view", "view", identifiers=(("device_id", d),)),
+        Touch(
+            "e3",
+            START + 120_000,
+            "web",
+            "cart.add",
+            "add",
+            identifiers=(("customer_id", c), ("device_id", d)),
+        ),
+        Touch("e4", START + 180_000, "web", "product.view", "view", identifiers=((DEVICE, d),)),
+        Touch(
+            "e5",
+            START + 240_000,
+            "web",
+            "checkout.payment",
+            "submit",
+            identifiers=(("customer_id", c),),
+            revenue=10.0,
+            currency="EUR",
+        ),
+        Touch(
+            "e6",
+            START + 250_000,
+            "web",
+            "checkout.confirmation",
+            "view",
+            identifiers=(("customer_id", c),),
+        ),
+    ]
+    cluster = Cluster(partitions, seed=1)
+    play(cluster, script)
+    unique = {o.output_id: o for o in cluster.outputs}.values()
+    journeys = [o for o in unique if o.type == "journey"]
+    started = [o for o in journeys if o.name == "started"]
+    converted = [o for o in journeys if o.name == "converted"]
+    assert len(started) == 1 and started[0].person_id == f"a:{device}"
+    assert len(converted) == 1 and converted[0].person_id == f"c:{c}"
+    assert converted[0].journey_id == started[0].journey_id
+    assert [o.detail for o in unique if o.type == "identity" and o.name == "merged"] == [
+        (("from_person", f"a:{device}"),)
+    ]
+    # the device now belongs to the customer at its home partition: e4 was forwarded
+    assert cluster.shards[1].aliases[device] == f"c:{c}"
+    assert cluster.shards[1].engine.persons == {}
