@@ -108,6 +108,7 @@ class JourneyState:
     channels: int = 0
     contacts: int = 0  # assisted-channel sessions (first-contact resolution)
     negatives: int = 0
+    channel: str = ""  # channel of its latest progress (labels a drop-off)
     pending_due: int = 0  # earliest deadline queued for it (not persisted; re-derived)
 
     def to_list(self) -> list[Any]:
@@ -124,6 +125,7 @@ class JourneyState:
             self.channels,
             self.contacts,
             self.negatives,
+            self.channel,
         ]
 
     @classmethod
@@ -141,6 +143,7 @@ class JourneyState:
             data[9],
             data[10],
             data[11],
+            data[12] if len(data) > 12 else "",
         )
 
 
@@ -580,6 +583,8 @@ class JourneyEngine:
             if stage_index != GOAL and stage_index > journey.stage:
                 journey.stage = stage_index
                 self._journey_out("stage_reached", person_id, journey, touch, out)
+            if touch.at >= journey.active_at:
+                journey.channel = touch.channel
             journey.active_at = max(journey.active_at, touch.at)
             journey.channels |= CHANNEL_BIT.get(touch.channel, 0)
             if touch.channel in ASSISTED and new_session:
@@ -755,6 +760,7 @@ class JourneyEngine:
                     definition.name,
                     journey_id,
                     stage,
+                    journey.channel or None,
                     detail=(("negative_moments", journey.negatives),),
                 )
             )

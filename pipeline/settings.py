@@ -103,10 +103,26 @@ class Settings(BaseSettings):
         "Validated at start-up; `journeywatch journeys check FILE` reports every problem.",
     )
     allowed_lateness_s: float = Field(
-        default=60.0,
+        default=0.5,
         ge=0,
         description="How late (event time) a touchpoint may arrive and still be applied in "
-        "order. Drop-offs are reported this much after their deadline.",
+        "order; a later one is applied on arrival and counted as late. Outputs wait this long "
+        "(it bounds the event-to-output latency). Raise it to replay history faster than real "
+        "time.",
+    )
+    idle_after_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="A partition without input for this long advances its watermark with the "
+        "wall clock, so drop-offs still fire when traffic stops.",
+    )
+    sweep_interval_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="How often each journey partition checks its deadlines and idle time.",
+    )
+    journey_batch_size: int = Field(
+        default=2000, ge=1, description="Touchpoints per journey-agent batch."
     )
 
     # --- HTTP ------------------------------------------------------------------------------

@@ -82,6 +82,42 @@ MOMENTS_OF_TRUTH = Counter(
     "Moments of truth passed or failed.",
     ["journey", "moment", "channel", "outcome"],
 )
+ACTIVE_JOURNEYS = Gauge(
+    "jw_active_journeys",
+    "Journeys in progress (not converted, not dropped off) by journey and current stage.",
+    ["journey", "stage"],
+)
+OUTPUT_LATENCY = Histogram(
+    "jw_output_latency_seconds",
+    "From a touchpoint's event time to the journey output it caused leaving the worker.",
+    ["type"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 5, 10, 30, 60, 300),
+)
+DROPOFF_DELAY = Histogram(
+    "jw_dropoff_delay_seconds",
+    "From a journey stage's deadline passing (event time) to its drop-off being emitted.",
+    buckets=(0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 300),
+)
+SWEEP_SECONDS = Histogram(
+    "jw_sweep_seconds",
+    "Duration of one sweep of the journey partitions (deadlines, idle watermarks).",
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+HANDOFF_MESSAGES = Counter(
+    "jw_identity_handoff_messages_total",
+    "Identity hand-off messages sent between journey partitions, by kind.",
+    ["kind"],
+)
+LATE_EVENTS = Counter(
+    "jw_late_events_total",
+    "Touchpoints that arrived after the watermark had passed them (applied on arrival).",
+)
+JOURNEY_INPUT_OFFSET = Gauge(
+    "jw_journey_input_offset",
+    "Offset after the last record the journey agent has processed, per input partition "
+    "(processed, not necessarily committed: touchpoints held for the watermark commit later).",
+    ["topic", "partition"],
+)
 CONSUMER_LAG = Gauge(
     "jw_consumer_lag", "Records not yet processed, per topic and partition.", ["topic", "partition"]
 )

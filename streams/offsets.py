@@ -8,7 +8,9 @@ fetching past the reported one; on Apache Kafka the fetch simply finds nothing.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
@@ -57,3 +59,37 @@ def group_lag(bootstrap: str | list[str], group: str, topics: Iterable[str]) -> 
     finally:
         consumer.close()
         admin.close()
+
+
+def confirm_table_recovery_highwaters(bootstrap: str | list[str]) -> None:
+    """Make Faust's table recovery read each changelog up to its confirmed end.
+
+    Faust decides that a changelog partition is recovered when it has read up to the end
+    offset from ListOffsets; on the embedded broker that can be short of the last records, and
+    a restarted worker would silently lose the newest state. This replaces the highwaters
+    Faust builds with the confirmed ones (unchanged on Apache Kafka). Installed once per
+    process, before the worker starts.
+    """
+    from faust.tables.recovery import Recovery
+
+    if getattr(Recovery, "_jw_confirmed_highwaters", False):
+        return
+    original = Recovery._build_highwaters
+
+    async def _build_highwaters(
+        self: Recovery, consumer: Any, tps: Any, destination: Any, title: str
+    ) -> None:
+        await original(self, consumer, tps, destination, title)
+        if not tps:
+            return
+        wanted = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+        loop = asyncio.get_running_loop()
+        ends = await loop.run_in_executor(None, confirmed_end_offsets, bootstrap, wanted)
+        for tp in tps:
+            end = ends.get(TopicPartition(tp.topic, tp.partition))
+            if end is not None:
+                # Faust's highwater is the offset of the last record (end - 1)
+                destination[tp] = max(destination.get(tp, -1), end - 1)
+
+    Recovery._build_highwaters = _build_highwaters  # type: ignore[method-assign]
+    Recovery._jw_confirmed_highwaters = True  # type: ignore[attr-defined]

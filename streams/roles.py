@@ -11,7 +11,7 @@ from pipeline.settings import Settings
 from streams.app import create_app
 from streams.ingest import register_ingest
 from streams.logs import logging_config
-from streams.topics import ensure_topics
+from streams.topics import bootstrap_servers, ensure_topics
 
 # The journey engine keeps many small long-lived objects; Python's default young-generation
 # threshold (700) makes the collector take about a third of the time (docs/benchmarks.md).
@@ -46,9 +46,14 @@ def _run_worker(app: object, settings: Settings) -> NoReturn:
 
 
 def run_worker(settings: Settings, index: int = 0) -> NoReturn:
+    from streams.journeys import JourneyRole
+    from streams.offsets import confirm_table_recovery_highwaters
+
     ensure_topics(settings)
-    app, _ = create_app(settings, "worker", index)
+    confirm_table_recovery_highwaters(bootstrap_servers(settings))
+    app, readiness = create_app(settings, "worker", index)
     register_ingest(app, settings)
+    JourneyRole(app, settings, readiness).register()
     _run_worker(app, settings)
 
 

@@ -20,8 +20,17 @@ log = logging.getLogger(__name__)
 RAW = "touchpoints.raw"
 BY_PERSON = "touchpoints.by_person"
 DLQ = "touchpoints.dlq"
+HANDOFF = "journeys.handoff"  # identity hand-off between journey partitions (pipeline/shard.py)
+JOURNEY_EVENTS = "journey.events"  # started, stage reached, converted, dropped off, merged …
+EXPERIENCE_MOMENTS = "experience.moments"  # negative moments, moments of truth, scores, KPIs
+JOURNEY_STATE_TABLE = "journey_state"
 
-ALL_TOPICS = (RAW, BY_PERSON, DLQ)
+ALL_TOPICS = (RAW, BY_PERSON, DLQ, HANDOFF, JOURNEY_EVENTS, EXPERIENCE_MOMENTS)
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """Faust's name for a table's changelog topic (created here like every other topic)."""
+    return f"{app_id}-{table}-changelog"
 
 
 class TopicSetupError(RuntimeError):
@@ -58,6 +67,14 @@ def admin_client(settings: Settings, timeout_s: float = 30.0) -> KafkaAdminClien
             time.sleep(0.2)
 
 
+def all_topics(settings: Settings) -> tuple[str, ...]:
+    """Every topic journeywatch uses, prefix applied, the journey state changelog included."""
+    return (
+        *(settings.topic(name) for name in ALL_TOPICS),
+        changelog_topic(settings.topic("journeywatch"), JOURNEY_STATE_TABLE),
+    )
+
+
 def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS) -> dict[str, str]:
     """Create the missing topics and check the others; returns each topic's id.
 
@@ -68,6 +85,8 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS) -> di
     admin = admin_client(settings)
     try:
         wanted = [settings.topic(name) for name in names]
+        if names == ALL_TOPICS:
+            wanted = list(all_topics(settings))
         existing = set(admin.list_topics())
         missing = [name for name in wanted if name not in existing]
         if missing:

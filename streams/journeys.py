@@ -1,0 +1,369 @@
+"""The journey agent: the journey engine on Kafka, one ``JourneyShard`` per partition.
+
+Input: ``touchpoints.by_person`` (keyed by each event's strongest identifier) and the co-partitioned
+``journeys.handoff`` topic that carries identities from partition to partition
+(pipeline/shard.py). Output: ``journey.events`` and ``experience.moments``, every record with a
+deterministic ``output_id``.
+
+Delivery is at-least-once without holding anything only in memory: the agent acknowledges an
+input record only once its effects are safe: the outputs and hand-off messages it caused are
+acknowledged by the broker *and* the person records it changed are written to the
+``journey_state`` table (RocksDB, with its changelog topic). Touchpoints held for the watermark
+stay unacknowledged, so Faust commits only up to the oldest of them and a restarted worker reads
+them again; the engine recognises what it has already applied by event id.
+
+A timer (``sweep_interval_s``) drives each partition's watermark with the wall clock when it is
+idle, so drop-offs fire on time without traffic, and refreshes the operational gauges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections import Counter as Tally
+from collections.abc import Awaitable, Iterator
+from types import SimpleNamespace
+from typing import Any, cast
+
+import faust
+import orjson
+from aiokafka.partitioner import murmur2
+from faust.streams import Stream, _current_event
+from faust.types import TP, EventT, StreamT
+
+from pipeline.contract import TouchpointEvent
+from pipeline.definitions import JourneyCatalog, load_catalog
+from pipeline.engine import JourneyEngine, Output
+from pipeline.settings import Settings
+from pipeline.shard import JourneyShard, Step
+from pipeline.touch import Touch
+from sinks.metrics import (
+    ACTIVE_JOURNEYS,
+    CONSUMER_LAG,
+    DROPOFF_DELAY,
+    HANDOFF_MESSAGES,
+    JOURNEY_INPUT_OFFSET,
+    JOURNEY_STAGE_ENTERED,
+    JOURNEYS_CONVERTED,
+    JOURNEYS_DROPPED_OFF,
+    JOURNEYS_STARTED,
+    LATE_EVENTS,
+    MOMENTS_OF_TRUTH,
+    NEGATIVE_MOMENTS,
+    OUTPUT_LATENCY,
+    SWEEP_SECONDS,
+    LabelCache,
+)
+from streams.app import Readiness
+from streams.topics import (
+    BY_PERSON,
+    EXPERIENCE_MOMENTS,
+    HANDOFF,
+    JOURNEY_EVENTS,
+    JOURNEY_STATE_TABLE,
+)
+
+log = logging.getLogger(__name__)
+
+JOURNEY_OUTPUT_TYPES = frozenset({"journey", "identity"})
+GAUGE_EVERY_S = 10.0
+
+
+def kafka_partition(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` (murmur2, as the producers)."""
+    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def touch_of(raw: bytes) -> Touch:
+    """A validated event from ``touchpoints.by_person`` as the engine's ``Touch``."""
+    return Touch.from_event(TouchpointEvent.model_validate_json(raw))
+
+
+class JourneyRole:
+    """The journey agent, its state table, its sweep timer and its metrics."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        readiness: Readiness,
+        catalog: JourneyCatalog | None = None,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.readiness = readiness
+        self.catalog = catalog or load_catalog(settings.journeys_file)
+        self.partitions = settings.partitions
+        self.shards: dict[int, JourneyShard] = {}
+        self.lock = asyncio.Lock()
+        self._last_gauges = 0.0
+        self._late_seen = 0
+        self.by_person = settings.topic(BY_PERSON)
+        self.handoff = settings.topic(HANDOFF)
+        self.journey_events = settings.topic(JOURNEY_EVENTS)
+        self.moments = settings.topic(EXPERIENCE_MOMENTS)
+        store = "rocksdb://" if _rocksdb_available() else "memory://"
+        self.table = app.Table(
+            JOURNEY_STATE_TABLE,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=settings.partitions,
+            store=store,
+        )
+        readiness.checks["tables_recovered"] = False
+        self._metrics = _Metrics()
+
+    # --- wiring ---------------------------------------------------------------------------------
+    def register(self) -> None:
+        topic = self.app.topic(
+            self.by_person, self.handoff, key_serializer="raw", value_serializer="raw"
+        )
+        settings = self.settings
+
+        async def journeys(stream: StreamT[Any]) -> None:
+            manual = cast("Stream[bytes]", cast("Stream[bytes]", stream).noack())
+            async for events in manual.take_events(settings.journey_batch_size, within=0.05):
+                async with self.lock:
+                    await self._process(list(events))
+
+        self.app.agent(topic, name="journeys")(journeys)
+        self.app.timer(settings.sweep_interval_s)(self._sweep)
+
+        @self.app.on_partitions_revoked.connect
+        async def _revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+            # Partitions may move: rebuild every shard from the recovered table afterwards.
+            # (Waits for the batch in progress; what it leaves unacknowledged is read again.)
+            async with self.lock:
+                self.readiness.checks["tables_recovered"] = False
+                self.shards.clear()
+
+        @self.app.on_rebalance_complete.connect
+        async def _recovered(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+            self.readiness.checks["tables_recovered"] = True
+
+    # --- the hot path ---------------------------------------------------------------------------
+    async def _process(self, events: list[EventT[Any]]) -> None:
+        if not self.readiness.checks.get("tables_recovered"):
+            # Fetched before a rebalance: not acknowledged, so read again from the committed
+            # offset by whoever owns the partition once its table has recovered.
+            return
+        touched: set[int] = set()
+        positions: dict[tuple[str, int], int] = {}
+        for event in events:
+            message = event.message
+            positions[(message.topic, message.partition)] = message.offset + 1
+            shard = self._shard(message.partition)
+            raw = message.value if isinstance(message.value, bytes) else b""
+            if message.topic == self.by_person:
+                try:
+                    touch = touch_of(raw)
+                except ValueError:
+                    log.error(
+                        "undecodable record on the validated topic; skipped",
+                        extra={"partition": message.partition, "offset": message.offset},
+                    )
+                    event.ack()
+                    continue
+                shard.touch(touch, event)
+            else:
+                shard.message(raw, event)
+            touched.add(message.partition)
+        for partition in touched:
+            await self._complete(partition, self.shards[partition].drain())
+        for (topic, partition), offset in positions.items():
+            JOURNEY_INPUT_OFFSET.labels(topic, str(partition)).set(offset)
+
+    def _shard(self, partition: int) -> JourneyShard:
+        shard = self.shards.get(partition)
+        if shard is None:
+            shard = self.shards[partition] = self._load(partition)
+        return shard
+
+    def _load(self, partition: int) -> JourneyShard:
+        engine = JourneyEngine(
+            self.catalog,
+            allowed_lateness_ms=int(self.settings.allowed_lateness_s * 1000),
+            idle_after_ms=int(self.settings.idle_after_s * 1000),
+        )
+        partitions = self.partitions
+        shard = JourneyShard(engine, partition, lambda key: kafka_partition(key, partitions))
+        prefix = f"{partition}|".encode()
+        started = time.perf_counter()
+        # Faust's RocksDB store lists only the partition databases it has opened; after a
+        # restart with nothing new in the changelog it has not opened ours yet.
+        open_partition = getattr(self.table.data, "_db_for_partition", None)
+        if open_partition is not None:
+            open_partition(partition)
+        with self._partition_context(partition):
+            records = [
+                (key[len(prefix) :].decode(), value)
+                for key, value in self.table.items()
+                if key.startswith(prefix)
+            ]
+        shard.load(records)
+        log.info(
+            "journey partition loaded",
+            extra={
+                "partition": partition,
+                "records": len(records),
+                "seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+        return shard
+
+    async def _complete(self, partition: int, step: Step) -> None:
+        """Deliver outputs and hand-offs, save records, then acknowledge (in that order)."""
+        producer = self.app.producer
+        deliveries: list[Awaitable[Any]] = []
+        now = time.time()
+        for output in step.outputs:
+            topic = self.journey_events if output.type in JOURNEY_OUTPUT_TYPES else self.moments
+            output_key = (output.journey_id or output.person_id).encode()
+            value = orjson.dumps(output.as_dict())
+            deliveries.append(await producer.send(topic, output_key, value, None, None, None))
+            self._metrics.observe(output, now)
+        for route, message in step.sends:
+            HANDOFF_MESSAGES.labels(_kind(message)).inc()
+            target = kafka_partition(route, self.partitions)
+            deliveries.append(
+                await producer.send(self.handoff, route.encode(), message, target, None, None)
+            )
+        if deliveries:
+            await asyncio.gather(*deliveries)
+        if step.records:
+            with self._partition_context(partition):
+                table = self.table
+                prefix = f"{partition}|"
+                for key, record in step.records.items():
+                    stored = (prefix + key).encode()
+                    if record is None:
+                        if stored in table:
+                            del table[stored]
+                    else:
+                        table[stored] = record
+        for token in step.done:
+            if token is not None:
+                token.ack()
+
+    @contextlib.contextmanager
+    def _partition_context(self, partition: int) -> Iterator[None]:
+        """Faust's table and RocksDB store pick the changelog partition and the database from
+        "the current event": name one of this partition, also outside stream iteration (the
+        sweep) and for a batch that mixes partitions."""
+        marker = _PartitionEvent(self.by_person, partition)
+        token = _current_event.set(weakref.ref(marker))  # type: ignore[arg-type]
+        try:
+            yield
+        finally:
+            _current_event.reset(token)
+
+    # --- the sweep ------------------------------------------------------------------------------
+    async def _sweep(self) -> None:
+        started = time.perf_counter()
+        async with self.lock:
+            wall = int(time.time() * 1000)
+            for partition in self._assigned():
+                shard = self._shard(partition)
+                shard.tick(wall)
+                await self._complete(partition, shard.drain())
+        SWEEP_SECONDS.observe(time.perf_counter() - started)
+        if time.monotonic() - self._last_gauges >= GAUGE_EVERY_S:
+            self._last_gauges = time.monotonic()
+            self._refresh_gauges()
+
+    def _assigned(self) -> list[int]:
+        if not self.readiness.checks.get("tables_recovered"):
+            return []
+        assigned = self.app.assignor.assigned_actives()
+        return sorted({tp.partition for tp in assigned if tp.topic == self.by_person})
+
+    def _refresh_gauges(self) -> None:
+        active: Tally[tuple[str, str]] = Tally()
+        late = 0
+        for shard in self.shards.values():
+            engine = shard.engine
+            late += engine.counters.late_events
+            for person in engine.persons.values():
+                for journey in person.journeys:
+                    if journey.status == "active":
+                        definition = engine.definitions[journey.definition]
+                        active[(definition.name, definition.stages[journey.stage].name)] += 1
+        for definition in self.catalog.journeys:
+            for stage in definition.stages:
+                ACTIVE_JOURNEYS.labels(definition.name, stage.name).set(
+                    active.get((definition.name, stage.name), 0)
+                )
+        if late > self._late_seen:
+            LATE_EVENTS.inc(late - self._late_seen)
+        self._late_seen = late
+        consumer = self.app.consumer
+        committed = getattr(consumer, "_committed_offset", {})
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            done = committed.get(tp) or 0
+            CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - done))
+
+
+class _PartitionEvent:
+    """Just what Faust's table code reads of an event: ``message.topic`` and ``.partition``."""
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = SimpleNamespace(topic=topic, partition=partition, tp=TP(topic, partition))
+
+
+class _Metrics:
+    """Journey metrics from outputs, with cached label children."""
+
+    def __init__(self) -> None:
+        self.started = LabelCache(JOURNEYS_STARTED)
+        self.entered = LabelCache(JOURNEY_STAGE_ENTERED)
+        self.converted = LabelCache(JOURNEYS_CONVERTED)
+        self.dropped = LabelCache(JOURNEYS_DROPPED_OFF)
+        self.negative = LabelCache(NEGATIVE_MOMENTS)
+        self.truth = LabelCache(MOMENTS_OF_TRUTH)
+        self.latency = LabelCache(OUTPUT_LATENCY)
+
+    def observe(self, o: Output, now: float) -> None:
+        channel = o.channel or ""
+        journey = o.journey or ""
+        stage = o.stage or ""
+        if o.type == "journey":
+            if o.name == "started":
+                self.started.get(journey, channel).inc()
+                self.entered.get(journey, stage, channel).inc()
+            elif o.name == "stage_reached":
+                self.entered.get(journey, stage, channel).inc()
+            elif o.name == "converted":
+                self.converted.get(journey, stage, channel).inc()
+            elif o.name == "dropped_off":
+                self.dropped.get(journey, stage, channel).inc()
+                DROPOFF_DELAY.observe(max(0.0, now - o.at / 1000))
+                return
+        elif o.type == "negative_moment":
+            self.negative.get(o.name, channel, journey).inc()
+        elif o.type == "moment_of_truth":
+            passed = dict(o.detail).get("passed")
+            self.truth.get(journey, o.name, channel, "passed" if passed else "failed").inc()
+        if o.event_id is not None:
+            self.latency.get(o.type).observe(max(0.0, now - o.at / 1000))
+
+
+def _kind(value: bytes) -> str:
+    head = value[:24]
+    for kind in ("forward", "link", "handoff", "redirect"):
+        if kind.encode() in head:
+            return kind
+    return "other"
+
+
+def _rocksdb_available() -> bool:
+    try:
+        import rocksdict  # noqa: F401
+    except ImportError:  # pragma: no cover - rocksdict is a dependency
+        return False
+    return True
