@@ -41,7 +41,9 @@ def create_app(settings: Settings, role: Role, index: int = 0) -> tuple[faust.Ap
     app = faust.App(
         app_id,
         broker=faust_broker_url(settings),
-        store="memory://",
+        # The worker's journey state lives in RocksDB (one database per partition, under
+        # data_dir), backed by its changelog topic; the sink role has no tables.
+        store="rocksdb://" if role == "worker" else "memory://",
         processing_guarantee="at_least_once",
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
@@ -52,6 +54,10 @@ def create_app(settings: Settings, role: Role, index: int = 0) -> tuple[faust.Ap
         broker_heartbeat_interval=settings.consumer_heartbeat_s,
         broker_rebalance_timeout=settings.consumer_rebalance_timeout_s,
         broker_commit_interval=1.0,
+        # The journey agent holds touchpoints unacknowledged until the watermark passes them
+        # (streams/journeys.py): a rebalance must not wait for those; uncommitted input is
+        # simply read again by the partition's next owner.
+        stream_wait_empty=False,
         producer_linger_ms=5,
         web_enabled=True,
         web_bind=settings.web_host,

@@ -105,13 +105,11 @@ class JourneyRole:
         self.handoff = settings.topic(HANDOFF)
         self.journey_events = settings.topic(JOURNEY_EVENTS)
         self.moments = settings.topic(EXPERIENCE_MOMENTS)
-        store = "rocksdb://" if _rocksdb_available() else "memory://"
         self.table = app.Table(
             JOURNEY_STATE_TABLE,
             key_type=bytes,
             value_type=bytes,
             partitions=settings.partitions,
-            store=store,
         )
         readiness.checks["tables_recovered"] = False
         self._metrics = _Metrics()
@@ -124,8 +122,10 @@ class JourneyRole:
         settings = self.settings
 
         async def journeys(stream: StreamT[Any]) -> None:
-            manual = cast("Stream[bytes]", cast("Stream[bytes]", stream).noack())
-            async for events in manual.take_events(settings.journey_batch_size, within=0.05):
+            batches = cast("Stream[bytes]", stream).take_events(
+                settings.journey_batch_size, within=0.05
+            )
+            async for events in batches:
                 async with self.lock:
                     await self._process(list(events))
 
@@ -146,9 +146,19 @@ class JourneyRole:
 
     # --- the hot path ---------------------------------------------------------------------------
     async def _process(self, events: list[EventT[Any]]) -> None:
+        # ``take_events`` acknowledges every event of the batch when the batch is done, also
+        # those held for the watermark or parked behind a hand-off. One more reference per
+        # message keeps that from completing the acknowledgement: it completes when the shard
+        # says the event is done (``_complete``), and never for an event left for re-delivery.
+        for event in events:
+            event.message.incref()
         if not self.readiness.checks.get("tables_recovered"):
             # Fetched before a rebalance: not acknowledged, so read again from the committed
             # offset by whoever owns the partition once its table has recovered.
+            log.warning(
+                "journey batch arrived during a rebalance; left for re-delivery",
+                extra={"records": len(events)},
+            )
             return
         touched: set[int] = set()
         positions: dict[tuple[str, int], int] = {}
@@ -359,11 +369,3 @@ def _kind(value: bytes) -> str:
         if kind.encode() in head:
             return kind
     return "other"
-
-
-def _rocksdb_available() -> bool:
-    try:
-        import rocksdict  # noqa: F401
-    except ImportError:  # pragma: no cover - rocksdict is a dependency
-        return False
-    return True

@@ -268,3 +268,10 @@ def test_two_workers_find_the_ground_truth_of_a_day(broker: EmbeddedBroker, tmp_
         != kafka_partition("customer_id:" + o["person_id"][2:], PARTITIONS)
     ]
     assert crossed, "no identity merge crossed partitions: the test would prove nothing"
+
+
+def test_a_worker_killed_mid_stream_recovers_its_journeys_exactly(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    outcomes, truth, _ = run_day(broker, tmp_path, seed=32, chaos=True)
+    assert outcomes == truth, (outcomes - truth, truth - outcomes)
