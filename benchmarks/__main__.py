@@ -7,10 +7,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import collector, contract_decode, engine, scaling
+from benchmarks import collector, contract_decode, engine, scaling, topology
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-SUITES = [contract_decode, engine, collector, scaling]
+SUITES = [contract_decode, engine, collector, scaling, topology]
 
 
 def main() -> None:

@@ -1,0 +1,51 @@
+"""A naive Faust agent, for comparison: one message per iteration, decode, count.
+
+Run as ``python -m benchmarks.naive_agent BROKER TOPIC PORT``; the benchmark reads its
+``/count`` page until every record has been seen.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import faust
+import orjson
+
+from streams.roles import QuietWorker
+
+
+def main() -> None:
+    broker, topic_name, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    app = faust.App(
+        "naive-benchmark",
+        broker=f"kafka://{broker}",
+        store="memory://",
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=3,
+        broker_heartbeat_interval=0.5,
+        broker_rebalance_timeout=3,
+        web_port=port,
+        web_bind="127.0.0.1",
+    )
+    topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw")
+    seen = [0]
+
+    @app.agent(topic)
+    async def count(stream: Any) -> None:
+        async for value in stream:
+            orjson.loads(value)
+            seen[0] += 1
+
+    @app.page("/count")
+    async def page(view: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        return view.json({"seen": seen[0]})
+
+    worker = QuietWorker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""The streaming topology: throughput against the broker client, latency, drop-off delay,
+memory with a million active journeys."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import psutil
+from aiokafka import AIOKafkaConsumer
+from kafka import KafkaProducer
+
+from benchmarks._support import free_port
+from pipeline.contract import IDENTIFIER_FIELDS, TouchpointEvent, decode_touchpoint
+from pipeline.settings import Settings
+from pipeline.simulator import SimpleTrafficSource
+from streams.broker import EmbeddedBroker
+from streams.topics import BY_PERSON, RAW, ensure_topics
+
+EVENTS = 40_000
+PARTITIONS = 4
+STEADY_RATE = 5_000
+STEADY_SECONDS = 20
+JOURNEYS = 1_000_000
+DEFAULTS = Path(__file__).resolve().parent.parent / "pipeline" / "defaults" / "journeys.yaml"
+
+
+def _validated(now: datetime, count: int, seed: int) -> list[tuple[bytes, bytes]]:
+    records = []
+    for event in SimpleTrafficSource(seed=seed).events(now, count):
+        decoded = decode_touchpoint(orjson.dumps(event), now)
+        assert isinstance(decoded, TouchpointEvent)
+        records.append((decoded.person_key().encode(), decoded.to_json()))
+    return records
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _get(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+            return bytes(response.read())
+    except OSError:
+        return b""
+
+
+def _metric_sum(port: int, name: str, label_filter: str = "") -> float:
+    total = 0.0
+    for line in _get(f"http://127.0.0.1:{port}/metrics").decode().splitlines():
+        if line.startswith(name) and label_filter in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _histogram_quantiles(ports: list[int], name: str, quantiles: tuple[float, ...]) -> list[float]:
+    """Quantiles from Prometheus buckets summed over processes (linear within a bucket)."""
+    buckets: dict[float, float] = {}
+    for port in ports:
+        for line in _get(f"http://127.0.0.1:{port}/metrics").decode().splitlines():
+            match = re.match(rf'{name}_bucket\{{.*le="([^"]+)".*\}} (\S+)', line)
+            if match:
+                bound = float(match.group(1))
+                buckets[bound] = buckets.get(bound, 0.0) + float(match.group(2))
+    bounds = sorted(buckets)
+    total = buckets.get(float("inf"), 0.0)
+    if not total:
+        return [float("nan")] * len(quantiles)
+    found = []
+    for q in quantiles:
+        rank, lower, below = q * total, 0.0, 0.0
+        for bound in bounds:
+            if buckets[bound] >= rank:
+                if bound == float("inf"):
+                    found.append(lower)
+                else:
+                    share = (rank - below) / max(buckets[bound] - below, 1e-9)
+                    found.append(lower + (bound - lower) * share)
+                break
+            lower, below = bound, buckets[bound]
+    return found
+
+
+def _ready(port: int) -> bool:
+    return b'"ready": true' in _get(f"http://127.0.0.1:{port}/readyz")
+
+
+def _person_key(event: dict[str, object]) -> bytes | None:
+    """The collector's key: the strongest identifier (one person's events stay in order)."""
+    for name in IDENTIFIER_FIELDS:
+        if event.get(name):
+            return f"{name}:{event[name]}".encode()
+    return None
+
+
+def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=256 * 1024)
+    for key, value in records:
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+async def _raw_rate(bootstrap: str, topic: str, count: int) -> float:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        seen, started = 0, None
+        while seen < count:
+            batches = await consumer.getmany(timeout_ms=500, max_records=5_000)
+            for records in batches.values():
+                if started is None:
+                    started = time.perf_counter()
+                for record in records:
+                    orjson.loads(record.value)
+                seen += len(records)
+        assert started is not None
+        return count / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+def _env(broker: EmbeddedBroker, tmp: str, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "JW_BROKER_URL": broker.url,
+        "JW_PARTITIONS": str(PARTITIONS),
+        "JW_DATA_DIR": tmp,
+        "JW_CONSUMER_SESSION_TIMEOUT_S": "3",
+        "JW_CONSUMER_HEARTBEAT_S": "0.5",
+        "JW_CONSUMER_REBALANCE_TIMEOUT_S": "3",
+        **extra,
+    }
+
+
+def _rate_of(progress: Callable[[], float], count: int) -> float:
+    """Records/s from the first processed record to the last."""
+    _wait(lambda: progress() >= 1, 120, "the first record")
+    started, first = time.perf_counter(), progress()
+    _wait(lambda: progress() >= count, 600, "every record")
+    return (count - first) / (time.perf_counter() - started)
+
+
+def _throughput() -> tuple[float, float, float]:
+    now = datetime.now(UTC)
+    records = _validated(now, EVENTS, seed=5)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedBroker(free_port(), Path(tmp) / "b.log") as broker,
+    ):
+        ensure_topics(Settings(broker_url=broker.url, partitions=PARTITIONS))
+        _produce(broker.url, BY_PERSON, records)
+        raw = max(asyncio.run(_raw_rate(broker.url, BY_PERSON, EVENTS)) for _ in range(2))
+
+        port = free_port()
+        naive = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.naive_agent", broker.url, BY_PERSON, str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+
+            def naive_seen() -> float:
+                body = _get(f"http://127.0.0.1:{port}/count")
+                return float(orjson.loads(body)["seen"]) if body else 0.0
+
+            naive_rate = _rate_of(naive_seen, EVENTS)
+        finally:
+            naive.terminate()
+            naive.wait(30)
+
+        port = free_port()
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"],
+            env=_env(broker, tmp, JW_WORKER_WEB_PORT=str(port)),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            topology = _rate_of(
+                lambda: _metric_sum(port, "jw_journey_input_offset", BY_PERSON), EVENTS
+            )
+        finally:
+            worker.terminate()
+            worker.wait(30)
+    return raw, naive_rate, topology
+
+
+def _journeys_file(directory: str) -> Path:
+    """The default journeys with every stage time-out at 2 s: drop-offs within the run."""
+    text = re.sub(r"timeout: \S+", "timeout: 2s", DEFAULTS.read_text())
+    path = Path(directory) / "journeys.yaml"
+    path.write_text(text)
+    return path
+
+
+def _steady() -> tuple[list[float], list[float], float, int]:
+    """Two workers fed ``STEADY_RATE`` events/s of live traffic at ``touchpoints.raw``."""
+    source = SimpleTrafficSource(seed=6)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedBroker(free_port(), Path(tmp) / "b.log") as broker,
+    ):
+        ensure_topics(Settings(broker_url=broker.url, partitions=PARTITIONS))
+        base = free_port()
+        env = _env(
+            broker,
+            tmp,
+            JW_WORKER_WEB_PORT=str(base),
+            JW_JOURNEYS_FILE=str(_journeys_file(tmp)),
+        )
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker", "--index", str(i)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for i in range(2)
+        ]
+        ports = [base, base + 1]
+        try:
+            _wait(lambda: all(_ready(p) for p in ports), 120, "both workers ready")
+            producer = KafkaProducer(bootstrap_servers=broker.url, linger_ms=2)
+            started = time.monotonic()
+            sent = 0
+            while time.monotonic() - started < STEADY_SECONDS:
+                due = int((time.monotonic() - started) * STEADY_RATE)
+                now = datetime.now(UTC)
+                for event in source.events(now, due - sent):
+                    producer.send(RAW, orjson.dumps(event), key=_person_key(event))
+                sent = max(sent, due)
+                time.sleep(0.01)  # pacing the producer
+            producer.flush()
+            producer.close()
+            time.sleep(4)  # let the last drop-offs (2 s time-outs) fire: part of the measurement
+            latency = _histogram_quantiles(ports, "jw_output_latency_seconds", (0.5, 0.99))
+            dropoff = _histogram_quantiles(ports, "jw_dropoff_delay_seconds", (0.5, 0.99))
+            rss = max(psutil.Process(w.pid).memory_info().rss for w in workers) / 2**20
+            drops = int(sum(_metric_sum(p, "jw_journeys_dropped_off_total{") for p in ports))
+            return latency, dropoff, rss, drops
+        finally:
+            for worker in workers:
+                worker.terminate()
+            for worker in workers:
+                worker.wait(30)
+
+
+def _memory() -> tuple[float, int]:
+    """Resident memory of a journey partition holding ``JOURNEYS`` active journeys."""
+    code = f"""
+import gc, psutil
+from pipeline.definitions import load_catalog
+from pipeline.engine import JourneyEngine
+from pipeline.touch import Touch
+gc.set_threshold(50_000, 20, 100)
+engine = JourneyEngine(load_catalog(), allowed_lateness_ms=0)
+base = psutil.Process().memory_info().rss
+at = 1_790_000_000_000
+batch = []
+for i in range({JOURNEYS}):
+    batch.append(Touch(f"e{{i}}", at + i, "web", "home.view", "view",
+                       identifiers=(("device_id", f"d{{i}}"),)))
+    if len(batch) == 10_000:
+        engine.submit_batch(batch)
+        batch = []
+engine.submit_batch(batch)
+engine.flush()
+gc.collect()
+print(psutil.Process().memory_info().rss, base, engine.active_journeys())
+"""
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return int(output[0]) / 2**20, int(output[2])
+
+
+def run() -> str:
+    raw, naive, topology = _throughput()
+    latency, dropoff, rss, drops = _steady()
+    memory, active = _memory()
+    return (
+        "## Streaming topology\n\n"
+        f"Command: `make bench` (suite `benchmarks/topology.py`). {EVENTS:,} validated events "
+        f"(SimpleTrafficSource) in `touchpoints.by_person` ({PARTITIONS} partitions, embedded "
+        "broker) before the consumer starts; the rate is measured from the first record "
+        "processed to the last, so group joins do not count.\n\n"
+        "| consumer | events/s | ratio to raw aiokafka |\n"
+        "| --- | ---: | ---: |\n"
+        f"| raw aiokafka consume + orjson decode (baseline, best of 2) | {raw:,.0f} | 1.00 |\n"
+        f"| naive Faust agent (one message per iteration, decode) | {naive:,.0f} | "
+        f"{naive / raw:.2f} |\n"
+        f"| journeywatch worker, journey agent (1 process, all partitions) | {topology:,.0f} | "
+        f"{topology / raw:.2f} |\n\n"
+        f"Target for the full topology: at least 0.25 of raw. "
+        f"{'Met.' if topology / raw >= 0.25 else 'Not met yet (see below).'}\n\n"
+        f"Steady live traffic: {STEADY_RATE:,} events/s for {STEADY_SECONDS} s into "
+        "`touchpoints.raw`, two workers (ingest + journeys), every stage time-out set to 2 s so "
+        f"that journeys drop off during the run ({drops:,} drop-offs), default lateness "
+        "(0.5 s). From the workers' histograms (bucket-interpolated):\n\n"
+        "| measure | p50 | p99 | target |\n"
+        "| --- | ---: | ---: | --- |\n"
+        f"| event time → output leaves the worker | {latency[0]:.2f} s | {latency[1]:.2f} s | "
+        "p99 < 1 s |\n"
+        f"| drop-off deadline passed → drop-off emitted | {dropoff[0]:.2f} s | "
+        f"{dropoff[1]:.2f} s | < 2 s |\n\n"
+        f"Worker resident memory after the run: {rss:.0f} MiB.\n\n"
+        f"Memory: one journey partition (engine) holding {active:,} active journeys "
+        f"(one anonymous person each): {memory:,.0f} MiB resident "
+        f"(target < 2 GiB).\n"
+    )
