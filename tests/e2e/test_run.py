@@ -49,7 +49,12 @@ def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None
             return http_get(f"{base}/readyz")[0] == 200
 
         wait_until(ready, 120, "the sink's /readyz")
-        assert http_get(f"http://127.0.0.1:{worker_port}/readyz")[0] == 200
+        # a worker is not ready while a rebalance recovers its tables: wait, do not assume
+        wait_until(
+            lambda: http_get(f"http://127.0.0.1:{worker_port}/readyz")[0] == 200,
+            60,
+            "the worker's /readyz",
+        )
         assert http_get(f"{base}/livez")[0] == 200
         status, page = http_get(f"{base}/")
         assert status == 200 and b"journeywatch" in page
