@@ -97,7 +97,11 @@ def _histogram_quantiles(ports: list[int], name: str, quantiles: tuple[float, ..
 
 
 def _ready(port: int) -> bool:
-    return b'"ready": true' in _get(f"http://127.0.0.1:{port}/readyz")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:  # 503 (not ready) included
+        return False
 
 
 def _person_key(event: dict[str, object]) -> bytes | None:

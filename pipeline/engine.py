@@ -222,6 +222,10 @@ class JourneyEngine:
         self._pending: list[tuple[int, str, int, Touch]] = []
         self._deadlines: list[tuple[int, int, str, str]] = []  # (due, seq, person, journey_id)
         self._seq = 0
+        # held touches by identifier key (extract finds a person's touches without a scan);
+        # extracted ones stay in the heap, marked by sequence number, until popped
+        self._held_by_key: dict[str, list[tuple[int, str, int, Touch]]] = {}
+        self._extracted: set[int] = set()
         self.dirty: set[str] = set()  # persons changed since the adapter last saved them
         self.applied: list[str] | None = None  # event ids applied, when the adapter asks
         self._matches = lru_cache(maxsize=65_536)(self._compute_matches)
@@ -238,7 +242,9 @@ class JourneyEngine:
             self._apply(touch, out)
             return out
         self._seq += 1
-        heapq.heappush(self._pending, (touch.at, touch.event_id, self._seq, touch))
+        entry = (touch.at, touch.event_id, self._seq, touch)
+        heapq.heappush(self._pending, entry)
+        self._hold(entry)
         if touch.at > self.max_event_time:
             self.max_event_time = touch.at
             return self.advance(self.max_event_time - self.lateness)
@@ -258,7 +264,9 @@ class JourneyEngine:
                 self._apply(touch, out)
                 continue
             seq += 1
-            heapq.heappush(pending, (at, touch.event_id, seq, touch))
+            entry = (at, touch.event_id, seq, touch)
+            heapq.heappush(pending, entry)
+            self._hold(entry)
             if at > latest:
                 latest = at
         self._seq = seq
@@ -266,6 +274,32 @@ class JourneyEngine:
             self.max_event_time = latest
             out += self.advance(latest - self.lateness)
         return out
+
+    def _hold(self, entry: tuple[int, str, int, Touch]) -> None:
+        held = self._held_by_key
+        for kind, value in entry[3].identifiers:
+            key = kind + ":" + value
+            entries = held.get(key)
+            if entries is None:
+                held[key] = [entry]
+            else:
+                entries.append(entry)
+
+    def _release(self, entry: tuple[int, str, int, Touch]) -> bool:
+        """Forget a popped held touch; False when it was extracted meanwhile."""
+        if self._extracted and entry[2] in self._extracted:
+            self._extracted.discard(entry[2])
+            return False
+        held = self._held_by_key
+        for kind, value in entry[3].identifiers:
+            key = kind + ":" + value
+            entries = held.get(key)
+            if entries is not None:
+                if len(entries) == 1:
+                    del held[key]
+                else:
+                    entries.remove(entry)
+        return True
 
     def tick(self, wall_ms: int) -> list[Output]:
         """Advance the watermark with processing time when input has been idle."""
@@ -292,7 +326,9 @@ class JourneyEngine:
                 and next_event <= watermark
                 and (next_due is None or next_event <= next_due)
             ):
-                self._apply(heapq.heappop(pending)[3], out)
+                entry = heapq.heappop(pending)
+                if self._release(entry):
+                    self._apply(entry[3], out)
             elif next_due is not None and next_due <= watermark:
                 due, _, person_id, journey_id = heapq.heappop(deadlines)
                 self._on_deadline(due, person_id, journey_id, out)
@@ -303,7 +339,9 @@ class JourneyEngine:
         """End of input: apply everything held (deadlines are left to the watermark)."""
         out: list[Output] = []
         while self._pending:
-            self._apply(heapq.heappop(self._pending)[3], out)
+            entry = heapq.heappop(self._pending)
+            if self._release(entry):
+                self._apply(entry[3], out)
         return out
 
     # --- state -----------------------------------------------------------------------------
@@ -355,17 +393,17 @@ class JourneyEngine:
             self.identity.owner.pop(identifier, None)
         wanted = members | {also} if also else members
         held: list[Touch] = []
-        if wanted and self._pending:
-            keep = []
-            for entry in self._pending:
-                touch = entry[3]
-                if any(kind + ":" + value in wanted for kind, value in touch.identifiers):
-                    held.append(touch)
-                else:
-                    keep.append(entry)
-            if held:
-                heapq.heapify(keep)
-                self._pending = keep
+        by_key = self._held_by_key
+        for key in wanted:
+            for entry in by_key.pop(key, ()):
+                if entry[2] not in self._extracted:
+                    self._extracted.add(entry[2])
+                    held.append(entry[3])
+        for touch in held:  # out of the other keys' lists too
+            for kind, value in touch.identifiers:
+                entries = by_key.get(kind + ":" + value)
+                if entries:
+                    entries[:] = [e for e in entries if e[3] is not touch]
         self.dirty.add(person_id)
         held.sort(key=lambda t: (t.at, t.event_id))
         return record, sorted(members), held

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from datetime import datetime
+from typing import Any, NamedTuple
 
 from pipeline.contract import IDENTIFIER_FIELDS, TouchpointEvent
 
@@ -27,6 +28,34 @@ class Touch(NamedTuple):
     revenue: float | None = None
     currency: str | None = None
     issue: str | None = None  # attributes.issue: what a contact is about (repeat contacts)
+
+    @classmethod
+    def from_canonical(cls, data: dict[str, Any]) -> Touch:
+        """From the canonical JSON of an event validated already (``touchpoints.by_person``):
+        no second validation, about ten times cheaper than ``from_event``."""
+        identifiers = tuple((name, data[name]) for name in IDENTIFIER_FIELDS if data.get(name))
+        attributes = data.get("attributes") or {}
+        issue = attributes.get("issue")
+        revenue = data.get("revenue")
+        return cls(
+            data["event_id"],
+            int(datetime.fromisoformat(data["occurred_at"]).timestamp() * 1000),
+            data["channel"],
+            data["touchpoint"],
+            data["action"],
+            data.get("outcome", "ok"),
+            data.get("outcome_reason"),
+            identifiers,
+            data.get("session_hint"),
+            data.get("duration_ms"),
+            data.get("wait_ms"),
+            data.get("csat"),
+            data.get("nps"),
+            data.get("sentiment"),
+            float(revenue) if revenue is not None else None,
+            data.get("currency"),
+            str(issue) if issue is not None else None,
+        )
 
     @classmethod
     def from_event(cls, event: TouchpointEvent) -> Touch:

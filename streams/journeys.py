@@ -25,6 +25,7 @@ import time
 import weakref
 from collections import Counter as Tally
 from collections.abc import Awaitable, Iterator
+from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -34,7 +35,6 @@ from aiokafka.partitioner import murmur2
 from faust.streams import Stream, _current_event
 from faust.types import TP, EventT, StreamT
 
-from pipeline.contract import TouchpointEvent
 from pipeline.definitions import JourneyCatalog, load_catalog
 from pipeline.engine import JourneyEngine, Output
 from pipeline.settings import Settings
@@ -72,6 +72,7 @@ JOURNEY_OUTPUT_TYPES = frozenset({"journey", "identity"})
 GAUGE_EVERY_S = 10.0
 
 
+@lru_cache(maxsize=262_144)
 def kafka_partition(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner gives ``key`` (murmur2, as the producers)."""
     return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
@@ -79,7 +80,7 @@ def kafka_partition(key: str, partitions: int) -> int:
 
 def touch_of(raw: bytes) -> Touch:
     """A validated event from ``touchpoints.by_person`` as the engine's ``Touch``."""
-    return Touch.from_event(TouchpointEvent.model_validate_json(raw))
+    return Touch.from_canonical(orjson.loads(raw))
 
 
 class JourneyRole:
@@ -170,7 +171,7 @@ class JourneyRole:
             if message.topic == self.by_person:
                 try:
                     touch = touch_of(raw)
-                except ValueError:
+                except (ValueError, KeyError, TypeError):
                     log.error(
                         "undecodable record on the validated topic; skipped",
                         extra={"partition": message.partition, "offset": message.offset},

@@ -19,3 +19,21 @@ def test_simulated_events_are_valid_reproducible_and_cover_the_four_channels() -
     assert {e["channel"] for e in first} == {"web", "app", "call_center", "store"}
     assert len({e["event_id"] for e in first}) == len(first)
     assert any(e["outcome"] == "error" for e in first)
+
+
+def test_a_touch_from_canonical_json_equals_one_from_the_validated_event() -> None:
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from pipeline.contract import TouchpointEvent, decode_touchpoint
+    from pipeline.scenario import DaySimulator, default_incidents
+    from pipeline.touch import Touch
+
+    start = int(datetime(2026, 10, 1, tzinfo=UTC).timestamp() * 1000)
+    simulator = DaySimulator(4, start, 200, default_incidents(start))
+    received = datetime(2026, 11, 1, tzinfo=UTC)
+    for event in simulator.generate():
+        decoded = decode_touchpoint(orjson.dumps(event), received)
+        assert isinstance(decoded, TouchpointEvent)
+        assert Touch.from_canonical(orjson.loads(decoded.to_json())) == Touch.from_event(decoded)
