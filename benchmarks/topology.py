@@ -296,6 +296,15 @@ print(psutil.Process().memory_info().rss, base, engine.active_journeys())
     return int(output[0]) / 2**20, int(output[2])
 
 
+NOT_MET = (
+    "Not met. Most of a record's cost is Faust's per-message path (fetch, conductor, "
+    "stream, acks), which even the naive agent pays; the journey agent adds the engine, "
+    "one produced record per output and one table write per changed person. Reaching a "
+    "quarter of the raw rate needs a consumer path that hands whole fetched batches to the "
+    "agent."
+)
+
+
 def run() -> str:
     raw, naive, topology = _throughput()
     latency, dropoff, rss, drops = _steady()
@@ -314,7 +323,7 @@ def run() -> str:
         f"| journeywatch worker, journey agent (1 process, all partitions) | {topology:,.0f} | "
         f"{topology / raw:.2f} |\n\n"
         f"Target for the full topology: at least 0.25 of raw. "
-        f"{'Met.' if topology / raw >= 0.25 else 'Not met yet (see below).'}\n\n"
+        f"{'Met.' if topology / raw >= 0.25 else NOT_MET}\n\n"
         f"Steady live traffic: {STEADY_RATE:,} events/s for {STEADY_SECONDS} s into "
         "`touchpoints.raw`, two workers (ingest + journeys), every stage time-out set to 2 s so "
         f"that journeys drop off during the run ({drops:,} drop-offs), default lateness "
@@ -325,6 +334,10 @@ def run() -> str:
         "p99 < 1 s |\n"
         f"| drop-off deadline passed → drop-off emitted | {dropoff[0]:.2f} s | "
         f"{dropoff[1]:.2f} s | < 2 s |\n\n"
+        "If the two workers cannot sustain the rate on this machine (broker, producer and "
+        "workers share 2 cores; one worker processes about 5,000 events/s through the journey "
+        "agent alone, and ingest runs beside it), the figures measure the backlog, not the "
+        "pipeline's own delay.\n\n"
         f"Worker resident memory after the run: {rss:.0f} MiB.\n\n"
         f"Memory: one journey partition (engine) holding {active:,} active journeys "
         f"(one anonymous person each): {memory:,.0f} MiB resident "
