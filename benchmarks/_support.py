@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 
@@ -9,3 +10,17 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def worker_env(broker_url: str, data_dir: str, partitions: int, **extra: str) -> dict[str, str]:
+    """The environment of a benchmark's journeywatch worker (short group time-outs: Tansu)."""
+    return {
+        **os.environ,
+        "JW_BROKER_URL": broker_url,
+        "JW_PARTITIONS": str(partitions),
+        "JW_DATA_DIR": data_dir,
+        "JW_CONSUMER_SESSION_TIMEOUT_S": "3",
+        "JW_CONSUMER_HEARTBEAT_S": "0.5",
+        "JW_CONSUMER_REBALANCE_TIMEOUT_S": "3",
+        **extra,
+    }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -15,7 +14,7 @@ import orjson
 import psutil
 from kafka import KafkaProducer
 
-from benchmarks._support import free_port
+from benchmarks._support import free_port, worker_env
 from pipeline.settings import Settings
 from pipeline.simulator import SimpleTrafficSource
 from streams.broker import EmbeddedBroker
@@ -61,15 +60,7 @@ def _measure(workers: int, payloads: list[bytes]) -> tuple[float, float]:
         EmbeddedBroker(free_port(), Path(tmp) / "b.log") as broker,
     ):
         ensure_topics(Settings(broker_url=broker.url, partitions=PARTITIONS))
-        env = {
-            **os.environ,
-            "JW_BROKER_URL": broker.url,
-            "JW_PARTITIONS": str(PARTITIONS),
-            "JW_DATA_DIR": tmp,
-            "JW_CONSUMER_SESSION_TIMEOUT_S": "3",
-            "JW_CONSUMER_HEARTBEAT_S": "0.5",
-            "JW_CONSUMER_REBALANCE_TIMEOUT_S": "3",
-        }
+        env = worker_env(broker.url, tmp, PARTITIONS)
         base = free_port()
         processes = [
             subprocess.Popen(

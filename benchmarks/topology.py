@@ -4,7 +4,6 @@ memory with a million active journeys."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer
 from kafka import KafkaProducer
 
-from benchmarks._support import free_port
+from benchmarks._support import free_port, worker_env
 from pipeline.contract import IDENTIFIER_FIELDS, TouchpointEvent, decode_touchpoint
 from pipeline.settings import Settings
 from pipeline.simulator import SimpleTrafficSource
@@ -142,16 +141,7 @@ async def _raw_rate(bootstrap: str, topic: str, count: int) -> float:
 
 
 def _env(broker: EmbeddedBroker, tmp: str, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "JW_BROKER_URL": broker.url,
-        "JW_PARTITIONS": str(PARTITIONS),
-        "JW_DATA_DIR": tmp,
-        "JW_CONSUMER_SESSION_TIMEOUT_S": "3",
-        "JW_CONSUMER_HEARTBEAT_S": "0.5",
-        "JW_CONSUMER_REBALANCE_TIMEOUT_S": "3",
-        **extra,
-    }
+    return worker_env(broker.url, tmp, PARTITIONS, **extra)
 
 
 def _rate_of(progress: Callable[[], float], count: int) -> float:

@@ -94,6 +94,19 @@ class Output(NamedTuple):
         return data
 
 
+def blocked_output(identifier: str, at: int, person_id: str, event_id: str) -> Output:
+    """An identifier seen with too many customers is no longer used to stitch (reported once)."""
+    return Output(
+        "identity",
+        "identifier_blocked",
+        f"blocked:{identifier}",
+        at,
+        person_id,
+        event_id=event_id,
+        detail=(("identifier_kind", identifier.split(":", 1)[0]),),
+    )
+
+
 @dataclass(slots=True)
 class JourneyState:
     journey_id: str
@@ -475,17 +488,7 @@ class JourneyEngine:
         for source in resolution.merged:
             self._merge_person(source, person_id, touch.at, touch.event_id, out)
         for identifier in resolution.blocked:
-            out.append(
-                Output(
-                    "identity",
-                    "identifier_blocked",
-                    f"blocked:{identifier}",
-                    touch.at,
-                    person_id,
-                    event_id=touch.event_id,
-                    detail=(("identifier_kind", identifier.split(":", 1)[0]),),
-                )
-            )
+            out.append(blocked_output(identifier, touch.at, person_id, touch.event_id))
         person = self.persons.get(person_id)
         if person is None:
             person = self.persons[person_id] = PersonState()

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from pipeline.engine import JourneyEngine, Output
+from pipeline.engine import JourneyEngine, Output, blocked_output
 from pipeline.touch import Touch
 
 CUSTOMER_PREFIX = "customer_id:"
@@ -335,17 +335,7 @@ class JourneyShard:
                 answer |= {"source": anonymous, "record": record, "touches": [*held, touch]}
         elif current.startswith("c:") and target.startswith("c:"):
             if graph.share(key, current, target):
-                self._outputs.append(
-                    Output(
-                        "identity",
-                        "identifier_blocked",
-                        f"blocked:{key}",
-                        touch.at,
-                        target,
-                        event_id=touch.event_id,
-                        detail=(("identifier_kind", key.split(":", 1)[0]),),
-                    )
-                )
+                self._outputs.append(blocked_output(key, touch.at, target, touch.event_id))
             answer["foreign"] = [key]
         elif current.startswith("c:"):
             # the asking person is anonymous and the identifier is a customer's: move it there
