@@ -445,6 +445,11 @@ class JourneyEngine:
         self._merge_person(source, target, at, event_id, out)
         return out
 
+    def has_applied(self, person_id: str, event_id: str) -> bool:
+        """Whether ``person_id`` recently applied ``event_id`` (a redelivered hand-off)."""
+        person = self.persons.get(person_id)
+        return person is not None and _id_hash(event_id) in person.recent
+
     def apply_now(self, touches: list[Touch]) -> list[Output]:
         """Apply touches at once, in event-time order (touches handed over by another
         partition: they were held there already)."""

@@ -410,6 +410,14 @@ class JourneyShard:
             return
         touches = [_touch(t) for t in data["touches"]]
         last = touches[-1]
+        if self.engine.has_applied(target, last.event_id):
+            # delivered again after a crash: the first delivery merged it and applied its
+            # touches already (merging again would bring back journeys that have ended)
+            if data["awaits"] is not None and self.awaiting.get(target) == data["awaits"]:
+                self.awaiting.pop(target)
+                self._dirty_persons.add(target)
+            self._release(target)
+            return
         self._outputs += self.engine.absorb(
             data["source"], target, data["record"], data["identifiers"], last.at, last.event_id
         )

@@ -163,8 +163,14 @@ class JourneyRole:
             return
         touched: set[int] = set()
         positions: dict[tuple[str, int], int] = {}
+        assigned = self.app.consumer.assignment()
         for event in events:
             message = event.message
+            if message.tp not in assigned:
+                # fetched before the partition moved to another worker, which reads it again
+                # from the committed offset: applying it here would write a stale shard's
+                # records into the partition's changelog
+                continue
             positions[(message.topic, message.partition)] = message.offset + 1
             shard = self._shard(message.partition)
             raw = message.value if isinstance(message.value, bytes) else b""

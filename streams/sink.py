@@ -26,14 +26,16 @@ from sinks.clickhouse.migrations import apply_migrations
 from sinks.clickhouse.queries import pipeline_stats
 from sinks.clickhouse.rows import (
     FAILED_EVENT_COLUMNS,
+    OUTPUT_COLUMNS,
     TOUCHPOINT_COLUMNS,
     failed_event_row,
+    output_row,
     touchpoint_row,
 )
 from sinks.clickhouse.writer import ClickHouseWriter, PartitionBatch
 from sinks.metrics import SINK_DUPLICATES_SKIPPED, SINK_ERRORS, SINK_ROWS, SINK_WRITE_SECONDS
 from streams.app import Readiness
-from streams.topics import BY_PERSON, DLQ
+from streams.topics import BY_PERSON, DLQ, EXPERIENCE_MOMENTS, JOURNEY_EVENTS
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,17 @@ def _record_write(table: str, rows: int, seconds: float, ok: bool) -> None:
 def _touchpoint_row(event: EventT[Any], topic_id: str) -> list[Any]:
     message = event.message
     return touchpoint_row(
+        orjson.loads(message.value or b"null"),
+        message.topic,
+        topic_id,
+        message.partition,
+        message.offset,
+    )
+
+
+def _output_row(event: EventT[Any], topic_id: str) -> list[Any]:
+    message = event.message
+    return output_row(
         orjson.loads(message.value or b"null"),
         message.topic,
         topic_id,
@@ -129,6 +142,12 @@ class SinkRole:
         )
         self._sink_agent(
             settings.topic(DLQ), "failed_events", FAILED_EVENT_COLUMNS, _failed_event_row
+        )
+        self._sink_agent(
+            settings.topic(JOURNEY_EVENTS), "journey_events", OUTPUT_COLUMNS, _output_row
+        )
+        self._sink_agent(
+            settings.topic(EXPERIENCE_MOMENTS), "experience_moments", OUTPUT_COLUMNS, _output_row
         )
 
         @self.app.on_partitions_revoked.connect

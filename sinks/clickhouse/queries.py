@@ -19,11 +19,17 @@ def pipeline_stats(client: Client, database: str) -> dict[str, Any]:
     by_reason = _counts(
         client, f"SELECT reason, count() FROM {database}.failed_events GROUP BY reason"
     )
+    journey_events = _counts(
+        client,
+        f"SELECT name, uniqExact(output_id) FROM {database}.journey_events "
+        "WHERE type = 'journey' GROUP BY name",
+    )
     latest = client.query(f"SELECT max(occurred_at) FROM {database}.touchpoints").result_rows[0][0]
     return {
         "touchpoints": sum(by_channel.values()),
         "failed_events": sum(by_reason.values()),
         "touchpoints_by_channel": by_channel,
         "failed_events_by_reason": by_reason,
+        "journey_events_by_name": journey_events,
         "latest_occurred_at": latest.isoformat() + "Z" if by_channel else None,
     }

@@ -64,7 +64,54 @@ FAILED_EVENT_COLUMNS: tuple[str, ...] = (
     "kafka_offset",
 )
 
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    "output_id",
+    "type",
+    "name",
+    "at",
+    "person_id",
+    "journey",
+    "journey_id",
+    "stage",
+    "channel",
+    "touchpoint",
+    "event_id",
+    "value",
+    "detail",
+    "kafka_topic",
+    "kafka_topic_id",
+    "kafka_partition",
+    "kafka_offset",
+)
+
 _parse_time = datetime.fromisoformat
+
+
+def output_row(
+    output: Mapping[str, Any], topic: str, topic_id: str, partition: int, offset: int
+) -> list[Any]:
+    """One ``journey_events`` / ``experience_moments`` row from a journey agent output."""
+    get = output.get
+    value = get("value")
+    return [
+        output["output_id"],
+        output["type"],
+        output["name"],
+        datetime.fromtimestamp(output["at"] / 1000, UTC),
+        output["person_id"],
+        get("journey") or "",
+        get("journey_id") or "",
+        get("stage") or "",
+        get("channel") or "",
+        get("touchpoint") or "",
+        get("event_id") or "",
+        float(value) if value is not None else None,
+        orjson.dumps(get("detail") or {}).decode(),
+        topic,
+        topic_id,
+        partition,
+        offset,
+    ]
 
 
 def touchpoint_row(
