@@ -50,26 +50,26 @@ def _record_write(table: str, rows: int, seconds: float, ok: bool) -> None:
         SINK_ERRORS.labels(table).inc()
 
 
-def _touchpoint_row(event: EventT[Any], topic_id: str) -> list[Any]:
-    message = event.message
-    return touchpoint_row(
-        orjson.loads(message.value or b"null"),
-        message.topic,
-        topic_id,
-        message.partition,
-        message.offset,
-    )
+def _json_rows(
+    build: Callable[[Any, str, str, int, int], list[Any]],
+) -> RowBuilder:
+    """A row builder for a topic of JSON records (validated touchpoints, journey outputs)."""
+
+    def row(event: EventT[Any], topic_id: str) -> list[Any]:
+        message = event.message
+        return build(
+            orjson.loads(message.value or b"null"),
+            message.topic,
+            topic_id,
+            message.partition,
+            message.offset,
+        )
+
+    return row
 
 
-def _output_row(event: EventT[Any], topic_id: str) -> list[Any]:
-    message = event.message
-    return output_row(
-        orjson.loads(message.value or b"null"),
-        message.topic,
-        topic_id,
-        message.partition,
-        message.offset,
-    )
+_touchpoint_row = _json_rows(touchpoint_row)
+_output_row = _json_rows(output_row)
 
 
 def _failed_event_row(event: EventT[Any], topic_id: str) -> list[Any]:
