@@ -35,6 +35,7 @@ from aiokafka.partitioner import murmur2
 from faust.streams import Stream, _current_event
 from faust.types import TP, EventT, StreamT
 
+from pipeline.contract import Channel
 from pipeline.definitions import JourneyCatalog, load_catalog
 from pipeline.engine import JourneyEngine, Output
 from pipeline.settings import Settings
@@ -113,7 +114,7 @@ class JourneyRole:
             partitions=settings.partitions,
         )
         readiness.checks["tables_recovered"] = False
-        self._metrics = _Metrics()
+        self._metrics = _Metrics(self.catalog)
 
     # --- wiring ---------------------------------------------------------------------------------
     def register(self) -> None:
@@ -318,7 +319,10 @@ class JourneyRole:
         self._late_seen = late
         consumer = self.app.consumer
         committed = getattr(consumer, "_committed_offset", {})
+        changelogs = self.app.tables.changelog_topics  # read on recovery, never committed
         for tp in consumer.assignment():
+            if tp.topic in changelogs:
+                continue
             highwater = consumer.highwater(tp)
             if highwater is None:
                 continue
@@ -336,7 +340,7 @@ class _PartitionEvent:
 class _Metrics:
     """Journey metrics from outputs, with cached label children."""
 
-    def __init__(self) -> None:
+    def __init__(self, catalog: JourneyCatalog) -> None:
         self.started = LabelCache(JOURNEYS_STARTED)
         self.entered = LabelCache(JOURNEY_STAGE_ENTERED)
         self.converted = LabelCache(JOURNEYS_CONVERTED)
@@ -344,6 +348,16 @@ class _Metrics:
         self.negative = LabelCache(NEGATIVE_MOMENTS)
         self.truth = LabelCache(MOMENTS_OF_TRUTH)
         self.latency = LabelCache(OUTPUT_LATENCY)
+        # Every journey x stage x channel series exists from the start at 0: a stage whose
+        # first drop-off comes during an incident must already have a rate (and a drop-off
+        # ratio of 0) for the alert rules to compare with, and a restart must not make series
+        # disappear (Prometheus "initialise your metrics").
+        for definition in catalog.journeys:
+            for channel in Channel:
+                self.started.get(definition.name, channel.value)
+                for stage in definition.stages:
+                    for cache in (self.entered, self.converted, self.dropped):
+                        cache.get(definition.name, stage.name, channel.value)
 
     def observe(self, o: Output, now: float) -> None:
         channel = o.channel or ""

@@ -7,10 +7,12 @@ that page on-call in production can be watched firing on one machine.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -49,17 +51,26 @@ def start_local_monitoring(
     prometheus_port: int,
     alertmanager_port: int,
     log_dir: Path,
+    *,
+    rule_files: list[Path] | None = None,
+    alertmanager_config: dict[str, Any] | None = None,
+    scrape_interval: str = "5s",
 ) -> LocalMonitoring | None:
-    """Start both with generated configs; None when the binaries are not installed."""
+    """Start both with generated configs; None when the binaries are not installed.
+
+    By default they use the shipped rules and an Alertmanager that shows alerts without
+    delivering them; tests pass their own (time-compressed rules, a webhook receiver).
+    """
     found = binaries()
     if found is None:
         return None
     prometheus_bin, alertmanager_bin = found
     directory.mkdir(parents=True, exist_ok=True)
     alertmanager_url = f"http://127.0.0.1:{alertmanager_port}"
+    rules = rule_files if rule_files is not None else sorted(RULES_DIR.glob("*.yml"))
     prometheus_config = {
-        "global": {"scrape_interval": "5s", "evaluation_interval": "15s"},
-        "rule_files": [str(path) for path in sorted(RULES_DIR.glob("*.yml"))],
+        "global": {"scrape_interval": scrape_interval, "evaluation_interval": "15s"},
+        "rule_files": [str(path) for path in rules],
         "alerting": {
             "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]
         },
@@ -69,11 +80,12 @@ def start_local_monitoring(
         ],
     }
     (directory / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config, sort_keys=False))
-    # Locally, alerts are shown, not delivered: one receiver without integrations.
-    alertmanager_config = {
-        "route": {"receiver": "local", "group_by": ["alertname", "journey", "channel"]},
-        "receivers": [{"name": "local"}],
-    }
+    if alertmanager_config is None:
+        # Locally, alerts are shown, not delivered: one receiver without integrations.
+        alertmanager_config = {
+            "route": {"receiver": "local", "group_by": ["alertname", "journey", "channel"]},
+            "receivers": [{"name": "local"}],
+        }
     (directory / "alertmanager.yml").write_text(
         yaml.safe_dump(alertmanager_config, sort_keys=False)
     )
@@ -107,3 +119,59 @@ def start_local_monitoring(
             )
         )
     return LocalMonitoring(f"http://127.0.0.1:{prometheus_port}", alertmanager_url, processes)
+
+
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_UNIT_MS["y"] = 365 * _UNIT_MS["d"]
+# A duration in PromQL: a range or subquery ``[10m]``, ``[10m:1m]``, or after ``offset``.
+_PROMQL_DURATION = re.compile(
+    r"(?<=[\[:])(?:\d+(?:ms|[smhdwy]))+(?=[\]:])|(?<=offset )(?:\d+(?:ms|[smhdwy]))+"
+)
+
+
+def compress_duration(text: str, factor: float) -> str:
+    """A Prometheus duration (``1h30m``) ``factor`` times shorter, in milliseconds if need be."""
+    total = sum(int(n) * _UNIT_MS[unit] for n, unit in _DURATION.findall(text))
+    if not total or _DURATION.sub("", text):
+        raise ValueError(f"not a Prometheus duration: {text!r}")
+    ms = max(1, round(total / factor))
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def compress_rules(groups: dict[str, Any], factor: float) -> dict[str, Any]:
+    """The rule file ``groups`` with every duration ``factor`` times shorter: group intervals,
+    ``for``, and the ranges, subqueries and offsets of every expression.
+
+    For demonstrations and tests that cannot wait hours for a six-hour baseline: at
+    ``factor=60`` a minute of the rules' time passes in a second. The thresholds, labels and
+    annotations are the shipped ones.
+    """
+    out: dict[str, Any] = {"groups": []}
+    for group in groups["groups"]:
+        group = dict(group)
+        if "interval" in group:
+            group["interval"] = compress_duration(group["interval"], factor)
+        rules = []
+        for rule in group["rules"]:
+            rule = dict(rule)
+            rule["expr"] = _PROMQL_DURATION.sub(
+                lambda m: compress_duration(m.group(0), factor), rule["expr"]
+            )
+            if "for" in rule:
+                rule["for"] = compress_duration(rule["for"], factor)
+            rules.append(rule)
+        group["rules"] = rules
+        out["groups"].append(group)
+    return out
+
+
+def compress_alertmanager_route(route: dict[str, Any], factor: float) -> dict[str, Any]:
+    """An Alertmanager route tree with its group wait/interval and repeat interval shorter."""
+    route = dict(route)
+    for key in ("group_wait", "group_interval", "repeat_interval"):
+        if key in route:
+            route[key] = compress_duration(route[key], factor)
+    if "routes" in route:
+        route["routes"] = [compress_alertmanager_route(r, factor) for r in route["routes"]]
+    return route

@@ -118,3 +118,32 @@ def test_rule_files_are_where_compose_mounts_them() -> None:
     volumes = compose["services"]["prometheus"]["volumes"]
     assert any(v.startswith("./deploy/prometheus/rules:") for v in volumes)
     assert Path(PROMETHEUS / "prometheus.yml").exists()
+
+
+def test_time_compressed_rules_change_durations_only(tmp_path: Path) -> None:
+    """The alerting end-to-end test runs the rules 60 times faster; they must stay the rules."""
+    from streams.monitoring import compress_duration, compress_rules
+
+    shipped = [yaml.safe_load(path.read_text()) for path in RULES]
+    for n, groups in enumerate(shipped):
+        compressed = compress_rules(groups, 60)
+        path = tmp_path / f"rules-{n}.yml"
+        path.write_text(yaml.safe_dump(compressed))
+        assert "SUCCESS" in run("promtool", "check", "rules", str(path))
+        for group, fast in zip(groups["groups"], compressed["groups"], strict=True):
+            assert len(fast["rules"]) == len(group["rules"])
+            for rule, fast_rule in zip(group["rules"], fast["rules"], strict=True):
+                durations = re.compile(r"\d+(ms|[smhdwy])\b")
+                # the same expression once every duration is taken out, the same labels
+                assert durations.sub("D", fast_rule["expr"]) == durations.sub("D", rule["expr"])
+                names = re.compile(r"jw[:_][a-z0-9_:]+")  # 10m in names stays
+                assert names.findall(fast_rule["expr"]) == names.findall(rule["expr"])
+                assert fast_rule.get("record") == rule.get("record")
+                assert fast_rule.get("labels") == rule.get("labels")
+                assert fast_rule.get("annotations") == rule.get("annotations")
+    assert "[10s]" in str(compress_rules(shipped[0], 60))
+    assert compress_duration("6h", 60) == "360s"
+    assert compress_duration("10s", 60) == "167ms"
+    assert compress_duration("1h30m", 60) == "90s"
+    with pytest.raises(ValueError, match="not a Prometheus duration"):
+        compress_duration("soon", 60)
