@@ -45,6 +45,8 @@ from tests.e2e.stack import (
     produce_day,
 )
 from tests.helpers import (
+    http_get,
+    metric_values,
     read_topic,
     wait_until,
 )
@@ -135,6 +137,15 @@ def run_day(
                 return all(by_name.get(name) == n for name, n in expected.items())
 
             wait_until(written, 60, f"ClickHouse journey_events to hold {dict(expected)}", 0.5)
+        if not chaos:
+            # what Prometheus adds up over the workers is what happened, each journey once
+            totals: Counter[str] = Counter()
+            for index in topology.workers:
+                _, body = http_get(f"http://127.0.0.1:{topology.port + index}/metrics")
+                for name in ("converted", "dropped_off"):
+                    values = metric_values(body.decode(), f"jw_journeys_{name}_total")
+                    totals[name] += int(sum(values.values()))
+            assert totals == Counter(key[2] for key in truth.elements()), totals
         if chaos:
             assert killed and topology.workers[1].poll() is None
         return outcomes, truth, outputs
