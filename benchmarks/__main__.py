@@ -7,10 +7,10 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks import collector, contract_decode, engine, scaling, topology
+from benchmarks import accuracy, collector, contract_decode, engine, scaling, topology
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-SUITES = [contract_decode, engine, collector, scaling, topology]
+SUITES = [contract_decode, engine, collector, scaling, topology, accuracy]
 
 
 def main() -> None:

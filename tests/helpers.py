@@ -119,9 +119,10 @@ def query_chdb(directory: Path, sql: str) -> list[list[Any]]:
         input=sql,
         capture_output=True,
         text=True,
-        check=True,
         timeout=120,
     )
+    if result.returncode != 0:
+        raise AssertionError(f"chdb query failed: {sql}\n{result.stderr[-3000:]}")
     return list(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
