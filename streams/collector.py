@@ -33,7 +33,8 @@ from sinks.metrics import (
     set_worker_info,
 )
 from streams.openapi import openapi_document
-from streams.topics import RAW, bootstrap_servers
+from streams.process import use_uvloop
+from streams.topics import RAW, bootstrap_servers, kafka_partition
 
 log = logging.getLogger(__name__)
 JSON_TYPES = {"application/json": False, "application/x-ndjson": True}
@@ -182,12 +183,25 @@ class Collector:
         )
 
     async def _produce(self, events: list[TouchpointEvent]) -> None:
+        """One record batch per partition (keyed by person, partitioned as Kafka's default
+        partitioner would), then wait until the broker acknowledged every batch."""
         producer = self.producer
         assert producer is not None
-        futures = [
-            await producer.send(self.topic, value=event.to_json(), key=event.person_key().encode())
-            for event in events
-        ]
+        partitions = len(await producer.partitions_for(self.topic))
+        batches: dict[int, Any] = {}
+        futures = []
+        for event in events:
+            key = event.person_key()
+            partition = kafka_partition(key, partitions)
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = producer.create_batch()
+            if batch.append(key=key.encode(), value=event.to_json(), timestamp=None) is None:
+                futures.append(await producer.send_batch(batch, self.topic, partition=partition))
+                batch = batches[partition] = producer.create_batch()
+                batch.append(key=key.encode(), value=event.to_json(), timestamp=None)
+        for partition, batch in batches.items():
+            futures.append(await producer.send_batch(batch, self.topic, partition=partition))
         await asyncio.wait_for(asyncio.gather(*futures), timeout=30)
 
 
@@ -222,6 +236,7 @@ def create_collector_app(settings: Settings) -> web.Application:
 
 def run_collector(settings: Settings) -> None:
     set_worker_info("collector")
+    use_uvloop()
     app = create_collector_app(settings)
     web.run_app(
         app,

@@ -25,13 +25,11 @@ import time
 import weakref
 from collections import Counter as Tally
 from collections.abc import Awaitable, Iterator
-from functools import lru_cache
 from types import SimpleNamespace
 from typing import Any, cast
 
 import faust
 import orjson
-from aiokafka.partitioner import murmur2
 from faust.streams import Stream, _current_event
 from faust.types import TP, EventT, StreamT
 
@@ -65,18 +63,13 @@ from streams.topics import (
     HANDOFF,
     JOURNEY_EVENTS,
     JOURNEY_STATE_TABLE,
+    kafka_partition,
 )
 
 log = logging.getLogger(__name__)
 
 JOURNEY_OUTPUT_TYPES = frozenset({"journey", "identity"})
 GAUGE_EVERY_S = 10.0
-
-
-@lru_cache(maxsize=262_144)
-def kafka_partition(key: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives ``key`` (murmur2, as the producers)."""
-    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 def touch_of(raw: bytes) -> Touch:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import lru_cache
 
+from aiokafka.partitioner import murmur2
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -117,3 +119,10 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS) -> di
         return topic_ids
     finally:
         admin.close()
+
+
+@lru_cache(maxsize=262_144)
+def kafka_partition(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives ``key`` (murmur2, as the producers);
+    cached, because aiokafka's murmur2 is pure Python and person keys repeat."""
+    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions

@@ -18,9 +18,8 @@ from kafka import KafkaProducer, TopicPartition
 
 from pipeline.contract import IDENTIFIER_FIELDS
 from streams.broker import EmbeddedBroker
-from streams.journeys import kafka_partition
 from streams.offsets import confirmed_end_offsets, group_lag
-from streams.topics import BY_PERSON, HANDOFF, RAW
+from streams.topics import BY_PERSON, HANDOFF, RAW, kafka_partition
 from tests.helpers import (
     free_port,
     http_get,

@@ -27,7 +27,6 @@ from kafka import KafkaProducer
 from pipeline.scenario import DaySimulator, default_incidents
 from pipeline.settings import Settings
 from streams.broker import EmbeddedBroker
-from streams.journeys import kafka_partition
 from streams.offsets import group_lag
 from streams.topics import (
     EXPERIENCE_MOMENTS,
@@ -35,6 +34,7 @@ from streams.topics import (
     JOURNEY_EVENTS,
     RAW,
     ensure_topics,
+    kafka_partition,
 )
 from tests.e2e.stack import (
     PARTITIONS,
