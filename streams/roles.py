@@ -32,6 +32,9 @@ class QuietWorker(Worker):
 
 
 def _run_worker(app: object, settings: Settings) -> NoReturn:
+    from streams.offsets import never_commit_over_unacknowledged
+
+    never_commit_over_unacknowledged()  # at-least-once for messages acknowledged out of order
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()  # what start-up allocated is never garbage
     worker = QuietWorker(

@@ -164,3 +164,13 @@ def test_two_workers_find_the_ground_truth_of_a_day(broker: EmbeddedBroker, tmp_
         != kafka_partition("customer_id:" + o["person_id"][2:], PARTITIONS)
     ]
     assert crossed, "no identity merge crossed partitions: the test would prove nothing"
+
+
+def test_a_worker_killed_mid_stream_changes_no_outcome(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """SIGKILL one of two workers at 40% of the day, restart it: after the stream drains, the
+    outcomes still equal the ground truth exactly, each once (seed 32 lost an alias before
+    Faust's commit was kept from skipping held messages: streams/offsets.py)."""
+    outcomes, truth, _ = run_day(broker, tmp_path, seed=32, chaos=True)
+    assert outcomes == truth, (outcomes - truth, truth - outcomes)
