@@ -4,10 +4,8 @@ Events go in at ``touchpoints.raw`` as a producer would send them, paced (a simu
 about half a minute); journeys come out of ``journey.events`` / ``experience.moments``. What
 comes out must be the simulator's ground truth exactly: every converted and dropped-off journey
 with its stage, person and negative moments, once. Identity merges cross partitions (anonymous
-browsing on a device's partition, the login on the customer's). ``run_day(chaos=True)`` kills
-one worker with SIGKILL mid-stream and restarts it; that variant is not in the suite yet: it
-still loses one loyalty-card alias across the fail-over for one seed
-(docs/streaming-topology.md).
+browsing on a device's partition, the login on the customer's). The chaos test kills one
+worker with SIGKILL mid-stream and restarts it: the outcomes must still be exactly the truth.
 """
 
 from __future__ import annotations
