@@ -66,6 +66,24 @@ _CREATE_RE = re.compile(
 )
 
 
+_VIEW_RE = re.compile(
+    r"^CREATE (?P<kind>MATERIALIZED VIEW|VIEW) IF NOT EXISTS (?P<name>\w+\.\w+)\s+"
+    r"(?:TO (?P<target>\w+\.\w+)\s+)?AS\s+(?P<select>.*)$",
+    re.S,
+)
+
+
+def _view_variant(view: re.Match[str], cluster: str, db: str) -> str:
+    """A view on every node. A materialized view is fired by inserts into the shard's local
+    table and writes the shard's local table; a plain view reads the Distributed tables."""
+    select = view["select"]
+    head = f"CREATE {view['kind']} IF NOT EXISTS {view['name']} ON CLUSTER '{cluster}'"
+    if view["kind"] == "VIEW":
+        return f"{head} AS\n{select}"
+    select = re.sub(rf"\bFROM {db}\.(\w+)", rf"FROM {db}.\1_local", select)
+    return f"{head} TO {view['target']}_local AS\n{select}"
+
+
 def cluster_variant(statement: str, cluster: str, db: str, shard_by: str) -> list[str]:
     """A table on a cluster: ``<table>_local``, replicated on every shard, and ``<table>``,
     a Distributed table over them, so writers and analysts keep using the same name.
@@ -73,6 +91,9 @@ def cluster_variant(statement: str, cluster: str, db: str, shard_by: str) -> lis
     Rows that must collapse together (one ``event_id``) must share a shard: migrations say
     how with a ``-- shard_by: <expression>`` comment (default ``rand()``).
     """
+    view = _VIEW_RE.match(statement)
+    if view is not None:
+        return [_view_variant(view, cluster, db)]
     match = _CREATE_RE.match(statement)
     if match is None:
         if statement.startswith(("CREATE", "ALTER", "DROP")) and " ON CLUSTER " not in statement:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -43,8 +44,10 @@ from tests.e2e.stack import (
     produce_day,
 )
 from tests.helpers import (
+    REPO,
     http_get,
     metric_values,
+    query_chdb,
     read_topic,
     wait_until,
 )
@@ -162,6 +165,42 @@ def test_two_workers_find_the_ground_truth_of_a_day(broker: EmbeddedBroker, tmp_
         != kafka_partition("customer_id:" + o["person_id"][2:], PARTITIONS)
     ]
     assert crossed, "no identity merge crossed partitions: the test would prove nothing"
+    # The analyst guide's queries (on the per-minute rollups) give the truth's figures.
+    chdb = tmp_path / "clickhouse"
+    flow = query_chdb(chdb, guide_query("outcomes by journey and stage"))
+    expected = Counter((k[0], k[3], k[2]) for k in truth.elements())
+    assert {(j, st, n): int(c) for j, st, n, c in flow} == dict(expected)
+    moments = query_chdb(chdb, guide_query("negative moments by journey and kind"))
+    kinds = Counter((k[0], kind) for k in truth.elements() for kind in k[4])
+    assert {(j, n): int(c) for j, n, c in moments} == dict(kinds)
+    rates = query_chdb(chdb, guide_query("drop-off rate by stage and channel per hour"))
+    dropped: Counter[tuple[str, str]] = Counter()
+    for _, journey, stage, _, _, n, _ in rates:
+        dropped[(journey, stage)] += int(n)
+    assert +dropped == Counter((k[0], k[3]) for k in truth.elements() if k[2] == "dropped_off")
+    entered: Counter[str] = Counter()
+    for _, journey, _, _, n, _, _ in rates:
+        entered[journey] += int(n)
+    journeys = Counter(k[0] for k in truth.elements())
+    assert all(entered[j] >= n for j, n in journeys.items()), (entered, journeys)
+    assert guide_query_names() == GUIDE_QUERIES_USED
+
+
+GUIDE = REPO / "docs" / "analyst-guide.md"
+GUIDE_QUERIES_USED: set[str] = set()
+
+
+def guide_query_names() -> set[str]:
+    return set(re.findall(r"```sql\n-- query: (.+)\n", GUIDE.read_text()))
+
+
+def guide_query(name: str) -> str:
+    """A ready query of docs/analyst-guide.md, as printed there."""
+    for block in re.findall(r"```sql\n(.*?)```", GUIDE.read_text(), re.S):
+        if block.startswith(f"-- query: {name}\n"):
+            GUIDE_QUERIES_USED.add(name)
+            return str(block)
+    raise AssertionError(f"no query {name!r} in {GUIDE}")
 
 
 def test_a_worker_killed_mid_stream_changes_no_outcome(

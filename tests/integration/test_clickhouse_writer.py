@@ -159,6 +159,14 @@ def test_the_cluster_variant_is_valid_clickhouse_sql(clickhouse) -> None:
         "cityHash64(event_id))" in text
     )
     assert "Distributed('jw_cluster', 'journeywatch', 'failed_events_local', rand())" in text
+    # a rollup's materialized view is fired by the shard's local table and writes its local
+    # rollup; a plain view reads the Distributed tables
+    assert (
+        "journeywatch.journey_rollup_1m_mv ON CLUSTER 'jw_cluster' "
+        "TO journeywatch.journey_rollup_1m_local" in text
+    )
+    assert "FROM journeywatch.journey_events_local" in text
+    assert "FROM journeywatch.journey_rollup_1m\n" in text
     # Without a cluster nothing changes.
     plain = [
         s for m in load_migrations() for s in m.statements(db="journeywatch", retention_days=30)
