@@ -16,6 +16,7 @@ import re
 import signal
 import time
 from collections import Counter
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,38 @@ def test_two_workers_find_the_ground_truth_of_a_day(broker: EmbeddedBroker, tmp_
         entered[journey] += int(n)
     journeys = Counter(k[0] for k in truth.elements())
     assert all(entered[j] >= n for j, n in journeys.items()), (entered, journeys)
+    surveys = query_chdb(chdb, guide_query("csat and nps by channel and week"))
+    start = day_start()
+    events = DaySimulator(31, start, 500, default_incidents(start)).generate()
+    csat = {(str(w)[:10], c): (int(n), float(v)) for w, c, n, v, _, _ in surveys if int(n)}
+    assert csat == csat_truth(events)
+    nps = {(str(w)[:10], c): (int(n), float(v)) for w, c, _, _, n, v in surveys if int(n)}
+    assert nps == nps_truth(events)
     assert guide_query_names() == GUIDE_QUERIES_USED
+
+
+def _week_channel(event: dict[str, Any]) -> tuple[str, str]:
+    day = datetime.fromisoformat(event["occurred_at"]).date()
+    return str(day - timedelta(days=day.weekday())), event["channel"]
+
+
+def csat_truth(events: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[int, float]]:
+    answers: dict[tuple[str, str], list[int]] = {}
+    for event in events:
+        if event.get("csat") is not None:
+            answers.setdefault(_week_channel(event), []).append(int(event["csat"]))
+    return {k: (len(v), round(sum(v) / len(v), 3)) for k, v in answers.items()}
+
+
+def nps_truth(events: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[int, float]]:
+    answers: dict[tuple[str, str], list[int]] = {}
+    for event in events:
+        if event.get("nps") is not None:
+            answers.setdefault(_week_channel(event), []).append(int(event["nps"]))
+    return {
+        k: (len(v), round(100 * (sum(a >= 9 for a in v) - sum(a <= 6 for a in v)) / len(v), 1))
+        for k, v in answers.items()
+    }
 
 
 GUIDE = REPO / "docs" / "analyst-guide.md"
