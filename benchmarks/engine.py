@@ -11,9 +11,10 @@ from pipeline.definitions import load_catalog
 from pipeline.engine import JourneyEngine
 from pipeline.simulator import scripted_touches
 from pipeline.touch import Touch
+from streams.process import GC_THRESHOLDS as WORKER_GC_THRESHOLDS
 
 EVENTS = 200_000
-WORKER_GC_THRESHOLDS = (50_000, 20, 100)  # the same values as streams.roles
+
 BATCH = 1_000  # as the worker's take() batches
 T0 = 1_795_000_000_000
 M = 60_000

@@ -9,6 +9,11 @@ from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 
+# The journey engine keeps many small long-lived objects, the collector allocates hundreds per
+# request; Python's default young-generation threshold (700) makes the garbage collector take
+# about a third of the engine's time (docs/benchmarks.md).
+GC_THRESHOLDS = (50_000, 20, 100)
+
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     try:

@@ -11,11 +11,8 @@ from pipeline.settings import Settings
 from streams.app import create_app
 from streams.ingest import register_ingest
 from streams.logs import logging_config
+from streams.process import GC_THRESHOLDS
 from streams.topics import bootstrap_servers, ensure_topics
-
-# The journey engine keeps many small long-lived objects; Python's default young-generation
-# threshold (700) makes the collector take about a third of the time (docs/benchmarks.md).
-GC_THRESHOLDS = (50_000, 20, 100)
 
 
 class QuietWorker(Worker):
