@@ -44,7 +44,7 @@ docs: $(STAMP)
 	$(PY) docs/generate.py
 
 bench: $(STAMP)
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(SUITES)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache test-artifacts
