@@ -92,6 +92,15 @@ def _scores(found: Counter[Any], truth: Counter[Any]) -> tuple[float, float, int
     return precision, recall, sum(found.values()), sum(truth.values())
 
 
+def _follow(moves: dict[str, str], key: str) -> str:
+    """Where ``key`` ended up through a chain of moves (person or journey merges)."""
+    seen = set()
+    while key in moves and key not in seen:
+        seen.add(key)
+        key = moves[key]
+    return key
+
+
 def _pairs(clusters: Iterable[set[str]]) -> set[tuple[str, str]]:
     return {tuple(sorted(p)) for c in clusters for p in combinations(c, 2)}  # type: ignore[misc]
 
@@ -105,13 +114,6 @@ def _identity_f1(chdb: Path, truth: GroundTruth) -> tuple[float, float, float, i
     )
     moved = {source: target for source, target in merged}
 
-    def final(person: str) -> str:
-        seen = set()
-        while person in moved and person not in seen:
-            seen.add(person)
-            person = moved[person]
-        return person
-
     rows = query_chdb(
         chdb,
         "SELECT o.person_id, t.customer_id, t.loyalty_id, t.email_hash, t.phone_hash, "
@@ -124,7 +126,7 @@ def _identity_f1(chdb: Path, truth: GroundTruth) -> tuple[float, float, float, i
     for person, *values in rows:
         for name, value in zip(IDENTIFIERS, values, strict=True):
             if value:
-                found_person.setdefault(f"{name}:{value}", final(person))
+                found_person.setdefault(f"{name}:{value}", _follow(moved, person))
     true_person = {identifier: person for identifier, person in truth.identity_links}
     for identifier in found_person:
         if identifier.startswith("customer_id:"):
@@ -174,15 +176,8 @@ def _found(chdb: Path) -> tuple[Counter[Any], Counter[Any], Counter[Any]]:
         )
     )
 
-    def surviving(journey_id: str) -> str:
-        for _ in range(100):
-            if journey_id not in absorbed:
-                break
-            journey_id = absorbed[journey_id]
-        return journey_id
-
     negative: Counter[Any] = Counter(
-        (*owner.get(surviving(journey_id), (journey, "?")), kind)
+        (*owner.get(_follow(absorbed, journey_id), (journey, "?")), kind)
         for journey_id, journey, kind in moments
     )
     return dropped, converted, negative

@@ -20,11 +20,13 @@ from aiokafka import AIOKafkaConsumer
 from kafka import KafkaProducer
 
 from benchmarks._support import free_port, worker_env
-from pipeline.contract import IDENTIFIER_FIELDS, TouchpointEvent, decode_touchpoint
+from pipeline.contract import TouchpointEvent, decode_touchpoint
 from pipeline.settings import Settings
 from pipeline.simulator import SimpleTrafficSource
 from streams.broker import EmbeddedBroker
 from streams.topics import BY_PERSON, RAW, ensure_topics
+from tests.e2e.stack import person_key
+from tests.helpers import wait_until
 
 EVENTS = 40_000
 PARTITIONS = 4
@@ -41,14 +43,6 @@ def _validated(now: datetime, count: int, seed: int) -> list[tuple[bytes, bytes]
         assert isinstance(decoded, TouchpointEvent)
         records.append((decoded.person_key().encode(), decoded.to_json()))
     return records
-
-
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _get(url: str) -> bytes:
@@ -103,14 +97,6 @@ def _ready(port: int) -> bool:
         return False
 
 
-def _person_key(event: dict[str, object]) -> bytes | None:
-    """The collector's key: the strongest identifier (one person's events stay in order)."""
-    for name in IDENTIFIER_FIELDS:
-        if event.get(name):
-            return f"{name}:{event[name]}".encode()
-    return None
-
-
 def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=256 * 1024)
     for key, value in records:
@@ -146,9 +132,9 @@ def _env(broker: EmbeddedBroker, tmp: str, **extra: str) -> dict[str, str]:
 
 def _rate_of(progress: Callable[[], float], count: int) -> float:
     """Records/s from the first processed record to the last."""
-    _wait(lambda: progress() >= 1, 120, "the first record")
+    wait_until(lambda: progress() >= 1, 120, "the first record", 0.05)
     started, first = time.perf_counter(), progress()
-    _wait(lambda: progress() >= count, 600, "every record")
+    wait_until(lambda: progress() >= count, 600, "every record", 0.05)
     return (count - first) / (time.perf_counter() - started)
 
 
@@ -231,7 +217,7 @@ def _steady() -> tuple[list[float], list[float], float, int]:
         ]
         ports = [base, base + 1]
         try:
-            _wait(lambda: all(_ready(p) for p in ports), 120, "both workers ready")
+            wait_until(lambda: all(_ready(p) for p in ports), 120, "both workers ready", 0.05)
             producer = KafkaProducer(bootstrap_servers=broker.url, linger_ms=2)
             started = time.monotonic()
             sent = 0
@@ -239,7 +225,7 @@ def _steady() -> tuple[list[float], list[float], float, int]:
                 due = int((time.monotonic() - started) * STEADY_RATE)
                 now = datetime.now(UTC)
                 for event in source.events(now, due - sent):
-                    producer.send(RAW, orjson.dumps(event), key=_person_key(event))
+                    producer.send(RAW, orjson.dumps(event), key=person_key(event))
                 sent = max(sent, due)
                 time.sleep(0.01)  # pacing the producer
             producer.flush()

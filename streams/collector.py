@@ -194,13 +194,14 @@ class Collector:
         for event in events:
             key = event.person_key()
             partition = kafka_partition(key, partitions)
+            raw_key, value = key.encode(), event.to_json()
             batch = batches.get(partition)
             if batch is None:
                 batch = batches[partition] = producer.create_batch()
-            if batch.append(key=key.encode(), value=event.to_json(), timestamp=None) is None:
+            if batch.append(key=raw_key, value=value, timestamp=None) is None:  # full: send it
                 futures.append(await producer.send_batch(batch, self.topic, partition=partition))
                 batch = batches[partition] = producer.create_batch()
-                batch.append(key=key.encode(), value=event.to_json(), timestamp=None)
+                batch.append(key=raw_key, value=value, timestamp=None)
         for partition, batch in batches.items():
             futures.append(await producer.send_batch(batch, self.topic, partition=partition))
         await asyncio.wait_for(asyncio.gather(*futures), timeout=30)
