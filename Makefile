@@ -32,6 +32,7 @@ system-deps:
 	command -v kubectl >/dev/null || missing="$$missing kubectl"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v amtool >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q $$missing; fi
 
 test: $(STAMP) system-deps lint

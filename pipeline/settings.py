@@ -131,6 +131,29 @@ class Settings(BaseSettings):
         default=8080,
         description="Port of the sink process: status page, /api, /metrics, /livez, /readyz.",
     )
+    live_window_minutes: int = Field(
+        default=15,
+        ge=1,
+        le=1440,
+        description="Minutes the live page (`/`) shows, ending at the newest touchpoint.",
+    )
+    live_baseline_minutes: int = Field(
+        default=360,
+        ge=1,
+        le=10_080,
+        description="Minutes before the live window that its rates are compared with.",
+    )
+    live_refresh_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often the live page's figures are recomputed and pushed to browsers.",
+    )
+    alertmanager_url: str | None = Field(
+        default=None,
+        description="Alertmanager whose firing alerts the live page shows (e.g. "
+        "http://alertmanager:9093). `journeywatch run` sets it to its local Alertmanager.",
+    )
     worker_web_port: int = Field(
         default=6066,
         description="First port of the workers' /metrics, /livez, /readyz (one port each).",

@@ -28,7 +28,7 @@ from pydantic import SecretStr
 
 from pipeline.settings import ApiKey, Settings, embedded_profile, to_environment
 from streams.broker import EmbeddedBroker
-from streams.monitoring import LocalMonitoring, start_local_monitoring
+from streams.monitoring import LocalMonitoring, binaries, start_local_monitoring
 from streams.process import child_process_options
 from streams.producer import SimulatorThread
 from streams.topics import ensure_topics
@@ -111,6 +111,11 @@ class EmbeddedRuntime:
             self.broker = EmbeddedBroker(settings.embedded_broker_port, self.log_dir / "broker.log")
             self.broker.start()
             settings = embedded_profile(settings, self.broker.url)
+        if settings.local_monitoring and binaries() and settings.alertmanager_url is None:
+            # the live page shows what the local Alertmanager (started below) has firing
+            settings = settings.model_copy(
+                update={"alertmanager_url": f"http://127.0.0.1:{settings.alertmanager_port}"}
+            )
         self.settings = settings
         ensure_topics(settings)
         sink_base = f"http://127.0.0.1:{settings.status_port}"
@@ -200,7 +205,7 @@ class EmbeddedRuntime:
         return "\n".join(
             [
                 "journeywatch is running.",
-                f"  Status page   {base}/",
+                f"  Live page     {base}/  (JSON: {base}/api/v1/live)",
                 f"  Stats (JSON)  {base}/api/v1/stats",
                 f"  Metrics       {base}/metrics (sink); {workers}",
                 f"  Health        {base}/livez  {base}/readyz",

@@ -20,8 +20,10 @@ import orjson
 from faust.streams import Stream
 from faust.types import EventT, StreamT
 
+from pipeline.definitions import load_catalog
 from pipeline.settings import Settings
 from sinks.clickhouse.client import connect
+from sinks.clickhouse.live import JourneyShape, live_snapshot
 from sinks.clickhouse.migrations import apply_migrations
 from sinks.clickhouse.queries import pipeline_stats
 from sinks.clickhouse.rows import (
@@ -35,6 +37,7 @@ from sinks.clickhouse.rows import (
 from sinks.clickhouse.writer import ClickHouseWriter, PartitionBatch
 from sinks.metrics import SINK_DUPLICATES_SKIPPED, SINK_ERRORS, SINK_ROWS, SINK_WRITE_SECONDS
 from streams.app import Readiness
+from streams.live import LiveFeed
 from streams.topics import BY_PERSON, DLQ, EXPERIENCE_MOMENTS, JOURNEY_EVENTS
 
 log = logging.getLogger(__name__)
@@ -119,6 +122,20 @@ class SinkRole:
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="ch-write")
         self._read_pool = ThreadPoolExecutor(2, thread_name_prefix="ch-read")
         self.client = connect(settings.clickhouse_dsn)
+        catalog = load_catalog(settings.journeys_file)
+        shapes = [JourneyShape(j.name, tuple(s.name for s in j.stages)) for j in catalog.journeys]
+        self.live = LiveFeed(
+            lambda: live_snapshot(
+                self.client,
+                settings.clickhouse_database,
+                shapes,
+                settings.live_window_minutes,
+                settings.live_baseline_minutes,
+            ),
+            self._read_pool,
+            settings.live_refresh_s,
+            settings.alertmanager_url,
+        )
         self.writer = ClickHouseWriter(
             self.client,
             settings.clickhouse_database,
@@ -162,11 +179,22 @@ class SinkRole:
             )
             return view.json(body)
 
+        @self.app.page("/api/v1/live")
+        async def live(view: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+            return view.bytes(await self.live.current(), content_type="application/json")
+
+        @self.app.page("/api/v1/live/stream")
+        async def live_stream(view: faust.web.View, request: faust.web.Request) -> Any:
+            return await self.live.stream(cast("Any", request))
+
+        async def live_refresh() -> None:
+            await self.live.tick()
+
+        self.app.timer(settings.live_refresh_s)(live_refresh)
+
         @self.app.page("/")
-        async def status_page(
-            view: faust.web.View, request: faust.web.Request
-        ) -> faust.web.Response:
-            return view.html(_STATUS_PAGE)
+        async def live_page(view: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+            return view.html(_LIVE_PAGE)
 
     def _sink_agent(
         self, topic_name: str, table: str, columns: Sequence[str], build: RowBuilder
@@ -210,10 +238,10 @@ class SinkRole:
                 delay = min(delay * 2, 30.0)
 
 
-def _load_status_page() -> str:
+def _load_page(name: str) -> str:
     from importlib import resources
 
-    return resources.files("streams").joinpath("static/status.html").read_text(encoding="utf-8")
+    return resources.files("streams").joinpath(f"static/{name}").read_text(encoding="utf-8")
 
 
-_STATUS_PAGE = _load_status_page()
+_LIVE_PAGE = _load_page("live.html")

@@ -1,0 +1,262 @@
+"""The figures of the live page (``/``) and of ``GET /api/v1/live``, read from the rollups.
+
+Every figure is anchored at the newest minute that holds touchpoints (``as_of``), not at the
+wall clock: a replayed or delayed stream shows its own last minutes, and the page says how old
+they are. The window is the last ``window_minutes`` up to and including ``as_of``; the
+baseline is the ``baseline_minutes`` before the window, as in the alert rules. Counts are exact
+distinct ids, so totals stay right however many workers wrote them and however often an output
+was re-emitted. Rates follow the alert rules and the analyst guide:
+
+- drop-off rate: drop-offs / stage entries (``started`` + ``stage_reached``);
+- negative moments per 100 touchpoints of the channel.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from clickhouse_connect.driver.client import Client
+
+ENTRIES = ("started", "stage_reached")
+FEED_LENGTH = 20
+
+
+@dataclass(frozen=True)
+class JourneyShape:
+    """What the page needs of a journey definition: its name and its stages in order."""
+
+    name: str
+    stages: tuple[str, ...]
+
+
+def _iso(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return round(numerator / denominator, 4) if denominator else None
+
+
+def _sql_time(moment: datetime) -> str:
+    return f"toDateTime('{moment.strftime('%Y-%m-%d %H:%M:%S')}', 'UTC')"
+
+
+def empty_snapshot(window_minutes: int, baseline_minutes: int) -> dict[str, Any]:
+    return {
+        "as_of": None,
+        "window_minutes": window_minutes,
+        "baseline_minutes": baseline_minutes,
+        "minutes": [],
+        "totals": dict.fromkeys(
+            ("touchpoints", "started", "converted", "dropped_off", "negative_moments", "at_risk"),
+            0,
+        ),
+        "traffic": [],
+        "drop_offs_per_minute": [],
+        "negative_moments_per_minute": [],
+        "journeys": [],
+        "negative_moment_rates": [],
+        "negative_moments": [],
+        "at_risk": [],
+    }
+
+
+def live_snapshot(
+    client: Client,
+    database: str,
+    journeys: Sequence[JourneyShape],
+    window_minutes: int = 15,
+    baseline_minutes: int = 360,
+) -> dict[str, Any]:
+    """Everything the live page shows, as one JSON-ready dict (see docs/live-page.md)."""
+    db = database
+    newest = client.query(
+        f"SELECT max(minute), count() FROM {db}.touchpoint_rollup_1m"
+    ).result_rows[0]
+    if not newest[1]:
+        return empty_snapshot(window_minutes, baseline_minutes)
+    as_of: datetime = newest[0].replace(tzinfo=UTC)
+    start = as_of - timedelta(minutes=window_minutes - 1)
+    baseline_start = start - timedelta(minutes=baseline_minutes)
+    minutes = [start + timedelta(minutes=n) for n in range(window_minutes)]
+    index = {m: n for n, m in enumerate(minutes)}
+    window = f"minute BETWEEN {_sql_time(start)} AND {_sql_time(as_of)}"
+    with_baseline = f"minute BETWEEN {_sql_time(baseline_start)} AND {_sql_time(as_of)}"
+    current = f"minute >= {_sql_time(start)}"
+
+    # --- traffic per channel, per minute of the window, and the baseline per minute --------
+    traffic: dict[str, list[int]] = defaultdict(lambda: [0] * window_minutes)
+    touch_base: dict[str, int] = defaultdict(int)
+    touch_now: dict[str, int] = defaultdict(int)
+    for minute, channel, is_current, count in client.query(
+        f"SELECT minute, channel, {current} AS current, uniqExactMerge(events) "
+        f"FROM {db}.touchpoint_rollup_1m WHERE {with_baseline} "
+        "GROUP BY minute, channel, current"
+    ).result_rows:
+        if is_current:
+            traffic[channel][index[minute.replace(tzinfo=UTC)]] = int(count)
+            touch_now[channel] += int(count)
+        else:
+            touch_base[channel] += int(count)
+
+    # --- journeys: funnel by stage in the window, drop-off rate against the baseline -------
+    flow: dict[tuple[str, str, str, bool], int] = defaultdict(int)
+    for journey, stage, name, is_current, count in client.query(
+        f"SELECT journey, stage, name, {current} AS current, uniqExactMerge(outputs) "
+        f"FROM {db}.journey_rollup_1m WHERE {with_baseline} "
+        "GROUP BY journey, stage, name, current"
+    ).result_rows:
+        flow[(journey, stage, name, bool(is_current))] += int(count)
+    drops_per_minute: list[int] = [0] * window_minutes
+    for minute, count in client.query(
+        f"SELECT minute, uniqExactMerge(outputs) FROM {db}.journey_rollup_1m "
+        f"WHERE {window} AND name = 'dropped_off' GROUP BY minute"
+    ).result_rows:
+        drops_per_minute[index[minute.replace(tzinfo=UTC)]] = int(count)
+
+    def total(journey: str, names: Sequence[str], now: bool, stage: str | None = None) -> int:
+        return sum(
+            count
+            for (j, s, n, c), count in flow.items()
+            if j == journey and n in names and c is now and (stage is None or s == stage)
+        )
+
+    journey_rows = []
+    for shape in journeys:
+        stages: list[dict[str, Any]] = []
+        for stage in shape.stages:
+            entered = total(shape.name, ENTRIES, True, stage)
+            dropped = total(shape.name, ("dropped_off",), True, stage)
+            stages.append(
+                {
+                    "stage": stage,
+                    "entered": entered,
+                    "dropped_off": dropped,
+                    "converted": total(shape.name, ("converted",), True, stage),
+                    "drop_off_rate": _ratio(dropped, entered),
+                }
+            )
+        entered_now = total(shape.name, ENTRIES, True)
+        entered_base = total(shape.name, ENTRIES, False)
+        journey_rows.append(
+            {
+                "journey": shape.name,
+                "started": total(shape.name, ("started",), True),
+                "converted": total(shape.name, ("converted",), True),
+                "dropped_off": total(shape.name, ("dropped_off",), True),
+                "drop_off_rate": _ratio(total(shape.name, ("dropped_off",), True), entered_now),
+                "baseline_drop_off_rate": _ratio(
+                    total(shape.name, ("dropped_off",), False), entered_base
+                ),
+                "stages": stages,
+            }
+        )
+
+    # --- negative moments per 100 touchpoints of each channel ------------------------------
+    negatives_now: dict[str, int] = defaultdict(int)
+    negatives_base: dict[str, int] = defaultdict(int)
+    negatives_per_minute: list[int] = [0] * window_minutes
+    for minute, channel, is_current, count in client.query(
+        f"SELECT minute, channel, {current} AS current, uniqExactMerge(outputs) "
+        f"FROM {db}.moment_rollup_1m WHERE {with_baseline} AND type = 'negative_moment' "
+        "GROUP BY minute, channel, current"
+    ).result_rows:
+        if is_current:
+            negatives_now[channel] += int(count)
+            negatives_per_minute[index[minute.replace(tzinfo=UTC)]] += int(count)
+        else:
+            negatives_base[channel] += int(count)
+    channels = sorted(set(touch_now) | set(touch_base) | set(negatives_now))
+    negative_rates = [
+        {
+            "channel": channel,
+            "negative_moments": negatives_now[channel],
+            "touchpoints": touch_now[channel],
+            "per_100_touchpoints": _per_100(negatives_now[channel], touch_now[channel]),
+            "baseline_per_100_touchpoints": _per_100(negatives_base[channel], touch_base[channel]),
+        }
+        for channel in channels
+    ]
+
+    # --- the feeds: latest negative moments, journeys at risk ------------------------------
+    feed = [
+        {
+            "at": _iso(at),
+            "kind": kind,
+            "journey": journey or None,
+            "stage": stage or None,
+            "channel": channel or None,
+            "touchpoint": touchpoint or None,
+            "severity": orjson.loads(detail or "{}").get("severity"),
+            "moment_of_truth": orjson.loads(detail or "{}").get("moment_of_truth"),
+            "journey_id": journey_id or None,
+        }
+        for at, kind, journey, stage, channel, touchpoint, detail, journey_id in client.query(
+            "SELECT at, name, journey, stage, channel, touchpoint, detail, journey_id "
+            f"FROM {db}.experience_moments WHERE type = 'negative_moment' "
+            f"AND at >= {_sql_time(start)} AND at < {_sql_time(as_of + timedelta(minutes=1))} "
+            f"ORDER BY at DESC, output_id LIMIT 1 BY output_id LIMIT {FEED_LENGTH}"
+        ).result_rows
+    ]
+    # At risk: a moment of truth failed since the baseline began, and the journey has neither
+    # converted nor dropped off since.
+    at_risk_sql = (
+        "SELECT journey_id, any(journey), argMax(stage, at), argMax(name, at), "
+        "argMax(channel, at), max(at), count() OVER () AS total "
+        f"FROM {db}.experience_moments "
+        f"WHERE type = 'moment_of_truth' AND at >= {_sql_time(baseline_start)} "
+        f"AND at < {_sql_time(as_of + timedelta(minutes=1))} "
+        "AND JSONExtractBool(detail, 'passed') = 0 AND journey_id != '' "
+        "AND journey_id NOT IN ("
+        f"  SELECT journey_id FROM {db}.journey_events "
+        f"  WHERE name IN ('converted', 'dropped_off') AND at >= {_sql_time(baseline_start)}"
+        ") GROUP BY journey_id "
+        f"ORDER BY max(at) DESC, journey_id LIMIT {FEED_LENGTH}"
+    )
+    at_risk_rows = client.query(at_risk_sql).result_rows
+    at_risk = [
+        {
+            "journey_id": journey_id,
+            "journey": journey,
+            "stage": stage,
+            "moment_of_truth": moment,
+            "channel": channel or None,
+            "failed_at": _iso(at),
+        }
+        for journey_id, journey, stage, moment, channel, at, _ in at_risk_rows
+    ]
+    return {
+        "as_of": _iso(as_of),
+        "window_minutes": window_minutes,
+        "baseline_minutes": baseline_minutes,
+        "minutes": [_iso(m) for m in minutes],
+        "totals": {
+            "touchpoints": sum(touch_now.values()),
+            "started": sum(j["started"] for j in journey_rows),
+            "converted": sum(j["converted"] for j in journey_rows),
+            "dropped_off": sum(j["dropped_off"] for j in journey_rows),
+            "negative_moments": sum(negatives_now.values()),
+            "at_risk": int(at_risk_rows[0][-1]) if at_risk_rows else 0,
+        },
+        "traffic": [
+            {"channel": channel, "touchpoints": sum(series), "per_minute": series}
+            for channel, series in sorted(traffic.items())
+        ],
+        "drop_offs_per_minute": drops_per_minute,
+        "negative_moments_per_minute": negatives_per_minute,
+        "journeys": journey_rows,
+        "negative_moment_rates": negative_rates,
+        "negative_moments": feed,
+        "at_risk": at_risk,
+    }
+
+
+def _per_100(moments: int, touchpoints: int) -> float | None:
+    return round(100 * moments / touchpoints, 2) if touchpoints else None

@@ -1,0 +1,158 @@
+"""The live page's feed: figures recomputed while someone watches, pushed to every open page.
+
+One loop per sink process computes the snapshot (sinks/clickhouse/live.py) every
+``live_refresh_s`` while a page is open or the JSON API was read in the last half minute, adds
+the alerts firing in Alertmanager, and wakes every server-sent-events stream when the figures
+changed. However many browsers watch, ClickHouse answers one set of queries per refresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import Executor
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_S = 15.0
+WATCHED_FOR_S = 30.0  # after a JSON read, keep the figures fresh this long
+
+
+def fetch_alerts(alertmanager_url: str, timeout_s: float = 1.5) -> list[dict[str, Any]]:
+    """The alerts firing now (not silenced or inhibited), newest first, as the page shows them."""
+    url = (
+        alertmanager_url.rstrip("/")
+        + "/api/v2/alerts?active=true&silenced=false&inhibited=false&unprocessed=false"
+    )
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - operator URL
+        alerts = orjson.loads(response.read())
+    shown = []
+    for alert in alerts:
+        labels = alert.get("labels", {})
+        annotations = alert.get("annotations", {})
+        shown.append(
+            {
+                "name": labels.get("alertname", ""),
+                "severity": labels.get("severity"),
+                "journey": labels.get("journey"),
+                "stage": labels.get("stage"),
+                "channel": labels.get("channel"),
+                "summary": annotations.get("summary") or annotations.get("description"),
+                "runbook_url": annotations.get("runbook_url"),
+                "dashboard_url": annotations.get("dashboard_url"),
+                "starts_at": alert.get("startsAt"),
+            }
+        )
+    shown.sort(key=lambda a: a["starts_at"] or "", reverse=True)
+    return shown
+
+
+class LiveFeed:
+    """The newest snapshot, its version, and the streams waiting for the next one."""
+
+    def __init__(
+        self,
+        compute: Callable[[], dict[str, Any]],
+        pool: Executor,
+        refresh_s: float,
+        alertmanager_url: str | None = None,
+    ) -> None:
+        self._compute = compute
+        self._pool = pool
+        self.refresh_s = refresh_s
+        self.alertmanager_url = alertmanager_url
+        self.payload = b""
+        self._figures = b""
+        self.version = 0
+        self.computed_at = 0.0
+        self.watchers = 0
+        self._last_read = 0.0
+        self._changed = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    def watched(self) -> bool:
+        return self.watchers > 0 or time.monotonic() - self._last_read < WATCHED_FOR_S
+
+    async def tick(self) -> None:
+        """Called every ``refresh_s``: recompute while someone is watching."""
+        if self.watched():
+            await self.refresh()
+
+    async def refresh(self) -> None:
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            started = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            try:
+                body = await loop.run_in_executor(self._pool, self._compute)
+            except Exception as exc:  # keep serving the last figures; say what failed
+                log.warning("live figures failed", extra={"error": str(exc)})
+                return
+            body["alerts"], body["alerts_status"] = await loop.run_in_executor(
+                self._pool, self._alerts
+            )
+            figures = orjson.dumps(body)
+            self.computed_at = time.monotonic()
+            changed = figures != self._figures
+            if changed:
+                self._figures = figures
+                self.version += 1
+            # computed_at: when the queries began; the figures hold everything stored by then
+            body["version"] = self.version
+            body["computed_at"] = started
+            self.payload = orjson.dumps(body)
+            if changed:  # streams push only new figures
+                self._changed.set()
+                self._changed = asyncio.Event()
+
+    def _alerts(self) -> tuple[list[dict[str, Any]] | None, str]:
+        if not self.alertmanager_url:
+            return None, "not configured (set JW_ALERTMANAGER_URL)"
+        try:
+            return fetch_alerts(self.alertmanager_url), "ok"
+        except (OSError, ValueError, urllib.error.URLError) as exc:
+            return None, f"Alertmanager at {self.alertmanager_url} unreachable: {exc}"
+
+    async def current(self) -> bytes:
+        """The newest snapshot, recomputed first when it is older than one refresh."""
+        self._last_read = time.monotonic()
+        if not self.payload or time.monotonic() - self.computed_at > self.refresh_s:
+            await self.refresh()
+        return self.payload
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """Server-sent events: the snapshot now, then each new one as soon as it exists."""
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",  # a reverse proxy must not buffer the stream
+            }
+        )
+        await response.prepare(request)
+        self.watchers += 1
+        try:
+            await self.current()
+            sent = 0
+            while True:
+                changed = self._changed  # taken first: a refresh from here on wakes us
+                if self.version != sent and self.payload:
+                    sent = self.version
+                    await response.write(b"id: %d\ndata: %s\n\n" % (sent, self.payload))
+                try:
+                    await asyncio.wait_for(changed.wait(), KEEPALIVE_S)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass  # the page was closed
+        finally:
+            self.watchers -= 1
+        return response

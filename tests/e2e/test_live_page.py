@@ -1,0 +1,200 @@
+"""The live page in headless Chromium, against two workers and the sink on a real broker, with a
+real Alertmanager: its figures equal what ClickHouse holds, it updates by server push as events
+arrive, it shows the alerts firing, and the console stays clean."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from streams.broker import EmbeddedBroker
+from streams.monitoring import binaries
+from streams.offsets import group_lag
+from streams.topics import EXPERIENCE_MOMENTS, JOURNEY_EVENTS
+from tests.browser import chromium
+from tests.e2e.stack import Topology, day_start, produce_day
+from tests.helpers import free_port, http_get, http_json, stop_process, wait_until
+from tests.live_figures import (
+    HOUR,
+    comparable,
+    event_ms,
+    morning,
+    raw_figures_of_chdb,
+    snapshot_figures,
+    traffic_of,
+)
+
+pytestmark = pytest.mark.e2e
+
+WINDOW, BASELINE = 30, 60
+
+
+def start_alertmanager(directory: Path, port: int) -> subprocess.Popen[bytes]:
+    found = binaries()
+    assert found, "Alertmanager is installed by `make test` (apt-get prometheus-alertmanager)"
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"route": {"receiver": "local"}, "receivers": [{"name": "local"}]}
+    (directory / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    process = subprocess.Popen(
+        [
+            found[1],
+            f"--config.file={directory / 'alertmanager.yml'}",
+            f"--storage.path={directory / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    wait_until(lambda: http_get(f"http://127.0.0.1:{port}/-/ready")[0] == 200, 30, "alertmanager")
+    return process
+
+
+def fire(alertmanager: str, alert: dict[str, Any]) -> None:
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{alertmanager}/api/v2/alerts",
+        data=orjson.dumps([alert]),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+
+def test_the_live_page_shows_clickhouse_updates_by_push_and_lists_alerts(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    start = day_start()
+    events = morning(start)
+    cut = next(n for n, e in enumerate(events) if event_ms(e) - start >= 11 * HOUR + HOUR // 2)
+    alertmanager_port = free_port()
+    alertmanager = start_alertmanager(tmp_path / "alertmanager", alertmanager_port)
+    alertmanager_url = f"http://127.0.0.1:{alertmanager_port}"
+    topology = Topology(
+        broker,
+        tmp_path,
+        allowed_lateness_s=60,
+        idle_after_s=30 * 86_400,  # outputs come from event time only: the figures settle
+        live_window_minutes=WINDOW,
+        live_baseline_minutes=BASELINE,
+        live_refresh_s=1.0,
+        alertmanager_url=alertmanager_url,
+    )
+    base = f"http://127.0.0.1:{topology.status_port}"
+    try:
+        topology.start(0)
+        topology.start(1)
+        topology.start_sink()
+        wait_until(topology.balanced, 120, "both workers ready with two partitions each")
+        wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 60, "the sink")
+        produce_day(broker.url, events[:cut], speed=600)
+        wait_until(
+            lambda: topology.stats().get("touchpoints") == cut, 120, "first half in ClickHouse"
+        )
+        with chromium() as browser:
+            page = browser.page
+            page.goto(base + "/")
+            first = traffic_of(events[:cut], WINDOW)
+
+            def page_traffic() -> dict[str, Any]:
+                return {k: v for k, v in browser.figures().items() if k.startswith("traffic.")}
+
+            wait_until(lambda: page_traffic() == first, 20, f"the page's traffic {first}")
+            assert page.get_attribute("#connection", "data-state") == "live"
+            page.evaluate("window.__sameDocument = true")
+
+            # new events arrive: the open page follows by server push, without a reload
+            produce_day(broker.url, events[cut:], speed=600)
+            wait_until(
+                lambda: topology.stats().get("touchpoints") == len(events),
+                120,
+                "second half in ClickHouse",
+                interval=0.05,
+            )
+            stored = time.monotonic()
+            second = traffic_of(events, WINDOW)
+            wait_until(
+                lambda: page_traffic() == second, 20, f"the page's traffic {second}", interval=0.05
+            )
+            push_latency = time.monotonic() - stored
+            print(f"live page followed ClickHouse {push_latency:.2f} s after the rows were stored")
+            assert push_latency < 2.0, f"the page followed ClickHouse after {push_latency:.2f} s"
+            assert page.evaluate("window.__sameDocument") is True
+            as_of = max(event_ms(e) for e in events) // 60_000 * 60_000
+            assert page.text_content("#window") and "UTC" in (page.text_content("#window") or "")
+
+            # an alert firing in Alertmanager shows, with its segment and runbook
+            fire(
+                alertmanager_url,
+                {
+                    "labels": {
+                        "alertname": "JourneyDropOffSpike",
+                        "severity": "page",
+                        "journey": "online_purchase",
+                        "stage": "payment",
+                        "channel": "web",
+                    },
+                    "annotations": {
+                        "summary": "Drop-off at payment is 42% (baseline 3%)",
+                        "runbook_url": "https://example.invalid/runbooks/journey-drop-off-spike",
+                    },
+                    "startsAt": datetime.now(UTC).isoformat(),
+                    "endsAt": (datetime.now(UTC) + timedelta(minutes=10)).isoformat(),
+                },
+            )
+            alert = page.locator('[data-alert="JourneyDropOffSpike"]')
+            alert.wait_for(timeout=10_000)
+            text = alert.inner_text()
+            assert "online purchase · payment · web" in text and "42%" in text
+            assert alert.locator("a", has_text="runbook").count() == 1
+
+            # every output stored: the page's figures settle on ClickHouse's final state
+            wait_until(topology.drained, 120, "the workers to process everything")
+            wait_until(
+                lambda: (
+                    group_lag(broker.url, "journeywatch-sink", [JOURNEY_EVENTS, EXPERIENCE_MOMENTS])
+                    == 0
+                ),
+                60,
+                "the sink to store every output",
+            )
+            all_stored = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+            def settled() -> bool:
+                latest = http_json(f"{base}/api/v1/live")
+                return bool(
+                    latest["computed_at"] > all_stored
+                    and browser.figures() == snapshot_figures(latest)
+                )
+
+            wait_until(settled, 30, "the page to show the final figures")
+            shown = browser.figures()
+            browser.screenshot("live-page.png")
+            page.set_viewport_size({"width": 1920, "height": 1080})
+            browser.screenshot("live-page-wall.png", full_page=False)
+            assert browser.errors == []
+        stop_process(topology.sink)  # type: ignore[arg-type]
+        topology.sink = None
+        truth = raw_figures_of_chdb(
+            topology.chdb,
+            "journeywatch",
+            datetime.fromtimestamp(as_of / 1000, UTC).replace(tzinfo=None),
+            WINDOW,
+            BASELINE,
+        )
+        assert truth["totals.dropped_off"] > 0 and truth["totals.negative_moments"] > 0
+        assert truth["totals.at_risk"] > 0
+        assert comparable(shown, truth) == truth
+    finally:
+        topology.stop()
+        alertmanager.terminate()
+        alertmanager.wait(10)
