@@ -22,8 +22,8 @@ run: $(STAMP)
 	@$(VENV)/bin/journeywatch run
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check pipeline streams sinks tests benchmarks docs/generate.py
-	$(VENV)/bin/mypy pipeline streams sinks
+	$(VENV)/bin/ruff check pipeline streams sinks tests benchmarks docs/generate.py deploy/grafana/dashboards.py
+	$(VENV)/bin/mypy pipeline streams sinks deploy/grafana/dashboards.py
 	$(VENV)/bin/lint-imports
 
 # Tools the tests drive that come from Debian rather than PyPI; installed when missing.

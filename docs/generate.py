@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -34,7 +36,18 @@ def prometheus_rule() -> str:
     return header + yaml.safe_dump(document, sort_keys=False, width=100)
 
 
+def grafana_dashboards() -> Any:
+    """deploy/grafana/dashboards.py, loaded by path (deploy/ is not a package)."""
+    path = REPO / "deploy" / "grafana" / "dashboards.py"
+    spec = importlib.util.spec_from_file_location("jw_grafana_dashboards", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
+    grafana_dashboards().main()
     PROMETHEUS_RULE.write_text(prometheus_rule())
     K8S_JOURNEYS.write_text((REPO / "pipeline" / "defaults" / "journeys.yaml").read_text())
     (DOCS / "event-contract.schema.json").write_text(

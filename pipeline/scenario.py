@@ -205,7 +205,16 @@ def _call(
     csat = p.rng.choice((1, 2, 4, 5, 5)) if not understaffed else p.rng.choice((1, 2, 3))
     if csat <= 2:
         moments.append("low_csat")
-    in_call("agent.talk", "resolve", csat=csat)
+    # Half the callers also answer the NPS question of the post-call survey, in line with
+    # their CSAT. Drawn from the call's own generator, so that the rest of the day (and every
+    # test that relies on it) stays the same with or without the question.
+    survey = random.Random(f"nps:{hint}")
+    nps = None
+    if survey.random() < 0.5:
+        nps = survey.randint(0, 6) if csat <= 2 else survey.choice((6, 7, 8, 9, 9, 10, 10))
+        if nps <= 6:
+            moments.append("nps_detractor")
+    in_call("agent.talk", "resolve", csat=csat, nps=nps)
     p.journey("support_case", person, "converted", "diagnosis", *moments)
 
 

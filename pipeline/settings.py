@@ -154,6 +154,11 @@ class Settings(BaseSettings):
         description="Alertmanager whose firing alerts the live page shows (e.g. "
         "http://alertmanager:9093). `journeywatch run` sets it to its local Alertmanager.",
     )
+    grafana_url: str | None = Field(
+        default=None,
+        description="Grafana as the browser reaches it (e.g. http://grafana.example.com): the "
+        "live page links each alert to its dashboard there.",
+    )
     worker_web_port: int = Field(
         default=6066,
         description="First port of the workers' /metrics, /livez, /readyz (one port each).",

@@ -27,7 +27,17 @@ KEEPALIVE_S = 15.0
 WATCHED_FOR_S = 30.0  # after a JSON read, keep the figures fresh this long
 
 
-def fetch_alerts(alertmanager_url: str, timeout_s: float = 1.5) -> list[dict[str, Any]]:
+def _dashboard_link(annotations: dict[str, str], grafana_url: str | None) -> str | None:
+    """The alert's dashboard: the rules give a path in Grafana (``/d/jw-oncall?...``)."""
+    link = annotations.get("dashboard_url") or annotations.get("dashboard")
+    if not link or link.startswith(("http://", "https://")):
+        return link
+    return grafana_url.rstrip("/") + link if grafana_url else None
+
+
+def fetch_alerts(
+    alertmanager_url: str, grafana_url: str | None = None, timeout_s: float = 1.5
+) -> list[dict[str, Any]]:
     """The alerts firing now (not silenced or inhibited), newest first, as the page shows them."""
     url = (
         alertmanager_url.rstrip("/")
@@ -48,7 +58,7 @@ def fetch_alerts(alertmanager_url: str, timeout_s: float = 1.5) -> list[dict[str
                 "channel": labels.get("channel"),
                 "summary": annotations.get("summary") or annotations.get("description"),
                 "runbook_url": annotations.get("runbook_url"),
-                "dashboard_url": annotations.get("dashboard_url"),
+                "dashboard_url": _dashboard_link(annotations, grafana_url),
                 "starts_at": alert.get("startsAt"),
             }
         )
@@ -65,11 +75,13 @@ class LiveFeed:
         pool: Executor,
         refresh_s: float,
         alertmanager_url: str | None = None,
+        grafana_url: str | None = None,
     ) -> None:
         self._compute = compute
         self._pool = pool
         self.refresh_s = refresh_s
         self.alertmanager_url = alertmanager_url
+        self.grafana_url = grafana_url
         self.payload = b""
         self._figures = b""
         self.version = 0
@@ -117,7 +129,7 @@ class LiveFeed:
         if not self.alertmanager_url:
             return None, "not configured (set JW_ALERTMANAGER_URL)"
         try:
-            return fetch_alerts(self.alertmanager_url), "ok"
+            return fetch_alerts(self.alertmanager_url, self.grafana_url), "ok"
         except (OSError, ValueError, urllib.error.URLError) as exc:
             return None, f"Alertmanager at {self.alertmanager_url} unreachable: {exc}"
 

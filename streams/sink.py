@@ -135,6 +135,7 @@ class SinkRole:
             self._read_pool,
             settings.live_refresh_s,
             settings.alertmanager_url,
+            settings.grafana_url,
         )
         self.writer = ClickHouseWriter(
             self.client,
@@ -154,6 +155,11 @@ class SinkRole:
 
     def register(self) -> None:
         settings = self.settings
+        for table in ("touchpoints", "failed_events", "journey_events", "experience_moments"):
+            # every series from the start, at 0: rate() and the SinkFailing alert see them
+            SINK_ROWS.labels(table)
+            SINK_ERRORS.labels(table)
+            SINK_DUPLICATES_SKIPPED.labels(table)
         self._sink_agent(
             settings.topic(BY_PERSON), "touchpoints", TOUCHPOINT_COLUMNS, _touchpoint_row
         )

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -28,9 +30,11 @@ from tests.helpers import (
     metric_values,
     start_cli,
     stop_process,
+    wait_until,
 )
 
 PARTITIONS = 4
+COLLECTOR_KEY = "test-collector-key-0123456789"
 
 
 def day_start() -> int:
@@ -79,6 +83,7 @@ class Topology:
         self.port = free_port()
         free_port()  # the second worker's port (port + 1) is checked when it starts
         self.status_port = free_port()
+        self.collector_port = free_port()
         self.chdb = tmp_path / "clickhouse"
         defaults: dict[str, object] = {
             # A day replayed in half a minute: a worker's fail-over (session time-out and
@@ -99,10 +104,38 @@ class Topology:
             status_port=self.status_port,
             clickhouse_dsn=f"chdb://{self.chdb}",
             sink_batch_seconds=0.2,
+            collector_port=self.collector_port,
+            collector_api_keys=orjson.dumps({"test": {"key": COLLECTOR_KEY}}).decode(),
             **(defaults | settings),
         )
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
         self.sink: subprocess.Popen[bytes] | None = None
+        self.collector: subprocess.Popen[bytes] | None = None
+
+    def start_collector(self) -> None:
+        self.collector = start_cli(["collector"], self.env, self.tmp / "collector.log")
+        wait_until(
+            lambda: http_get(f"http://127.0.0.1:{self.collector_port}/readyz")[0] == 200,
+            60,
+            "the collector",
+        )
+
+    def post(self, events: list[dict[str, Any]]) -> int:
+        """POST ``events`` to the collector; its HTTP status."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.collector_port}/v1/events",
+            data=orjson.dumps(events),
+            headers={
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {COLLECTOR_KEY}",
+            },
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
 
     def start_sink(self) -> None:
         self.sink = start_cli(["sink"], self.env, self.tmp / "sink.log")
@@ -155,8 +188,9 @@ class Topology:
     def stop(self) -> None:
         for process in self.workers.values():
             stop_process(process)
-        if self.sink is not None:
-            stop_process(self.sink)
+        for process in (self.sink, self.collector):
+            if process is not None:
+                stop_process(process)
 
 
 def produce_day(

@@ -10,18 +10,22 @@ volume guards, labels, annotations, routes and inhibitions are the shipped ones.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
 import time
 import urllib.parse
+import uuid
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
+from kafka import KafkaProducer
 
 from pipeline.scenario import HOUR, DaySimulator, Incident
 from pipeline.settings import Settings
@@ -33,8 +37,9 @@ from streams.monitoring import (
     compress_rules,
     start_local_monitoring,
 )
-from streams.topics import ensure_topics
+from streams.topics import RAW, ensure_topics
 from tests.e2e.stack import PARTITIONS, Topology, day_start, produce_day
+from tests.grafana import expand_promql, prometheus_queries
 from tests.helpers import REPO, free_port, http_get, http_json, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -102,7 +107,11 @@ def start_monitoring(tmp: Path, topology: Topology, webhook: Webhook) -> LocalMo
     rules.write_text(yaml.safe_dump(compress_rules(shipped, FACTOR), sort_keys=False))
     monitoring = start_local_monitoring(
         tmp / "monitoring",
-        {"journeywatch-worker": [f"127.0.0.1:{topology.port + i}" for i in topology.workers]},
+        {
+            "journeywatch-worker": [f"127.0.0.1:{topology.port + i}" for i in topology.workers],
+            "journeywatch-sink": [f"127.0.0.1:{topology.status_port}"],
+            "journeywatch-collector": [f"127.0.0.1:{topology.collector_port}"],
+        },
         free_port(),
         free_port(),
         tmp,
@@ -118,7 +127,7 @@ def start_monitoring(tmp: Path, topology: Topology, webhook: Webhook) -> LocalMo
                 return False
         targets = (http_json(f"{monitoring.prometheus_url}/api/v1/targets") or {})["data"]
         active = targets["activeTargets"]
-        return len(active) == len(topology.workers) and all(t["health"] == "up" for t in active)
+        return len(active) == len(topology.workers) + 2 and all(t["health"] == "up" for t in active)
 
     wait_until(up, 60, "Prometheus scraping every worker, Alertmanager ready", 0.5)
     return monitoring
@@ -179,7 +188,15 @@ class Run:
         """
         self.topology.start(0)
         self.topology.start(1)
+        # the sink and the collector run too: the dashboards' panels show them
+        self.topology.start_sink()
+        self.topology.start_collector()
         wait_until(self.topology.balanced, 120, "two workers sharing the partitions", 0.5)
+        wait_until(
+            lambda: http_get(f"http://127.0.0.1:{self.topology.status_port}/readyz")[0] == 200,
+            60,
+            "the sink",
+        )
         produce_day(self.broker.url, self.warm, WARM_SPEED)
         wait_until(self.topology.drained, 120, "the warm-up hours processed", 0.5)
         self.monitoring = start_monitoring(self.tmp, self.topology, self.webhook)
@@ -215,6 +232,46 @@ def drop_off_page(run: Run) -> tuple[str, dict[str, Any], float] | None:
     return None
 
 
+def dashboard_queries_without_data(run: Run) -> list[tuple[str, str, str]]:
+    """Every Prometheus query of every Grafana dashboard, as on-call sees them when the page
+    links to the dashboards (the alert's journey, stage and channel), with a little of each
+    kind of traffic the panels show: collector requests, accepted and refused; a record the
+    ingest refuses. Returns the queries that still have no data after a minute."""
+    assert run.monitoring is not None
+    monitoring = run.monitoring
+    topology = run.topology
+    clock = datetime.fromisoformat(run.events[-1]["occurred_at"]).isoformat()
+    good = {
+        "event_id": str(uuid.uuid4()),
+        "occurred_at": clock,
+        "channel": "web",
+        "touchpoint": "system.probe",
+        "action": "view",
+        "device_id": "probe",
+    }
+    assert topology.post([good]) == 202
+    assert topology.post([{**good, "event_id": "x", "channel": "fax"}]) == 400
+    producer = KafkaProducer(bootstrap_servers=run.broker.url)
+    producer.send(RAW, orjson.dumps({**good, "event_id": str(uuid.uuid4()), "touchpoint": ""}))
+    producer.flush()
+    producer.close()
+    segment = {"journey": "online_purchase", "stage": "payment", "channel": "web"}
+    queries = prometheus_queries()
+    gaps: list[tuple[str, str, str]] = []
+
+    def covered() -> bool:
+        gaps[:] = [
+            (uid, title, promql)
+            for uid, title, expr in queries
+            if not query(monitoring, promql := expand_promql(expr, segment, "30s"))
+        ]
+        return not gaps
+
+    with contextlib.suppress(AssertionError):  # the caller reports what is missing
+        wait_until(covered, 60, "every dashboard query to return data", 1.0)
+    return gaps
+
+
 def test_a_payment_outage_pages_oncall_with_what_to_act_on(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
@@ -225,9 +282,12 @@ def test_a_payment_outage_pages_oncall_with_what_to_act_on(
         receiver, alert, arrived = wait_until(
             lambda: drop_off_page(run), 180, "the web payment drop-off page at the webhook", 0.5
         )
+        # while the morning still streams in and the alert fires: what the dashboards show
+        gaps = dashboard_queries_without_data(run)
         replay.join()
     finally:
         run.stop()
+    assert gaps == [], "dashboard queries without data:\n" + "\n".join(map(str, gaps))
     delay = arrived - run.outage_reached
     print(f"page {delay:.1f} s after the outage began (x{FACTOR}: {delay:.0f} rule-minutes)")
     # Failures from 11:00, time-out 30 min, lateness 10 min: drop-offs from 11:40 (13 s after

@@ -88,6 +88,7 @@ def test_the_live_page_shows_clickhouse_updates_by_push_and_lists_alerts(
         live_baseline_minutes=BASELINE,
         live_refresh_s=1.0,
         alertmanager_url=alertmanager_url,
+        grafana_url="http://grafana.example.invalid:3000",
     )
     base = f"http://127.0.0.1:{topology.status_port}"
     try:
@@ -146,6 +147,7 @@ def test_the_live_page_shows_clickhouse_updates_by_push_and_lists_alerts(
                     "annotations": {
                         "summary": "Drop-off at payment is 42% (baseline 3%)",
                         "runbook_url": "https://example.invalid/runbooks/journey-drop-off-spike",
+                        "dashboard": "/d/jw-oncall?var-journey=online_purchase&var-stage=payment",
                     },
                     "startsAt": datetime.now(UTC).isoformat(),
                     "endsAt": (datetime.now(UTC) + timedelta(minutes=10)).isoformat(),
@@ -156,6 +158,10 @@ def test_the_live_page_shows_clickhouse_updates_by_push_and_lists_alerts(
             text = alert.inner_text()
             assert "online purchase · payment · web" in text and "42%" in text
             assert alert.locator("a", has_text="runbook").count() == 1
+            assert alert.locator("a", has_text="dashboard").get_attribute("href") == (
+                "http://grafana.example.invalid:3000/d/jw-oncall?var-journey=online_purchase"
+                "&var-stage=payment"
+            )
 
             # every output stored: the page's figures settle on ClickHouse's final state
             wait_until(topology.drained, 120, "the workers to process everything")
