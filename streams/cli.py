@@ -6,6 +6,7 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from pydantic import ValidationError
@@ -155,6 +156,116 @@ def migrate() -> None:
         for migration in applied:
             click.echo(f"applied {migration.version:04d}_{migration.name}")
     click.echo(f"{target} is up to date")
+
+
+@main.command("map")
+@click.option("--journey", required=True, help="The journey to draw (a name in the journeys file).")
+@click.option(
+    "--since",
+    default="7d",
+    show_default=True,
+    help="Start of the period: an ISO date or time (UTC), or a duration before the newest "
+    "touchpoint (24h, 7d).",
+)
+@click.option("--until", default="now", show_default=True, help="End of the period.")
+@click.option(
+    "--compare",
+    metavar="SINCE..UNTIL",
+    help="A period to compare with, e.g. 14d..7d or 2026-11-01..2026-11-08 (the before).",
+)
+@click.option("--channel", help="Only journeys that used this channel.")
+@click.option("--segment", type=click.Choice(["identified", "anonymous"]))
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The file to write: .html (self-contained), .svg or .png.",
+)
+@click.option(
+    "--api",
+    metavar="URL",
+    help="Read through a running sink (e.g. http://127.0.0.1:8080) instead of opening "
+    "ClickHouse: needed while the sink owns the embedded chdb directory.",
+)
+def map_(
+    journey: str,
+    since: str,
+    until: str,
+    compare: str | None,
+    channel: str | None,
+    segment: str | None,
+    out: Path,
+    api: str | None,
+) -> None:
+    """Draw the customer journey map of JOURNEY from ClickHouse (docs/journey-map.md)."""
+    from sinks.clickhouse.journey_map import MapRequest, MapRequestError, maps_of
+    from streams.mapexport import FORMATS, map_bytes
+
+    if out.suffix not in FORMATS:
+        raise click.BadParameter(f"must end in {', '.join(FORMATS)}", param_hint="--out")
+    compare_since = compare_until = None
+    if compare:
+        if ".." not in compare:
+            raise click.BadParameter("write SINCE..UNTIL, e.g. 14d..7d", param_hint="--compare")
+        compare_since, compare_until = compare.split("..", 1)
+    request = MapRequest(journey, since, until, compare_since, compare_until, channel, segment)
+    try:
+        body = _map_from_api(api, request) if api else _map_from_clickhouse(request)
+    except MapRequestError as exc:
+        raise click.ClickException(str(exc)) from exc
+    after, before = maps_of(body)
+    out.write_bytes(map_bytes(after, before, out.suffix))
+    compared = f", compared with {before.since} to {before.until}" if before else ""
+    click.echo(
+        f"wrote {out} ({after.journey}: {after.started:,} journeys started {after.since} to "
+        f"{after.until}{compared})"
+    )
+
+
+def _map_from_clickhouse(request: Any) -> dict[str, Any]:
+    from pipeline.definitions import load_catalog
+    from sinks.clickhouse.client import ClickHouseUnavailable, connect
+    from sinks.clickhouse.journey_map import answer_map
+
+    settings = _settings()
+    try:
+        client = connect(settings.clickhouse_dsn)
+    except ClickHouseUnavailable as exc:
+        raise click.ClickException(
+            f"{exc} While journeywatch runs, read through it: --api http://127.0.0.1:"
+            f"{settings.status_port}"
+        ) from exc
+    return answer_map(
+        client, settings.clickhouse_database, load_catalog(settings.journeys_file), request
+    )
+
+
+def _map_from_api(api: str, request: Any) -> dict[str, Any]:
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from sinks.clickhouse.journey_map import MapRequestError
+
+    fields = {
+        "since": request.since,
+        "until": request.until,
+        "compare_since": request.compare_since,
+        "compare_until": request.compare_until,
+        "channel": request.channel,
+        "segment": request.segment,
+    }
+    query = urllib.parse.urlencode({k: v for k, v in fields.items() if v})
+    url = f"{api.rstrip('/')}/api/v1/map/{urllib.parse.quote(request.journey)}?{query}"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - user's URL
+            return dict(json.loads(response.read()))
+    except urllib.error.HTTPError as exc:
+        if exc.code == 400:
+            raise MapRequestError(json.loads(exc.read())["error"]) from exc
+        raise click.ClickException(f"{url}: HTTP {exc.code}") from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach journeywatch at {api}: {exc}") from exc
 
 
 @main.command()

@@ -206,6 +206,7 @@ class EmbeddedRuntime:
             [
                 "journeywatch is running.",
                 f"  Live page     {base}/  (JSON: {base}/api/v1/live)",
+                f"  Journey map   {base}/map",
                 f"  Stats (JSON)  {base}/api/v1/stats",
                 f"  Metrics       {base}/metrics (sink); {workers}",
                 f"  Health        {base}/livez  {base}/readyz",

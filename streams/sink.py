@@ -13,6 +13,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
 from typing import Any, cast
 
 import faust
@@ -21,8 +22,10 @@ from faust.streams import Stream
 from faust.types import EventT, StreamT
 
 from pipeline.definitions import load_catalog
+from pipeline.journeymap import render_fragment
 from pipeline.settings import Settings
 from sinks.clickhouse.client import connect
+from sinks.clickhouse.journey_map import MapRequest, MapRequestError, answer_map, maps_of
 from sinks.clickhouse.live import JourneyShape, live_snapshot
 from sinks.clickhouse.migrations import apply_migrations
 from sinks.clickhouse.queries import pipeline_stats
@@ -38,6 +41,7 @@ from sinks.clickhouse.writer import ClickHouseWriter, PartitionBatch
 from sinks.metrics import SINK_DUPLICATES_SKIPPED, SINK_ERRORS, SINK_ROWS, SINK_WRITE_SECONDS
 from streams.app import Readiness
 from streams.live import LiveFeed
+from streams.mapexport import FONT_FILES, map_bytes
 from streams.topics import BY_PERSON, DLQ, EXPERIENCE_MOMENTS, JOURNEY_EVENTS
 
 log = logging.getLogger(__name__)
@@ -122,7 +126,7 @@ class SinkRole:
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="ch-write")
         self._read_pool = ThreadPoolExecutor(2, thread_name_prefix="ch-read")
         self.client = connect(settings.clickhouse_dsn)
-        catalog = load_catalog(settings.journeys_file)
+        catalog = self.catalog = load_catalog(settings.journeys_file)
         shapes = [JourneyShape(j.name, tuple(s.name for s in j.stages)) for j in catalog.journeys]
         self.live = LiveFeed(
             lambda: live_snapshot(
@@ -202,6 +206,72 @@ class SinkRole:
         async def live_page(view: faust.web.View, request: faust.web.Request) -> faust.web.Response:
             return view.html(_LIVE_PAGE)
 
+        self._register_map_pages()
+
+    def _register_map_pages(self) -> None:
+        """The live journey map (/map/<journey>) and its API (/api/v1/map/<journey>)."""
+        catalog = self.catalog
+        journeys = orjson.dumps(
+            [{"name": j.name, "description": j.description} for j in catalog.journeys]
+        ).decode()
+        page = _load_page("map.html").replace("__JOURNEYS__", journeys)
+        database = self.settings.clickhouse_database
+
+        async def map_page(view: faust.web.View, request: faust.web.Request, **_: Any) -> Any:
+            return view.html(page)
+
+        self.app.page("/map")(map_page)
+        self.app.page("/map/{journey}")(map_page)
+
+        async def font(view: faust.web.View, request: faust.web.Request, name: str) -> Any:
+            if name not in FONT_FILES.values():
+                return view.json({"error": f"no font {name!r}"}, status=404)
+            data = resources.files("streams").joinpath(f"static/fonts/{name}").read_bytes()
+            return view.bytes(data, content_type="font/ttf")
+
+        self.app.page("/map/fonts/{name}")(font)
+
+        async def map_api(view: faust.web.View, request: faust.web.Request, journey: str) -> Any:
+            query = cast("Any", request).query
+            fmt = query.get("format", "json")
+            if fmt not in ("json", "html", "svg", "png"):
+                return view.json({"error": "format: one of json, html, svg, png"}, status=400)
+            map_request = MapRequest(
+                journey=journey,
+                since=query.get("since") or "24h",
+                until=query.get("until") or "now",
+                compare_since=query.get("compare_since") or None,
+                compare_until=query.get("compare_until") or None,
+                channel=query.get("channel") or None,
+                segment=query.get("segment") or None,
+            )
+            loop = asyncio.get_running_loop()
+            try:
+                body = await loop.run_in_executor(
+                    self._read_pool, answer_map, self.client, database, catalog, map_request
+                )
+            except MapRequestError as exc:
+                return view.json({"error": str(exc)}, status=400)
+            if fmt == "json":
+                return view.json(body)
+            after, before = maps_of(body)
+            if fmt == "html" and query.get("download") != "1":
+                return view.html(render_fragment(after, before))
+            suffix = f".{fmt}"
+            data = await loop.run_in_executor(self._read_pool, map_bytes, after, before, suffix)
+            content_type = {
+                ".html": "text/html",
+                ".svg": "image/svg+xml",
+                ".png": "image/png",
+            }[suffix]
+            response = view.bytes(data, content_type=content_type)
+            response.headers["Content-Disposition"] = (
+                f'attachment; filename="journey-map-{journey}{suffix}"'
+            )
+            return response
+
+        self.app.page("/api/v1/map/{journey}")(map_api)
+
     def _sink_agent(
         self, topic_name: str, table: str, columns: Sequence[str], build: RowBuilder
     ) -> None:
@@ -245,8 +315,6 @@ class SinkRole:
 
 
 def _load_page(name: str) -> str:
-    from importlib import resources
-
     return resources.files("streams").joinpath(f"static/{name}").read_text(encoding="utf-8")
 
 

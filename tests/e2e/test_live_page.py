@@ -19,8 +19,9 @@ from streams.monitoring import binaries
 from streams.offsets import group_lag
 from streams.topics import EXPERIENCE_MOMENTS, JOURNEY_EVENTS
 from tests.browser import chromium
+from tests.conftest import ARTIFACTS
 from tests.e2e.stack import Topology, day_start, produce_day
-from tests.helpers import free_port, http_get, http_json, stop_process, wait_until
+from tests.helpers import free_port, http_get, http_json, run_cli, stop_process, wait_until
 from tests.live_figures import (
     HOUR,
     comparable,
@@ -112,6 +113,24 @@ def test_the_live_page_shows_clickhouse_updates_by_push_and_lists_alerts(
             wait_until(lambda: page_traffic() == first, 20, f"the page's traffic {first}")
             assert page.get_attribute("#connection", "data-state") == "live"
             page.evaluate("window.__sameDocument = true")
+            # the live journey map, in a second tab, with nothing but loopback reachable
+            map_page = page.context.new_page()
+            map_page.route(
+                "**/*",
+                lambda route: (
+                    route.continue_()
+                    if route.request.url.startswith("http://127.0.0.1")
+                    else route.abort()
+                ),
+            )
+            map_errors: list[str] = []
+            map_page.on(
+                "console", lambda m: map_errors.append(m.text) if m.type == "error" else None
+            )
+            map_page.on("pageerror", lambda e: map_errors.append(str(e)))
+            map_page.goto(f"{base}/map/online_purchase?since=1h")
+            map_page.locator('[data-figure="stage.payment.summary"]').wait_for(timeout=20_000)
+            loads_before = int(map_page.evaluate("document.body.dataset.loads"))
 
             # new events arrive: the open page follows by server push, without a reload
             produce_day(broker.url, events[cut:], speed=600)
@@ -127,6 +146,12 @@ def test_the_live_page_shows_clickhouse_updates_by_push_and_lists_alerts(
                 lambda: page_traffic() == second, 20, f"the page's traffic {second}", interval=0.05
             )
             push_latency = time.monotonic() - stored
+            # the map redraws by itself when new figures arrive
+            wait_until(
+                lambda: int(map_page.evaluate("document.body.dataset.loads")) > loads_before,
+                30,
+                "the live map to redraw",
+            )
             print(f"live page followed ClickHouse {push_latency:.2f} s after the rows were stored")
             assert push_latency < 2.0, f"the page followed ClickHouse after {push_latency:.2f} s"
             assert page.evaluate("window.__sameDocument") is True
@@ -188,6 +213,37 @@ def test_the_live_page_shows_clickhouse_updates_by_push_and_lists_alerts(
             page.set_viewport_size({"width": 1920, "height": 1080})
             browser.screenshot("live-page-wall.png", full_page=False)
             assert browser.errors == []
+
+            # the map of the last hour, compared with the hour before, drawn live
+            map_page.goto(f"{base}/map/online_purchase?since=1h&compare_since=2h&compare_until=1h")
+            map_page.locator("[data-change]").first.wait_for(timeout=20_000)
+            entered = map_page.locator('[data-figure="stage.awareness.summary"]').last
+            assert "entered" in (entered.text_content() or "")
+            map_page.screenshot(path=str(ARTIFACTS / "journey-map-live.png"), full_page=True)
+            bad = map_page.request.get(f"{base}/api/v1/map/online_purchase?segment=vip")
+            assert bad.status == 400 and "segment" in bad.json()["error"]
+            assert map_errors == []
+
+        # journeywatch map, through the running sink's API
+        exported = tmp_path / "map.html"
+        result = run_cli(
+            [
+                "map",
+                "--journey",
+                "online_purchase",
+                "--since",
+                "1h",
+                "--compare",
+                "2h..1h",
+                "--api",
+                base,
+                "--out",
+                str(exported),
+            ],
+            topology.env,
+        )
+        assert result.returncode == 0, result.stderr
+        assert 'data-change="payment|drop-off rate"' in exported.read_text()
         stop_process(topology.sink)  # type: ignore[arg-type]
         topology.sink = None
         truth = raw_figures_of_chdb(
@@ -200,6 +256,15 @@ def test_the_live_page_shows_clickhouse_updates_by_push_and_lists_alerts(
         assert truth["totals.dropped_off"] > 0 and truth["totals.negative_moments"] > 0
         assert truth["totals.at_risk"] > 0
         assert comparable(shown, truth) == truth
+
+        # journeywatch map, opening ClickHouse itself now that the sink is gone
+        png = tmp_path / "map.png"
+        result = run_cli(
+            ["map", "--journey", "online_purchase", "--since", "2h", "--out", str(png)],
+            topology.env,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "wrote" in result.stdout and png.read_bytes()[:4] == b"\x89PNG"
     finally:
         topology.stop()
         alertmanager.terminate()

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 DAY = datetime(2026, 11, 2, tzinfo=UTC)  # a day inside the retention of the tables below
 
 
-def fill(client: Any, db: str, events: list[dict[str, Any]]) -> None:
+def fill(client: Any, db: str, events: list[dict[str, Any]]) -> list[Output]:
     """What the workers and the sink would write, through the same engine and row builders."""
     apply_migrations(client, db, retention_days=3650)
     engine = JourneyEngine(load_catalog(), allowed_lateness_ms=60_000)
@@ -64,6 +64,7 @@ def fill(client: Any, db: str, events: list[dict[str, Any]]) -> None:
                 OUTPUT_COLUMNS,
                 PartitionBatch(table, "t", 0, [r[-1] for r in half], half),
             )
+    return outputs
 
 
 def scalar(client: Any, sql: str) -> Any:

@@ -45,3 +45,55 @@ def test_invalid_settings_are_reported_by_variable_name(monkeypatch) -> None:  #
 def test_schema_command_prints_the_contract() -> None:
     result = CliRunner().invoke(main, ["schema"])
     assert result.exit_code == 0 and json.loads(result.output) == event_json_schema()
+
+
+def test_map_names_the_option_it_cannot_use(tmp_path: Path) -> None:
+    runner = CliRunner()
+    wrong_format = runner.invoke(
+        main, ["map", "--journey", "online_purchase", "--out", str(tmp_path / "map.pdf")]
+    )
+    assert wrong_format.exit_code == 2 and "--out" in wrong_format.output
+    assert ".html, .svg, .png" in wrong_format.output
+    wrong_period = runner.invoke(
+        main,
+        [
+            "map",
+            "--journey",
+            "online_purchase",
+            "--compare",
+            "7d",
+            "--out",
+            str(tmp_path / "m.svg"),
+        ],
+    )
+    assert wrong_period.exit_code == 2 and "SINCE..UNTIL" in wrong_period.output
+    unreachable = runner.invoke(
+        main,
+        [
+            "map",
+            "--journey",
+            "online_purchase",
+            "--api",
+            "http://127.0.0.1:9",
+            "--out",
+            str(tmp_path / "m.svg"),
+        ],
+    )
+    assert unreachable.exit_code == 1 and "cannot reach journeywatch" in unreachable.output
+    assert not (tmp_path / "m.svg").exists()
+
+
+def test_map_periods_read_dates_times_and_durations() -> None:
+    from datetime import UTC, datetime
+
+    import pytest
+
+    from pipeline.journeymap import parse_when
+
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    assert parse_when("7d", now) == datetime(2026, 11, 16, 12, 0, tzinfo=UTC)
+    assert parse_when("now", now) == now
+    assert parse_when("2026-11-02", now) == datetime(2026, 11, 2, tzinfo=UTC)
+    assert parse_when("2026-11-02T09:30+01:00", now).astimezone(UTC).hour == 8
+    with pytest.raises(ValueError, match="not a time"):
+        parse_when("last tuesday", now)
