@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
-from benchmarks import accuracy, collector, contract_decode, engine, scaling, topology
+from benchmarks import accuracy, clickhouse, collector, contract_decode, engine, scaling, topology
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 SUITES: dict[str, ModuleType] = {
@@ -24,6 +24,7 @@ SUITES: dict[str, ModuleType] = {
     "scaling": scaling,
     "topology": topology,
     "accuracy": accuracy,
+    "clickhouse": clickhouse,
 }
 HEADER = (
     "# Benchmarks\n\n"

@@ -51,6 +51,8 @@ class TruthJourney:
     outcome: str  # converted | dropped_off
     stage: str
     negative_moments: list[str] = field(default_factory=list)
+    started_at: int | None = None  # epoch ms of the journey's first touchpoint
+    converted_at: int | None = None  # epoch ms of the touchpoint that reached the goal
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -98,8 +100,27 @@ class _Persona:
         self.events.append(event)
         return event
 
-    def journey(self, name: str, person: str, outcome: str, stage: str, *moments: str) -> None:
-        self.sim.truth.journeys.append(TruthJourney(name, person, outcome, stage, list(moments)))
+    def journey(
+        self,
+        name: str,
+        person: str,
+        outcome: str,
+        stage: str,
+        *moments: str,
+        started_at: int | None = None,
+    ) -> None:
+        """Record a finished journey; a converted one reaches its goal now (``self.at``) and
+        started at ``started_at`` (default: the persona's first touchpoint)."""
+        if outcome == "converted":
+            first = started_at if started_at is not None else self.first_at
+            truth = TruthJourney(name, person, outcome, stage, list(moments), first, self.at)
+        else:
+            truth = TruthJourney(name, person, outcome, stage, list(moments))
+        self.sim.truth.journeys.append(truth)
+
+    @property
+    def first_at(self) -> int:
+        return int(datetime.fromisoformat(self.events[0]["occurred_at"]).timestamp() * 1000)
 
     def link(self, identifier: str, person: str) -> None:
         self.sim.truth.identity_links.append((identifier, person))
@@ -163,8 +184,10 @@ def _call(
     person: str,
     issue: str,
     extra_moments: tuple[str, ...] = (),
+    started_at: int | None = None,
 ) -> None:
-    """One call: IVR, queue, agent; records the support_case journey it makes."""
+    """One call: IVR, queue, agent; records the support_case journey it makes (started at the
+    call, or at ``started_at`` when an earlier contact opened the case)."""
     hint = f"call-{p.events[-1]['event_id'][:8] if p.events else p.customer}"
     moments = list(extra_moments)
 
@@ -179,6 +202,7 @@ def _call(
             **fields,
         )
 
+    opened = started_at if started_at is not None else p.at
     in_call("ivr.menu", "select")
     p.wait(10 * SECOND, 40 * SECOND)
     understaffed = p.sim.incident_active("call_centre_understaffed", p.at)
@@ -215,7 +239,7 @@ def _call(
         if nps <= 6:
             moments.append("nps_detractor")
     in_call("agent.talk", "resolve", csat=csat, nps=nps)
-    p.journey("support_case", person, "converted", "diagnosis", *moments)
+    p.journey("support_case", person, "converted", "diagnosis", *moments, started_at=opened)
 
 
 def _support_seeker(p: _Persona) -> None:
@@ -232,7 +256,13 @@ def _repeat_complainer(p: _Persona) -> None:
         attributes={"issue": "delivery"},
     )
     p.wait(2 * HOUR, 20 * HOUR)  # calls again the same day: the e-mail did not solve it
-    _call(p, person, issue="delivery", extra_moments=("complaint", "repeat_contact"))
+    _call(
+        p,
+        person,
+        issue="delivery",
+        extra_moments=("complaint", "repeat_contact"),
+        started_at=p.first_at,  # the e-mail opened the case
+    )
 
 
 def _omnichannel_shopper(p: _Persona) -> None:

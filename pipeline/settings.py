@@ -129,7 +129,8 @@ class Settings(BaseSettings):
     web_host: str = Field(default="127.0.0.1", description="Interface the web servers bind.")
     status_port: int = Field(
         default=8080,
-        description="Port of the sink process: status page, /api, /metrics, /livez, /readyz.",
+        description="Port of the sink process: live page, journey maps, /api, /metrics, "
+        "/livez, /readyz.",
     )
     live_window_minutes: int = Field(
         default=15,

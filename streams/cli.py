@@ -268,6 +268,44 @@ def _map_from_api(api: str, request: Any) -> dict[str, Any]:
         raise click.ClickException(f"cannot reach journeywatch at {api}: {exc}") from exc
 
 
+@main.group()
+def replay() -> None:
+    """Re-process what the pipeline could not use (docs/operations/replay.md)."""
+
+
+@replay.command("dlq")
+@click.option("--dry-run", is_flag=True, help="Only report what would be replayed.")
+@click.option(
+    "--from-beginning",
+    is_flag=True,
+    help="Reconsider every dead letter still in the topic, not only those since the last run.",
+)
+def replay_dlq(dry_run: bool, from_beginning: bool) -> None:
+    """Send dead letters that pass the current event contract back through the pipeline."""
+    from streams.replay import pending, replay_dead_letters
+
+    settings = _settings()
+    try:
+        spans = pending(settings, from_beginning)
+    except Exception as exc:  # the broker is the usual suspect
+        raise click.ClickException(
+            f"cannot read the dead-letter topic at {settings.broker_url}: {exc}"
+        ) from exc
+    total = sum(max(0, end - start) for start, end in spans.values())
+    if not total:
+        click.echo("nothing to replay: every dead letter was considered by an earlier run")
+        return
+    with click.progressbar(length=total, label="dead letters", file=sys.stderr) as bar:
+        report = replay_dead_letters(
+            settings,
+            dry_run=dry_run,
+            from_beginning=from_beginning,
+            on_record=lambda: bar.update(1),
+        )
+    for line in report.lines(dry_run):
+        click.echo(line)
+
+
 @main.command()
 def topics() -> None:
     """Create journeywatch's Kafka topics on JW_BROKER_URL (idempotent)."""

@@ -22,7 +22,7 @@ from faust.streams import Stream
 from faust.types import EventT, StreamT
 
 from pipeline.definitions import load_catalog
-from pipeline.journeymap import render_fragment
+from pipeline.journeymap import MAP_CSS, render_fragment
 from pipeline.settings import Settings
 from sinks.clickhouse.client import connect
 from sinks.clickhouse.journey_map import MapRequest, MapRequestError, answer_map, maps_of
@@ -214,7 +214,11 @@ class SinkRole:
         journeys = orjson.dumps(
             [{"name": j.name, "description": j.description} for j in catalog.journeys]
         ).decode()
-        page = _load_page("map.html").replace("__JOURNEYS__", journeys)
+        page = (
+            _load_page("map.html")
+            .replace("__JOURNEYS__", journeys)
+            .replace("__MAP_CSS__", MAP_CSS)
+        )
         database = self.settings.clickhouse_database
 
         async def map_page(view: faust.web.View, request: faust.web.Request, **_: Any) -> Any:

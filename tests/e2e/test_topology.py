@@ -186,12 +186,136 @@ def test_two_workers_find_the_ground_truth_of_a_day(broker: EmbeddedBroker, tmp_
     assert all(entered[j] >= n for j, n in journeys.items()), (entered, journeys)
     surveys = query_chdb(chdb, guide_query("csat and nps by channel and week"))
     start = day_start()
-    events = DaySimulator(31, start, 500, default_incidents(start)).generate()
+    simulator = DaySimulator(31, start, 500, default_incidents(start))  # the same day again
+    events = simulator.generate()
     csat = {(str(w)[:10], c): (int(n), float(v)) for w, c, n, v, _, _ in surveys if int(n)}
     assert csat == csat_truth(events)
     nps = {(str(w)[:10], c): (int(n), float(v)) for w, c, _, _, n, v in surveys if int(n)}
     assert nps == nps_truth(events)
+
+    conversion = query_chdb(chdb, guide_query("conversion by journey and channel"))
+    started: Counter[str] = Counter()
+    converted: Counter[str] = Counter()
+    for journey, _channel, n_started, n_converted, _ in conversion:
+        started[journey] += int(n_started)
+        converted[journey] += int(n_converted)
+    assert started == Counter(k[0] for k in truth.elements())
+    assert converted == Counter(k[0] for k in truth.elements() if k[2] == "converted")
+    online = {c: (int(s), int(v)) for j, c, s, v, _ in conversion if j == "online_purchase"}
+    assert online == {
+        channel: (
+            sum(e["touchpoint"] == "home.view" and e["channel"] == channel for e in events),
+            sum(
+                e["touchpoint"] == "checkout.confirmation" and e["channel"] == channel
+                for e in events
+            ),
+        )
+        for channel in ("web", "app")
+    }
+
+    fcr = query_chdb(chdb, guide_query("first-contact resolution by journey"))
+    resolved = [k for k in truth.elements() if k[0] == "support_case" and k[2] == "converted"]
+    first = sum("repeat_contact" not in k[4] for k in resolved)
+    assert [(j, int(n), int(f)) for j, n, f, _ in fcr] == [("support_case", len(resolved), first)]
+    assert 0 < first < len(resolved)
+
+    ((answered, p50, p90),) = query_chdb(chdb, guide_query("complaint response time"))
+    waits = complaint_response_truth(events)
+    assert (int(answered), float(p50), float(p90)) == (
+        len(waits),
+        _quantile(waits, 0.5, 3600, 2),
+        _quantile(waits, 0.9, 3600, 2),
+    )
+    assert len(waits) > 5
+
+    switches = query_chdb(chdb, guide_query("channel switches after a failure"))
+    failures = {
+        f"c:{e['customer_id']}": (e["channel"], e["touchpoint"])
+        for e in events
+        if e.get("outcome") == "error" and e.get("customer_id")
+    }
+    switched = Counter(
+        (*failures[k[1]], "call_center")
+        for k in truth.elements()
+        if "channel_switch_after_failure" in k[4]
+    )
+    assert {(f, t, s): int(n) for f, t, s, n in switches} == dict(switched)
+    assert switched
+
+    at_risk = query_chdb(chdb, guide_query("revenue at risk by pain point"))
+    lost = Counter(
+        (k[0], kind) for k in truth.elements() if k[2] == "dropped_off" for kind in set(k[4])
+    )
+    orders = {"checkout.payment": "online_purchase", "till.purchase": "browse_online_buy_in_store"}
+    revenue: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("revenue") is not None:
+            revenue.setdefault(orders[e["touchpoint"]], []).append(float(e["revenue"]))
+    average = {j: sum(v) / len(v) for j, v in revenue.items()}
+    assert {(j, k): (int(n), r) for j, k, n, r in at_risk} == {
+        key: (n, round(n * average[key[0]], 2) if key[0] in average else None)
+        for key, n in lost.items()
+    }
+    assert any(r for *_, r in at_risk)
+
+    ltv = query_chdb(chdb, guide_query("lifetime value by channel of purchase"))
+    assert {c: (int(n), int(p), float(r), float(per)) for c, n, p, r, per in ltv} == (
+        ltv_truth(events)
+    )
     assert guide_query_names() == GUIDE_QUERIES_USED
+
+
+def _persona(event: dict[str, Any]) -> str:
+    """The simulated persona an event belongs to (every identifier ends in its number)."""
+    for name in ("customer_id", "loyalty_id", "device_id"):
+        if event.get(name):
+            return str(event[name]).rsplit("-", 1)[1]
+    raise AssertionError(event)
+
+
+def complaint_response_truth(events: list[dict[str, Any]]) -> list[float]:
+    """Seconds from each complaint to the first answer by an agent of the same customer."""
+    waits = []
+    pending: dict[str, datetime] = {}
+    for event in events:  # in event-time order
+        customer = event.get("customer_id")
+        if not customer:
+            continue
+        at = datetime.fromisoformat(event["occurred_at"])
+        if event["action"] == "complain":
+            pending.setdefault(customer, at)
+        elif (
+            customer in pending
+            and event["channel"] in ("call_center", "email", "store")
+            and (
+                event["action"] in ("respond", "resolve")
+                or event["touchpoint"].startswith("agent.")
+            )
+        ):
+            waits.append((at - pending.pop(customer)).total_seconds())
+    return waits
+
+
+def _quantile(values: list[float], level: float, unit: float, digits: int) -> float:
+    """ClickHouse's quantileExact (the element at floor(level * n) of the sorted values), in
+    ``unit`` seconds, rounded as the query rounds it."""
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(level * len(ordered)))] / unit, digits)
+
+
+def ltv_truth(events: list[dict[str, Any]]) -> dict[str, tuple[int, int, float, float]]:
+    purchases: dict[str, list[tuple[str, float]]] = {}
+    for event in events:
+        if event.get("revenue") is not None:
+            purchases.setdefault(event["channel"], []).append(
+                (_persona(event), float(event["revenue"]))
+            )
+    truth = {}
+    for channel, bought in purchases.items():
+        customers = len({persona for persona, _ in bought})
+        revenue = round(sum(amount for _, amount in bought), 2)
+        truth[channel] = (customers, len(bought), revenue, round(revenue / customers, 2))
+    return truth
 
 
 def _week_channel(event: dict[str, Any]) -> tuple[str, str]:

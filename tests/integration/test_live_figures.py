@@ -26,9 +26,11 @@ pytestmark = pytest.mark.integration
 DAY = datetime(2026, 11, 2, tzinfo=UTC)  # a day inside the retention of the tables below
 
 
-def fill(client: Any, db: str, events: list[dict[str, Any]]) -> list[Output]:
-    """What the workers and the sink would write, through the same engine and row builders."""
-    apply_migrations(client, db, retention_days=3650)
+def engine_rows(
+    events: list[dict[str, Any]],
+) -> tuple[dict[str, list[list[Any]]], list[Output]]:
+    """The rows the sink would write for ``events`` (table → rows, each row's Kafka offset its
+    index), through the collector's preparation, the journey engine and the row builders."""
     engine = JourneyEngine(load_catalog(), allowed_lateness_ms=60_000)
     touch_rows: list[list[Any]] = []
     outputs: list[Output] = []
@@ -48,15 +50,26 @@ def fill(client: Any, db: str, events: list[dict[str, Any]]) -> list[Output]:
         )
         outputs.extend(engine.submit(Touch.from_event(event)))
     outputs.extend(engine.flush())
+    tables = {"touchpoints": touch_rows}
+    for table, kinds in (("journey_events", True), ("experience_moments", False)):
+        chosen = [o for o in outputs if (o.type in JOURNEY_OUTPUT_TYPES) is kinds]
+        tables[table] = [output_row(o.as_dict(), table, "t", 0, n) for n, o in enumerate(chosen)]
+    return tables, outputs
+
+
+def fill(client: Any, db: str, events: list[dict[str, Any]]) -> list[Output]:
+    """What the workers and the sink would write, through the same engine and row builders."""
+    apply_migrations(client, db, retention_days=3650)
+    tables, outputs = engine_rows(events)
     writer = ClickHouseWriter(client, db)
+    touch_rows = tables["touchpoints"]
     writer.write(
         "touchpoints",
         TOUCHPOINT_COLUMNS,
         PartitionBatch("touchpoints.by_person", "t", 0, list(range(len(touch_rows))), touch_rows),
     )
-    for table, kinds in (("journey_events", True), ("experience_moments", False)):
-        chosen = [o for o in outputs if (o.type in JOURNEY_OUTPUT_TYPES) is kinds]
-        rows = [output_row(o.as_dict(), table, "t", 0, n) for n, o in enumerate(chosen)]
+    for table in ("journey_events", "experience_moments"):
+        rows = tables[table]
         # written twice, as after a worker's crash: every figure counts each output once
         for half in (rows[: len(rows) // 2 + 50], rows[len(rows) // 2 :]):
             writer.write(
