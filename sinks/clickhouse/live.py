@@ -96,7 +96,7 @@ def live_snapshot(
     touch_base: dict[str, int] = defaultdict(int)
     touch_now: dict[str, int] = defaultdict(int)
     for minute, channel, is_current, count in client.query(
-        f"SELECT minute, channel, {current} AS current, uniqExactMerge(events) "
+        f"SELECT minute, channel, {current} AS current, sum(events) "
         f"FROM {db}.touchpoint_rollup_1m WHERE {with_baseline} "
         "GROUP BY minute, channel, current"
     ).result_rows:

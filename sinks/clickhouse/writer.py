@@ -6,7 +6,8 @@ Idempotence has two layers:
   below it. An insert of one partition's batch is one atomic block, so a batch re-delivered
   after a crash (offsets not yet committed) is never written twice;
 * every insert carries ``insert_deduplication_token`` derived from table, topic, partition and
-  offset range, so a retried insert whose first attempt did land is dropped by ClickHouse.
+  offset range, so a retried insert whose first attempt did land is dropped by ClickHouse, in
+  the table and in the materialized views it feeds (tests/integration/test_writer_failures.py).
 """
 
 from __future__ import annotations
@@ -54,7 +55,12 @@ class ClickHouseWriter:
         self._on_result = on_result
         # Through a Distributed table the insert must reach the shards before it returns, or
         # "written" would mean "queued on this node" and the offsets would be committed early.
-        self._insert_settings: dict[str, Any] = {"async_insert": 0}
+        # A retried insert that did land is dropped by the table (same token) and, with the
+        # second setting, by the materialized views fed from it: their rollups count it once.
+        self._insert_settings: dict[str, Any] = {
+            "async_insert": 0,
+            "deduplicate_blocks_in_dependent_materialized_views": 1,
+        }
         if distributed:
             self._insert_settings["distributed_foreground_insert"] = 1
 
