@@ -114,7 +114,8 @@ class JourneyShard:
         if kind == "link":
             self._on_link(data["key"], data["person"], _touch(data["touch"]), data["awaits"])
         elif kind == "handoff":
-            self._on_handoff(data)
+            if self._on_handoff(data, token):
+                return  # acknowledged once its touchpoints are applied
         elif kind == "redirect":
             self._on_redirect(data["person"], data["to"], _touch(data["touch"]), data["awaits"])
         else:  # pragma: no cover - written by this module only
@@ -399,7 +400,9 @@ class JourneyShard:
             },
         )
 
-    def _on_handoff(self, data: dict[str, Any]) -> None:
+    def _on_handoff(self, data: dict[str, Any], token: Any) -> bool:
+        """Merge what the home handed over; True when ``token`` now waits for the touchpoints
+        (acknowledged once they are applied, so a crash before that replays the hand-off)."""
         target = data["person"]
         moved = self._follow(target)
         if moved != target or not self._here(anchor_key(target)):
@@ -407,9 +410,9 @@ class JourneyShard:
             self._send(anchor_key(moved), data | {"person": moved, "awaits": None})
             if self.awaiting.get(target) == data["awaits"]:
                 self.awaiting.pop(target, None)
-            return
+            return False
         touches = [_touch(t) for t in data["touches"]]
-        last = touches[-1]
+        last = max(touches, key=lambda t: (t.at, t.event_id))
         if self.engine.has_applied(target, last.event_id):
             # delivered again after a crash: the first delivery merged it and applied its
             # touches already (merging again would bring back journeys that have ended)
@@ -417,22 +420,36 @@ class JourneyShard:
                 self.awaiting.pop(target)
                 self._dirty_persons.add(target)
             self._release(target)
-            return
-        self._outputs += self.engine.absorb(
-            data["source"], target, data["record"], data["identifiers"], last.at, last.event_id
+            return False
+        source = data["source"]
+        merged_before = (
+            source is not None
+            and source != target
+            and source not in self.engine.persons
+            and bool(data["identifiers"])
+            and all(self.graph.owner.get(i) == target for i in data["identifiers"])
         )
+        if not merged_before:  # (a redelivery whose touches were still held: merged already)
+            self._outputs += self.engine.absorb(
+                source, target, data["record"], data["identifiers"], last.at, last.event_id
+            )
         if data["foreign"]:
             self.foreign.setdefault(target, set()).update(data["foreign"])
         self._dirty_persons.add(target)
         if data["awaits"] is not None and self.awaiting.get(target) == data["awaits"]:
             self.awaiting.pop(target)
-        ready = []
+        waiting = False
         for touch in touches:
             key = self._needs_link(target, _keys(touch))
             if key is not None:  # another identifier to link first: the touch travels again
                 self._link(target, key, touch)
-            else:
-                ready.append(self._strip_foreign(target, touch))
-        # Held elsewhere already: applied now, in event-time order.
-        self._outputs += self.engine.apply_now(ready)
+                continue
+            # Through the watermark like any touchpoint of this partition: the person's
+            # anonymous touchpoints, forwarded here later because they reached their home after
+            # the link, still come first (a journey starts at its first touchpoint).
+            self._outputs += self.engine.submit(self._strip_foreign(target, touch))
+            if touch is last and token is not None:
+                self._tokens.setdefault(touch.event_id, []).append(token)
+                waiting = True
         self._release(target)
+        return waiting

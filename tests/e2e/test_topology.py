@@ -242,6 +242,17 @@ def test_two_workers_find_the_ground_truth_of_a_day(broker: EmbeddedBroker, tmp_
     assert {(f, t, s): int(n) for f, t, s, n in switches} == dict(switched)
     assert switched
 
+    times = query_chdb(chdb, guide_query("time to convert by journey"))
+    durations: dict[str, list[float]] = {}
+    for j in simulator.truth.journeys:
+        if j.outcome == "converted":
+            assert j.started_at is not None and j.converted_at is not None
+            durations.setdefault(j.journey, []).append((j.converted_at - j.started_at) / 1000)
+    assert {j: (int(n), float(p50), float(p90)) for j, n, p50, p90 in times} == {
+        j: (len(v), _quantile(v, 0.5, 60, 1), _quantile(v, 0.9, 60, 1))
+        for j, v in durations.items()
+    }
+
     at_risk = query_chdb(chdb, guide_query("revenue at risk by pain point"))
     lost = Counter(
         (k[0], kind) for k in truth.elements() if k[2] == "dropped_off" for kind in set(k[4])
