@@ -253,6 +253,22 @@ def test_two_workers_find_the_ground_truth_of_a_day(broker: EmbeddedBroker, tmp_
         for j, v in durations.items()
     }
 
+    # the scores the workers emitted (the scoring itself: the engine's unit tests), banded
+    bands = query_chdb(chdb, guide_query("peak-end score and conversion"))
+    scored: dict[tuple[str, str], list[tuple[float, bool]]] = {}
+    for o in outputs:
+        if o["type"] == "score":
+            scored.setdefault((o["journey"], _band(o["value"])), []).append(
+                (o["value"], o["detail"]["outcome"] == "converted")
+            )
+    assert {(j, b): (int(n), int(c), float(m)) for j, b, n, c, _, m in bands} == {
+        key: (len(v), sum(c for _, c in v), round(sum(x for x, _ in v) / len(v), 1))
+        for key, v in scored.items()
+    }
+    # as the peak-end rule says: the worse the experience, the fewer conversions
+    purchase = {b: float(r) for j, b, _, _, r, _ in bands if j == "online_purchase"}
+    assert purchase["0-25"] < purchase["75-100"], purchase
+
     at_risk = query_chdb(chdb, guide_query("revenue at risk by pain point"))
     lost = Counter(
         (k[0], kind) for k in truth.elements() if k[2] == "dropped_off" for kind in set(k[4])
@@ -274,6 +290,16 @@ def test_two_workers_find_the_ground_truth_of_a_day(broker: EmbeddedBroker, tmp_
         ltv_truth(events)
     )
     assert guide_query_names() == GUIDE_QUERIES_USED
+
+
+def _band(score: float) -> str:
+    if score < 25:
+        return "0-25"
+    if score < 50:
+        return "25-50"
+    if score <= 50:
+        return "50"
+    return "50-75" if score < 75 else "75-100"
 
 
 def _persona(event: dict[str, Any]) -> str:
