@@ -269,6 +269,16 @@ def test_two_workers_find_the_ground_truth_of_a_day(broker: EmbeddedBroker, tmp_
     purchase = {b: float(r) for j, b, _, _, r, _ in bands if j == "online_purchase"}
     assert purchase["0-25"] < purchase["75-100"], purchase
 
+    # the latest state of every journey, and the identity merges, as analysts read them
+    latest = query_chdb(
+        chdb,
+        "SELECT journey, person_id, outcome, stage FROM journeywatch.journeys "
+        "WHERE outcome IN ('converted', 'dropped_off')",
+    )
+    assert Counter(tuple(row) for row in latest) == Counter(k[:4] for k in truth.elements())
+    ((merged,),) = query_chdb(chdb, "SELECT count() FROM journeywatch.identity_merges")
+    assert int(merged) == len(merges) > 0
+
     at_risk = query_chdb(chdb, guide_query("revenue at risk by pain point"))
     lost = Counter(
         (k[0], kind) for k in truth.elements() if k[2] == "dropped_off" for kind in set(k[4])
