@@ -57,7 +57,8 @@ class ReplayReport:
 
 
 def _counts(counter: Counter[str]) -> str:
-    return ", ".join(f"{name} {n:,}" for name, n in counter.most_common())
+    ranked = sorted(counter.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{name} {n:,}" for name, n in ranked)
 
 
 def pending(settings: Settings, from_beginning: bool) -> dict[TopicPartition, tuple[int, int]]:

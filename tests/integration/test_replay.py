@@ -65,7 +65,7 @@ def test_replay_sends_what_passes_now_once_and_reports_the_rest(
     first = run_cli(["replay", "dlq"], env)
     assert first.returncode == 0, first.stderr
     assert "4 dead letters considered" in first.stdout
-    assert "replayed 2 events that pass now (web 1, app 1)" in first.stdout
+    assert "replayed 2 events that pass now (app 1, web 1)" in first.stdout
     assert "2 still fail" in first.stdout and "not_json 1" in first.stdout
     replayed = read_topic(broker.url, RAW)
     assert sorted(orjson.loads(r.value)["event_id"] for r in replayed) == sorted(
