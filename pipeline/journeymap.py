@@ -381,7 +381,7 @@ def _minutes(value: float | None) -> str:
         return NONE
     if value >= 120:
         return f"{value / 60:.1f} h"
-    return f"{value:.0f} min" if value >= 1 else "under 1 min"
+    return f"{value:.0f} min" if value >= 1 else f"{value * 60:.0f} s"
 
 
 COLUMN_W, LANE_H, LEFT, TOP = 250, 92, 150, 118
@@ -607,7 +607,7 @@ def render_svg(journey_map: JourneyMap, changes: list[Change] | None = None) -> 
             )
         out.append(
             f'<text x="{x}" y="{y + 20}" font-size="11" fill="#333">time here: median '
-            f"{_minutes(stage.minutes_median)}, p90 {_minutes(stage.minutes_p90)}</text>"
+            f"{_minutes(stage.minutes_median)} · p90 {_minutes(stage.minutes_p90)}</text>"
         )
     # legend
     legend = (
