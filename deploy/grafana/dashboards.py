@@ -491,12 +491,14 @@ def journey() -> dict[str, Any]:
             "Time to convert (ClickHouse)",
             [
                 sql(f"""
-            SELECT channel, count() AS conversions,
-                round(quantile(0.5)(value) / 60, 1) AS median_minutes,
-                round(quantile(0.9)(value) / 60, 1) AS p90_minutes
-            FROM {DB}.experience_moments FINAL
-            WHERE type = 'kpi' AND name = 'conversion' AND journey = '${{journey}}'
-                AND match(channel, '^(${{channel}})$') AND $__timeFilter(at)
+            SELECT channel, sum(n) AS conversions,
+                round(arrayReduce('quantileExact(0.5)', arrayFlatten(groupArray(values))) / 60, 1)
+                    AS median_minutes,
+                round(arrayReduce('quantileExact(0.9)', arrayFlatten(groupArray(values))) / 60, 1)
+                    AS p90_minutes
+            FROM {DB}.kpis_1h
+            WHERE name = 'conversion' AND journey = '${{journey}}'
+                AND match(channel, '^(${{channel}})$') AND $__timeFilter(hour)
             GROUP BY channel ORDER BY conversions DESC""")
             ],
             width=12,
@@ -651,12 +653,14 @@ def oncall() -> dict[str, Any]:
 
 
 def analysts() -> dict[str, Any]:
-    kpi = f"FROM {DB}.experience_moments FINAL WHERE type = 'kpi' AND $__timeFilter(at)"
+    # KPIs from the hourly rollup (kpis_1h: exact under re-emitted outputs), never the raw table
+    kpi = f"FROM {DB}.kpis_1h WHERE $__timeFilter(hour)"
+    values = "arrayFlatten(groupArray(values))"
     panels = [
         panel(
             "stat",
             "CSAT (1 to 5)",
-            [sql(f"SELECT round(avg(value), 2) AS csat {kpi} AND name = 'csat'")],
+            [sql(f"SELECT round(sum(total) / sum(n), 2) AS csat {kpi} AND name = 'csat'")],
             width=4,
             height=4,
         ),
@@ -665,7 +669,8 @@ def analysts() -> dict[str, Any]:
             "NPS",
             [
                 sql(f"""
-            SELECT round(100 * (countIf(value >= 9) - countIf(value <= 6)) / count(), 1) AS nps
+            SELECT round(100 * (sum(arrayCount(v -> v >= 9, values))
+                - sum(arrayCount(v -> v <= 6, values))) / sum(n), 1) AS nps
             {kpi} AND name = 'nps'""")
             ],
             width=4,
@@ -677,7 +682,7 @@ def analysts() -> dict[str, Any]:
             "First-contact resolution",
             [
                 sql(
-                    f"SELECT round(avg(value), 4) AS fcr {kpi} "
+                    f"SELECT round(sum(total) / sum(n), 4) AS fcr {kpi} "
                     "AND name = 'first_contact_resolution'"
                 )
             ],
@@ -689,7 +694,12 @@ def analysts() -> dict[str, Any]:
         panel(
             "stat",
             "Complaint response time, median",
-            [sql(f"SELECT quantile(0.5)(value) AS median {kpi} AND name = 'complaint_response'")],
+            [
+                sql(
+                    f"SELECT arrayReduce('quantileExact(0.5)', {values}) AS median {kpi} "
+                    "AND name = 'complaint_response'"
+                )
+            ],
             width=4,
             height=4,
             unit="s",
@@ -697,7 +707,12 @@ def analysts() -> dict[str, Any]:
         panel(
             "stat",
             "Complaint response time, 90th percentile",
-            [sql(f"SELECT quantile(0.9)(value) AS p90 {kpi} AND name = 'complaint_response'")],
+            [
+                sql(
+                    f"SELECT arrayReduce('quantileExact(0.9)', {values}) AS p90 {kpi} "
+                    "AND name = 'complaint_response'"
+                )
+            ],
             width=4,
             height=4,
             unit="s",
@@ -721,7 +736,7 @@ def analysts() -> dict[str, Any]:
             [
                 sql(
                     f"""
-            SELECT $__timeInterval(at) AS time, channel, round(avg(value), 2) AS csat
+            SELECT $__timeInterval(hour) AS time, channel, round(sum(total) / sum(n), 2) AS csat
             {kpi} AND name = 'csat' GROUP BY time, channel ORDER BY time""",
                     time_series=True,
                 )
@@ -732,8 +747,9 @@ def analysts() -> dict[str, Any]:
             "NPS by channel",
             [
                 sql(f"""
-            SELECT channel, count() AS answers,
-                round(100 * (countIf(value >= 9) - countIf(value <= 6)) / count(), 1) AS nps
+            SELECT channel, sum(n) AS answers,
+                round(100 * (sum(arrayCount(v -> v >= 9, values))
+                    - sum(arrayCount(v -> v <= 6, values))) / answers, 1) AS nps
             {kpi} AND name = 'nps' GROUP BY channel ORDER BY answers DESC""")
             ],
         ),
@@ -742,7 +758,7 @@ def analysts() -> dict[str, Any]:
             "First-contact resolution by journey and channel",
             [
                 sql(f"""
-            SELECT journey, channel, count() AS cases, round(avg(value), 4) AS fcr_rate
+            SELECT journey, channel, sum(n) AS cases, round(sum(total) / cases, 4) AS fcr_rate
             {kpi} AND name = 'first_contact_resolution'
             GROUP BY journey, channel ORDER BY cases DESC""")
             ],
@@ -752,9 +768,9 @@ def analysts() -> dict[str, Any]:
             "Complaint response time by channel of the answer",
             [
                 sql(f"""
-            SELECT channel, count() AS complaints,
-                round(quantile(0.5)(value) / 3600, 2) AS median_hours,
-                round(quantile(0.9)(value) / 3600, 2) AS p90_hours
+            SELECT channel, sum(n) AS complaints,
+                round(arrayReduce('quantileExact(0.5)', {values}) / 3600, 2) AS median_hours,
+                round(arrayReduce('quantileExact(0.9)', {values}) / 3600, 2) AS p90_hours
             {kpi} AND name = 'complaint_response'
             GROUP BY channel ORDER BY complaints DESC""")
             ],
@@ -789,13 +805,13 @@ def analysts() -> dict[str, Any]:
             "Revenue by channel",
             [
                 sql(f"""
-            SELECT channel, count() AS purchases, round(sum(toFloat64(revenue)), 2) AS total_revenue
-            FROM {DB}.touchpoints FINAL
-            WHERE revenue IS NOT NULL AND $__timeFilter(occurred_at)
-            GROUP BY channel ORDER BY total_revenue DESC""")
+            SELECT channel, sum(n) AS purchases, round(sum(total), 2) AS revenue
+            {kpi} AND name = 'ltv_increment'
+            GROUP BY channel ORDER BY revenue DESC""")
             ],
             width=24,
             height=6,
+            description="Purchases by known customers (each one an ltv_increment KPI).",
         ),
     ]
     return dashboard(
