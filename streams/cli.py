@@ -306,6 +306,80 @@ def replay_dlq(dry_run: bool, from_beginning: bool) -> None:
         click.echo(line)
 
 
+@replay.command("raw")
+@click.option("--since", required=True, help="Start: an ISO date or time (UTC), or 24h, 7d.")
+@click.option("--until", default="now", show_default=True, help="End of the range.")
+@click.option("--dry-run", is_flag=True, help="Only report what would be sent again.")
+@click.option(
+    "--api",
+    metavar="URL",
+    help="Ask a running sink (e.g. http://127.0.0.1:8080) which events ClickHouse holds, "
+    "instead of opening ClickHouse: needed while the sink owns the embedded chdb directory.",
+)
+def replay_raw_(since: str, until: str, dry_run: bool, api: str | None) -> None:
+    """Send again the raw events of a time range that never reached ClickHouse."""
+    from datetime import UTC
+
+    from pipeline.journeymap import parse_when
+    from streams.replay import PipelineBehind, check_caught_up, raw_span, replay_raw
+
+    settings = _settings()
+    now = datetime.now(UTC)
+    try:
+        start, end = parse_when(since, now), parse_when(until, now)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    stored = _stored_via_api(api) if api else _stored_via_clickhouse(settings)
+    try:
+        check_caught_up(settings)
+        total = sum(end_offset - first for first, end_offset in raw_span(settings).values())
+    except PipelineBehind as exc:
+        raise click.ClickException(str(exc)) from exc
+    except Exception as exc:
+        raise click.ClickException(f"cannot read {settings.broker_url}: {exc}") from exc
+    with click.progressbar(length=total, label="raw records", file=sys.stderr) as bar:
+        report = replay_raw(
+            settings, start, end, stored, dry_run=dry_run, on_record=lambda: bar.update(1)
+        )
+    for line in report.lines(dry_run):
+        click.echo(line)
+
+
+def _stored_via_clickhouse(settings: Any) -> Any:
+    from sinks.clickhouse.client import ClickHouseUnavailable, connect
+    from sinks.clickhouse.queries import stored_event_ids
+
+    try:
+        client = connect(settings.clickhouse_dsn)
+    except ClickHouseUnavailable as exc:
+        raise click.ClickException(
+            f"{exc} While journeywatch runs, ask it: --api http://127.0.0.1:{settings.status_port}"
+        ) from exc
+    return lambda ids: stored_event_ids(client, settings.clickhouse_database, ids)
+
+
+def _stored_via_api(api: str) -> Any:
+    import urllib.request
+
+    if not api.startswith(("http://", "https://")):
+        raise click.BadParameter("must be an http(s) URL", param_hint="--api")
+
+    def stored(ids: list[str]) -> set[str]:
+        request = urllib.request.Request(  # noqa: S310 - http(s), checked above
+            f"{api.rstrip('/')}/api/v1/touchpoints/stored",
+            data=json.dumps({"event_ids": ids}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - http(s)
+                return set(json.loads(response.read())["stored"])
+        except OSError as exc:
+            raise click.ClickException(f"cannot ask journeywatch at {api}: {exc}") from exc
+
+    return stored
+
+
 @main.command()
 def topics() -> None:
     """Create journeywatch's Kafka topics on JW_BROKER_URL (idempotent)."""

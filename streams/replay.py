@@ -1,4 +1,12 @@
-"""``journeywatch replay dlq``: re-process the dead-letter topic after a fix.
+"""``journeywatch replay``: re-process the dead-letter topic after a fix (``dlq``), or send
+again the raw records of a time range that never reached ClickHouse (``raw``).
+
+``replay raw`` is for events skipped upstream of the journey agents (a consumer group's offset
+moved past them by hand, a bug in an earlier ingest): it looks each event id up in ClickHouse
+and sends again only those it does not hold, after checking that nothing is still in flight,
+so nothing is counted twice.
+
+``replay dlq``:
 
 Each record of ``touchpoints.dlq`` not yet replayed (the consumer group ``journeywatch-replay``
 remembers where the last run stopped) is validated again by the current event contract. One
@@ -138,6 +146,144 @@ def replay_dead_letters(
         if producer is not None:
             producer.flush()  # every replayed event acknowledged: only now move the offsets
             consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in done.items()})
+    finally:
+        if producer is not None:
+            producer.close()
+        consumer.close()
+    return report
+
+
+@dataclass
+class RawReplayReport:
+    considered: int = 0  # records of the raw topic in the time range
+    stored: int = 0  # already in ClickHouse: left alone
+    replayed: int = 0  # not in ClickHouse: sent again
+    unreadable: int = 0  # no event id to look up: the ingest dead-letters those
+
+    def lines(self, dry_run: bool) -> list[str]:
+        verb = "would send again" if dry_run else "sent again"
+        return [
+            f"{self.considered:,} records of {RAW} in the range",
+            f"{self.stored:,} already stored in ClickHouse: left alone",
+            f"{verb} {self.replayed:,} that never reached ClickHouse",
+            *(
+                [f"{self.unreadable:,} without a readable event_id (see `replay dlq`)"]
+                if self.unreadable
+                else []
+            ),
+        ]
+
+
+class PipelineBehind(RuntimeError):
+    """The pipeline has not caught up: a replay now could send what is merely in flight."""
+
+
+def check_caught_up(settings: Settings) -> None:
+    """Refuse while the ingest or the sink has records not yet processed: an event still in
+    flight would look missing from ClickHouse and be sent twice."""
+    from streams.offsets import group_lag
+    from streams.topics import BY_PERSON
+
+    servers = bootstrap_servers(settings)
+    behind = {
+        "ingest": group_lag(servers, settings.topic("journeywatch"), [settings.topic(RAW)]),
+        "sink": group_lag(
+            servers, settings.topic("journeywatch-sink"), [settings.topic(BY_PERSON)]
+        ),
+    }
+    if any(behind.values()):
+        lag = ", ".join(f"{name} {n:,} records behind" for name, n in behind.items() if n)
+        raise PipelineBehind(f"the pipeline has not caught up ({lag}); replay once it has")
+
+
+def raw_span(settings: Settings) -> dict[TopicPartition, tuple[int, int]]:
+    """Per raw partition: (first offset still in the topic, end offset)."""
+    servers = bootstrap_servers(settings)
+    topic = settings.topic(RAW)
+    consumer = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        starts = consumer.beginning_offsets(partitions)
+    finally:
+        consumer.close()
+    ends = confirmed_end_offsets(servers, partitions)
+    return {tp: (starts[tp], ends[tp]) for tp in partitions}
+
+
+def replay_raw(
+    settings: Settings,
+    since: datetime,
+    until: datetime,
+    stored: Callable[[list[str]], set[str]],
+    *,
+    dry_run: bool = False,
+    on_record: Callable[[], None] = lambda: None,
+    chunk: int = 2000,
+) -> RawReplayReport:
+    """Send again the raw records of ``[since, until)`` (Kafka record time) whose event ids
+    ClickHouse does not hold; ``stored`` answers which of some event ids it holds."""
+    import orjson
+
+    servers = bootstrap_servers(settings)
+    spans = {tp: span for tp, span in raw_span(settings).items() if span[0] < span[1]}
+    report = RawReplayReport()
+    if not spans:
+        return report
+    low, high = int(since.timestamp() * 1000), int(until.timestamp() * 1000)
+    consumer = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
+    producer = (
+        None if dry_run else KafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
+    )
+    batch: list[tuple[str, bytes | None, bytes, str]] = []
+
+    def flush() -> None:
+        known = stored([event_id for event_id, *_ in batch])
+        for event_id, key, value, origin in batch:
+            if event_id in known:
+                report.stored += 1
+                continue
+            report.replayed += 1
+            if producer is not None:
+                producer.send(
+                    settings.topic(RAW),
+                    value=value,
+                    key=key,
+                    headers=[("jw.replayed_from", origin.encode())],
+                )
+        batch.clear()
+
+    try:
+        consumer.assign(list(spans))
+        for tp, (start, _) in spans.items():
+            consumer.seek(tp, start)
+        done: dict[TopicPartition, int] = {}
+        while any(done.get(tp, start) < end for tp, (start, end) in spans.items()):
+            for tp, records in consumer.poll(timeout_ms=1000).items():
+                end = spans[tp][1]
+                for record in records:
+                    if record.offset >= end:
+                        break
+                    done[tp] = record.offset + 1
+                    on_record()
+                    if not low <= record.timestamp < high:
+                        continue
+                    report.considered += 1
+                    try:
+                        event_id = orjson.loads(record.value or b"null")["event_id"]
+                    except (orjson.JSONDecodeError, TypeError, KeyError):
+                        report.unreadable += 1
+                        continue
+                    if not isinstance(event_id, str):
+                        report.unreadable += 1
+                        continue
+                    origin = f"{tp.topic}:{tp.partition}:{record.offset}"
+                    batch.append((event_id, record.key, record.value or b"", origin))
+                    if len(batch) >= chunk:
+                        flush()
+        if batch:
+            flush()
+        if producer is not None:
+            producer.flush()
     finally:
         if producer is not None:
             producer.close()

@@ -28,7 +28,7 @@ from sinks.clickhouse.client import connect
 from sinks.clickhouse.journey_map import MapRequest, MapRequestError, answer_map, maps_of
 from sinks.clickhouse.live import JourneyShape, live_snapshot
 from sinks.clickhouse.migrations import apply_migrations
-from sinks.clickhouse.queries import pipeline_stats
+from sinks.clickhouse.queries import pipeline_stats, stored_event_ids
 from sinks.clickhouse.rows import (
     FAILED_EVENT_COLUMNS,
     OUTPUT_COLUMNS,
@@ -207,6 +207,34 @@ class SinkRole:
             return view.html(_LIVE_PAGE)
 
         self._register_map_pages()
+        self._register_lookup()
+
+    def _register_lookup(self) -> None:
+        """``POST /api/v1/touchpoints/stored`` ``{"event_ids": [...]}`` → the ones ClickHouse
+        holds: how ``journeywatch replay raw --api`` asks while this process owns chdb."""
+        role = self
+        database = self.settings.clickhouse_database
+
+        class StoredTouchpoints(faust.web.View):
+            async def post(self, request: faust.web.Request) -> faust.web.Response:
+                try:
+                    body = orjson.loads(await cast("Any", request).read())
+                    ids = body["event_ids"]
+                    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                        raise TypeError
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    return self.json(
+                        {"error": 'event_ids: send {"event_ids": ["...", ...]}'}, status=400
+                    )
+                if len(ids) > 10_000:
+                    return self.json({"error": "event_ids: at most 10,000 at a time"}, status=400)
+                loop = asyncio.get_running_loop()
+                stored = await loop.run_in_executor(
+                    role._read_pool, stored_event_ids, role.client, database, ids
+                )
+                return self.json({"stored": sorted(stored)})
+
+        self.app.page("/api/v1/touchpoints/stored")(StoredTouchpoints)
 
     def _register_map_pages(self) -> None:
         """The live journey map (/map/<journey>) and its API (/api/v1/map/<journey>)."""
@@ -215,9 +243,7 @@ class SinkRole:
             [{"name": j.name, "description": j.description} for j in catalog.journeys]
         ).decode()
         page = (
-            _load_page("map.html")
-            .replace("__JOURNEYS__", journeys)
-            .replace("__MAP_CSS__", MAP_CSS)
+            _load_page("map.html").replace("__JOURNEYS__", journeys).replace("__MAP_CSS__", MAP_CSS)
         )
         database = self.settings.clickhouse_database
 

@@ -33,3 +33,15 @@ def pipeline_stats(client: Client, database: str) -> dict[str, Any]:
         "journey_events_by_name": journey_events,
         "latest_occurred_at": latest.isoformat() + "Z" if by_channel else None,
     }
+
+
+def stored_event_ids(client: Client, database: str, event_ids: list[str]) -> set[str]:
+    """Which of ``event_ids`` the touchpoints table holds (``journeywatch replay raw``)."""
+    if not event_ids:
+        return set()
+    rows = client.query(
+        f"SELECT DISTINCT event_id FROM {database}.touchpoints "
+        "WHERE event_id IN {ids:Array(String)}",
+        parameters={"ids": event_ids},
+    ).result_rows
+    return {str(row[0]) for row in rows}
