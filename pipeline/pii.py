@@ -42,7 +42,15 @@ def keyed_hash(value: str, key: bytes) -> str:
     """HMAC-SHA256 of ``value`` under ``key``, as 64 lower-case hex characters."""
     if not key:
         raise ValueError("the PII hashing key is empty: set JW_PII_HASH_KEY")
-    return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+    keyed = _KEYED.get(key)
+    if keyed is None:  # the key schedule once per key: each value copies it
+        keyed = _KEYED[key] = hmac.new(key, digestmod=hashlib.sha256)
+    mac = keyed.copy()
+    mac.update(value.encode("utf-8"))
+    return mac.hexdigest()
+
+
+_KEYED: dict[bytes, hmac.HMAC] = {}
 
 
 def hash_email(email: str, key: bytes) -> str:
