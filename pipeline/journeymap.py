@@ -411,9 +411,6 @@ def render_svg(journey_map: JourneyMap, changes: list[Change] | None = None) -> 
         f"{_num(m.converted)} converted ({_pct(m.conversion_rate)}), from {escape(m.since)} "
         f"to {escape(m.until)}.</desc>",
         '<rect width="100%" height="100%" fill="#ffffff"/>',
-        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="6" '
-        'markerHeight="6" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
-        'fill="#555"/></marker></defs>',
         f'<text x="20" y="34" font-size="22" font-weight="bold" fill="#1a1a1a">'
         f"{escape(_label(m.journey).capitalize())}: customer journey map</text>",
         f'<text x="20" y="58" font-size="13" fill="#444">{escape(m.since)} to {escape(m.until)}'

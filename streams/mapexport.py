@@ -13,14 +13,15 @@ FONT_FILES = {"normal": "DejaVuSans-subset.ttf", "bold": "DejaVuSans-Bold-subset
 FORMATS = (".html", ".svg", ".png")
 
 
-def _font_path(name: str) -> Path:
+def font_path(name: str) -> Path:
+    """A font shipped in streams/static/fonts (exports embed them, the map page serves them)."""
     return Path(str(resources.files("streams").joinpath(f"static/fonts/{name}")))
 
 
 def embedded_fonts() -> dict[str, str]:
     """Weight → base64 TrueType, for @font-face in exported HTML."""
     return {
-        weight: base64.b64encode(_font_path(name).read_bytes()).decode()
+        weight: base64.b64encode(font_path(name).read_bytes()).decode()
         for weight, name in FONT_FILES.items()
     }
 
@@ -39,7 +40,7 @@ def map_bytes(journey_map: JourneyMap, before: JourneyMap | None, suffix: str) -
         png = resvg_py.svg_to_bytes(
             svg_string=svg,
             skip_system_fonts=True,
-            font_files=[str(_font_path(name)) for name in FONT_FILES.values()],
+            font_files=[str(font_path(name)) for name in FONT_FILES.values()],
             zoom=2.0,
             background="#ffffff",
         )

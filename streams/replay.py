@@ -26,17 +26,19 @@ rather than weeks later).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import orjson
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 
 from pipeline.contract import TouchpointEvent, decode_touchpoint
 from pipeline.deadletter import REASON
 from pipeline.settings import Settings
-from streams.offsets import confirmed_end_offsets
-from streams.topics import DLQ, RAW, bootstrap_servers
+from streams.offsets import confirmed_end_offsets, group_lag
+from streams.topics import BY_PERSON, DLQ, RAW, bootstrap_servers
 
 GROUP = "journeywatch-replay"
 
@@ -62,6 +64,28 @@ class ReplayReport:
             + (f" ({_counts(self.still_failing)})" if self.still_failing else "")
         )
         return out
+
+
+def _records(
+    consumer: KafkaConsumer, spans: dict[TopicPartition, tuple[int, int]]
+) -> Iterator[tuple[TopicPartition, ConsumerRecord]]:
+    """Every record of ``spans`` (partition: first offset, end offset), as they arrive."""
+    consumer.assign(list(spans))
+    for tp, (start, _) in spans.items():
+        consumer.seek(tp, start)
+    position = {tp: start for tp, (start, _) in spans.items()}
+    while any(position[tp] < end for tp, (_, end) in spans.items()):
+        for tp, records in consumer.poll(timeout_ms=1000).items():
+            for record in records:
+                if record.offset >= spans[tp][1]:
+                    break
+                position[tp] = record.offset + 1
+                yield tp, record
+
+
+def _replayed_from(tp: TopicPartition, offset: int) -> tuple[str, bytes]:
+    """The header a re-sent record carries: where it was read."""
+    return ("jw.replayed_from", f"{tp.topic}:{tp.partition}:{offset}".encode())
 
 
 def _counts(counter: Counter[str]) -> str:
@@ -111,38 +135,25 @@ def replay_dead_letters(
     )
     raw_topic = settings.topic(RAW)
     try:
-        consumer.assign(list(todo))
-        for tp, (start, _) in todo.items():
-            consumer.seek(tp, start)
         done: dict[TopicPartition, int] = {}
-        while any(done.get(tp, start) < end for tp, (start, end) in todo.items()):
-            for tp, records in consumer.poll(timeout_ms=1000).items():
-                end = todo[tp][1]
-                for record in records:
-                    if record.offset >= end:
-                        break
-                    report.considered += 1
-                    headers = {k: v.decode(errors="replace") for k, v in record.headers or []}
-                    result = decode_touchpoint(record.value or b"", datetime.now(UTC))
-                    if isinstance(result, TouchpointEvent):
-                        report.replayed[result.channel.value] += 1
-                        report.earlier_reasons[headers.get(REASON, "unknown")] += 1
-                        if producer is not None:
-                            producer.send(
-                                raw_topic,
-                                value=record.value,
-                                key=result.person_key().encode(),
-                                headers=[
-                                    (
-                                        "jw.replayed_from",
-                                        f"{tp.topic}:{tp.partition}:{record.offset}".encode(),
-                                    )
-                                ],
-                            )
-                    else:
-                        report.still_failing[result.reason.value] += 1
-                    done[tp] = record.offset + 1
-                    on_record()
+        for tp, record in _records(consumer, todo):
+            report.considered += 1
+            headers = {k: v.decode(errors="replace") for k, v in record.headers or []}
+            result = decode_touchpoint(record.value or b"", datetime.now(UTC))
+            if isinstance(result, TouchpointEvent):
+                report.replayed[result.channel.value] += 1
+                report.earlier_reasons[headers.get(REASON, "unknown")] += 1
+                if producer is not None:
+                    producer.send(
+                        raw_topic,
+                        value=record.value,
+                        key=result.person_key().encode(),
+                        headers=[_replayed_from(tp, record.offset)],
+                    )
+            else:
+                report.still_failing[result.reason.value] += 1
+            done[tp] = record.offset + 1
+            on_record()
         if producer is not None:
             producer.flush()  # every replayed event acknowledged: only now move the offsets
             consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in done.items()})
@@ -181,9 +192,6 @@ class PipelineBehind(RuntimeError):
 def check_caught_up(settings: Settings) -> None:
     """Refuse while the ingest or the sink has records not yet processed: an event still in
     flight would look missing from ClickHouse and be sent twice."""
-    from streams.offsets import group_lag
-    from streams.topics import BY_PERSON
-
     servers = bootstrap_servers(settings)
     behind = {
         "ingest": group_lag(servers, settings.topic("journeywatch"), [settings.topic(RAW)]),
@@ -222,8 +230,6 @@ def replay_raw(
 ) -> RawReplayReport:
     """Send again the raw records of ``[since, until)`` (Kafka record time) whose event ids
     ClickHouse does not hold; ``stored`` answers which of some event ids it holds."""
-    import orjson
-
     servers = bootstrap_servers(settings)
     spans = {tp: span for tp, span in raw_span(settings).items() if span[0] < span[1]}
     report = RawReplayReport()
@@ -234,11 +240,11 @@ def replay_raw(
     producer = (
         None if dry_run else KafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
     )
-    batch: list[tuple[str, bytes | None, bytes, str]] = []
+    batch: list[tuple[str, bytes | None, bytes, TopicPartition, int]] = []
 
     def flush() -> None:
         known = stored([event_id for event_id, *_ in batch])
-        for event_id, key, value, origin in batch:
+        for event_id, key, value, tp, offset in batch:
             if event_id in known:
                 report.stored += 1
                 continue
@@ -248,38 +254,27 @@ def replay_raw(
                     settings.topic(RAW),
                     value=value,
                     key=key,
-                    headers=[("jw.replayed_from", origin.encode())],
+                    headers=[_replayed_from(tp, offset)],
                 )
         batch.clear()
 
     try:
-        consumer.assign(list(spans))
-        for tp, (start, _) in spans.items():
-            consumer.seek(tp, start)
-        done: dict[TopicPartition, int] = {}
-        while any(done.get(tp, start) < end for tp, (start, end) in spans.items()):
-            for tp, records in consumer.poll(timeout_ms=1000).items():
-                end = spans[tp][1]
-                for record in records:
-                    if record.offset >= end:
-                        break
-                    done[tp] = record.offset + 1
-                    on_record()
-                    if not low <= record.timestamp < high:
-                        continue
-                    report.considered += 1
-                    try:
-                        event_id = orjson.loads(record.value or b"null")["event_id"]
-                    except (orjson.JSONDecodeError, TypeError, KeyError):
-                        report.unreadable += 1
-                        continue
-                    if not isinstance(event_id, str):
-                        report.unreadable += 1
-                        continue
-                    origin = f"{tp.topic}:{tp.partition}:{record.offset}"
-                    batch.append((event_id, record.key, record.value or b"", origin))
-                    if len(batch) >= chunk:
-                        flush()
+        for tp, record in _records(consumer, spans):
+            on_record()
+            if not low <= record.timestamp < high:
+                continue
+            report.considered += 1
+            try:
+                event_id = orjson.loads(record.value or b"null")["event_id"]
+            except (orjson.JSONDecodeError, TypeError, KeyError):
+                report.unreadable += 1
+                continue
+            if not isinstance(event_id, str):
+                report.unreadable += 1
+                continue
+            batch.append((event_id, record.key, record.value or b"", tp, record.offset))
+            if len(batch) >= chunk:
+                flush()
         if batch:
             flush()
         if producer is not None:

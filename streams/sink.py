@@ -41,7 +41,7 @@ from sinks.clickhouse.writer import ClickHouseWriter, PartitionBatch
 from sinks.metrics import SINK_DUPLICATES_SKIPPED, SINK_ERRORS, SINK_ROWS, SINK_WRITE_SECONDS
 from streams.app import Readiness
 from streams.live import LiveFeed
-from streams.mapexport import FONT_FILES, map_bytes
+from streams.mapexport import FONT_FILES, font_path, map_bytes
 from streams.topics import BY_PERSON, DLQ, EXPERIENCE_MOMENTS, JOURNEY_EVENTS
 
 log = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ class SinkRole:
         async def font(view: faust.web.View, request: faust.web.Request, name: str) -> Any:
             if name not in FONT_FILES.values():
                 return view.json({"error": f"no font {name!r}"}, status=404)
-            data = resources.files("streams").joinpath(f"static/fonts/{name}").read_bytes()
+            data = font_path(name).read_bytes()
             return view.bytes(data, content_type="font/ttf")
 
         self.app.page("/map/fonts/{name}")(font)

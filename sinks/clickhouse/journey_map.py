@@ -31,6 +31,7 @@ from pipeline.journeymap import (
     compare,
     parse_when,
 )
+from sinks.clickhouse.queries import newest_minute
 
 SEGMENTS = ("identified", "anonymous")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -263,14 +264,10 @@ class MapRequest:
 
 
 def newest_touchpoint(client: Client, database: str) -> datetime:
-    """The newest minute that holds touchpoints (``now`` for the map), or the wall clock."""
-    row = client.query(
-        f"SELECT max(minute), count() FROM {database}.touchpoint_rollup_1m"
-    ).result_rows[0]
-    if not row[1]:
-        return datetime.now(UTC)
-    newest: datetime = row[0]
-    return newest.replace(tzinfo=UTC) + timedelta(minutes=1)
+    """The end of the newest minute that holds touchpoints (``now`` for the map), or the
+    wall clock before the first touchpoint."""
+    newest = newest_minute(client, database)
+    return datetime.now(UTC) if newest is None else newest + timedelta(minutes=1)
 
 
 def answer_map(

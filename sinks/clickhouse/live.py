@@ -22,6 +22,8 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client
 
+from sinks.clickhouse.queries import newest_minute
+
 ENTRIES = ("started", "stage_reached")
 FEED_LENGTH = 20
 
@@ -77,12 +79,9 @@ def live_snapshot(
 ) -> dict[str, Any]:
     """Everything the live page shows, as one JSON-ready dict (see docs/live-page.md)."""
     db = database
-    newest = client.query(
-        f"SELECT max(minute), count() FROM {db}.touchpoint_rollup_1m"
-    ).result_rows[0]
-    if not newest[1]:
+    as_of = newest_minute(client, db)
+    if as_of is None:
         return empty_snapshot(window_minutes, baseline_minutes)
-    as_of: datetime = newest[0].replace(tzinfo=UTC)
     start = as_of - timedelta(minutes=window_minutes - 1)
     baseline_start = start - timedelta(minutes=baseline_minutes)
     minutes = [start + timedelta(minutes=n) for n in range(window_minutes)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -45,3 +46,11 @@ def stored_event_ids(client: Client, database: str, event_ids: list[str]) -> set
         parameters={"ids": event_ids},
     ).result_rows
     return {str(row[0]) for row in rows}
+
+
+def newest_minute(client: Client, database: str) -> datetime | None:
+    """The newest minute that holds touchpoints (UTC), or None before the first one."""
+    newest, rows = client.query(
+        f"SELECT max(minute), count() FROM {database}.touchpoint_rollup_1m"
+    ).result_rows[0]
+    return newest.replace(tzinfo=UTC) if rows else None
