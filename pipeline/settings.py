@@ -86,9 +86,11 @@ class Settings(BaseSettings):
     )
 
     # --- Processing ------------------------------------------------------------------------
-    ingest_batch_size: int = Field(default=1000, ge=1, description="Events per ingest batch.")
-    ingest_batch_seconds: float = Field(
-        default=0.05, gt=0, description="Longest the ingest agent waits to fill a batch."
+    ingest_batch_size: int = Field(
+        default=1000,
+        ge=1,
+        description="Most raw events the ingest agent validates and produces as one chunk (a "
+        "fetch larger than this is processed in several).",
     )
     workers: int = Field(
         default=1, ge=1, description="Faust worker processes started by `journeywatch run`."
@@ -122,7 +124,10 @@ class Settings(BaseSettings):
         description="How often each journey partition checks its deadlines and idle time.",
     )
     journey_batch_size: int = Field(
-        default=2000, ge=1, description="Touchpoints per journey-agent batch."
+        default=2000,
+        ge=1,
+        description="Most input records the journey agent applies before it produces their "
+        "outputs and saves its state (a fetch larger than this is processed in several).",
     )
 
     # --- HTTP ------------------------------------------------------------------------------

@@ -118,6 +118,11 @@ JOURNEY_INPUT_OFFSET = Gauge(
     "(processed, not necessarily committed: touchpoints held for the watermark commit later).",
     ["topic", "partition"],
 )
+JOURNEY_INPUTS_DONE = Counter(
+    "jw_journey_inputs_done_total",
+    "Input records of the journey agent (touchpoints, hand-off messages) whose effects are safe "
+    "(outputs acknowledged by the broker, state saved) and that are acknowledged for commit.",
+)
 CONSUMER_LAG = Gauge(
     "jw_consumer_lag", "Records not yet processed, per topic and partition.", ["topic", "partition"]
 )

@@ -8,71 +8,63 @@ flushed (at-least-once).
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Any, cast
 
 import faust
-from faust.streams import Stream
-from faust.types import EventT, StreamT
+from faust.types import Message
 
 from pipeline.contract import TouchpointEvent, decode_touchpoint
 from pipeline.deadletter import dead_letter_headers
 from pipeline.pii import redact
 from pipeline.settings import Settings
 from sinks.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED, INGEST_BATCH_SECONDS, LabelCache
+from streams.batching import BatchSender, deliver_in_batches, faust_producer
 from streams.topics import BY_PERSON, DLQ, RAW
 
 
 def register_ingest(app: faust.App, settings: Settings) -> None:
-    raw_topic = app.topic(
-        settings.topic(RAW),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
     by_person = settings.topic(BY_PERSON)
     dead_letters = settings.topic(DLQ)
     accepted = LabelCache(EVENTS_ACCEPTED)
     rejected = LabelCache(EVENTS_REJECTED)
+    sender = BatchSender(faust_producer(app), settings.partitions)
+    size = settings.ingest_batch_size
 
-    async def ingest(stream: StreamT[Any]) -> None:
-        batches = cast("Stream[bytes]", stream).take_events(
-            settings.ingest_batch_size, within=settings.ingest_batch_seconds
-        )
-        async for events in batches:
+    async def ingest(messages: list[Message]) -> None:
+        # Whole fetches (streams/batching.py), produced as record batches; the broker
+        # acknowledges all of a chunk before any of its input is acknowledged (and may be
+        # committed): at-least-once.
+        consumer = app.consumer
+        for start in range(0, len(messages), size):
+            chunk = messages[start : start + size]
             started = time.perf_counter()
-            # Produce the whole batch through the driver's producer, then wait for the broker
-            # to acknowledge all of it before the batch is acknowledged (and its offsets may
-            # be committed): at-least-once, without Faust's per-message send machinery.
-            deliveries = [await _ingest_one(event) for event in events]
-            await asyncio.gather(*deliveries)
+            for message in chunk:
+                _ingest_one(message)
+            await sender.send()
+            for message in chunk:
+                message.ack(consumer)
             INGEST_BATCH_SECONDS.observe(time.perf_counter() - started)
 
-    async def _ingest_one(event: EventT[Any]) -> Awaitable[Any]:
-        message = event.message
+    def _ingest_one(message: Message) -> None:
         raw = message.value if isinstance(message.value, bytes) else b""
         received_at = datetime.fromtimestamp(message.timestamp, UTC)
         result = decode_touchpoint(raw, received_at)
         if isinstance(result, TouchpointEvent):
             accepted.get(result.channel.value).inc()
-            return await app.producer.send(
-                by_person, result.person_key().encode(), result.to_json(), None, None, None
-            )
+            sender.add_keyed(by_person, result.person_key(), result.to_json())
+            return
         rejected.get(result.channel, result.reason.value).inc()
         headers = dead_letter_headers(
             result, message.topic, message.partition, message.offset, datetime.now(UTC)
         )
-        return await app.producer.send(
+        key = message.key if isinstance(message.key, bytes) else None
+        sender.add_partitioned(
             dead_letters,
-            message.key if isinstance(message.key, bytes) else None,
+            key,
             redact(raw),
-            None,
-            None,
             [(name, value.encode()) for name, value in headers.items()],
+            fallback=message.partition,
         )
 
-    app.agent(raw_topic, name="ingest")(ingest)
+    deliver_in_batches(app, [settings.topic(RAW)], ingest)

@@ -19,19 +19,14 @@ idle, so drop-offs fire on time without traffic, and refreshes the operational g
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-import weakref
 from collections import Counter as Tally
-from collections.abc import Awaitable, Iterator
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import faust
 import orjson
-from faust.streams import Stream, _current_event
-from faust.types import TP, EventT, StreamT
+from faust.types import Message
 
 from pipeline.contract import Channel
 from pipeline.definitions import JourneyCatalog, load_catalog
@@ -56,7 +51,17 @@ from sinks.metrics import (
     SWEEP_SECONDS,
     LabelCache,
 )
+from sinks.metrics import (
+    JOURNEY_INPUTS_DONE as INPUTS_DONE,
+)
 from streams.app import Readiness
+from streams.batching import (
+    BatchSender,
+    TableWriter,
+    deliver_in_batches,
+    faust_producer,
+    partition_context,
+)
 from streams.topics import (
     BY_PERSON,
     EXPERIENCE_MOMENTS,
@@ -108,24 +113,15 @@ class JourneyRole:
         )
         readiness.checks["tables_recovered"] = False
         self._metrics = _Metrics(self.catalog)
+        self._sender = BatchSender(faust_producer(app), settings.partitions)
+        self._state = TableWriter(self.table, self._sender, self.by_person)
 
     # --- wiring ---------------------------------------------------------------------------------
     def register(self) -> None:
-        topic = self.app.topic(
-            self.by_person, self.handoff, key_serializer="raw", value_serializer="raw"
-        )
-        settings = self.settings
-
-        async def journeys(stream: StreamT[Any]) -> None:
-            batches = cast("Stream[bytes]", stream).take_events(
-                settings.journey_batch_size, within=0.05
-            )
-            async for events in batches:
-                async with self.lock:
-                    await self._process(list(events))
-
-        self.app.agent(topic, name="journeys")(journeys)
-        self.app.timer(settings.sweep_interval_s)(self._sweep)
+        # Whole fetches straight to the agent (streams/batching.py): Faust's per-message stream
+        # path costs more per record than the engine does.
+        deliver_in_batches(self.app, (self.by_person, self.handoff), self._on_fetch)
+        self.app.timer(self.settings.sweep_interval_s)(self._sweep)
 
         @self.app.on_partitions_revoked.connect
         async def _revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -140,48 +136,54 @@ class JourneyRole:
             self.readiness.checks["tables_recovered"] = True
 
     # --- the hot path ---------------------------------------------------------------------------
-    async def _process(self, events: list[EventT[Any]]) -> None:
-        # ``take_events`` acknowledges every event of the batch when the batch is done, also
-        # those held for the watermark or parked behind a hand-off. One more reference per
-        # message keeps that from completing the acknowledgement: it completes when the shard
-        # says the event is done (``_complete``), and never for an event left for re-delivery.
-        for event in events:
-            event.message.incref()
+    async def _on_fetch(self, messages: list[Message]) -> None:
+        size = self.settings.journey_batch_size
+        for start in range(0, len(messages), size):
+            async with self.lock:
+                await self._process(messages[start : start + size])
+
+    async def _process(self, messages: list[Message]) -> None:
+        # Messages the shard holds (for the watermark, behind a hand-off) stay unacknowledged
+        # until the shard says they are done (``_complete``); a message never acknowledged is
+        # read again after a restart or a rebalance.
         if not self.readiness.checks.get("tables_recovered"):
             # Fetched before a rebalance: not acknowledged, so read again from the committed
             # offset by whoever owns the partition once its table has recovered.
             log.warning(
                 "journey batch arrived during a rebalance; left for re-delivery",
-                extra={"records": len(events)},
+                extra={"records": len(messages)},
             )
             return
         touched: set[int] = set()
         positions: dict[tuple[str, int], int] = {}
         assigned = self.app.consumer.assignment()
-        for event in events:
-            message = event.message
-            if message.tp not in assigned:
+        generation = self.app.consumer_generation_id
+        consumer = self.app.consumer
+        by_person = self.by_person
+        for message in messages:
+            if message.tp not in assigned or message.generation_id != generation:
                 # fetched before the partition moved to another worker, which reads it again
                 # from the committed offset: applying it here would write a stale shard's
                 # records into the partition's changelog
                 continue
-            positions[(message.topic, message.partition)] = message.offset + 1
-            shard = self._shard(message.partition)
+            partition = message.partition
+            positions[(message.topic, partition)] = message.offset + 1
+            shard = self.shards.get(partition) or self._shard(partition)
             raw = message.value if isinstance(message.value, bytes) else b""
-            if message.topic == self.by_person:
+            if message.topic == by_person:
                 try:
                     touch = touch_of(raw)
                 except (ValueError, KeyError, TypeError):
                     log.error(
                         "undecodable record on the validated topic; skipped",
-                        extra={"partition": message.partition, "offset": message.offset},
+                        extra={"partition": partition, "offset": message.offset},
                     )
-                    event.ack()
+                    message.ack(consumer)
                     continue
-                shard.touch(touch, event)
+                shard.touch(touch, message)
             else:
-                shard.message(raw, event)
-            touched.add(message.partition)
+                shard.message(raw, message)
+            touched.add(partition)
         for partition in touched:
             await self._complete(partition, self.shards[partition].drain())
         for (topic, partition), offset in positions.items():
@@ -208,7 +210,7 @@ class JourneyRole:
         open_partition = getattr(self.table.data, "_db_for_partition", None)
         if open_partition is not None:
             open_partition(partition)
-        with self._partition_context(partition):
+        with partition_context(self.by_person, partition):
             records = [
                 (key[len(prefix) :].decode(), value)
                 for key, value in self.table.items()
@@ -227,49 +229,34 @@ class JourneyRole:
 
     async def _complete(self, partition: int, step: Step) -> None:
         """Deliver outputs and hand-offs, save records, then acknowledge (in that order)."""
-        producer = self.app.producer
-        deliveries: list[Awaitable[Any]] = []
+        sender = self._sender
         now = time.time()
+        journey_events, moments, observe = self.journey_events, self.moments, self._metrics.observe
         for output in step.outputs:
-            topic = self.journey_events if output.type in JOURNEY_OUTPUT_TYPES else self.moments
-            output_key = (output.journey_id or output.person_id).encode()
-            value = orjson.dumps(output.as_dict())
-            deliveries.append(await producer.send(topic, output_key, value, None, None, None))
-            self._metrics.observe(output, now)
+            topic = journey_events if output.type in JOURNEY_OUTPUT_TYPES else moments
+            sender.add_keyed(
+                topic, output.journey_id or output.person_id, orjson.dumps(output.as_dict())
+            )
+            observe(output, now)
         for route, message in step.sends:
             HANDOFF_MESSAGES.labels(_kind(message)).inc()
             target = kafka_partition(route, self.partitions)
-            deliveries.append(
-                await producer.send(self.handoff, route.encode(), message, target, None, None)
-            )
-        if deliveries:
-            await asyncio.gather(*deliveries)
+            sender.add(self.handoff, target, route.encode(), message)
+        await sender.send()
         if step.records:
-            with self._partition_context(partition):
-                table = self.table
-                prefix = f"{partition}|"
-                for key, record in step.records.items():
-                    stored = (prefix + key).encode()
-                    if record is None:
-                        if stored in table:
-                            del table[stored]
-                    else:
-                        table[stored] = record
+            prefix = f"{partition}|"
+            await self._state.write(
+                partition,
+                [((prefix + key).encode(), record) for key, record in step.records.items()],
+            )
+        consumer = self.app.consumer
+        done = 0
         for token in step.done:
             if token is not None:
-                token.ack()
-
-    @contextlib.contextmanager
-    def _partition_context(self, partition: int) -> Iterator[None]:
-        """Faust's table and RocksDB store pick the changelog partition and the database from
-        "the current event": name one of this partition, also outside stream iteration (the
-        sweep) and for a batch that mixes partitions."""
-        marker = _PartitionEvent(self.by_person, partition)
-        token = _current_event.set(weakref.ref(marker))  # type: ignore[arg-type]
-        try:
-            yield
-        finally:
-            _current_event.reset(token)
+                token.ack(consumer)
+                done += 1
+        if done:
+            INPUTS_DONE.inc(done)
 
     # --- the sweep ------------------------------------------------------------------------------
     async def _sweep(self) -> None:
@@ -321,13 +308,6 @@ class JourneyRole:
                 continue
             done = committed.get(tp) or 0
             CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - done))
-
-
-class _PartitionEvent:
-    """Just what Faust's table code reads of an event: ``message.topic`` and ``.partition``."""
-
-    def __init__(self, topic: str, partition: int) -> None:
-        self.message = SimpleNamespace(topic=topic, partition=partition, tp=TP(topic, partition))
 
 
 class _Metrics:

@@ -1,0 +1,275 @@
+"""Whole fetches in, whole batches out: the journey agent's path around Faust's per-message one.
+
+Faust hands a stream one message at a time: for every record its consumer loop waits on the
+conductor callback *and* the flow-suspension event (two tasks), the conductor decodes it into
+an ``Event`` and queues it, the stream takes it off the queue, tracks and acknowledges it. That
+path costs far more per record than the journey engine itself (docs/benchmarks.md). Here:
+
+* ``deliver_in_batches`` registers a handler for some topics: the consumer's fetch loop gives it
+  every message of those topics fetched in one ``getmany`` as one list (tracked for
+  acknowledgement as Faust's streams track them, so commits stay at-least-once), and keeps the
+  ordinary per-message path for every other topic (other agents, table changelogs).
+* ``BatchSender`` produces many records per partition as one record batch
+  (``AIOKafkaProducer.create_batch``/``send_batch``): one future per batch, not per record.
+
+Subscription, group membership, partition assignment, rebalances, table recovery and commits
+stay Faust's: the topics are subscribed through the conductor like an agent's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from types import SimpleNamespace
+from typing import Any, cast
+
+import faust
+from aiokafka.partitioner import murmur2
+from faust.streams import _current_event
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.types import TP, Message
+
+from streams.topics import kafka_partition
+
+BatchHandler = Callable[[list[Message]], Awaitable[None]]
+
+
+def deliver_in_batches(app: faust.App, topics: Iterable[str], handler: BatchHandler) -> None:
+    """Subscribe ``topics`` and give ``handler`` their messages one fetch at a time.
+
+    The handler acknowledges each message (``message.ack(app.consumer)``) when its effects are
+    safe; Faust commits a partition only up to its first unacknowledged message.
+    """
+    _install()
+    names = list(topics)
+    app.topics.add(app.topic(*names, key_serializer="raw", value_serializer="raw"))
+    handlers: dict[str, BatchHandler] = app.__dict__.setdefault("_jw_batch_handlers", {})
+    for name in names:
+        handlers[name] = handler
+
+
+def _install() -> None:
+    from faust.transport.consumer import Consumer
+
+    if getattr(Consumer, "_jw_batch_delivery", False):
+        return
+    per_message = Consumer._drain_messages
+
+    async def _drain_messages(self: Any, fetcher: Any) -> None:
+        handlers: dict[str, BatchHandler] = self.app.__dict__.get("_jw_batch_handlers", {})
+        if not handlers:
+            await per_message(self, fetcher)
+            return
+        await _drain_in_batches(self, fetcher, handlers)
+
+    Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]
+    Consumer._jw_batch_delivery = True  # type: ignore[attr-defined]
+
+
+async def _drain_in_batches(
+    self: Any, fetcher: Any, handlers: dict[str, BatchHandler]
+) -> None:  # pragma: no cover - runs inside the worker, covered by the topology tests
+    """Faust's ``Consumer._drain_messages`` with the batch topics collected per fetch."""
+    callback = self.callback
+    getmany = self.getmany
+    consumer_should_stop = self._stopped.is_set
+    fetcher_should_stop = fetcher._stopped.is_set
+    get_read_offset = self._read_offset.__getitem__
+    set_read_offset = self._read_offset.__setitem__
+    acks_enabled_for = self.app.topics.acks_enabled_for
+    track = self.track_message
+
+    try:
+        while not (consumer_should_stop() or fetcher_should_stop()):
+            self.diag.set_flag(CONSUMER_FETCHING)
+            await self.sleep(0)
+            if self.should_stop:
+                continue
+            batches: dict[BatchHandler, list[Message]] = {}
+            since_yield = 0
+            async for tp, message in getmany(timeout=1.0):
+                offset = message.offset
+                r_offset = get_read_offset(tp)
+                if r_offset is not None and offset < r_offset:
+                    continue  # read already (Faust drops these too)
+                if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
+                    await self._add_gap(tp, r_offset + 1, offset)
+                handler = handlers.get(message.topic)
+                if handler is not None:
+                    if not message.tracked:
+                        message.tracked = True
+                        track(message)
+                    batches.setdefault(handler, []).append(message)
+                    set_read_offset(tp, offset)
+                    continue
+                since_yield += 1
+                if since_yield > 100:
+                    await asyncio.sleep(0)
+                    since_yield = 0
+                commit_every = self._commit_every
+                if commit_every is not None and self._n_acked >= commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+                await self.wait_first(callback(message), self.suspend_flow.wait())
+                set_read_offset(tp, offset)
+            for handler, messages in batches.items():
+                await handler(messages)
+            self.diag.unset_flag(CONSUMER_FETCHING)
+    except self.consumer_stopped_errors:
+        if self.transport.app.should_stop:
+            return
+        raise
+    except asyncio.CancelledError:
+        if self.transport.app.should_stop:
+            return
+        raise
+    finally:
+        self.diag.unset_flag(CONSUMER_FETCHING)
+
+
+def faust_producer(app: faust.App) -> Callable[[], Any]:
+    """The AIOKafkaProducer inside a Faust app's producer (there once the app has started)."""
+    return lambda: cast(Any, app.producer)._ensure_producer()
+
+
+class BatchSender:
+    """Records collected per topic partition, sent as record batches, awaited together."""
+
+    def __init__(self, producer: Callable[[], Any], default_partitions: int) -> None:
+        self._producer = producer  # the started AIOKafkaProducer (Faust's, in a worker)
+        self._default_partitions = default_partitions
+        self._partitions: dict[str, int] = {}
+        self._pending: dict[TP, list[tuple[bytes | None, bytes | None, list[Any]]]] = {}
+
+    def add(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes]] = (),
+    ) -> None:
+        self._pending.setdefault(TP(topic, partition), []).append((key, value, list(headers)))
+
+    def add_keyed(self, topic: str, key: str, value: bytes) -> None:
+        """Add a record to the partition Kafka's default partitioner gives ``key``."""
+        self.add(topic, kafka_partition(key, self._count(topic)), key.encode(), value)
+
+    def add_partitioned(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]],
+        fallback: int,
+    ) -> None:
+        """Add a record keyed by ``key`` if it has one, else to partition ``fallback``."""
+        count = self._count(topic)
+        hashed = fallback if key is None else int(murmur2(key) & 0x7FFFFFFF)
+        partition = hashed % count
+        self.add(topic, partition, key, value, headers)
+
+    def _count(self, topic: str) -> int:
+        count = self._partitions.get(topic)
+        if count is None:
+            count = self._partitions[topic] = self._partition_count(topic)
+        return count
+
+    def _partition_count(self, topic: str) -> int:
+        known = self._producer().client.cluster.partitions_for_topic(topic)
+        return len(known) if known else self._default_partitions
+
+    def __len__(self) -> int:
+        return sum(len(records) for records in self._pending.values())
+
+    async def send(self) -> dict[TP, int]:
+        """Send everything added and wait for the broker; returns the offset of the last record
+        written to each topic partition (raises if any batch failed)."""
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return {}
+        producer = self._producer()
+        sent: list[tuple[Awaitable[Any], int]] = []
+        for tp, records in pending.items():
+            batch, count = producer.create_batch(), 0
+            for key, value, headers in records:
+                if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+                    # full: send it and start the next one with this record (an empty batch
+                    # takes any record, however large)
+                    sent.append((await _submit(producer, batch, tp), count))
+                    batch, count = producer.create_batch(), 0
+                    batch.append(timestamp=None, key=key, value=value, headers=headers)
+                count += 1
+            sent.append((await _submit(producer, batch, tp), count))
+        answers = await asyncio.gather(*(future for future, _ in sent))
+        last: dict[TP, int] = {}
+        for answer, (_, count) in zip(answers, sent, strict=True):
+            tp = TP(answer.topic, answer.partition)
+            last[tp] = max(last.get(tp, -1), answer.offset + count - 1)
+        return last
+
+
+async def _submit(producer: Any, batch: Any, tp: TP) -> Awaitable[Any]:
+    return cast(Awaitable[Any], await producer.send_batch(batch, tp.topic, partition=tp.partition))
+
+
+class TableWriter:
+    """Saves records of one partition of a Faust table as Faust does (the local store and one
+    changelog record per key), with the changelog records sent as record batches and awaited:
+    once ``write`` returns, what it saved is in the changelog, and a restarted or new owner of
+    the partition recovers it."""
+
+    def __init__(self, table: Any, sender: BatchSender, source_topic: str) -> None:
+        self._table = table
+        self._sender = sender
+        self._source_topic = source_topic
+
+    async def write(self, partition: int, changes: Iterable[tuple[bytes, bytes | None]]) -> None:
+        store = self._table.data
+        changelog = self._table.changelog_topic.get_topic_name()
+        saved: list[tuple[bytes, bytes | None]] = []
+        with partition_context(self._source_topic, partition):
+            for key, value in changes:
+                encoded_key = store._encode_key(key)
+                if value is None:
+                    if key not in store:
+                        continue  # nothing to delete: no tombstone
+                    saved.append((encoded_key, None))
+                else:
+                    saved.append((encoded_key, store._encode_value(value)))
+        if not saved:
+            return
+        for key, value in saved:
+            self._sender.add(changelog, partition, key, value)
+        last = await self._sender.send()
+        with partition_context(self._source_topic, partition):
+            for key, value in saved:
+                if value is None:
+                    store._del(key)
+                else:
+                    store._set(key, value)
+        offset = last.get(TP(changelog, partition))
+        if offset is not None:
+            store.set_persisted_offset(TP(changelog, partition), offset)
+
+
+@contextlib.contextmanager
+def partition_context(topic: str, partition: int) -> Iterator[None]:
+    """Faust's table and RocksDB store pick the changelog partition and the database from
+    "the current event": name one of this partition, also outside stream iteration (a timer)
+    and for a batch that mixes partitions."""
+    marker = _PartitionEvent(topic, partition)
+    token = _current_event.set(weakref.ref(marker))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class _PartitionEvent:
+    """Just what Faust's table code reads of an event: ``message.topic`` and ``.partition``."""
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = SimpleNamespace(topic=topic, partition=partition, tp=TP(topic, partition))
