@@ -13,7 +13,7 @@ def free_port() -> int:
 
 
 def worker_env(broker_url: str, data_dir: str, partitions: int, **extra: str) -> dict[str, str]:
-    """The environment of a benchmark's journeywatch worker (short group time-outs: Tansu)."""
+    """A benchmark worker's environment (short group time-outs and fetch waits: Tansu)."""
     return {
         **os.environ,
         "JW_BROKER_URL": broker_url,
@@ -22,5 +22,6 @@ def worker_env(broker_url: str, data_dir: str, partitions: int, **extra: str) ->
         "JW_CONSUMER_SESSION_TIMEOUT_S": "3",
         "JW_CONSUMER_HEARTBEAT_S": "0.5",
         "JW_CONSUMER_REBALANCE_TIMEOUT_S": "3",
+        "JW_CONSUMER_FETCH_MAX_WAIT_MS": "25",
         **extra,
     }

@@ -45,6 +45,7 @@ def create_app(settings: Settings, role: Role, index: int = 0) -> tuple[faust.Ap
         # data_dir), backed by its changelog topic; the sink role has no tables.
         store="rocksdb://" if role == "worker" else "memory://",
         processing_guarantee="at_least_once",
+        table_standby_replicas=settings.table_standby_replicas,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         topic_allow_declare=False,
@@ -65,6 +66,7 @@ def create_app(settings: Settings, role: Role, index: int = 0) -> tuple[faust.Ap
         web_in_thread=False,
         datadir=str(datadir),
     )
+    use_fetch_max_wait(app, settings.consumer_fetch_max_wait_ms)
     readiness = Readiness(checks={"partitions_assigned": False})
 
     @app.on_rebalance_complete.connect
@@ -74,3 +76,29 @@ def create_app(settings: Settings, role: Role, index: int = 0) -> tuple[faust.Ap
     set_worker_info(role)
     web.register_health(app, readiness)
     return app, readiness
+
+
+def use_fetch_max_wait(app: faust.App, wait_ms: int) -> None:
+    """Give ``app``'s consumer ``fetch_max_wait_ms`` (Faust 0.15 hard-codes 1,500 ms).
+
+    Apache Kafka answers a waiting fetch as soon as records arrive, so there the wait only
+    bounds idle polling. The embedded broker answers only when the wait is over: with Faust's
+    1.5 s every hop (raw → ingest → by-person → journeys → hand-offs) added up to that much
+    latency (median 0.42 s per hop measured here, against 5 ms with 100 ms).
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    app.__dict__["_jw_fetch_max_wait_ms"] = wait_ms
+    if getattr(AIOKafkaConsumerThread, "_jw_fetch_max_wait", False):
+        return
+    original = AIOKafkaConsumerThread._create_worker_consumer
+
+    def _create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        wait = self.app.__dict__.get("_jw_fetch_max_wait_ms")
+        if wait is not None:
+            consumer._fetch_max_wait_ms = wait  # read when the consumer starts its fetcher
+        return consumer
+
+    AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
+    AIOKafkaConsumerThread._jw_fetch_max_wait = True  # type: ignore[attr-defined]

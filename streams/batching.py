@@ -212,6 +212,7 @@ class BatchSender:
 
 
 async def _submit(producer: Any, batch: Any, tp: TP) -> Awaitable[Any]:
+    batch.close()  # complete: the producer sends it without lingering
     return cast(Awaitable[Any], await producer.send_batch(batch, tp.topic, partition=tp.partition))
 
 
@@ -226,33 +227,36 @@ class TableWriter:
         self._sender = sender
         self._source_topic = source_topic
 
-    async def write(self, partition: int, changes: Iterable[tuple[bytes, bytes | None]]) -> None:
+    async def write(self, changes: dict[int, list[tuple[bytes, bytes | None]]]) -> None:
+        """Save ``changes`` (key → value, None to delete) per partition; one round of batches."""
         store = self._table.data
         changelog = self._table.changelog_topic.get_topic_name()
-        saved: list[tuple[bytes, bytes | None]] = []
-        with partition_context(self._source_topic, partition):
-            for key, value in changes:
-                encoded_key = store._encode_key(key)
-                if value is None:
-                    if key not in store:
-                        continue  # nothing to delete: no tombstone
-                    saved.append((encoded_key, None))
-                else:
-                    saved.append((encoded_key, store._encode_value(value)))
-        if not saved:
+        saved: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        for partition, records in changes.items():
+            kept = saved[partition] = []
+            with partition_context(self._source_topic, partition):
+                for key, value in records:
+                    encoded_key = store._encode_key(key)
+                    if value is None:
+                        if key in store:  # nothing to delete: no tombstone
+                            kept.append((encoded_key, None))
+                    else:
+                        kept.append((encoded_key, store._encode_value(value)))
+            for key, value in kept:
+                self._sender.add(changelog, partition, key, value)
+        if not any(saved.values()):
             return
-        for key, value in saved:
-            self._sender.add(changelog, partition, key, value)
         last = await self._sender.send()
-        with partition_context(self._source_topic, partition):
-            for key, value in saved:
-                if value is None:
-                    store._del(key)
-                else:
-                    store._set(key, value)
-        offset = last.get(TP(changelog, partition))
-        if offset is not None:
-            store.set_persisted_offset(TP(changelog, partition), offset)
+        for partition, kept in saved.items():
+            with partition_context(self._source_topic, partition):
+                for key, value in kept:
+                    if value is None:
+                        store._del(key)
+                    else:
+                        store._set(key, value)
+            offset = last.get(TP(changelog, partition))
+            if offset is not None:
+                store.set_persisted_offset(TP(changelog, partition), offset)
 
 
 @contextlib.contextmanager

@@ -184,8 +184,7 @@ class JourneyRole:
             else:
                 shard.message(raw, message)
             touched.add(partition)
-        for partition in touched:
-            await self._complete(partition, self.shards[partition].drain())
+        await self._complete({partition: self.shards[partition].drain() for partition in touched})
         for (topic, partition), offset in positions.items():
             JOURNEY_INPUT_OFFSET.labels(topic, str(partition)).set(offset)
 
@@ -227,34 +226,40 @@ class JourneyRole:
         )
         return shard
 
-    async def _complete(self, partition: int, step: Step) -> None:
-        """Deliver outputs and hand-offs, save records, then acknowledge (in that order)."""
+    async def _complete(self, steps: dict[int, Step]) -> None:
+        """Deliver outputs and hand-offs, save records, then acknowledge (in that order); each
+        of the first two is one round of record batches for all partitions."""
         sender = self._sender
         now = time.time()
         journey_events, moments, observe = self.journey_events, self.moments, self._metrics.observe
-        for output in step.outputs:
-            topic = journey_events if output.type in JOURNEY_OUTPUT_TYPES else moments
-            sender.add_keyed(
-                topic, output.journey_id or output.person_id, orjson.dumps(output.as_dict())
-            )
-            observe(output, now)
-        for route, message in step.sends:
-            HANDOFF_MESSAGES.labels(_kind(message)).inc()
-            target = kafka_partition(route, self.partitions)
-            sender.add(self.handoff, target, route.encode(), message)
+        for step in steps.values():
+            for output in step.outputs:
+                topic = journey_events if output.type in JOURNEY_OUTPUT_TYPES else moments
+                key = output.journey_id or output.person_id
+                sender.add_keyed(topic, key, orjson.dumps(output.as_dict()))
+                observe(output, now)
+            for route, message in step.sends:
+                HANDOFF_MESSAGES.labels(_kind(message)).inc()
+                target = kafka_partition(route, self.partitions)
+                sender.add(self.handoff, target, route.encode(), message)
         await sender.send()
-        if step.records:
-            prefix = f"{partition}|"
-            await self._state.write(
-                partition,
-                [((prefix + key).encode(), record) for key, record in step.records.items()],
-            )
+        await self._state.write(
+            {
+                partition: [
+                    ((f"{partition}|{key}").encode(), record)
+                    for key, record in step.records.items()
+                ]
+                for partition, step in steps.items()
+                if step.records
+            }
+        )
         consumer = self.app.consumer
         done = 0
-        for token in step.done:
-            if token is not None:
-                token.ack(consumer)
-                done += 1
+        for step in steps.values():
+            for token in step.done:
+                if token is not None:
+                    token.ack(consumer)
+                    done += 1
         if done:
             INPUTS_DONE.inc(done)
 
@@ -263,10 +268,12 @@ class JourneyRole:
         started = time.perf_counter()
         async with self.lock:
             wall = int(time.time() * 1000)
+            steps: dict[int, Step] = {}
             for partition in self._assigned():
                 shard = self._shard(partition)
                 shard.tick(wall)
-                await self._complete(partition, shard.drain())
+                steps[partition] = shard.drain()
+            await self._complete(steps)
         SWEEP_SECONDS.observe(time.perf_counter() - started)
         if time.monotonic() - self._last_gauges >= GAUGE_EVERY_S:
             self._last_gauges = time.monotonic()

@@ -98,6 +98,7 @@ class Topology:
             data_dir=tmp_path / "var",
             partitions=PARTITIONS,
             consumer_session_timeout_s=3,
+            consumer_fetch_max_wait_ms=25,
             consumer_heartbeat_s=0.5,
             consumer_rebalance_timeout_s=3,
             pii_hash_key="test-key",

@@ -97,6 +97,7 @@ def test_ten_thousand_events_land_exactly_once_with_every_failure_explained(
         data_dir=tmp_path / "var",
         partitions=4,
         consumer_session_timeout_s=3,
+        consumer_fetch_max_wait_ms=25,
         consumer_heartbeat_s=0.5,
         consumer_rebalance_timeout_s=3,
         pii_hash_key="test-key",
