@@ -114,8 +114,10 @@ async def _drain_in_batches(
                     await self.commit()
                 await self.wait_first(callback(message), self.suspend_flow.wait())
                 set_read_offset(tp, offset)
-            for handler, messages in batches.items():
-                await handler(messages)
+            if batches:
+                # the handlers are independent (their own topics, producers' batches and
+                # locks): their broker round trips overlap
+                await asyncio.gather(*(handler(batch) for handler, batch in batches.items()))
             self.diag.unset_flag(CONSUMER_FETCHING)
     except self.consumer_stopped_errors:
         if self.transport.app.should_stop:
