@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from types import SimpleNamespace
@@ -30,8 +31,6 @@ from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.types import TP, Message
-
-from streams.topics import kafka_partition
 
 BatchHandler = Callable[[list[Message]], Awaitable[None]]
 
@@ -137,13 +136,19 @@ def faust_producer(app: faust.App) -> Callable[[], Any]:
 
 
 class BatchSender:
-    """Records collected per topic partition, sent as record batches, awaited together."""
+    """Records collected per topic partition, sent as record batches, awaited together.
+
+    Records added by key are routed when they are sent, once the producer knows the topic's
+    partition count (Kafka's default partitioner: murmur2 of the key); they keep their order
+    among themselves, per partition.
+    """
 
     def __init__(self, producer: Callable[[], Any], default_partitions: int) -> None:
         self._producer = producer  # the started AIOKafkaProducer (Faust's, in a worker)
         self._default_partitions = default_partitions
         self._partitions: dict[str, int] = {}
         self._pending: dict[TP, list[tuple[bytes | None, bytes | None, list[Any]]]] = {}
+        self._unrouted: list[tuple[str, int, bytes | None, bytes | None, list[Any]]] = []
 
     def add(
         self,
@@ -156,8 +161,8 @@ class BatchSender:
         self._pending.setdefault(TP(topic, partition), []).append((key, value, list(headers)))
 
     def add_keyed(self, topic: str, key: str, value: bytes) -> None:
-        """Add a record to the partition Kafka's default partitioner gives ``key``."""
-        self.add(topic, kafka_partition(key, self._count(topic)), key.encode(), value)
+        """Add a record for the partition Kafka's default partitioner gives ``key``."""
+        self._unrouted.append((topic, _hash(key.encode()), key.encode(), value, []))
 
     def add_partitioned(
         self,
@@ -167,28 +172,27 @@ class BatchSender:
         headers: Sequence[tuple[str, bytes]],
         fallback: int,
     ) -> None:
-        """Add a record keyed by ``key`` if it has one, else to partition ``fallback``."""
-        count = self._count(topic)
-        hashed = fallback if key is None else int(murmur2(key) & 0x7FFFFFFF)
-        partition = hashed % count
-        self.add(topic, partition, key, value, headers)
+        """Add a record keyed by ``key`` if it has one, else for partition ``fallback``."""
+        hashed = fallback if key is None else _hash(key)
+        self._unrouted.append((topic, hashed, key, value, list(headers)))
 
-    def _count(self, topic: str) -> int:
-        count = self._partitions.get(topic)
-        if count is None:
-            count = self._partitions[topic] = self._partition_count(topic)
-        return count
-
-    def _partition_count(self, topic: str) -> int:
-        known = self._producer().client.cluster.partitions_for_topic(topic)
-        return len(known) if known else self._default_partitions
+    async def _route(self) -> None:
+        unrouted, self._unrouted = self._unrouted, []
+        counts = self._partitions
+        for topic in {topic for topic, *_ in unrouted} - counts.keys():
+            known = await self._producer().partitions_for(topic)  # waits for metadata
+            counts[topic] = len(known) if known else self._default_partitions
+        for topic, hashed, key, value, headers in unrouted:
+            self.add(topic, hashed % counts[topic], key, value, headers)
 
     def __len__(self) -> int:
-        return sum(len(records) for records in self._pending.values())
+        return len(self._unrouted) + sum(len(records) for records in self._pending.values())
 
     async def send(self) -> dict[TP, int]:
         """Send everything added and wait for the broker; returns the offset of the last record
         written to each topic partition (raises if any batch failed)."""
+        if self._unrouted:
+            await self._route()
         pending, self._pending = self._pending, {}
         if not pending:
             return {}
@@ -211,6 +215,17 @@ class BatchSender:
             tp = TP(answer.topic, answer.partition)
             last[tp] = max(last.get(tp, -1), answer.offset + count - 1)
         return last
+
+
+def _hash(key: bytes) -> int:
+    """Kafka's default partitioner before the modulo (murmur2, positive)."""
+    return _murmur2_cached(key) & 0x7FFFFFFF
+
+
+@functools.lru_cache(maxsize=65_536)
+def _murmur2_cached(key: bytes) -> int:
+    # aiokafka's murmur2 is pure Python and keys (people, journeys) repeat
+    return int(murmur2(key))
 
 
 async def _submit(producer: Any, batch: Any, tp: TP) -> Awaitable[Any]:
