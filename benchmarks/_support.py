@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-import socket
 
+from tests.helpers import free_port
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["free_port", "worker_env"]
 
 
 def worker_env(broker_url: str, data_dir: str, partitions: int, **extra: str) -> dict[str, str]:

@@ -61,7 +61,7 @@ def _measure(workers: int, payloads: list[bytes]) -> tuple[float, float]:
     ):
         ensure_topics(Settings(broker_url=broker.url, partitions=PARTITIONS))
         env = worker_env(broker.url, tmp, PARTITIONS)
-        base = free_port()
+        base = free_port(span=workers)
         processes = [
             subprocess.Popen(
                 [sys.executable, "-m", "streams.cli", "worker", "--index", str(i)],

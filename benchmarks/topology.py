@@ -219,7 +219,7 @@ def _steady(standby: int) -> tuple[list[float], list[float], float, int, dict[st
         EmbeddedBroker(free_port(), Path(tmp) / "b.log") as broker,
     ):
         ensure_topics(Settings(broker_url=broker.url, partitions=PARTITIONS))
-        base = free_port()
+        base = free_port(span=2)
         env = _env(
             broker,
             tmp,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -18,10 +20,25 @@ T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# Below Linux's ephemeral range (32768-60999): a port the kernel hands out to outgoing
+# connections (Kafka clients open many) can be taken between this check and the server's bind.
+_LISTEN_PORTS = (20_000, 32_000)
+
+
+def free_port(span: int = 1) -> int:
+    """A loopback port, with the ``span - 1`` ports after it, that nothing listens on."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        first = rng.randrange(_LISTEN_PORTS[0], _LISTEN_PORTS[1] - span)
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(first, first + span):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+    raise RuntimeError(f"no {span} free loopback ports in {_LISTEN_PORTS}")
 
 
 def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:

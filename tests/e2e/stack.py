@@ -80,8 +80,7 @@ class Topology:
     def __init__(self, broker: EmbeddedBroker, tmp_path: Path, **settings: object) -> None:
         self.broker = broker
         self.tmp = tmp_path
-        self.port = free_port()
-        free_port()  # the second worker's port (port + 1) is checked when it starts
+        self.port = free_port(span=2)  # worker i serves on port + i
         self.status_port = free_port()
         self.collector_port = free_port()
         self.chdb = tmp_path / "clickhouse"
