@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any, cast
 
 import faust
-from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.types import TP, Message
+
+from streams.topics import partition_hash
 
 BatchHandler = Callable[[list[Message]], Awaitable[None]]
 
@@ -162,7 +162,8 @@ class BatchSender:
 
     def add_keyed(self, topic: str, key: str, value: bytes) -> None:
         """Add a record for the partition Kafka's default partitioner gives ``key``."""
-        self._unrouted.append((topic, _hash(key.encode()), key.encode(), value, []))
+        encoded = key.encode()
+        self._unrouted.append((topic, partition_hash(encoded), encoded, value, []))
 
     def add_partitioned(
         self,
@@ -173,7 +174,7 @@ class BatchSender:
         fallback: int,
     ) -> None:
         """Add a record keyed by ``key`` if it has one, else for partition ``fallback``."""
-        hashed = fallback if key is None else _hash(key)
+        hashed = fallback if key is None else partition_hash(key)
         self._unrouted.append((topic, hashed, key, value, list(headers)))
 
     async def _route(self) -> None:
@@ -217,27 +218,16 @@ class BatchSender:
         return last
 
 
-def _hash(key: bytes) -> int:
-    """Kafka's default partitioner before the modulo (murmur2, positive)."""
-    return _murmur2_cached(key) & 0x7FFFFFFF
-
-
-@functools.lru_cache(maxsize=65_536)
-def _murmur2_cached(key: bytes) -> int:
-    # aiokafka's murmur2 is pure Python and keys (people, journeys) repeat
-    return int(murmur2(key))
-
-
 async def _submit(producer: Any, batch: Any, tp: TP) -> Awaitable[Any]:
     batch.close()  # complete: the producer sends it without lingering
     return cast(Awaitable[Any], await producer.send_batch(batch, tp.topic, partition=tp.partition))
 
 
 class TableWriter:
-    """Saves records of one partition of a Faust table as Faust does (the local store and one
+    """Saves records of a Faust table's partitions as Faust does (the local store and one
     changelog record per key), with the changelog records sent as record batches and awaited:
     once ``write`` returns, what it saved is in the changelog, and a restarted or new owner of
-    the partition recovers it."""
+    a partition recovers it."""
 
     def __init__(self, table: Any, sender: BatchSender, source_topic: str) -> None:
         self._table = table

@@ -2,8 +2,8 @@
 
 Validation happens here, once. Valid events go to ``touchpoints.by_person`` keyed by the
 person's strongest identifier; everything else goes to ``touchpoints.dlq`` with the reason.
-Offsets of ``touchpoints.raw`` are committed by Faust only after the produced records are
-flushed (at-least-once).
+An input record is acknowledged, and its offset may be committed, only once the broker has
+acknowledged what it produced (at-least-once).
 """
 
 from __future__ import annotations

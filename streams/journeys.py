@@ -40,6 +40,7 @@ from sinks.metrics import (
     DROPOFF_DELAY,
     HANDOFF_MESSAGES,
     JOURNEY_INPUT_OFFSET,
+    JOURNEY_INPUTS_DONE,
     JOURNEY_STAGE_ENTERED,
     JOURNEYS_CONVERTED,
     JOURNEYS_DROPPED_OFF,
@@ -50,9 +51,6 @@ from sinks.metrics import (
     OUTPUT_LATENCY,
     SWEEP_SECONDS,
     LabelCache,
-)
-from sinks.metrics import (
-    JOURNEY_INPUTS_DONE as INPUTS_DONE,
 )
 from streams.app import Readiness
 from streams.batching import (
@@ -168,7 +166,7 @@ class JourneyRole:
                 continue
             partition = message.partition
             positions[(message.topic, partition)] = message.offset + 1
-            shard = self.shards.get(partition) or self._shard(partition)
+            shard = self._shard(partition)
             raw = message.value if isinstance(message.value, bytes) else b""
             if message.topic == by_person:
                 try:
@@ -261,7 +259,7 @@ class JourneyRole:
                     token.ack(consumer)
                     done += 1
         if done:
-            INPUTS_DONE.inc(done)
+            JOURNEY_INPUTS_DONE.inc(done)
 
     # --- the sweep ------------------------------------------------------------------------------
     async def _sweep(self) -> None:

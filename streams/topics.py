@@ -125,4 +125,11 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS) -> di
 def kafka_partition(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner gives ``key`` (murmur2, as the producers);
     cached, because aiokafka's murmur2 is pure Python and person keys repeat."""
-    return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    return partition_hash(key.encode()) % partitions
+
+
+@lru_cache(maxsize=65_536)
+def partition_hash(key: bytes) -> int:
+    """Kafka's default partitioner before the modulo by the partition count (positive
+    murmur2), for a producer that learns the count later."""
+    return int(murmur2(key) & 0x7FFFFFFF)
