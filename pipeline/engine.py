@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import zlib
+from collections import deque
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Final, NamedTuple
@@ -31,6 +32,7 @@ from pipeline.experience import (
 from pipeline.identity import IdentityGraph
 from pipeline.touch import Touch
 
+Pending = tuple[int, str, int, Touch, list[str]]  # (at, event_id, seq, touch, identity keys)
 GOAL: Final = -1
 ASSISTED: Final = frozenset({"call_center", "chat", "email"})
 SESSION_GAP_MS: Final = {
@@ -50,6 +52,14 @@ CHANNEL_BIT: Final = {name: 1 << i for i, name in enumerate(CHANNELS)}
 
 def _short_hash(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+_new: Final = tuple.__new__  # Output's fields all given: skips NamedTuple's Python __new__
+
+
+def _keys(touch: Touch) -> list[str]:
+    """The identity graph's keys of a touch's identifiers (``kind:value``)."""
+    return [kind + ":" + value for kind, value in touch.identifiers]
 
 
 def _id_hash(event_id: str) -> int:
@@ -232,12 +242,15 @@ class JourneyEngine:
         self.watermark = -(2**62)
         self.max_event_time = -(2**62)
         self._last_input_wall: int | None = None
-        self._pending: list[tuple[int, str, int, Touch]] = []
+        # held touches in event-time order: entries (at, event_id, seq, touch, keys). Most
+        # arrive in order and go to the deque (no heap work); the others to the heap.
+        self._in_order: deque[Pending] = deque()
+        self._pending: list[Pending] = []
         self._deadlines: list[tuple[int, int, str, str]] = []  # (due, seq, person, journey_id)
         self._seq = 0
         # held touches by identifier key (extract finds a person's touches without a scan);
         # extracted ones stay in the heap, marked by sequence number, until popped
-        self._held_by_key: dict[str, list[tuple[int, str, int, Touch]]] = {}
+        self._held_by_key: dict[str, list[Pending]] = {}
         self._extracted: set[int] = set()
         self.dirty: set[str] = set()  # persons changed since the adapter last saved them
         self.applied: list[str] | None = None  # event ids applied, when the adapter asks
@@ -252,12 +265,11 @@ class JourneyEngine:
         if touch.at < self.watermark:
             self.counters.late_events += 1
             out: list[Output] = []
-            self._apply(touch, out)
+            self._apply(touch, _keys(touch), out)
             return out
         self._seq += 1
-        entry = (touch.at, touch.event_id, self._seq, touch)
-        heapq.heappush(self._pending, entry)
-        self._hold(entry)
+        entry = (touch.at, touch.event_id, self._seq, touch, _keys(touch))
+        self._queue(entry)
         if touch.at > self.max_event_time:
             self.max_event_time = touch.at
             return self.advance(self.max_event_time - self.lateness)
@@ -268,18 +280,17 @@ class JourneyEngine:
         self._last_input_wall = wall_ms
         self.counters.events += len(touches)
         out: list[Output] = []
-        pending, watermark, seq = self._pending, self.watermark, self._seq
+        watermark, seq = self.watermark, self._seq
         latest = self.max_event_time
         for touch in touches:
             at = touch.at
+            keys = [kind + ":" + value for kind, value in touch.identifiers]
             if at < watermark:
                 self.counters.late_events += 1
-                self._apply(touch, out)
+                self._apply(touch, keys, out)
                 continue
             seq += 1
-            entry = (at, touch.event_id, seq, touch)
-            heapq.heappush(pending, entry)
-            self._hold(entry)
+            self._queue((at, touch.event_id, seq, touch, keys))
             if at > latest:
                 latest = at
         self._seq = seq
@@ -288,24 +299,40 @@ class JourneyEngine:
             out += self.advance(latest - self.lateness)
         return out
 
-    def _hold(self, entry: tuple[int, str, int, Touch]) -> None:
+    def _queue(self, entry: Pending) -> None:
+        """Hold a touch until the watermark passes it, indexed by its identifier keys."""
+        in_order = self._in_order
+        if in_order and entry < in_order[-1]:
+            heapq.heappush(self._pending, entry)
+        else:
+            in_order.append(entry)
         held = self._held_by_key
-        for kind, value in entry[3].identifiers:
-            key = kind + ":" + value
+        for key in entry[4]:
             entries = held.get(key)
             if entries is None:
                 held[key] = [entry]
             else:
                 entries.append(entry)
 
-    def _release(self, entry: tuple[int, str, int, Touch]) -> bool:
-        """Forget a popped held touch; False when it was extracted meanwhile."""
+    def _next_held(self) -> Pending | None:
+        """The earliest held touch (not removed)."""
+        in_order, pending = self._in_order, self._pending
+        if pending and (not in_order or pending[0] < in_order[0]):
+            return pending[0]
+        return in_order[0] if in_order else None
+
+    def _pop_held(self, entry: Pending) -> bool:
+        """Remove ``entry`` (what ``_next_held`` gave); False when it was extracted meanwhile."""
+        in_order = self._in_order
+        if in_order and in_order[0] is entry:
+            in_order.popleft()
+        else:
+            heapq.heappop(self._pending)
         if self._extracted and entry[2] in self._extracted:
             self._extracted.discard(entry[2])
             return False
         held = self._held_by_key
-        for kind, value in entry[3].identifiers:
-            key = kind + ":" + value
+        for key in entry[4]:
             entries = held.get(key)
             if entries is not None:
                 if len(entries) == 1:
@@ -330,18 +357,22 @@ class JourneyEngine:
         if watermark <= self.watermark:
             return out
         self.watermark = watermark
-        pending, deadlines = self._pending, self._deadlines
+        in_order, pending, deadlines = self._in_order, self._pending, self._deadlines
         while True:
-            next_event = pending[0][0] if pending else None
+            if pending and (not in_order or pending[0] < in_order[0]):
+                entry: Pending | None = pending[0]
+            else:
+                entry = in_order[0] if in_order else None
+            next_event = entry[0] if entry is not None else None
             next_due = deadlines[0][0] if deadlines else None
             if (
-                next_event is not None
+                entry is not None
+                and next_event is not None
                 and next_event <= watermark
                 and (next_due is None or next_event <= next_due)
             ):
-                entry = heapq.heappop(pending)
-                if self._release(entry):
-                    self._apply(entry[3], out)
+                if self._pop_held(entry):
+                    self._apply(entry[3], entry[4], out)
             elif next_due is not None and next_due <= watermark:
                 due, _, person_id, journey_id = heapq.heappop(deadlines)
                 self._on_deadline(due, person_id, journey_id, out)
@@ -351,10 +382,9 @@ class JourneyEngine:
     def flush(self) -> list[Output]:
         """End of input: apply everything held (deadlines are left to the watermark)."""
         out: list[Output] = []
-        while self._pending:
-            entry = heapq.heappop(self._pending)
-            if self._release(entry):
-                self._apply(entry[3], out)
+        while (entry := self._next_held()) is not None:
+            if self._pop_held(entry):
+                self._apply(entry[3], entry[4], out)
         return out
 
     # --- state -----------------------------------------------------------------------------
@@ -405,21 +435,21 @@ class JourneyEngine:
         for identifier in members:
             self.identity.owner.pop(identifier, None)
         wanted = members | {also} if also else members
-        held: list[Touch] = []
+        taken: list[Pending] = []
         by_key = self._held_by_key
         for key in wanted:
             for entry in by_key.pop(key, ()):
                 if entry[2] not in self._extracted:
                     self._extracted.add(entry[2])
-                    held.append(entry[3])
-        for touch in held:  # out of the other keys' lists too
-            for kind, value in touch.identifiers:
-                entries = by_key.get(kind + ":" + value)
+                    taken.append(entry)
+        for entry in taken:  # out of the other keys' lists too
+            for key in entry[4]:
+                entries = by_key.get(key)
                 if entries:
-                    entries[:] = [e for e in entries if e[3] is not touch]
+                    entries[:] = [e for e in entries if e is not entry]
         self.dirty.add(person_id)
-        held.sort(key=lambda t: (t.at, t.event_id))
-        return record, sorted(members), held
+        taken.sort()
+        return record, sorted(members), [entry[3] for entry in taken]
 
     def absorb(
         self,
@@ -456,7 +486,7 @@ class JourneyEngine:
         out: list[Output] = []
         self.counters.events += len(touches)
         for touch in sorted(touches, key=lambda t: (t.at, t.event_id)):
-            self._apply(touch, out)
+            self._apply(touch, _keys(touch), out)
         return out
 
     # --- matching ---------------------------------------------------------------------------
@@ -484,16 +514,22 @@ class JourneyEngine:
         return None
 
     # --- applying one touch ----------------------------------------------------------------------
-    def _apply(self, touch: Touch, out: list[Output]) -> None:
+    def _apply(self, touch: Touch, keys: list[str], out: list[Output]) -> None:
         if self.applied is not None:
             self.applied.append(touch.event_id)
-        resolution = self.identity.resolve(touch.identifiers)
-        person_id = resolution.person_id
-        self.dirty.add(person_id)
-        for source in resolution.merged:
-            self._merge_person(source, person_id, touch.at, touch.event_id, out)
-        for identifier in resolution.blocked:
-            out.append(blocked_output(identifier, touch.at, person_id, touch.event_id))
+        identity = self.identity
+        settled = identity.settled(keys)
+        if settled is not None:  # the common case: nothing to link
+            person_id = settled
+            self.dirty.add(person_id)
+        else:
+            resolution = identity.resolve_keys(keys)
+            person_id = resolution.person_id
+            self.dirty.add(person_id)
+            for source in resolution.merged:
+                self._merge_person(source, person_id, touch.at, touch.event_id, out)
+            for identifier in resolution.blocked:
+                out.append(blocked_output(identifier, touch.at, person_id, touch.event_id))
         person = self.persons.get(person_id)
         if person is None:
             person = self.persons[person_id] = PersonState()
@@ -797,17 +833,23 @@ class JourneyEngine:
                 return  # resumed, then stalled again: a drop-off is reported once per journey
             stage = definition.stages[journey.stage].name
             out.append(
-                Output(
-                    "journey",
-                    "dropped_off",
-                    f"dropped_off:{journey_id}",
-                    due,
-                    person_id,
-                    definition.name,
-                    journey_id,
-                    stage,
-                    journey.channel or None,
-                    detail=(("negative_moments", journey.negatives),),
+                _new(
+                    Output,
+                    (
+                        "journey",
+                        "dropped_off",
+                        f"dropped_off:{journey_id}",
+                        due,
+                        person_id,
+                        definition.name,
+                        journey_id,
+                        stage,
+                        journey.channel or None,
+                        None,
+                        None,
+                        None,
+                        (("negative_moments", journey.negatives),),
+                    ),
                 )
             )
             self._score(person_id, journey, due, "dropped_off", out)
@@ -921,18 +963,23 @@ class JourneyEngine:
         definition = self.definitions[journey.definition]
         stage = definition.stages[journey.stage].name
         out.append(
-            Output(
-                "journey",
-                name,
-                f"{name}:{journey.journey_id}:{touch.event_id}",
-                touch.at,
-                person_id,
-                definition.name,
-                journey.journey_id,
-                stage,
-                touch.channel,
-                touch.touchpoint,
-                touch.event_id,
+            _new(
+                Output,
+                (
+                    "journey",
+                    name,
+                    f"{name}:{journey.journey_id}:{touch.event_id}",
+                    touch.at,
+                    person_id,
+                    definition.name,
+                    journey.journey_id,
+                    stage,
+                    touch.channel,
+                    touch.touchpoint,
+                    touch.event_id,
+                    None,
+                    (),
+                ),
             )
         )
 
@@ -949,20 +996,23 @@ class JourneyEngine:
     ) -> None:
         definition = self.definitions[journey.definition]
         out.append(
-            Output(
-                type_,
-                name,
-                f"{type_}:{name}:{journey.journey_id}:{touch.event_id}",
-                touch.at,
-                person_id,
-                definition.name,
-                journey.journey_id,
-                definition.stages[journey.stage].name,
-                touch.channel,
-                touch.touchpoint,
-                touch.event_id,
-                value,
-                detail,
+            _new(
+                Output,
+                (
+                    type_,
+                    name,
+                    f"{type_}:{name}:{journey.journey_id}:{touch.event_id}",
+                    touch.at,
+                    person_id,
+                    definition.name,
+                    journey.journey_id,
+                    definition.stages[journey.stage].name,
+                    touch.channel,
+                    touch.touchpoint,
+                    touch.event_id,
+                    value,
+                    detail,
+                ),
             )
         )
 
@@ -971,20 +1021,26 @@ class JourneyEngine:
     ) -> None:
         definition = self.definitions[journey.definition]
         out.append(
-            Output(
-                "score",
-                "peak_end",
-                f"score:{journey.journey_id}:{outcome}",
-                at,
-                person_id,
-                definition.name,
-                journey.journey_id,
-                definition.stages[journey.stage].name,
-                value=peak_end_score(journey.peak, journey.end),
-                detail=(
-                    ("outcome", outcome),
-                    ("peak", round(journey.peak, 4)),
-                    ("end", round(journey.end, 4)),
+            _new(
+                Output,
+                (
+                    "score",
+                    "peak_end",
+                    f"score:{journey.journey_id}:{outcome}",
+                    at,
+                    person_id,
+                    definition.name,
+                    journey.journey_id,
+                    definition.stages[journey.stage].name,
+                    None,
+                    None,
+                    None,
+                    peak_end_score(journey.peak, journey.end),
+                    (
+                        ("outcome", outcome),
+                        ("peak", round(journey.peak, 4)),
+                        ("end", round(journey.end, 4)),
+                    ),
                 ),
             )
         )
@@ -1047,20 +1103,23 @@ class JourneyEngine:
         detail: tuple[tuple[str, Any], ...] = (),
     ) -> None:
         out.append(
-            Output(
-                "kpi",
-                name,
-                f"kpi:{name}:{touch.event_id}",
-                touch.at,
-                person_id,
-                context[0],
-                context[1],
-                None,
-                touch.channel,
-                touch.touchpoint,
-                touch.event_id,
-                value,
-                detail,
+            _new(
+                Output,
+                (
+                    "kpi",
+                    name,
+                    f"kpi:{name}:{touch.event_id}",
+                    touch.at,
+                    person_id,
+                    context[0],
+                    context[1],
+                    None,
+                    touch.channel,
+                    touch.touchpoint,
+                    touch.event_id,
+                    value,
+                    detail,
+                ),
             )
         )
 

@@ -71,17 +71,27 @@ class IdentityGraph:
     def resolve(self, identifiers: tuple[tuple[str, str], ...]) -> Resolution:
         """The person of an event carrying ``identifiers`` (strongest first); links them."""
         keys = [kind + ":" + value for kind, value in identifiers]
+        settled = self.settled(keys)
+        return Resolution(settled) if settled is not None else self.resolve_keys(keys)
+
+    def settled(self, keys: list[str]) -> str | None:
+        """The person every one of ``keys`` belongs to already, none blocked (the common case:
+        nothing to link or merge); None otherwise. (A customer id always comes first and
+        always belongs to its customer.)"""
+        if not keys:
+            return None
         owner_of = self.owner.get
-        first = owner_of(keys[0]) if keys else None
-        if first is not None:
-            # The common case: every identifier already belongs to one person and none is
-            # blocked. (A customer id always comes first and always belongs to its customer.)
-            blocked_ids = self.blocked
-            for key in keys:
-                if owner_of(key) != first or key in blocked_ids:
-                    break
-            else:
-                return Resolution(first)
+        first = owner_of(keys[0])
+        if first is None:
+            return None
+        blocked_ids = self.blocked
+        for key in keys:
+            if owner_of(key) != first or key in blocked_ids:
+                return None
+        return first
+
+    def resolve_keys(self, keys: list[str]) -> Resolution:
+        """``resolve`` for identifiers written as keys (``kind:value``)."""
         merged: list[str] = []
         blocked: list[str] = []
         linked: list[str] = []
