@@ -8,7 +8,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint unit integration bench docs clean install system-deps
+.PHONY: run test lint unit integration bench docs clean install system-deps compile
+# the journey engine's hot modules, compiled with mypyc (pipeline/_compiled.py)
+COMPILED := build/compiled/sources.json
+COMPILED_SOURCES := pipeline/engine.py pipeline/identity.py pipeline/experience.py pipeline/_compiled.py deploy/compile_core.py
 
 install: $(STAMP)
 
@@ -18,12 +21,19 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+$(COMPILED): $(STAMP) $(COMPILED_SOURCES)
+	@$(PY) deploy/compile_core.py
+
+compile: $(COMPILED)
+
+# make run works without a C compiler too: the plain modules are used (slower), and it says so
 run: $(STAMP)
+	@$(MAKE) --no-print-directory compile || echo "journeywatch: the engine could not be compiled; running it as plain Python (about 1.3x slower)"
 	@$(VENV)/bin/journeywatch run
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check pipeline streams sinks tests benchmarks docs/generate.py deploy/grafana/dashboards.py
-	$(VENV)/bin/mypy pipeline streams sinks deploy/grafana/dashboards.py
+	$(VENV)/bin/ruff check pipeline streams sinks tests benchmarks docs/generate.py deploy/grafana/dashboards.py deploy/compile_core.py
+	$(VENV)/bin/mypy pipeline streams sinks deploy/grafana/dashboards.py deploy/compile_core.py
 	$(VENV)/bin/lint-imports
 
 # Tools the tests drive that come from Debian rather than PyPI; installed when missing.
@@ -35,8 +45,11 @@ system-deps:
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q $$missing; fi
 
-test: $(STAMP) system-deps lint
-	$(PY) -m pytest -q
+# the unit tests (engine scenarios and properties) against the plain modules, then the whole
+# suite against the compiled build (JW_COMPILED=1: fails rather than fall back to plain)
+test: $(STAMP) system-deps lint $(COMPILED)
+	JW_COMPILED=0 $(PY) -m pytest -q -p no:cacheprovider tests/unit
+	JW_COMPILED=1 $(PY) -m pytest -q
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
@@ -44,8 +57,8 @@ unit: $(STAMP)
 docs: $(STAMP)
 	$(PY) docs/generate.py
 
-bench: $(STAMP)
+bench: $(STAMP) $(COMPILED)
 	$(PY) -m benchmarks $(SUITES)
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache test-artifacts
+	rm -rf $(VENV) var build .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -314,20 +314,10 @@ class JourneyEngine:
             else:
                 entries.append(entry)
 
-    def _next_held(self) -> Pending | None:
-        """The earliest held touch (not removed)."""
-        in_order, pending = self._in_order, self._pending
-        if pending and (not in_order or pending[0] < in_order[0]):
-            return pending[0]
-        return in_order[0] if in_order else None
-
-    def _pop_held(self, entry: Pending) -> bool:
-        """Remove ``entry`` (what ``_next_held`` gave); False when it was extracted meanwhile."""
-        in_order = self._in_order
-        if in_order and in_order[0] is entry:
-            in_order.popleft()
-        else:
-            heapq.heappop(self._pending)
+    def _release(self, entry: Pending) -> bool:
+        """Forget a held touch taken off the queue; False when it was extracted meanwhile.
+        (Entries are told apart by their sequence number, never by identity: compiled,
+        a tuple is not always the same object.)"""
         if self._extracted and entry[2] in self._extracted:
             self._extracted.discard(entry[2])
             return False
@@ -359,19 +349,19 @@ class JourneyEngine:
         self.watermark = watermark
         in_order, pending, deadlines = self._in_order, self._pending, self._deadlines
         while True:
-            if pending and (not in_order or pending[0] < in_order[0]):
-                entry: Pending | None = pending[0]
+            from_heap = bool(pending) and (not in_order or pending[0] < in_order[0])
+            if from_heap:
+                next_event: int | None = pending[0][0]
             else:
-                entry = in_order[0] if in_order else None
-            next_event = entry[0] if entry is not None else None
+                next_event = in_order[0][0] if in_order else None
             next_due = deadlines[0][0] if deadlines else None
             if (
-                entry is not None
-                and next_event is not None
+                next_event is not None
                 and next_event <= watermark
                 and (next_due is None or next_event <= next_due)
             ):
-                if self._pop_held(entry):
+                entry = heapq.heappop(pending) if from_heap else in_order.popleft()
+                if self._release(entry):
                     self._apply(entry[3], entry[4], out)
             elif next_due is not None and next_due <= watermark:
                 due, _, person_id, journey_id = heapq.heappop(deadlines)
@@ -382,8 +372,13 @@ class JourneyEngine:
     def flush(self) -> list[Output]:
         """End of input: apply everything held (deadlines are left to the watermark)."""
         out: list[Output] = []
-        while (entry := self._next_held()) is not None:
-            if self._pop_held(entry):
+        in_order, pending = self._in_order, self._pending
+        while in_order or pending:
+            if pending and (not in_order or pending[0] < in_order[0]):
+                entry = heapq.heappop(pending)
+            else:
+                entry = in_order.popleft()
+            if self._release(entry):
                 self._apply(entry[3], entry[4], out)
         return out
 
@@ -443,10 +438,11 @@ class JourneyEngine:
                     self._extracted.add(entry[2])
                     taken.append(entry)
         for entry in taken:  # out of the other keys' lists too
+            seq = entry[2]
             for key in entry[4]:
                 entries = by_key.get(key)
                 if entries:
-                    entries[:] = [e for e in entries if e is not entry]
+                    entries[:] = [e for e in entries if e[2] != seq]
         self.dirty.add(person_id)
         taken.sort()
         return record, sorted(members), [entry[3] for entry in taken]
