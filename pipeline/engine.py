@@ -11,12 +11,12 @@ wall-clock time to ``tick`` only to advance the watermark when input is idle.
 from __future__ import annotations
 
 import hashlib
-import heapq
-import zlib
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
+from heapq import heappop, heappush
 from typing import Any, Final, NamedTuple
+from zlib import adler32, crc32
 
 import orjson
 
@@ -34,6 +34,8 @@ from pipeline.touch import Touch
 
 Pending = tuple[int, str, int, Touch, list[str]]  # (at, event_id, seq, touch, identity keys)
 GOAL: Final = -1
+SEQ_BITS: Final = 40  # deadline keys: due << SEQ_BITS | sequence number (unique while queued)
+SEQ_MASK: Final = (1 << SEQ_BITS) - 1
 ASSISTED: Final = frozenset({"call_center", "chat", "email"})
 SESSION_GAP_MS: Final = {
     "web": 30 * 60_000,
@@ -65,7 +67,7 @@ def _keys(touch: Touch) -> list[str]:
 def _id_hash(event_id: str) -> int:
     """64 bits that stay the same across processes (unlike ``hash``), cheaply."""
     raw = event_id.encode()
-    return zlib.crc32(raw) << 32 | zlib.adler32(raw)
+    return crc32(raw) << 32 | adler32(raw)
 
 
 class Output(NamedTuple):
@@ -117,22 +119,57 @@ def blocked_output(identifier: str, at: int, person_id: str, event_id: str) -> O
     )
 
 
-@dataclass(slots=True)
 class JourneyState:
-    journey_id: str
-    definition: int
-    stage: int
-    started_at: int
-    active_at: int  # last activity that kept the journey alive
-    status: str = "active"  # active | dropped
-    dropped_at: int = 0
-    peak: float = 0.0
-    end: float = 0.0
-    channels: int = 0
-    contacts: int = 0  # assisted-channel sessions (first-contact resolution)
-    negatives: int = 0
-    channel: str = ""  # channel of its latest progress (labels a drop-off)
-    pending_due: int = 0  # earliest deadline queued for it (not persisted; re-derived)
+    """One journey of a person. (A plain class with its own ``__init__``, not a dataclass:
+    compiled, a dataclass's generated ``__init__`` stays interpreted.)"""
+
+    __slots__ = (
+        "active_at",
+        "channel",
+        "channels",
+        "contacts",
+        "definition",
+        "dropped_at",
+        "end",
+        "journey_id",
+        "negatives",
+        "peak",
+        "pending_due",
+        "stage",
+        "started_at",
+        "status",
+    )
+
+    def __init__(
+        self,
+        journey_id: str,
+        definition: int,
+        stage: int,
+        started_at: int,
+        active_at: int,
+        status: str = "active",
+        dropped_at: int = 0,
+        peak: float = 0.0,
+        end: float = 0.0,
+        channels: int = 0,
+        contacts: int = 0,
+        negatives: int = 0,
+        channel: str = "",
+    ) -> None:
+        self.journey_id = journey_id
+        self.definition = definition
+        self.stage = stage
+        self.started_at = started_at
+        self.active_at = active_at  # last activity that kept the journey alive
+        self.status = status  # active | dropped
+        self.dropped_at = dropped_at
+        self.peak = peak
+        self.end = end
+        self.channels = channels
+        self.contacts = contacts  # assisted-channel sessions (first-contact resolution)
+        self.negatives = negatives
+        self.channel = channel  # channel of its latest progress (labels a drop-off)
+        self.pending_due = 0  # earliest deadline queued for it (not persisted; re-derived)
 
     def to_list(self) -> list[Any]:
         return [
@@ -161,8 +198,8 @@ class JourneyState:
             data[4],
             "active" if data[5] else "dropped",
             data[6],
-            data[7],
-            data[8],
+            float(data[7]),
+            float(data[8]),
             data[9],
             data[10],
             data[11],
@@ -170,18 +207,45 @@ class JourneyState:
         )
 
 
-@dataclass(slots=True)
 class PersonState:
-    journeys: list[JourneyState] = field(default_factory=list)
-    sessions: dict[str, list[Any]] = field(default_factory=dict)  # channel → [last_at, hint]
-    recent: list[int] = field(default_factory=list)  # hashes of the last event ids
-    last_failure: tuple[int, str] | None = None  # (at, channel)
-    last_contact: tuple[int, str] | None = None  # (at, issue) of the last assisted contact
-    complaint_at: int | None = None
-    attempts: tuple[str, int, int] | None = None  # (step, first_at, count)
-    last_activity: int = 0
-    churn_flagged: bool = False
-    churn_due: int = 0  # churn deadline queued (not persisted; re-derived)
+    """What the engine keeps of one person (see ``JourneyState`` on why not a dataclass)."""
+
+    __slots__ = (
+        "attempts",
+        "churn_due",
+        "churn_flagged",
+        "complaint_at",
+        "journeys",
+        "last_activity",
+        "last_contact",
+        "last_failure",
+        "recent",
+        "sessions",
+    )
+
+    def __init__(
+        self,
+        journeys: list[JourneyState] | None = None,
+        sessions: dict[str, tuple[int, str | None]] | None = None,
+        recent: list[int] | None = None,
+        last_failure: tuple[int, str] | None = None,
+        last_contact: tuple[int, str] | None = None,
+        complaint_at: int | None = None,
+        attempts: tuple[str, int, int] | None = None,
+        last_activity: int = 0,
+        churn_flagged: bool = False,
+    ) -> None:
+        self.journeys: list[JourneyState] = journeys if journeys is not None else []
+        # channel → (last activity, session hint)
+        self.sessions: dict[str, tuple[int, str | None]] = sessions if sessions is not None else {}
+        self.recent: list[int] = recent if recent is not None else []  # hashes of last event ids
+        self.last_failure = last_failure  # (at, channel)
+        self.last_contact = last_contact  # (at, issue) of the last assisted contact
+        self.complaint_at = complaint_at
+        self.attempts = attempts  # (step, first_at, count)
+        self.last_activity = last_activity
+        self.churn_flagged = churn_flagged
+        self.churn_due = 0  # churn deadline queued (not persisted; re-derived)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.to_list())
@@ -207,7 +271,7 @@ class PersonState:
     def from_list(cls, data: list[Any]) -> PersonState:
         return cls(
             journeys=[JourneyState.from_list(j) for j in data[0]],
-            sessions=data[1],
+            sessions={channel: (at, hint) for channel, (at, hint) in data[1].items()},
             recent=data[2],
             last_failure=tuple(data[3]) if data[3] else None,
             last_contact=tuple(data[4]) if data[4] else None,
@@ -233,6 +297,15 @@ class JourneyEngine:
     ) -> None:
         self.catalog = catalog
         self.definitions: tuple[JourneyDefinition, ...] = catalog.journeys
+        # what the hot path reads of the definitions, as plain tuples
+        self._names: tuple[str, ...] = tuple(d.name for d in self.definitions)
+        self._stage_names: tuple[tuple[str, ...], ...] = tuple(
+            tuple(stage.name for stage in d.stages) for d in self.definitions
+        )
+        self._timeouts: tuple[tuple[int, ...], ...] = tuple(
+            tuple(stage.timeout for stage in d.stages) for d in self.definitions
+        )
+        self._resume_within: tuple[int, ...] = tuple(d.resume_within for d in self.definitions)
         self.detectors = catalog.detectors
         self.lateness = allowed_lateness_ms
         self.idle_after = idle_after_ms
@@ -246,7 +319,12 @@ class JourneyEngine:
         # arrive in order and go to the deque (no heap work); the others to the heap.
         self._in_order: deque[Pending] = deque()
         self._pending: list[Pending] = []
-        self._deadlines: list[tuple[int, int, str, str]] = []  # (due, seq, person, journey_id)
+        # Deadlines as plain ints (due << SEQ_BITS | seq) in a heap, with whose they are in two
+        # dicts: no tuple per deadline for the garbage collector to scan (hundreds of thousands
+        # are queued at a time), and int comparisons in the heap.
+        self._deadlines: list[int] = []
+        self._deadline_person: dict[int, str] = {}
+        self._deadline_journey: dict[int, str] = {}  # "" for the person's churn deadline
         self._seq = 0
         # held touches by identifier key (extract finds a person's touches without a scan);
         # extracted ones stay in the heap, marked by sequence number, until popped
@@ -303,7 +381,7 @@ class JourneyEngine:
         """Hold a touch until the watermark passes it, indexed by its identifier keys."""
         in_order = self._in_order
         if in_order and entry < in_order[-1]:
-            heapq.heappush(self._pending, entry)
+            heappush(self._pending, entry)
         else:
             in_order.append(entry)
         held = self._held_by_key
@@ -354,18 +432,23 @@ class JourneyEngine:
                 next_event: int | None = pending[0][0]
             else:
                 next_event = in_order[0][0] if in_order else None
-            next_due = deadlines[0][0] if deadlines else None
+            next_due = deadlines[0] >> SEQ_BITS if deadlines else None
             if (
                 next_event is not None
                 and next_event <= watermark
                 and (next_due is None or next_event <= next_due)
             ):
-                entry = heapq.heappop(pending) if from_heap else in_order.popleft()
+                entry = heappop(pending) if from_heap else in_order.popleft()
                 if self._release(entry):
                     self._apply(entry[3], entry[4], out)
             elif next_due is not None and next_due <= watermark:
-                due, _, person_id, journey_id = heapq.heappop(deadlines)
-                self._on_deadline(due, person_id, journey_id, out)
+                key = heappop(deadlines)
+                self._on_deadline(
+                    next_due,
+                    self._deadline_person.pop(key),
+                    self._deadline_journey.pop(key),
+                    out,
+                )
             else:
                 return out
 
@@ -375,7 +458,7 @@ class JourneyEngine:
         in_order, pending = self._in_order, self._pending
         while in_order or pending:
             if pending and (not in_order or pending[0] < in_order[0]):
-                entry = heapq.heappop(pending)
+                entry = heappop(pending)
             else:
                 entry = in_order.popleft()
             if self._release(entry):
@@ -556,11 +639,8 @@ class JourneyEngine:
             new = touch.session_hint != session[1]
         else:
             new = touch.at - session[0] > gap
-        if session is None:
-            person.sessions[touch.channel] = [touch.at, touch.session_hint]
-        elif touch.at >= session[0]:
-            session[0] = touch.at
-            session[1] = touch.session_hint
+        if session is None or touch.at >= session[0]:
+            person.sessions[touch.channel] = (touch.at, touch.session_hint)
         return new
 
     def _negative_kinds(self, person: PersonState, touch: Touch, new_session: bool) -> list[str]:
@@ -642,7 +722,7 @@ class JourneyEngine:
         touched: list[JourneyState] = []
         for definition_index, stage_index in matches:
             definition = self.definitions[definition_index]
-            journey = self._journey_for(person, definition_index, touch.at, definition)
+            journey = self._journey_for(person, definition_index, touch.at)
             if journey is None:
                 if stage_index == GOAL:
                     continue  # a goal without a journey before it starts nothing
@@ -741,12 +821,15 @@ class JourneyEngine:
         return touched
 
     def _journey_for(
-        self, person: PersonState, definition_index: int, at: int, definition: JourneyDefinition
+        self, person: PersonState, definition_index: int, at: int
     ) -> JourneyState | None:
         for journey in person.journeys:
             if journey.definition != definition_index:
                 continue
-            if journey.status == "active" or at - journey.dropped_at <= definition.resume_within:
+            if (
+                journey.status == "active"
+                or at - journey.dropped_at <= self._resume_within[definition_index]
+            ):
                 return journey
         return None
 
@@ -777,10 +860,9 @@ class JourneyEngine:
         person.journeys.remove(journey)
 
     def _due(self, journey: JourneyState) -> int:
-        definition = self.definitions[journey.definition]
         if journey.status == "active":
-            return journey.active_at + definition.stages[journey.stage].timeout
-        return journey.dropped_at + definition.resume_within
+            return journey.active_at + self._timeouts[journey.definition][journey.stage]
+        return journey.dropped_at + self._resume_within[journey.definition]
 
     def _schedule(self, person_id: str, journey: JourneyState) -> None:
         """Queue the journey's deadline, unless an earlier one is queued already: that one,
@@ -799,7 +881,10 @@ class JourneyEngine:
 
     def _push(self, due: int, person_id: str, journey_id: str) -> None:
         self._seq += 1
-        heapq.heappush(self._deadlines, (due, self._seq, person_id, journey_id))
+        key = due << SEQ_BITS | (self._seq & SEQ_MASK)
+        self._deadline_person[key] = person_id
+        self._deadline_journey[key] = journey_id
+        heappush(self._deadlines, key)
 
     def _on_deadline(self, due: int, person_id: str, journey_id: str, out: list[Output]) -> None:
         person = self.persons.get(person_id)
@@ -956,8 +1041,7 @@ class JourneyEngine:
     def _journey_out(
         self, name: str, person_id: str, journey: JourneyState, touch: Touch, out: list[Output]
     ) -> None:
-        definition = self.definitions[journey.definition]
-        stage = definition.stages[journey.stage].name
+        index = journey.definition
         out.append(
             _new(
                 Output,
@@ -967,9 +1051,9 @@ class JourneyEngine:
                     f"{name}:{journey.journey_id}:{touch.event_id}",
                     touch.at,
                     person_id,
-                    definition.name,
+                    self._names[index],
                     journey.journey_id,
-                    stage,
+                    self._stage_names[index][journey.stage],
                     touch.channel,
                     touch.touchpoint,
                     touch.event_id,
@@ -990,7 +1074,7 @@ class JourneyEngine:
         value: float | None,
         detail: tuple[tuple[str, Any], ...],
     ) -> None:
-        definition = self.definitions[journey.definition]
+        index = journey.definition
         out.append(
             _new(
                 Output,
@@ -1000,9 +1084,9 @@ class JourneyEngine:
                     f"{type_}:{name}:{journey.journey_id}:{touch.event_id}",
                     touch.at,
                     person_id,
-                    definition.name,
+                    self._names[index],
                     journey.journey_id,
-                    definition.stages[journey.stage].name,
+                    self._stage_names[index][journey.stage],
                     touch.channel,
                     touch.touchpoint,
                     touch.event_id,
@@ -1015,7 +1099,7 @@ class JourneyEngine:
     def _score(
         self, person_id: str, journey: JourneyState, at: int, outcome: str, out: list[Output]
     ) -> None:
-        definition = self.definitions[journey.definition]
+        index = journey.definition
         out.append(
             _new(
                 Output,
@@ -1025,9 +1109,9 @@ class JourneyEngine:
                     f"score:{journey.journey_id}:{outcome}",
                     at,
                     person_id,
-                    definition.name,
+                    self._names[index],
                     journey.journey_id,
-                    definition.stages[journey.stage].name,
+                    self._stage_names[index][journey.stage],
                     None,
                     None,
                     None,

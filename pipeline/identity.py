@@ -14,9 +14,10 @@ it is no longer used to resolve or merge, and the block is reported once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 CUSTOMER = "customer_id"
+_new: Final = tuple.__new__  # a Resolution with all fields given, without its Python __new__
 
 
 class Resolution(NamedTuple):
@@ -80,13 +81,13 @@ class IdentityGraph:
         always belongs to its customer.)"""
         if not keys:
             return None
-        owner_of = self.owner.get
-        first = owner_of(keys[0])
+        owner = self.owner
+        first = owner.get(keys[0])
         if first is None:
             return None
-        blocked_ids = self.blocked
+        blocked = self.blocked
         for key in keys:
-            if owner_of(key) != first or key in blocked_ids:
+            if owner.get(key) != first or key in blocked:
                 return None
         return first
 
@@ -128,4 +129,4 @@ class IdentityGraph:
                 merged.append(owner)
             elif person.startswith("c:"):
                 self._shared(key, owner, person, blocked)
-        return Resolution(person, tuple(merged), tuple(blocked), tuple(linked))
+        return _new(Resolution, (person, tuple(merged), tuple(blocked), tuple(linked)))
