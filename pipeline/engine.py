@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from heapq import heappop, heappush
+from struct import Struct
 from typing import Any, Final, NamedTuple
 from zlib import adler32, crc32
 
@@ -62,6 +63,30 @@ _new: Final = tuple.__new__  # Output's fields all given: skips NamedTuple's Pyt
 def _keys(touch: Touch) -> list[str]:
     """The identity graph's keys of a touch's identifiers (``kind:value``)."""
     return [kind + ":" + value for kind, value in touch.identifiers]
+
+
+_MARKER: Final = Struct("<II")  # (adler32, crc32): _id_hash's int as 8 little-endian bytes
+MARKER_SIZE: Final = 8
+
+
+def _marker(event_id: str) -> bytes:
+    """An applied event's 8-byte marker in ``PersonState.recent``."""
+    raw = event_id.encode()
+    return _MARKER.pack(adler32(raw), crc32(raw))
+
+
+def _seen(recent: bytes, marker: bytes) -> bool:
+    """Whether ``marker`` is one of the 8-byte markers packed in ``recent``."""
+    found = recent.find(marker)
+    while found >= 0:
+        if found % MARKER_SIZE == 0:
+            return True
+        found = recent.find(marker, found + 1)
+    return False
+
+
+def _recent_bytes(markers: list[int]) -> bytes:
+    return b"".join(marker.to_bytes(MARKER_SIZE, "little") for marker in markers)
 
 
 def _id_hash(event_id: str) -> int:
@@ -208,57 +233,67 @@ class JourneyState:
 
 
 class PersonState:
-    """What the engine keeps of one person (see ``JourneyState`` on why not a dataclass)."""
+    """What the engine keeps of one person (see ``JourneyState`` on why not a dataclass).
+
+    Flat fields of ints and strings rather than small tuples and lists: a person's state is
+    long-lived, and every container in it is one more object for the garbage collector to scan
+    (the engine's largest cost after its own work). Serialized (``to_list``) as before."""
 
     __slots__ = (
-        "attempts",
+        "attempt_at",
+        "attempt_count",
+        "attempt_step",
         "churn_due",
         "churn_flagged",
         "complaint_at",
+        "contact_at",
+        "contact_issue",
+        "failure_at",
+        "failure_channel",
         "journeys",
         "last_activity",
-        "last_contact",
-        "last_failure",
         "recent",
-        "sessions",
+        "session_at",
+        "session_hint",
     )
 
-    def __init__(
-        self,
-        journeys: list[JourneyState] | None = None,
-        sessions: dict[str, tuple[int, str | None]] | None = None,
-        recent: list[int] | None = None,
-        last_failure: tuple[int, str] | None = None,
-        last_contact: tuple[int, str] | None = None,
-        complaint_at: int | None = None,
-        attempts: tuple[str, int, int] | None = None,
-        last_activity: int = 0,
-        churn_flagged: bool = False,
-    ) -> None:
-        self.journeys: list[JourneyState] = journeys if journeys is not None else []
-        # channel → (last activity, session hint)
-        self.sessions: dict[str, tuple[int, str | None]] = sessions if sessions is not None else {}
-        self.recent: list[int] = recent if recent is not None else []  # hashes of last event ids
-        self.last_failure = last_failure  # (at, channel)
-        self.last_contact = last_contact  # (at, issue) of the last assisted contact
-        self.complaint_at = complaint_at
-        self.attempts = attempts  # (step, first_at, count)
-        self.last_activity = last_activity
-        self.churn_flagged = churn_flagged
+    def __init__(self) -> None:
+        self.journeys: list[JourneyState] = []
+        # per channel: the session's last activity and its hint (call id, visit id)
+        self.session_at: dict[str, int] = {}
+        self.session_hint: dict[str, str | None] = {}
+        # markers of the last RECENT_IDS event ids applied, packed; serialized as ints
+        self.recent = b""
+        self.failure_at: int | None = None  # the last failure, when one is pending
+        self.failure_channel = ""
+        self.contact_at: int | None = None  # the last assisted contact
+        self.contact_issue = ""
+        self.complaint_at: int | None = None
+        self.attempt_step = ""  # "touchpoint/action" of the latest step, repeated how often
+        self.attempt_at = 0
+        self.attempt_count = 0
+        self.last_activity = 0
+        self.churn_flagged = False
         self.churn_due = 0  # churn deadline queued (not persisted; re-derived)
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(self.to_list())
 
     def to_list(self) -> list[Any]:
+        hints = self.session_hint
         return [
             [j.to_list() for j in self.journeys],
-            self.sessions,
-            self.recent,
-            self.last_failure,
-            self.last_contact,
+            {channel: [at, hints.get(channel)] for channel, at in self.session_at.items()},
+            [
+                int.from_bytes(self.recent[i : i + MARKER_SIZE], "little")
+                for i in range(0, len(self.recent), MARKER_SIZE)
+            ],
+            None if self.failure_at is None else [self.failure_at, self.failure_channel],
+            None if self.contact_at is None else [self.contact_at, self.contact_issue],
             self.complaint_at,
-            self.attempts,
+            [self.attempt_step, self.attempt_at, self.attempt_count]
+            if self.attempt_count
+            else None,
             self.last_activity,
             self.churn_flagged,
         ]
@@ -269,17 +304,22 @@ class PersonState:
 
     @classmethod
     def from_list(cls, data: list[Any]) -> PersonState:
-        return cls(
-            journeys=[JourneyState.from_list(j) for j in data[0]],
-            sessions={channel: (at, hint) for channel, (at, hint) in data[1].items()},
-            recent=data[2],
-            last_failure=tuple(data[3]) if data[3] else None,
-            last_contact=tuple(data[4]) if data[4] else None,
-            complaint_at=data[5],
-            attempts=tuple(data[6]) if data[6] else None,
-            last_activity=data[7],
-            churn_flagged=data[8],
-        )
+        state = cls()
+        state.journeys = [JourneyState.from_list(j) for j in data[0]]
+        for channel, (at, hint) in data[1].items():
+            state.session_at[channel] = at
+            state.session_hint[channel] = hint
+        state.recent = _recent_bytes(data[2])
+        if data[3]:
+            state.failure_at, state.failure_channel = data[3]
+        if data[4]:
+            state.contact_at, state.contact_issue = data[4][0], data[4][1] or ""
+        state.complaint_at = data[5]
+        if data[6]:
+            state.attempt_step, state.attempt_at, state.attempt_count = data[6]
+        state.last_activity = data[7]
+        state.churn_flagged = data[8]
+        return state
 
 
 @dataclass
@@ -509,10 +549,10 @@ class JourneyEngine:
         (those carrying one of its identifiers, or ``also``)."""
         record = self.person_record(person_id)
         self.persons.pop(person_id, None)
-        members = self.identity.members.pop(person_id, set())
+        members = self.identity.members.pop(person_id, ())
         for identifier in members:
             self.identity.owner.pop(identifier, None)
-        wanted = members | {also} if also else members
+        wanted = {*members, also} if also else set(members)
         taken: list[Pending] = []
         by_key = self._held_by_key
         for key in wanted:
@@ -557,7 +597,7 @@ class JourneyEngine:
     def has_applied(self, person_id: str, event_id: str) -> bool:
         """Whether ``person_id`` recently applied ``event_id`` (a redelivered hand-off)."""
         person = self.persons.get(person_id)
-        return person is not None and _id_hash(event_id) in person.recent
+        return person is not None and _seen(person.recent, _marker(event_id))
 
     def apply_now(self, touches: list[Touch]) -> list[Output]:
         """Apply touches at once, in event-time order (touches handed over by another
@@ -612,13 +652,14 @@ class JourneyEngine:
         person = self.persons.get(person_id)
         if person is None:
             person = self.persons[person_id] = PersonState()
-        marker = _id_hash(touch.event_id)
-        if marker in person.recent:
+        marker = _marker(touch.event_id)
+        recent = person.recent
+        if _seen(recent, marker):
             self.counters.duplicates += 1
             return
-        person.recent.append(marker)
-        if len(person.recent) > RECENT_IDS:
-            del person.recent[0]
+        if len(recent) >= RECENT_IDS * MARKER_SIZE:
+            recent = recent[MARKER_SIZE:]
+        person.recent = recent + marker
         new_session = self._session(person, touch)
         negatives = self._negative_kinds(person, touch, new_session)
         matches = self._matches(touch.touchpoint, touch.action, touch.channel, touch.outcome)
@@ -629,18 +670,19 @@ class JourneyEngine:
         self._schedule_churn(person_id, person)
 
     def _session(self, person: PersonState, touch: Touch) -> bool:
-        session = person.sessions.get(touch.channel)
-        gap = SESSION_GAP_MS.get(touch.channel, 30 * 60_000)
-        if session is None:
+        channel = touch.channel
+        last_at = person.session_at.get(channel)
+        if last_at is None:
             new = True
         elif touch.session_hint is not None:
             # A call id or a visit id names the session: one call is one session, however
             # long its queue.
-            new = touch.session_hint != session[1]
+            new = touch.session_hint != person.session_hint.get(channel)
         else:
-            new = touch.at - session[0] > gap
-        if session is None or touch.at >= session[0]:
-            person.sessions[touch.channel] = (touch.at, touch.session_hint)
+            new = touch.at - last_at > SESSION_GAP_MS.get(channel, 30 * 60_000)
+        if last_at is None or touch.at >= last_at:
+            person.session_at[channel] = touch.at
+            person.session_hint[channel] = touch.session_hint
         return new
 
     def _negative_kinds(self, person: PersonState, touch: Touch, new_session: bool) -> list[str]:
@@ -676,37 +718,39 @@ class JourneyEngine:
             kinds.append("transfer")
         if touch.channel in ASSISTED and new_session:
             issue = touch.issue or ""
-            last = person.last_contact
+            contact_at = person.contact_at
             if (
-                last is not None
-                and 0 < touch.at - last[0] <= d.repeat_contact_within
-                and (not issue or not last[1] or issue == last[1])
+                contact_at is not None
+                and 0 < touch.at - contact_at <= d.repeat_contact_within
+                and (not issue or not person.contact_issue or issue == person.contact_issue)
             ):
                 kinds.append("repeat_contact")
-            person.last_contact = (touch.at, issue)
-        if person.last_failure is not None:
-            failed_at, failed_channel = person.last_failure
-            if (
-                failed_channel != touch.channel
-                and 0 <= touch.at - failed_at <= d.channel_switch_within
-            ):
-                kinds.append("channel_switch_after_failure")
-                person.last_failure = None
-        if failed:
-            person.last_failure = (touch.at, touch.channel)
-        step = f"{touch.touchpoint}/{touch.action}"
-        attempts = person.attempts
+            person.contact_at = touch.at
+            person.contact_issue = issue
+        failed_at = person.failure_at
         if (
-            attempts is not None
-            and attempts[0] == step
-            and touch.at - attempts[1] <= d.repeated_attempts_within
+            failed_at is not None
+            and person.failure_channel != touch.channel
+            and 0 <= touch.at - failed_at <= d.channel_switch_within
         ):
-            count = attempts[2] + 1
-            person.attempts = (step, attempts[1], count)
-            if count == d.repeated_attempts:
+            kinds.append("channel_switch_after_failure")
+            person.failure_at = None
+        if failed:
+            person.failure_at = touch.at
+            person.failure_channel = touch.channel
+        step = f"{touch.touchpoint}/{touch.action}"
+        if (
+            person.attempt_count
+            and person.attempt_step == step
+            and touch.at - person.attempt_at <= d.repeated_attempts_within
+        ):
+            person.attempt_count += 1
+            if person.attempt_count == d.repeated_attempts:
                 kinds.append("repeated_attempts")
         else:
-            person.attempts = (step, touch.at, 1)
+            person.attempt_step = step
+            person.attempt_at = touch.at
+            person.attempt_count = 1
         return kinds
 
     def _progress(
@@ -992,7 +1036,7 @@ class JourneyEngine:
             self.persons[target] = moved
             person = moved
         else:
-            person.recent = (person.recent + moved.recent)[-RECENT_IDS:]
+            person.recent = (person.recent + moved.recent)[-RECENT_IDS * MARKER_SIZE :]
             person.last_activity = max(person.last_activity, moved.last_activity)
             for journey in moved.journeys:
                 existing = next(

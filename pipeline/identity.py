@@ -31,7 +31,8 @@ class Resolution(NamedTuple):
 class IdentityGraph:
     max_customers: int = 3
     owner: dict[str, str] = field(default_factory=dict)
-    members: dict[str, set[str]] = field(default_factory=dict)
+    # person → identifiers it owns (tuples: nothing for the garbage collector to scan)
+    members: dict[str, tuple[str, ...]] = field(default_factory=dict)
     customers_seen: dict[str, set[str]] = field(default_factory=dict)
     blocked: set[str] = field(default_factory=set)
     changed: set[str] = field(default_factory=set)  # identifiers whose sharing/blocking changed
@@ -53,12 +54,12 @@ class IdentityGraph:
         self.owner[identifier] = person
         members = self.members.get(person)
         if members is None:
-            self.members[person] = {identifier}
-        else:
-            members.add(identifier)
+            self.members[person] = (identifier,)
+        elif identifier not in members:
+            self.members[person] = (*members, identifier)
 
     def _merge(self, source: str, target: str) -> None:
-        for identifier in self.members.pop(source, set()):
+        for identifier in self.members.pop(source, ()):
             self._own(identifier, target)
 
     def _shared(self, identifier: str, first: str, other: str, blocked: list[str]) -> None:
