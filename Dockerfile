@@ -3,17 +3,17 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 RUN python -m venv /opt/journeywatch
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY pipeline ./pipeline
 COPY streams ./streams
 COPY sinks ./sinks
-RUN /opt/journeywatch/bin/pip install --no-cache-dir .
+RUN /opt/journeywatch/bin/pip install --no-cache-dir -c constraints.txt .
 # The journey engine's hot modules compiled with mypyc (pipeline/_compiled.py); the runtime
 # image finds them through JW_COMPILED_DIR.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 COPY deploy/compile_core.py ./deploy/compile_core.py
-RUN /opt/journeywatch/bin/pip install --no-cache-dir mypy setuptools \
+RUN /opt/journeywatch/bin/pip install --no-cache-dir -c constraints.txt mypy setuptools \
     && /opt/journeywatch/bin/python deploy/compile_core.py --out /opt/journeywatch/compiled \
     && /opt/journeywatch/bin/pip uninstall -y mypy
 

@@ -8,18 +8,26 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint unit integration bench docs clean install system-deps compile
+.PHONY: run test lint unit integration bench docs clean install system-deps compile lock
 # the journey engine's hot modules, compiled with mypyc (pipeline/_compiled.py)
 COMPILED := build/compiled/sources.json
-COMPILED_SOURCES := pipeline/engine.py pipeline/identity.py pipeline/experience.py pipeline/_compiled.py deploy/compile_core.py
+COMPILED_SOURCES := pipeline/engine.py pipeline/identity.py pipeline/experience.py pipeline/partitioning.py pipeline/shard.py pipeline/_compiled.py deploy/compile_core.py
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --quiet -e '.[dev]'
+	@$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $(STAMP)
+
+# the newest versions pyproject.toml allows, in a scratch environment, pinned in constraints.txt
+lock:
+	@rm -rf build/lock && $(PYTHON) -m venv build/lock
+	@build/lock/bin/pip install --quiet --upgrade pip && build/lock/bin/pip install --quiet -e '.[dev]'
+	@{ sed -n '1,2p' constraints.txt; build/lock/bin/pip freeze --exclude-editable | grep -v '^-e'; } > constraints.new
+	@mv constraints.new constraints.txt && rm -rf build/lock
+	@echo "constraints.txt refreshed: run make test, then commit it"
 
 $(COMPILED): $(STAMP) $(COMPILED_SOURCES)
 	@$(PY) deploy/compile_core.py
