@@ -125,10 +125,22 @@ class Output(NamedTuple):
         return _short_hash(self.key)
 
     def as_dict(self) -> dict[str, Any]:
-        data = {name: getattr(self, name) for name in self._fields if name not in ("detail", "key")}
-        data["output_id"] = self.output_id
-        data["detail"] = dict(self.detail)
-        return data
+        """The output as its topic's JSON object (every field but ``key``, plus ``output_id``)."""
+        return {
+            "type": self.type,
+            "name": self.name,
+            "at": self.at,
+            "person_id": self.person_id,
+            "journey": self.journey,
+            "journey_id": self.journey_id,
+            "stage": self.stage,
+            "channel": self.channel,
+            "touchpoint": self.touchpoint,
+            "event_id": self.event_id,
+            "value": self.value,
+            "output_id": _short_hash(self.key),
+            "detail": dict(self.detail),
+        }
 
 
 def blocked_output(identifier: str, at: int, person_id: str, event_id: str) -> Output:

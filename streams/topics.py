@@ -10,11 +10,11 @@ import logging
 import time
 from functools import lru_cache
 
-from aiokafka.partitioner import murmur2
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from pipeline import partitioning
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -124,12 +124,10 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS) -> di
 @lru_cache(maxsize=262_144)
 def kafka_partition(key: str, partitions: int) -> int:
     """The partition Kafka's default partitioner gives ``key`` (murmur2, as the producers);
-    cached, because aiokafka's murmur2 is pure Python and person keys repeat."""
-    return partition_hash(key.encode()) % partitions
+    cached, because person keys repeat."""
+    return partitioning.partition_for(key.encode(), partitions)
 
 
-@lru_cache(maxsize=65_536)
-def partition_hash(key: bytes) -> int:
-    """Kafka's default partitioner before the modulo by the partition count (positive
-    murmur2), for a producer that learns the count later."""
-    return int(murmur2(key) & 0x7FFFFFFF)
+# The partitioner's hash before the modulo (a producer that learns the count later), cached:
+# record keys repeat, and the hash is interpreted Python where the core is not compiled.
+partition_hash = lru_cache(maxsize=65_536)(partitioning.partition_hash)

@@ -345,3 +345,18 @@ def test_the_default_definitions_cover_the_four_channels() -> None:
     } | {c for j in catalog.journeys for p in j.goal for c in (p.channel or ())}
     assert {"web", "app", "store"} <= {c.value for c in channels}
     assert all(j.moments_of_truth for j in catalog.journeys)
+
+
+def test_an_output_as_json_has_every_field_but_its_key_and_a_stable_id() -> None:
+    out = run([touch(0, "home.view", device="d9"), touch(M, "cart.add", device="d9")], until=M)
+    started = named(out, "journey", "started")[0]
+    data = started.as_dict()
+    assert set(data) == (set(started._fields) - {"key"}) | {"output_id"}
+    assert data["output_id"] == started.output_id and len(data["output_id"]) == 16
+    assert data["detail"] == dict(started.detail)
+    assert [data[name] for name in ("type", "name", "at", "journey")] == [
+        "journey",
+        "started",
+        T0,
+        "online_purchase",
+    ]
