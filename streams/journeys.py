@@ -230,6 +230,7 @@ class JourneyRole:
         sender = self._sender
         now = time.time()
         journey_events, moments, observe = self.journey_events, self.moments, self._metrics.observe
+        handoffs: Tally[str] = Tally()
         for step in steps.values():
             for output in step.outputs:
                 topic = journey_events if output.type in JOURNEY_OUTPUT_TYPES else moments
@@ -237,9 +238,12 @@ class JourneyRole:
                 sender.add_keyed(topic, key, orjson.dumps(output.as_dict()))
                 observe(output, now)
             for route, message in step.sends:
-                HANDOFF_MESSAGES.labels(_kind(message)).inc()
+                handoffs[_kind(message)] += 1
                 target = kafka_partition(route, self.partitions)
                 sender.add(self.handoff, target, route.encode(), message)
+        self._metrics.flush()
+        for kind, count in handoffs.items():
+            HANDOFF_MESSAGES.labels(kind).inc(count)
         await sender.send()
         await self._state.write(
             {
@@ -326,6 +330,7 @@ class _Metrics:
         self.negative = LabelCache(NEGATIVE_MOMENTS)
         self.truth = LabelCache(MOMENTS_OF_TRUTH)
         self.latency = LabelCache(OUTPUT_LATENCY)
+        self._counts: dict[Any, int] = {}  # counter child → count not yet added
         # Every journey x stage x channel series exists from the start at 0: a stage whose
         # first drop-off comes during an incident must already have a rate (and a drop-off
         # ratio of 0) for the alert rules to compare with, and a restart must not make series
@@ -338,28 +343,41 @@ class _Metrics:
                         cache.get(definition.name, stage.name, channel.value)
 
     def observe(self, o: Output, now: float) -> None:
+        """Count ``o`` (counters are added up per batch: ``flush``) and observe its latency."""
         channel = o.channel or ""
         journey = o.journey or ""
         stage = o.stage or ""
+        counts = self._counts
+        child: Any = None
         if o.type == "journey":
             if o.name == "started":
-                self.started.get(journey, channel).inc()
-                self.entered.get(journey, stage, channel).inc()
+                child = self.started.get(journey, channel)
+                counts[child] = counts.get(child, 0) + 1
+                child = self.entered.get(journey, stage, channel)
             elif o.name == "stage_reached":
-                self.entered.get(journey, stage, channel).inc()
+                child = self.entered.get(journey, stage, channel)
             elif o.name == "converted":
-                self.converted.get(journey, stage, channel).inc()
+                child = self.converted.get(journey, stage, channel)
             elif o.name == "dropped_off":
-                self.dropped.get(journey, stage, channel).inc()
+                child = self.dropped.get(journey, stage, channel)
+                counts[child] = counts.get(child, 0) + 1
                 DROPOFF_DELAY.observe(max(0.0, now - o.at / 1000))
                 return
         elif o.type == "negative_moment":
-            self.negative.get(o.name, channel, journey).inc()
+            child = self.negative.get(o.name, channel, journey)
         elif o.type == "moment_of_truth":
             passed = dict(o.detail).get("passed")
-            self.truth.get(journey, o.name, channel, "passed" if passed else "failed").inc()
+            child = self.truth.get(journey, o.name, channel, "passed" if passed else "failed")
+        if child is not None:
+            counts[child] = counts.get(child, 0) + 1
         if o.event_id is not None:
             self.latency.get(o.type).observe(max(0.0, now - o.at / 1000))
+
+    def flush(self) -> None:
+        """Add the counts observed since the last flush to the counters."""
+        for child, count in self._counts.items():
+            child.inc(count)
+        self._counts.clear()
 
 
 def _kind(value: bytes) -> str:
