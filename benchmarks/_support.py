@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 
-from tests.helpers import free_port
+from tests.helpers import free_port, stop_process
 
-__all__ = ["free_port", "worker_env"]
+__all__ = ["free_port", "stop", "worker_env"]
+
+
+def stop(processes: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
+    """SIGTERM each process, then SIGKILL what has not stopped within ``timeout`` (saying so:
+    a process left behind would take the cores from the next measurement)."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        if stop_process(process, timeout) == -signal.SIGKILL:
+            print(
+                f"warning: {process.args!r} ignored SIGTERM for {timeout:.0f} s; killed",
+                file=sys.stderr,
+            )
 
 
 def worker_env(broker_url: str, data_dir: str, partitions: int, **extra: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ import orjson
 import psutil
 from kafka import KafkaProducer
 
-from benchmarks._support import free_port, worker_env
+from benchmarks._support import free_port, stop, worker_env
 from pipeline.settings import Settings
 from pipeline.simulator import SimpleTrafficSource
 from streams.broker import EmbeddedBroker
@@ -94,10 +94,7 @@ def _measure(workers: int, payloads: list[bytes]) -> tuple[float, float]:
             rss = max(psutil.Process(p.pid).memory_info().rss for p in processes) / 2**20
             return rate, rss
         finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                process.wait(30)
+            stop(processes)
 
 
 def run() -> str:

@@ -19,7 +19,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka import KafkaProducer
 
-from benchmarks._support import free_port, worker_env
+from benchmarks._support import free_port, stop, worker_env
 from pipeline.contract import TouchpointEvent, decode_touchpoint
 from pipeline.settings import Settings
 from pipeline.simulator import SimpleTrafficSource
@@ -182,8 +182,7 @@ def _throughput() -> tuple[float, float, float]:
 
             naive_rate = _rate_of(naive_seen, EVENTS)
         finally:
-            naive.terminate()
-            naive.wait(30)
+            stop([naive])
 
         port = free_port()
         worker = subprocess.Popen(
@@ -195,8 +194,7 @@ def _throughput() -> tuple[float, float, float]:
         try:
             topology = _rate_of(lambda: _metric_sum(port, "jw_journey_inputs_done_total "), EVENTS)
         finally:
-            worker.terminate()
-            worker.wait(30)
+            stop([worker])
     return raw, naive_rate, topology
 
 
@@ -270,10 +268,7 @@ def _steady(standby: int) -> tuple[list[float], list[float], float, int, dict[st
             drops = int(sum(_metric_sum(p, "jw_journeys_dropped_off_total{") for p in ports))
             return latency, dropoff, rss, drops, cores
         finally:
-            for worker in workers:
-                worker.terminate()
-            for worker in workers:
-                worker.wait(30)
+            stop(workers)
 
 
 _STAMP = b"@occurred_at@"
