@@ -4,7 +4,7 @@
 ``build/compiled/`` and writes a stamp with the digests of the sources it compiled. When the
 ``pipeline`` package is imported, that directory goes first on the package's search path if the
 stamp matches the sources and this interpreter, so the compiled modules replace the plain ones.
-The code is the same plain, typed Python either way; the compiled build is about 1.3 times as
+The code is the same plain, typed Python either way; the compiled build is about 1.7 times as
 fast (docs/benchmarks.md).
 
 ``JW_COMPILED`` chooses: ``auto`` (the default) uses a current build and otherwise the plain
