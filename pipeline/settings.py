@@ -137,7 +137,7 @@ class Settings(BaseSettings):
         description="Workers that keep a warm copy of each journey-state partition (Faust "
         "standby replicas), so that a fail-over does not wait for the changelog to be read. "
         "Each copy costs its worker every state change through Faust's per-message path: at "
-        "5,000 events/s on two workers, 1 raised the output latency p50 from 0.7 s to 4 s "
+        "5,000 events/s on two workers, 1 raised each worker's CPU from 0.37 to 0.57 cores "
         "(docs/benchmarks.md).",
     )
     journey_batch_size: int = Field(
@@ -145,6 +145,16 @@ class Settings(BaseSettings):
         ge=1,
         description="Most input records the journey agent applies before it produces their "
         "outputs and saves its state (a fetch larger than this is processed in several).",
+    )
+    shutdown_timeout_s: float = Field(
+        default=25.0,
+        gt=0,
+        description="After SIGTERM (or Ctrl-C), how long a worker or sink may take to stop "
+        "cleanly (finish its batch, commit, leave the consumer group) before it exits anyway, "
+        "with status 1; what it had not committed is read again by the next owner. Stopping "
+        "can hang when the broker is gone. Keep it below the platform's grace period "
+        "(docker-compose stop_grace_period 30 s, Kubernetes terminationGracePeriodSeconds "
+        "60 s in deploy/).",
     )
 
     # --- HTTP ------------------------------------------------------------------------------

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import gc
+import logging
+import os
+import signal
+import threading
 from typing import Any, NoReturn
 
 from faust.worker import Worker
@@ -14,18 +18,43 @@ from streams.logs import logging_config
 from streams.process import GC_THRESHOLDS
 from streams.topics import bootstrap_servers, ensure_topics
 
+log = logging.getLogger(__name__)
+
 
 class QuietWorker(Worker):
-    """A Faust worker without the terminal spinner.
+    """A Faust worker without the terminal spinner, that stops within a bounded time.
 
     The spinner writes cursor escape codes into the logs and, worse, installs a log handler
     that sets the root logger to DEBUG, so every debug record of every library is built
     and formatted even when the configured level is WARNING.
+
+    Stopping (after SIGTERM or SIGINT) waits for the broker: with the broker gone, Faust's
+    consumer thread and producer retry for ever. ``shutdown_timeout_s`` after the signal the
+    process exits anyway, with status 1; nothing is lost, because what was not committed is
+    read again by the partition's next owner.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, shutdown_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.spinner = None
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._watchdog: threading.Timer | None = None
+
+    def _schedule_shutdown(self, received: signal.Signals) -> None:
+        if self._watchdog is None:
+            self._watchdog = threading.Timer(self._shutdown_timeout_s, self._exit_now, (received,))
+            self._watchdog.daemon = True
+            self._watchdog.start()
+        super()._schedule_shutdown(received)
+
+    def _exit_now(self, received: signal.Signals) -> None:
+        log.error(
+            "the worker did not stop within JW_SHUTDOWN_TIMEOUT_S after the signal; exiting "
+            "now (what it had not committed is read again by the next owner)",
+            extra={"signal": received.name, "shutdown_timeout_s": self._shutdown_timeout_s},
+        )
+        logging.shutdown()
+        os._exit(1)
 
 
 def _run_worker(app: object, settings: Settings) -> NoReturn:
@@ -41,6 +70,7 @@ def _run_worker(app: object, settings: Settings) -> NoReturn:
         quiet=True,
         redirect_stdouts=False,
         override_logging=True,
+        shutdown_timeout_s=settings.shutdown_timeout_s,
     )
     worker.execute_from_commandline()
 

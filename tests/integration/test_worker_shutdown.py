@@ -1,0 +1,52 @@
+"""A worker stops within JW_SHUTDOWN_TIMEOUT_S of SIGTERM, even with the broker gone (Faust's
+consumer thread and producer would otherwise retry for ever, and the platform would have to
+SIGKILL it)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from streams.broker import EmbeddedBroker
+from tests.helpers import free_port, http_get, jw_env, start_cli, stop_process, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_worker_exits_after_the_shutdown_timeout_when_the_broker_is_gone(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    log = tmp_path / "worker.log"
+    with EmbeddedBroker(free_port(), tmp_path / "broker.log") as broker:
+        env = jw_env(
+            broker_url=broker.url,
+            worker_web_port=port,
+            data_dir=tmp_path / "var",
+            partitions=2,
+            consumer_session_timeout_s=3,
+            consumer_heartbeat_s=0.5,
+            consumer_rebalance_timeout_s=3,
+            shutdown_timeout_s=3,
+            log_level="INFO",
+        )
+        worker = start_cli(["worker"], env, log)
+        try:
+            wait_until(
+                lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 120, "worker ready"
+            )
+            broker.stop()
+            # the worker notices: its heartbeats and fetches fail
+            wait_until(lambda: b"Unable connect to node" in log.read_bytes(), 30, "broker gone")
+            signalled = time.monotonic()
+            worker.send_signal(signal.SIGTERM)
+            wait_until(lambda: worker.poll() is not None, 30, "the worker to exit", 0.05)
+            waited = time.monotonic() - signalled
+        finally:
+            stop_process(worker, timeout=5)
+    assert worker.returncode == 1
+    assert 3 <= waited < 20, waited
+    assert b"did not stop within JW_SHUTDOWN_TIMEOUT_S" in log.read_bytes()
