@@ -51,6 +51,7 @@ from sinks.metrics import (
     OUTPUT_LATENCY,
     SWEEP_SECONDS,
     LabelCache,
+    observe_many,
 )
 from streams.app import Readiness
 from streams.batching import (
@@ -331,6 +332,7 @@ class _Metrics:
         self.truth = LabelCache(MOMENTS_OF_TRUTH)
         self.latency = LabelCache(OUTPUT_LATENCY)
         self._counts: dict[Any, int] = {}  # counter child → count not yet added
+        self._latencies: dict[Any, list[float]] = {}  # histogram child → not yet observed
         # Every journey x stage x channel series exists from the start at 0: a stage whose
         # first drop-off comes during an incident must already have a rate (and a drop-off
         # ratio of 0) for the alert rules to compare with, and a restart must not make series
@@ -371,13 +373,20 @@ class _Metrics:
         if child is not None:
             counts[child] = counts.get(child, 0) + 1
         if o.event_id is not None:
-            self.latency.get(o.type).observe(max(0.0, now - o.at / 1000))
+            latency = self.latency.get(o.type)
+            waited = self._latencies.get(latency)
+            if waited is None:
+                waited = self._latencies[latency] = []
+            waited.append(max(0.0, now - o.at / 1000))
 
     def flush(self) -> None:
-        """Add the counts observed since the last flush to the counters."""
+        """Add what was observed since the last flush to the metrics."""
         for child, count in self._counts.items():
             child.inc(count)
         self._counts.clear()
+        for histogram, amounts in self._latencies.items():
+            observe_many(histogram, amounts)
+        self._latencies.clear()
 
 
 def _kind(value: bytes) -> str:

@@ -1,0 +1,50 @@
+"""observe_many gives exactly what observing one amount at a time gives."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from sinks.metrics import observe_many
+
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+amounts = st.one_of(
+    st.sampled_from(BUCKETS),  # on a bound: that bucket (le)
+    st.floats(min_value=0, max_value=10, allow_nan=False),
+)
+
+
+def _histogram() -> tuple[CollectorRegistry, Histogram]:
+    registry = CollectorRegistry()
+    histogram = Histogram("x_seconds", "x", ["kind"], buckets=BUCKETS, registry=registry)
+    return registry, histogram
+
+
+@given(st.lists(amounts, max_size=50), st.lists(amounts, max_size=5))
+def test_observe_many_equals_observing_one_at_a_time(first: list[float], then: list[float]) -> None:
+    one_registry, one = _histogram()
+    many_registry, many = _histogram()
+    one.labels("a")  # the series exists from the start in both
+    for batch in (first, then):
+        for amount in batch:
+            one.labels("a").observe(amount)
+        observe_many(many.labels("a"), batch)
+    many_samples, one_samples = _samples(many_registry), _samples(one_registry)
+    many_sum, one_sum = (
+        many_samples.pop('x_seconds_sum{kind="a"}'),
+        one_samples.pop('x_seconds_sum{kind="a"}'),
+    )
+    assert many_samples == one_samples  # every bucket and the count exactly
+    assert math.isclose(many_sum, one_sum, rel_tol=1e-9, abs_tol=1e-12)  # summed in another order
+
+
+def _samples(registry: CollectorRegistry) -> dict[str, float]:
+    text = generate_latest(registry).decode()
+    return {
+        name: float(value)
+        for name, value in (line.rsplit(" ", 1) for line in text.splitlines())
+        if not name.startswith("#") and "_created" not in name
+    }
