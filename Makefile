@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: run test lint unit integration bench docs clean install system-deps compile lock
 # the journey engine's hot modules, compiled with mypyc (pipeline/_compiled.py)
 COMPILED := build/compiled/sources.json
-COMPILED_SOURCES := pipeline/engine.py pipeline/identity.py pipeline/experience.py pipeline/partitioning.py pipeline/shard.py pipeline/_compiled.py deploy/compile_core.py
+COMPILED_SOURCES := pipeline/engine.py pipeline/identity.py pipeline/experience.py pipeline/partitioning.py pipeline/shard.py pipeline/touch.py pipeline/_compiled.py deploy/compile_core.py
 
 install: $(STAMP)
 

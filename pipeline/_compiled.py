@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Final
 
-COMPILED_MODULES: Final = ("engine", "identity", "experience", "partitioning", "shard")
+COMPILED_MODULES: Final = ("engine", "identity", "experience", "partitioning", "shard", "touch")
 GROUP: Final = "journeywatch_core"  # mypyc's shared library: journeywatch_core__mypyc
 STAMP: Final = "sources.json"
 _TRUE: Final = ("1", "true", "yes", "on")

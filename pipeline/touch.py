@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from pipeline.contract import IDENTIFIER_FIELDS, TouchpointEvent
+
+_new: Final = tuple.__new__
 
 
 class Touch(NamedTuple):
@@ -33,29 +35,31 @@ class Touch(NamedTuple):
     def from_canonical(cls, data: dict[str, Any]) -> Touch:
         """From the canonical JSON of an event validated already (``touchpoints.by_person``):
         no second validation, about ten times cheaper than ``from_event``."""
-        identifiers = tuple((name, data[name]) for name in IDENTIFIER_FIELDS if data.get(name))
-        attributes = data.get("attributes") or {}
-        issue = attributes.get("issue")
-        revenue = data.get("revenue")
-        return cls(
+        get = data.get
+        identifiers = tuple((name, data[name]) for name in IDENTIFIER_FIELDS if get(name))
+        attributes = get("attributes")
+        issue = attributes.get("issue") if attributes else None
+        revenue = get("revenue")
+        fields = (
             data["event_id"],
             int(datetime.fromisoformat(data["occurred_at"]).timestamp() * 1000),
             data["channel"],
             data["touchpoint"],
             data["action"],
-            data.get("outcome", "ok"),
-            data.get("outcome_reason"),
+            get("outcome", "ok"),
+            get("outcome_reason"),
             identifiers,
-            data.get("session_hint"),
-            data.get("duration_ms"),
-            data.get("wait_ms"),
-            data.get("csat"),
-            data.get("nps"),
-            data.get("sentiment"),
+            get("session_hint"),
+            get("duration_ms"),
+            get("wait_ms"),
+            get("csat"),
+            get("nps"),
+            get("sentiment"),
             float(revenue) if revenue is not None else None,
-            data.get("currency"),
+            get("currency"),
             str(issue) if issue is not None else None,
         )
+        return _new(cls, fields)  # every field given: NamedTuple's Python __new__ skipped
 
     @classmethod
     def from_event(cls, event: TouchpointEvent) -> Touch:
