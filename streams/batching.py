@@ -33,6 +33,8 @@ from faust.types import TP, Message
 from streams.topics import partition_hash
 
 BatchHandler = Callable[[list[Message]], Awaitable[None]]
+_Record = tuple[bytes | None, bytes | None, list[Any]]  # key, value, headers
+_NO_HEADERS: list[Any] = []  # shared, never changed (aiokafka's batch builder wants a list)
 
 
 def deliver_in_batches(app: faust.App, topics: Iterable[str], handler: BatchHandler) -> None:
@@ -147,8 +149,9 @@ class BatchSender:
         self._producer = producer  # the started AIOKafkaProducer (Faust's, in a worker)
         self._default_partitions = default_partitions
         self._partitions: dict[str, int] = {}
-        self._pending: dict[TP, list[tuple[bytes | None, bytes | None, list[Any]]]] = {}
-        self._unrouted: list[tuple[str, int, bytes | None, bytes | None, list[Any]]] = []
+        # keyed by (topic, partition): a TP when sent, a plain tuple (equal) when looked up
+        self._pending: dict[tuple[str, int], list[_Record]] = {}
+        self._unrouted: dict[str, list[tuple[int, bytes | None, bytes | None, list[Any]]]] = {}
 
     def add(
         self,
@@ -158,12 +161,23 @@ class BatchSender:
         value: bytes | None,
         headers: Sequence[tuple[str, bytes]] = (),
     ) -> None:
-        self._pending.setdefault(TP(topic, partition), []).append((key, value, list(headers)))
+        self._records_for(topic, partition).append(
+            (key, value, list(headers) if headers else _NO_HEADERS)
+        )
+
+    def _records_for(self, topic: str, partition: int) -> list[_Record]:
+        records = self._pending.get((topic, partition))
+        if records is None:
+            records = self._pending[TP(topic, partition)] = []
+        return records
 
     def add_keyed(self, topic: str, key: str, value: bytes) -> None:
         """Add a record for the partition Kafka's default partitioner gives ``key``."""
         encoded = key.encode()
-        self._unrouted.append((topic, partition_hash(encoded), encoded, value, []))
+        unrouted = self._unrouted.get(topic)
+        if unrouted is None:
+            unrouted = self._unrouted[topic] = []
+        unrouted.append((partition_hash(encoded), encoded, value, _NO_HEADERS))
 
     def add_partitioned(
         self,
@@ -175,19 +189,28 @@ class BatchSender:
     ) -> None:
         """Add a record keyed by ``key`` if it has one, else for partition ``fallback``."""
         hashed = fallback if key is None else partition_hash(key)
-        self._unrouted.append((topic, hashed, key, value, list(headers)))
+        record = (hashed, key, value, list(headers) if headers else _NO_HEADERS)
+        self._unrouted.setdefault(topic, []).append(record)
 
     async def _route(self) -> None:
-        unrouted, self._unrouted = self._unrouted, []
+        unrouted, self._unrouted = self._unrouted, {}
         counts = self._partitions
-        for topic in {topic for topic, *_ in unrouted} - counts.keys():
+        for topic in unrouted.keys() - counts.keys():
             known = await self._producer().partitions_for(topic)  # waits for metadata
             counts[topic] = len(known) if known else self._default_partitions
-        for topic, hashed, key, value, headers in unrouted:
-            self.add(topic, hashed % counts[topic], key, value, headers)
+        for topic, records in unrouted.items():
+            count = counts[topic]
+            targets: list[list[_Record] | None] = [None] * count
+            for hashed, key, value, headers in records:
+                partition = hashed % count
+                target = targets[partition]
+                if target is None:
+                    target = targets[partition] = self._records_for(topic, partition)
+                target.append((key, value, headers))
 
     def __len__(self) -> int:
-        return len(self._unrouted) + sum(len(records) for records in self._pending.values())
+        unrouted = sum(len(records) for records in self._unrouted.values())
+        return unrouted + sum(len(records) for records in self._pending.values())
 
     async def send(self) -> dict[TP, int]:
         """Send everything added and wait for the broker; returns the offset of the last record
@@ -199,7 +222,8 @@ class BatchSender:
             return {}
         producer = self._producer()
         sent: list[tuple[Awaitable[Any], int]] = []
-        for tp, records in pending.items():
+        for (topic, partition), records in pending.items():
+            tp = TP(topic, partition)
             batch, count = producer.create_batch(), 0
             for key, value, headers in records:
                 if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
@@ -255,15 +279,39 @@ class TableWriter:
             return
         last = await self._sender.send()
         for partition, kept in saved.items():
-            with partition_context(self._source_topic, partition):
+            batch = _write_batch(store)
+            if batch is not None:
+                # RocksDB: one atomic write per partition, as Faust's own changelog recovery
+                # (Store.apply_changelog_batch) writes, not one put per key
                 for key, value in kept:
                     if value is None:
-                        store._del(key)
+                        batch.delete(key)
                     else:
-                        store._set(key, value)
+                        batch.put(key, value)
+                store._db_for_partition(partition).write(batch)
+            else:
+                with partition_context(self._source_topic, partition):
+                    for key, value in kept:
+                        if value is None:
+                            store._del(key)
+                        else:
+                            store._set(key, value)
             offset = last.get(TP(changelog, partition))
             if offset is not None:
                 store.set_persisted_offset(TP(changelog, partition), offset)
+
+
+def _write_batch(store: Any) -> Any:
+    """An empty RocksDB write batch for ``store`` if it is Faust's RocksDB store, else None."""
+    if not hasattr(store, "_db_for_partition"):
+        return None  # the memory store (tests, the sink)
+    if store.use_rocksdict:
+        import rocksdict
+
+        return rocksdict.WriteBatch(raw_mode=True)
+    import rocksdb  # python-rocksdb, where Faust uses it instead
+
+    return rocksdb.WriteBatch()
 
 
 @contextlib.contextmanager
