@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -74,7 +74,6 @@ async def _drain_in_batches(
 ) -> None:  # pragma: no cover - runs inside the worker, covered by the topology tests
     """Faust's ``Consumer._drain_messages`` with the batch topics collected per fetch."""
     callback = self.callback
-    getmany = self.getmany
     consumer_should_stop = self._stopped.is_set
     fetcher_should_stop = fetcher._stopped.is_set
     get_read_offset = self._read_offset.__getitem__
@@ -90,7 +89,7 @@ async def _drain_in_batches(
                 continue
             batches: dict[BatchHandler, list[Message]] = {}
             since_yield = 0
-            async for tp, message in getmany(timeout=1.0):
+            async for tp, message in _fetched(self, timeout=1.0):
                 offset = message.offset
                 r_offset = get_read_offset(tp)
                 if r_offset is not None and offset < r_offset:
@@ -130,6 +129,37 @@ async def _drain_in_batches(
         raise
     finally:
         self.diag.unset_flag(CONSUMER_FETCHING)
+
+
+async def _fetched(
+    self: Any, timeout: float
+) -> AsyncIterator[tuple[TP, Message]]:  # pragma: no cover - runs inside the worker
+    """Faust's ``Consumer.getmany`` for a whole fetch at a time: the same messages, with each
+    partition's high watermark read once per fetch rather than once per record (each read
+    crosses into the consumer thread's client), partition by partition rather than round-robin
+    (the handlers take the whole fetch anyway)."""
+    records, active_partitions = await self._wait_next_records(timeout)
+    if records is None or self.should_stop:
+        return
+    if not self.flow_active:
+        self.log.dev("getmany called while flow not active. Seek back to committed offsets.")
+        try:
+            await self.perform_seek()
+        except Exception as exc:  # as Faust: logged, the fetch loop goes on
+            self.log.warning(f"exception performing seek when flow not active {exc}")
+        return
+    app = self.app
+    generation_id = app.consumer_generation_id
+    to_message = self._to_message
+    track_end_offset = app.monitor.track_tp_end_offset
+    buffered = self._buffered_partitions
+    for tp, tp_records in records.items():
+        if active_partitions is None or tp in active_partitions or tp in buffered:
+            track_end_offset(tp, self.highwater(tp))
+            for record in tp_records:
+                if not self.flow_active or app.consumer_generation_id != generation_id:
+                    return  # a rebalance began: the partitions' owners fetch the rest again
+                yield tp, to_message(tp, record)
 
 
 def faust_producer(app: faust.App) -> Callable[[], Any]:
