@@ -6,10 +6,25 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.helpers import free_port, stop_process
 
-__all__ = ["free_port", "stop", "worker_env"]
+__all__ = ["free_port", "running", "spawn", "stop", "worker_env"]
+
+
+def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``python args`` with its output in ``log`` (for ``running`` to quote)."""
+    with open(log, "ab") as handle:
+        return subprocess.Popen([sys.executable, *args], env=env, stdout=handle, stderr=handle)
+
+
+def running(process: subprocess.Popen[bytes], log: Path) -> None:
+    """Raise, quoting the end of its log, if ``process`` has exited: a benchmark waiting on a
+    process that crashed at start would otherwise wait out its time-out and say nothing."""
+    if process.poll() is not None:
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{tail}")
 
 
 def stop(processes: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:

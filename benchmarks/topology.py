@@ -19,7 +19,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka import KafkaProducer
 
-from benchmarks._support import free_port, stop, worker_env
+from benchmarks._support import free_port, running, spawn, stop, worker_env
 from pipeline.contract import TouchpointEvent, decode_touchpoint
 from pipeline.settings import Settings
 from pipeline.simulator import SimpleTrafficSource
@@ -169,14 +169,12 @@ def _throughput() -> tuple[float, float, float]:
         raw = max(asyncio.run(_raw_rate(broker.url, BY_PERSON, EVENTS)) for _ in range(2))
 
         port = free_port()
-        naive = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.naive_agent", broker.url, BY_PERSON, str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        naive_log = Path(tmp) / "naive.log"
+        naive = spawn(["-m", "benchmarks.naive_agent", broker.url, BY_PERSON, str(port)], naive_log)
         try:
 
             def naive_seen() -> float:
+                running(naive, naive_log)
                 body = _get(f"http://127.0.0.1:{port}/count")
                 return float(orjson.loads(body)["seen"]) if body else 0.0
 
@@ -185,14 +183,16 @@ def _throughput() -> tuple[float, float, float]:
             stop([naive])
 
         port = free_port()
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"],
-            env=_env(broker, tmp, JW_WORKER_WEB_PORT=str(port)),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        worker_log = Path(tmp) / "worker.log"
+        env = _env(broker, tmp, JW_WORKER_WEB_PORT=str(port))
+        worker = spawn(["-m", "streams.cli", "worker"], worker_log, env)
         try:
-            topology = _rate_of(lambda: _metric_sum(port, "jw_journey_inputs_done_total "), EVENTS)
+
+            def done() -> float:
+                running(worker, worker_log)
+                return _metric_sum(port, "jw_journey_inputs_done_total ")
+
+            topology = _rate_of(done, EVENTS)
         finally:
             stop([worker])
     return raw, naive_rate, topology

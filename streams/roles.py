@@ -34,7 +34,7 @@ class QuietWorker(Worker):
     read again by the partition's next owner.
     """
 
-    def __init__(self, *args: Any, shutdown_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, shutdown_timeout_s: float = 25.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.spinner = None
         self._shutdown_timeout_s = shutdown_timeout_s
