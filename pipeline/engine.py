@@ -1097,27 +1097,8 @@ class JourneyEngine:
     def _journey_out(
         self, name: str, person_id: str, journey: JourneyState, touch: Touch, out: list[Output]
     ) -> None:
-        index = journey.definition
-        out.append(
-            _new(
-                Output,
-                (
-                    "journey",
-                    name,
-                    f"{name}:{journey.journey_id}:{touch.event_id}",
-                    touch.at,
-                    person_id,
-                    self._names[index],
-                    journey.journey_id,
-                    self._stage_names[index][journey.stage],
-                    touch.channel,
-                    touch.touchpoint,
-                    touch.event_id,
-                    None,
-                    (),
-                ),
-            )
-        )
+        key = f"{name}:{journey.journey_id}:{touch.event_id}"
+        self._output(out, "journey", name, key, person_id, journey, touch, None, ())
 
     def _emit(
         self,
@@ -1130,6 +1111,22 @@ class JourneyEngine:
         value: float | None,
         detail: tuple[tuple[str, Any], ...],
     ) -> None:
+        key = f"{type_}:{name}:{journey.journey_id}:{touch.event_id}"
+        self._output(out, type_, name, key, person_id, journey, touch, value, detail)
+
+    def _output(
+        self,
+        out: list[Output],
+        type_: str,
+        name: str,
+        key: str,
+        person_id: str,
+        journey: JourneyState,
+        touch: Touch,
+        value: float | None,
+        detail: tuple[tuple[str, Any], ...],
+    ) -> None:
+        """An output about ``journey`` caused by ``touch`` (``key`` makes its output_id)."""
         index = journey.definition
         out.append(
             _new(
@@ -1137,7 +1134,7 @@ class JourneyEngine:
                 (
                     type_,
                     name,
-                    f"{type_}:{name}:{journey.journey_id}:{touch.event_id}",
+                    key,
                     touch.at,
                     person_id,
                     self._names[index],
