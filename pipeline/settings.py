@@ -239,7 +239,12 @@ class Settings(BaseSettings):
     )
 
     # --- Logging ---------------------------------------------------------------------------
-    log_level: LogLevel = Field(default="WARNING", description="Log level (structured JSON).")
+    log_level: LogLevel = Field(
+        default="WARNING",
+        description="Log level. Logs are JSON, one object per line on stderr; a warning or "
+        "error repeated within 30 s is written once, and the next one says how many were left "
+        "out (`repeated`): a broker outage does not flood them.",
+    )
 
     @field_validator("clickhouse_dsn")
     @classmethod

@@ -1,11 +1,18 @@
-"""Structured logs: one JSON object per line, quiet (WARNING) by default."""
+"""Structured logs: one JSON object per line, quiet (WARNING) by default, and no floods: a
+warning or error repeated within ``REPEAT_WINDOW_S`` is written once, and the next one after
+the window says how many were left out (``repeated``). With the broker down, aiokafka logs the
+same connection error several times a second for as long as the outage lasts."""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+
+REPEAT_WINDOW_S = 30.0
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
@@ -28,6 +35,37 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class RepeatFilter(logging.Filter):
+    """Lets a warning or error through once per window for each logger and message template
+    (``record.msg``, before its arguments are filled in); counts what it holds back and adds
+    the count to the next record of that kind it lets through. Info and debug pass as they are.
+    """
+
+    def __init__(
+        self, window_s: float = REPEAT_WINDOW_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self._window_s = window_s
+        self._clock = clock
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}  # → (written at, held)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        kind = (record.name, record.levelno, str(record.msg))
+        now = self._clock()
+        written = self._seen.get(kind)
+        if written is not None and now - written[0] < self._window_s:
+            self._seen[kind] = (written[0], written[1] + 1)
+            return False
+        if written is not None and written[1]:
+            record.repeated = written[1]  # held back since the last one written
+        if len(self._seen) > 10_000:  # templates are few; arguments are not part of the key
+            self._seen.clear()
+        self._seen[kind] = (now, 0)
+        return True
+
+
 def logging_config(level: str) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for journeywatch and the libraries under it."""
     noisy = "ERROR" if level in ("WARNING", "ERROR", "CRITICAL") else level
@@ -35,10 +73,12 @@ def logging_config(level: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter}},
+        "filters": {"repeats": {"()": RepeatFilter}},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
                 "formatter": "json",
+                "filters": ["repeats"],
                 "stream": "ext://sys.stderr",
             }
         },
