@@ -36,7 +36,7 @@ compile: $(COMPILED)
 
 # make run works without a C compiler too: the plain modules are used (slower), and it says so
 run: $(STAMP)
-	@$(MAKE) --no-print-directory compile || echo "journeywatch: the engine could not be compiled; running it as plain Python (about 1.3x slower)"
+	@$(MAKE) --no-print-directory compile || echo "journeywatch: the engine could not be compiled; running it as plain Python (the engine about 1.5 times slower)"
 	@$(VENV)/bin/journeywatch run
 
 lint: $(STAMP)
