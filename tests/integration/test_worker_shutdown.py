@@ -5,6 +5,7 @@ SIGKILL it)."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,28 +17,39 @@ from tests.helpers import free_port, http_get, jw_env, start_cli, stop_process, 
 pytestmark = pytest.mark.integration
 
 
+def _ready_worker(
+    broker: EmbeddedBroker, port: int, tmp_path: Path, log: Path, shutdown_timeout_s: float
+) -> subprocess.Popen[bytes]:
+    env = jw_env(
+        broker_url=broker.url,
+        worker_web_port=port,
+        data_dir=tmp_path / "var",
+        partitions=2,
+        consumer_session_timeout_s=3,
+        consumer_heartbeat_s=0.5,
+        consumer_rebalance_timeout_s=3,
+        shutdown_timeout_s=shutdown_timeout_s,
+        log_level="INFO",
+    )
+    worker = start_cli(["worker"], env, log)
+    try:
+        wait_until(
+            lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 120, "worker ready"
+        )
+    except AssertionError:
+        stop_process(worker, timeout=5)
+        raise
+    return worker
+
+
 def test_a_worker_exits_after_the_shutdown_timeout_when_the_broker_is_gone(
     tmp_path: Path,
 ) -> None:
     port = free_port()
     log = tmp_path / "worker.log"
     with EmbeddedBroker(free_port(), tmp_path / "broker.log") as broker:
-        env = jw_env(
-            broker_url=broker.url,
-            worker_web_port=port,
-            data_dir=tmp_path / "var",
-            partitions=2,
-            consumer_session_timeout_s=3,
-            consumer_heartbeat_s=0.5,
-            consumer_rebalance_timeout_s=3,
-            shutdown_timeout_s=3,
-            log_level="INFO",
-        )
-        worker = start_cli(["worker"], env, log)
+        worker = _ready_worker(broker, port, tmp_path, log, shutdown_timeout_s=3)
         try:
-            wait_until(
-                lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 120, "worker ready"
-            )
             broker.stop()
             # the worker notices: its heartbeats and fetches fail
             wait_until(lambda: b"Unable connect to node" in log.read_bytes(), 30, "broker gone")
@@ -54,3 +66,22 @@ def test_a_worker_exits_after_the_shutdown_timeout_when_the_broker_is_gone(
     # aiokafka retried the connection several times a second; the log says it once
     # (streams/logs.RepeatFilter)
     assert sum(b"Unable connect to node" in line for line in lines) == 1, lines
+
+
+def test_with_the_broker_up_a_worker_stops_cleanly_well_within_the_time_out(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    log = tmp_path / "worker.log"
+    with EmbeddedBroker(free_port(), tmp_path / "broker.log") as broker:
+        worker = _ready_worker(broker, port, tmp_path, log, shutdown_timeout_s=10)
+        try:
+            signalled = time.monotonic()
+            worker.send_signal(signal.SIGTERM)
+            wait_until(lambda: worker.poll() is not None, 30, "the worker to exit", 0.05)
+            waited = time.monotonic() - signalled
+        finally:
+            stop_process(worker, timeout=5)
+    assert worker.returncode == 0, log.read_text()[-2000:]
+    assert waited < 10, waited  # stopped by itself, not by the watchdog
+    assert b"did not stop within" not in log.read_bytes()
