@@ -190,7 +190,7 @@ def _throughput() -> tuple[float, float, float]:
 
             def done() -> float:
                 running(worker, worker_log)
-                return _metric_sum(port, "jw_journey_inputs_done_total ")
+                return _metric_sum(port, "jw_journey_inputs_done_total{", f'topic="{BY_PERSON}"')
 
             topology = _rate_of(done, EVENTS)
         finally:
@@ -384,7 +384,8 @@ def run() -> str:
         "starts. Rates over the steady middle of each run, from 10% of the records done to 90% "
         "(group joins before, the watermark's hold of the last records after, do not count); "
         "for the worker, *done* means applied by the engine, outputs and state acknowledged by "
-        "the broker, input acknowledged (`jw_journey_inputs_done_total`).\n\n"
+        "the broker, input acknowledged (`jw_journey_inputs_done_total` of "
+        "`touchpoints.by_person`: touchpoints, not the hand-off messages they cause).\n\n"
         "| consumer | events/s | ratio to raw aiokafka |\n"
         "| --- | ---: | ---: |\n"
         f"| raw aiokafka consume + orjson decode (baseline, best of 2) | {raw:,.0f} | 1.00 |\n"

@@ -121,8 +121,10 @@ JOURNEY_INPUT_OFFSET = Gauge(
 )
 JOURNEY_INPUTS_DONE = Counter(
     "jw_journey_inputs_done_total",
-    "Input records of the journey agent (touchpoints, hand-off messages) whose effects are safe "
-    "(outputs acknowledged by the broker, state saved) and that are acknowledged for commit.",
+    "Input records of the journey agent whose effects are safe (outputs acknowledged by the "
+    "broker, state saved) and that are acknowledged for commit, per topic (touchpoints, "
+    "identity hand-off messages).",
+    ["topic"],
 )
 CONSUMER_LAG = Gauge(
     "jw_consumer_lag", "Records not yet processed, per topic and partition.", ["topic", "partition"]

@@ -112,6 +112,9 @@ class JourneyRole:
         )
         readiness.checks["tables_recovered"] = False
         self._metrics = _Metrics(self.catalog)
+        self._inputs_done = {  # both series exist from the start, at 0
+            topic: JOURNEY_INPUTS_DONE.labels(topic) for topic in (self.by_person, self.handoff)
+        }
         self._sender = BatchSender(faust_producer(app), settings.partitions)
         self._state = TableWriter(self.table, self._sender, self.by_person)
 
@@ -257,14 +260,14 @@ class JourneyRole:
             }
         )
         consumer = self.app.consumer
-        done = 0
+        done: Tally[str] = Tally()
         for step in steps.values():
             for token in step.done:
                 if token is not None:
                     token.ack(consumer)
-                    done += 1
-        if done:
-            JOURNEY_INPUTS_DONE.inc(done)
+                    done[token.topic] += 1
+        for topic, count in done.items():
+            self._inputs_done[topic].inc(count)
 
     # --- the sweep ------------------------------------------------------------------------------
     async def _sweep(self) -> None:
