@@ -46,4 +46,4 @@ def partition_hash(key: bytes) -> int:
 
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner gives a record keyed ``key``."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return partition_hash(key) % partitions
