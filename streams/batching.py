@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any, cast
@@ -34,6 +35,7 @@ from streams.topics import partition_hash
 
 BatchHandler = Callable[[list[Message]], Awaitable[None]]
 _Record = tuple[bytes | None, bytes | None, list[Any]]  # key, value, headers
+_Unrouted = tuple[int, bytes | None, bytes | None, list[Any]]  # partitioner hash, then a record
 _NO_HEADERS: list[Any] = []  # shared, never changed (aiokafka's batch builder wants a list)
 
 
@@ -181,7 +183,7 @@ class BatchSender:
         self._partitions: dict[str, int] = {}
         # keyed by (topic, partition): a TP when sent, a plain tuple (equal) when looked up
         self._pending: dict[tuple[str, int], list[_Record]] = {}
-        self._unrouted: dict[str, list[tuple[int, bytes | None, bytes | None, list[Any]]]] = {}
+        self._unrouted: defaultdict[str, list[_Unrouted]] = defaultdict(list)
 
     def add(
         self,
@@ -204,10 +206,7 @@ class BatchSender:
     def add_keyed(self, topic: str, key: str, value: bytes) -> None:
         """Add a record for the partition Kafka's default partitioner gives ``key``."""
         encoded = key.encode()
-        unrouted = self._unrouted.get(topic)
-        if unrouted is None:
-            unrouted = self._unrouted[topic] = []
-        unrouted.append((partition_hash(encoded), encoded, value, _NO_HEADERS))
+        self._unrouted[topic].append((partition_hash(encoded), encoded, value, _NO_HEADERS))
 
     def add_partitioned(
         self,
@@ -219,11 +218,12 @@ class BatchSender:
     ) -> None:
         """Add a record keyed by ``key`` if it has one, else for partition ``fallback``."""
         hashed = fallback if key is None else partition_hash(key)
-        record = (hashed, key, value, list(headers) if headers else _NO_HEADERS)
-        self._unrouted.setdefault(topic, []).append(record)
+        self._unrouted[topic].append(
+            (hashed, key, value, list(headers) if headers else _NO_HEADERS)
+        )
 
     async def _route(self) -> None:
-        unrouted, self._unrouted = self._unrouted, {}
+        unrouted, self._unrouted = self._unrouted, defaultdict(list)
         counts = self._partitions
         for topic in unrouted.keys() - counts.keys():
             known = await self._producer().partitions_for(topic)  # waits for metadata

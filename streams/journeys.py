@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections import Counter as Tally
+from collections import defaultdict
 from typing import Any
 
 import faust
@@ -334,8 +335,8 @@ class _Metrics:
         self.negative = LabelCache(NEGATIVE_MOMENTS)
         self.truth = LabelCache(MOMENTS_OF_TRUTH)
         self.latency = LabelCache(OUTPUT_LATENCY)
-        self._counts: dict[Any, int] = {}  # counter child → count not yet added
-        self._latencies: dict[Any, list[float]] = {}  # histogram child → not yet observed
+        self._counts: Tally[Any] = Tally()  # counter child → count not yet added
+        self._latencies: defaultdict[Any, list[float]] = defaultdict(list)  # not yet observed
         # Every journey x stage x channel series exists from the start at 0: a stage whose
         # first drop-off comes during an incident must already have a rate (and a drop-off
         # ratio of 0) for the alert rules to compare with, and a restart must not make series
@@ -353,34 +354,25 @@ class _Metrics:
         journey = o.journey or ""
         stage = o.stage or ""
         counts = self._counts
-        child: Any = None
         if o.type == "journey":
             if o.name == "started":
-                child = self.started.get(journey, channel)
-                counts[child] = counts.get(child, 0) + 1
-                child = self.entered.get(journey, stage, channel)
+                counts[self.started.get(journey, channel)] += 1
+                counts[self.entered.get(journey, stage, channel)] += 1
             elif o.name == "stage_reached":
-                child = self.entered.get(journey, stage, channel)
+                counts[self.entered.get(journey, stage, channel)] += 1
             elif o.name == "converted":
-                child = self.converted.get(journey, stage, channel)
+                counts[self.converted.get(journey, stage, channel)] += 1
             elif o.name == "dropped_off":
-                child = self.dropped.get(journey, stage, channel)
-                counts[child] = counts.get(child, 0) + 1
+                counts[self.dropped.get(journey, stage, channel)] += 1
                 DROPOFF_DELAY.observe(max(0.0, now - o.at / 1000))
                 return
         elif o.type == "negative_moment":
-            child = self.negative.get(o.name, channel, journey)
+            counts[self.negative.get(o.name, channel, journey)] += 1
         elif o.type == "moment_of_truth":
             passed = dict(o.detail).get("passed")
-            child = self.truth.get(journey, o.name, channel, "passed" if passed else "failed")
-        if child is not None:
-            counts[child] = counts.get(child, 0) + 1
+            counts[self.truth.get(journey, o.name, channel, "passed" if passed else "failed")] += 1
         if o.event_id is not None:
-            latency = self.latency.get(o.type)
-            waited = self._latencies.get(latency)
-            if waited is None:
-                waited = self._latencies[latency] = []
-            waited.append(max(0.0, now - o.at / 1000))
+            self._latencies[self.latency.get(o.type)].append(max(0.0, now - o.at / 1000))
 
     def flush(self) -> None:
         """Add what was observed since the last flush to the metrics."""
