@@ -8,20 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import free_port, stop_process
+from tests.helpers import free_port, start_python, stop_process
 
-__all__ = ["free_port", "running", "spawn", "stop", "worker_env"]
-
-
-def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start ``python args`` with its output in ``log`` (for ``running`` to quote)."""
-    with open(log, "ab") as handle:
-        return subprocess.Popen([sys.executable, *args], env=env, stdout=handle, stderr=handle)
+__all__ = ["free_port", "running", "start_python", "stop", "worker_env"]
 
 
 def running(process: subprocess.Popen[bytes], log: Path) -> None:
-    """Raise, quoting the end of its log, if ``process`` has exited: a benchmark waiting on a
-    process that crashed at start would otherwise wait out its time-out and say nothing."""
+    """Raise, quoting the end of its log (``start_python``), if ``process`` has exited: a
+    benchmark waiting on a process that crashed at start would otherwise wait out its time-out
+    and say nothing."""
     if process.poll() is not None:
         tail = log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{tail}")

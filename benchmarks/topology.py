@@ -19,7 +19,7 @@ import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from kafka import KafkaProducer
 
-from benchmarks._support import free_port, running, spawn, stop, worker_env
+from benchmarks._support import free_port, running, start_python, stop, worker_env
 from pipeline.contract import TouchpointEvent, decode_touchpoint
 from pipeline.settings import Settings
 from pipeline.simulator import SimpleTrafficSource
@@ -170,7 +170,9 @@ def _throughput() -> tuple[float, float, float]:
 
         port = free_port()
         naive_log = Path(tmp) / "naive.log"
-        naive = spawn(["-m", "benchmarks.naive_agent", broker.url, BY_PERSON, str(port)], naive_log)
+        naive = start_python(
+            ["-m", "benchmarks.naive_agent", broker.url, BY_PERSON, str(port)], None, naive_log
+        )
         try:
 
             def naive_seen() -> float:
@@ -185,7 +187,7 @@ def _throughput() -> tuple[float, float, float]:
         port = free_port()
         worker_log = Path(tmp) / "worker.log"
         env = _env(broker, tmp, JW_WORKER_WEB_PORT=str(port))
-        worker = spawn(["-m", "streams.cli", "worker"], worker_log, env)
+        worker = start_python(["-m", "streams.cli", "worker"], env, worker_log)
         try:
 
             def done() -> float:

@@ -87,15 +87,16 @@ def jw_env(**settings: object) -> dict[str, str]:
     return env
 
 
+def start_python(args: list[str], env: dict[str, str] | None, log: Path) -> subprocess.Popen[bytes]:
+    """``python ARGS`` in the repository, its output appended to ``log``."""
+    with open(log, "ab") as handle:  # the child has its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, *args], env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO
+        )
+
+
 def start_cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    handle = open(log, "ab")  # noqa: SIM115 - the child owns it
-    return subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", *args],
-        env=env,
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-    )
+    return start_python(["-m", "streams.cli", *args], env, log)
 
 
 def run_cli(
