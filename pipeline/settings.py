@@ -121,13 +121,13 @@ class Settings(BaseSettings):
         "time.",
     )
     idle_after_s: float = Field(
-        default=1.0,
+        default=0.5,
         gt=0,
         description="A partition without input for this long advances its watermark with the "
         "wall clock, so drop-offs still fire when traffic stops.",
     )
     sweep_interval_s: float = Field(
-        default=0.5,
+        default=0.25,
         gt=0,
         description="How often each journey partition checks its deadlines and idle time.",
     )

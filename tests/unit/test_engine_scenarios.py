@@ -7,6 +7,7 @@ import pytest
 from pipeline.definitions import DefinitionError, load_catalog, parse_catalog
 from pipeline.engine import JourneyEngine, PersonState
 from pipeline.experience import NEGATIVE_INTENSITY, peak_end_score
+from pipeline.settings import Settings
 from tests.unit.journeys import CATALOG, T0, D, H, M, S, named, run, touch
 
 
@@ -360,3 +361,36 @@ def test_an_output_as_json_has_every_field_but_its_key_and_a_stable_id() -> None
         T0,
         "online_purchase",
     ]
+
+
+def test_an_idle_partition_times_out_on_the_wall_clock_as_if_a_touchpoint_had_arrived() -> None:
+    """With the default settings: a deadline between the watermark and the last event time
+    when input stops fires once the partition has been idle for the lateness plus the gap;
+    a touchpoint arriving afterwards is late only if it took longer than the lateness more
+    than the last one did to arrive."""
+    settings = Settings()
+    lateness = int(settings.allowed_lateness_s * 1000)
+    engine = JourneyEngine(
+        CATALOG,
+        allowed_lateness_ms=lateness,
+        idle_after_ms=int(settings.idle_after_s * 1000),
+    )
+    transit = 100  # event time to arrival, ms
+    engine.submit(touch(0, "home.view", device="d9"), T0 + transit)
+    engine.submit(touch(1 * M, "cart.add", action="add", device="d9"), T0 + 1 * M + transit)
+    deadline = T0 + 1 * M + 2 * H  # the cart stage's time-out
+    last = touch(deadline - T0 - 200, "home.view", device="other")
+    arrived = last.at + transit
+    assert named(engine.submit(last, arrived), "journey", "dropped_off") == []
+    gap = deadline - (last.at - lateness)
+    assert named(engine.tick(arrived + gap - 1), "journey", "dropped_off") == []
+    fired = engine.tick(arrived + gap)
+    assert journey_names(fired, "dropped_off") == [("online_purchase", "cart")]
+    assert named(fired, "journey", "dropped_off")[0].at == deadline
+
+    wall = arrived + gap + 100
+    engine.submit(touch(wall - transit - T0, "home.view", device="d10"), wall)
+    assert engine.counters.late_events == 0
+    slower = transit + lateness + 1
+    engine.submit(touch(wall - slower - T0, "home.view", device="d11"), wall)
+    assert engine.counters.late_events == 1
