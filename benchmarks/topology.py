@@ -4,6 +4,7 @@ memory with a million active journeys."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import subprocess
 import sys
@@ -21,11 +22,16 @@ from kafka import KafkaProducer
 
 from benchmarks._support import free_port, running, start_python, stop, worker_env
 from pipeline.contract import TouchpointEvent, decode_touchpoint
+from pipeline.definitions import load_catalog
+from pipeline.engine import JourneyEngine
 from pipeline.settings import Settings
+from pipeline.shard import JourneyShard
 from pipeline.simulator import SimpleTrafficSource
 from streams.batching import BatchSender
 from streams.broker import EmbeddedBroker
-from streams.topics import BY_PERSON, RAW, ensure_topics
+from streams.journeys import touch_of
+from streams.process import GC_THRESHOLDS
+from streams.topics import BY_PERSON, RAW, ensure_topics, kafka_partition, partition_hash
 from tests.e2e.stack import person_key
 from tests.helpers import wait_until
 
@@ -141,6 +147,53 @@ async def _raw_rate(bootstrap: str, topic: str, count: int) -> float:
         await consumer.stop()
 
 
+def _journey_work_alone(records: list[tuple[bytes, bytes]]) -> float:
+    """Touchpoints/s of the worker's own work on ``records`` in this process, without Faust or
+    a broker: decoding, the journey shards (engine and identity hand-offs, the hand-off
+    messages delivered in process), each output as JSON with its partition, the state records'
+    keys. An upper bound for the worker: everything it does besides is Kafka's and Faust's."""
+    settings = Settings()
+    catalog = load_catalog()
+    inputs = [(kafka_partition(key.decode(), PARTITIONS), value) for key, value in records]
+    shards = {
+        partition: JourneyShard(
+            JourneyEngine(
+                catalog,
+                allowed_lateness_ms=int(settings.allowed_lateness_s * 1000),
+                idle_after_ms=int(settings.idle_after_s * 1000),
+            ),
+            partition,
+            lambda key: kafka_partition(key, PARTITIONS),
+        )
+        for partition in range(PARTITIONS)
+    }
+    handoffs: list[tuple[int, bytes]] = []
+    size = settings.journey_batch_size
+    thresholds = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)  # the worker's
+    try:
+        started = time.perf_counter()
+        for start in range(0, len(inputs), size):
+            arrived, handoffs = handoffs, []
+            for partition, raw in arrived:
+                shards[partition].message(raw, None)
+            for partition, raw in inputs[start : start + size]:
+                shards[partition].touch(touch_of(raw), None)
+            for partition, shard in shards.items():
+                step = shard.drain()
+                for output in step.outputs:
+                    key = output.journey_id or output.person_id
+                    orjson.dumps(output.as_dict())
+                    partition_hash(key.encode())
+                for route, message in step.sends:
+                    handoffs.append((kafka_partition(route, PARTITIONS), message))
+                for key in step.records:
+                    f"{partition}|{key}".encode()
+        return len(inputs) / (time.perf_counter() - started)
+    finally:
+        gc.set_threshold(*thresholds)
+
+
 def _env(broker: EmbeddedBroker, tmp: str, **extra: str) -> dict[str, str]:
     return worker_env(broker.url, tmp, PARTITIONS, **extra)
 
@@ -157,9 +210,10 @@ def _rate_of(progress: Callable[[], float], count: int) -> float:
     return (progress() - first) / (time.perf_counter() - started)
 
 
-def _throughput() -> tuple[float, float, float]:
+def _throughput() -> tuple[float, float, float, float]:
     now = datetime.now(UTC)
     records = _validated(now, EVENTS, seed=5)
+    alone = max(_journey_work_alone(records) for _ in range(2))
     with (
         tempfile.TemporaryDirectory() as tmp,
         EmbeddedBroker(free_port(), Path(tmp) / "b.log") as broker,
@@ -197,7 +251,7 @@ def _throughput() -> tuple[float, float, float]:
             topology = _rate_of(done, EVENTS)
         finally:
             stop([worker])
-    return raw, naive_rate, topology
+    return raw, naive_rate, topology, alone
 
 
 def _journeys_file(directory: str) -> Path:
@@ -342,16 +396,23 @@ print(psutil.Process().memory_info().rss, base, engine.active_journeys())
     return int(output[0]) / 2**20, int(output[2])
 
 
-NOT_MET = (
-    "Not met. The agents take whole fetches and produce record batches (streams/batching.py), "
-    "and the journey engine is compiled; a profile of the worker (docs/streaming-topology.md, "
-    '"Where a worker\'s time goes") gives the engine and the identity hand-offs about a '
-    "quarter of its time, and the rest to work the raw baseline does not do: Faust's "
-    "per-record bookkeeping (a message object per record, tracked, counted by sensors and "
-    "acknowledged one by one), decoding into the engine's touchpoint, about two outputs and "
-    "one state record per touchpoint to serialize and produce. At 0.25 of raw, a touchpoint "
-    "could take about as long as the compiled engine alone takes."
-)
+def _not_met(alone: float) -> str:
+    bound = (
+        f"The worker's own work, measured alone in the same run, reaches {alone:.2f} of raw: "
+        "the target is out of reach before Faust or the broker costs anything. "
+        if alone < 0.25
+        else ""
+    )
+    return (
+        f"Not met. {bound}The agents take whole fetches and produce record batches "
+        "(streams/batching.py), and the journey engine is compiled; a profile of the worker "
+        '(docs/streaming-topology.md, "Where a worker\'s time goes") gives the engine and the '
+        "identity hand-offs about a quarter of its time, and the rest to work the raw baseline "
+        "does not do: Faust's per-record bookkeeping (a message object per record, tracked, "
+        "counted by sensors and acknowledged one by one), decoding into the engine's "
+        "touchpoint, about two outputs and one state record per touchpoint to serialize and "
+        "produce."
+    )
 
 
 def _steady_rows(standby: int) -> tuple[str, str, int]:
@@ -374,7 +435,7 @@ def _steady_rows(standby: int) -> tuple[str, str, int]:
 
 
 def run() -> str:
-    raw, naive, topology = _throughput()
+    raw, naive, topology, alone = _throughput()
     default_rows, default_cpu, drops = _steady_rows(0)
     standby_rows, standby_cpu, _ = _steady_rows(1)
     memory, active = _memory()
@@ -394,9 +455,11 @@ def run() -> str:
         f"| naive Faust agent (one message per iteration, decode) | {naive:,.0f} | "
         f"{naive / raw:.2f} |\n"
         f"| journeywatch worker, journey agent (1 process, all partitions) | {topology:,.0f} | "
-        f"{topology / raw:.2f} |\n\n"
+        f"{topology / raw:.2f} |\n"
+        "| the worker's own work alone: decoding, engine, hand-offs, outputs as JSON (one "
+        f"process, no Faust, no broker; best of 2) | {alone:,.0f} | {alone / raw:.2f} |\n\n"
         f"Target for the full topology: at least 0.25 of raw. "
-        f"{'Met.' if topology / raw >= 0.25 else NOT_MET}\n\n"
+        f"{'Met.' if topology / raw >= 0.25 else _not_met(alone / raw)}\n\n"
         f"Steady live traffic: {STEADY_RATE:,} events/s for {STEADY_SECONDS} s into "
         "`touchpoints.raw` (a load generator sending record batches every 10 ms, each event "
         "stamped when sent), two workers (ingest + journeys), every stage time-out set to 2 s "
