@@ -41,7 +41,7 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline streams sinks tests benchmarks docs/generate.py deploy/grafana/dashboards.py deploy/compile_core.py
-	$(VENV)/bin/mypy pipeline streams sinks deploy/grafana/dashboards.py deploy/compile_core.py
+	$(VENV)/bin/mypy pipeline streams sinks tests benchmarks docs/generate.py deploy/grafana/dashboards.py deploy/compile_core.py
 	$(VENV)/bin/lint-imports
 
 # Tools the tests drive that come from Debian rather than PyPI; installed when missing.

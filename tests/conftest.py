@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from streams.broker import EmbeddedBroker
-from tests.helpers import free_port
+from tests.helpers import ClickHouse, free_port
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
@@ -25,7 +25,7 @@ def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture()
-def clickhouse(chdb_dir: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+def clickhouse(chdb_dir: Path, request: pytest.FixtureRequest) -> Iterator[ClickHouse]:
     """An in-process ClickHouse client and a fresh database name for this test."""
     from sinks.clickhouse.client import connect
 

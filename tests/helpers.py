@@ -16,6 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from clickhouse_connect.driver.client import Client
+
+ClickHouse = tuple[Client, str]  # the ``clickhouse`` fixture: a client, a fresh database name
+
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,7 +45,9 @@ def free_port(span: int = 1) -> int:
     raise RuntimeError(f"no {span} free loopback ports in {_LISTEN_PORTS}")
 
 
-def wait_until(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
+def wait_until(
+    condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2
+) -> T:
     """Poll ``condition`` until it returns something truthy; fail with ``what`` otherwise."""
     deadline = time.monotonic() + timeout
     last: T | None = None

@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 from pipeline.scenario import DaySimulator, Incident
 from tests.helpers import REPO
 
-Query = Callable[[str], list[Any]]
+Query = Callable[[str], Sequence[Sequence[Any]]]  # SQL → rows
 HOUR = 3_600_000
 
 

@@ -188,9 +188,9 @@ class Topology:
     def stop(self) -> None:
         for process in self.workers.values():
             stop_process(process)
-        for process in (self.sink, self.collector):
-            if process is not None:
-                stop_process(process)
+        for service in (self.sink, self.collector):
+            if service is not None:
+                stop_process(service)
 
 
 def produce_day(

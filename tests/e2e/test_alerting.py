@@ -90,7 +90,9 @@ class Webhook:
 
 def alertmanager_config(webhook: Webhook) -> dict[str, Any]:
     """The shipped routing, compressed, every receiver delivering to the test's webhook."""
-    config = yaml.safe_load((DEPLOY / "alertmanager" / "alertmanager.yml").read_text())
+    config: dict[str, Any] = yaml.safe_load(
+        (DEPLOY / "alertmanager" / "alertmanager.yml").read_text()
+    )
     config["global"]["resolve_timeout"] = compress_duration(
         config["global"]["resolve_timeout"], FACTOR
     )

@@ -58,14 +58,14 @@ pytestmark = pytest.mark.e2e
 SPEED = 3_000  # event time per wall time: a simulated day in about 30 s
 
 
-def truth_of(simulator: DaySimulator) -> Counter[tuple[object, ...]]:
+def truth_of(simulator: DaySimulator) -> Counter[tuple[Any, ...]]:
     return Counter(
         (j.journey, j.person, j.outcome, j.stage, tuple(sorted(j.negative_moments)))
         for j in simulator.truth.journeys
     )
 
 
-def found(bootstrap: str) -> tuple[Counter[tuple[object, ...]], list[dict[str, Any]]]:
+def found(bootstrap: str) -> tuple[Counter[tuple[Any, ...]], list[dict[str, Any]]]:
     """Journey outcomes in the output topics, deduplicated by output id as a consumer would."""
     records = read_topic(bootstrap, JOURNEY_EVENTS) + read_topic(bootstrap, EXPERIENCE_MOMENTS)
     unique = {o["output_id"]: o for o in (orjson.loads(r.value) for r in records)}
@@ -86,7 +86,7 @@ def found(bootstrap: str) -> tuple[Counter[tuple[object, ...]], list[dict[str, A
 
 def run_day(
     broker: EmbeddedBroker, tmp_path: Path, seed: int, chaos: bool, sink: bool = False
-) -> tuple[Counter[tuple[object, ...]], Counter[tuple[object, ...]], list[dict[str, Any]]]:
+) -> tuple[Counter[tuple[Any, ...]], Counter[tuple[Any, ...]], list[dict[str, Any]]]:
     start = day_start()
     simulator = DaySimulator(seed, start, 500, default_incidents(start))
     events = simulator.generate()

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 def default_partition(key: bytes, partitions: int) -> int:
     """Kafka's default partitioner (kafka-python's murmur2, not the one the code uses)."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def test_records_land_where_the_default_partitioner_puts_them_in_order(

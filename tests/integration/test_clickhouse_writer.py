@@ -24,6 +24,7 @@ from sinks.clickhouse.rows import (
     touchpoint_row,
 )
 from sinks.clickhouse.writer import ClickHouseWriter, PartitionBatch
+from tests.helpers import ClickHouse
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -55,7 +56,7 @@ def touchpoint_batch(
     )
 
 
-def test_migrations_apply_once_and_are_recorded(clickhouse) -> None:
+def test_migrations_apply_once_and_are_recorded(clickhouse: ClickHouse) -> None:
     client, db = clickhouse
     applied = apply_migrations(client, db, retention_days=30)
     assert [m.version for m in applied] == [m.version for m in load_migrations()]
@@ -69,7 +70,7 @@ def test_migrations_apply_once_and_are_recorded(clickhouse) -> None:
         apply_migrations(client, db, retention_days=30)
 
 
-def test_a_redelivered_batch_is_not_written_twice(clickhouse) -> None:
+def test_a_redelivered_batch_is_not_written_twice(clickhouse: ClickHouse) -> None:
     client, db = clickhouse
     apply_migrations(client, db, retention_days=30)
     writer = ClickHouseWriter(client, db)
@@ -93,7 +94,9 @@ def test_a_redelivered_batch_is_not_written_twice(clickhouse) -> None:
     assert rows == [("id-1", 0, 800, 800), ("id-1", 1, 100, 100), ("id-2", 0, 50, 50)]
 
 
-def test_a_retried_insert_with_the_same_token_is_dropped_by_clickhouse(clickhouse) -> None:
+def test_a_retried_insert_with_the_same_token_is_dropped_by_clickhouse(
+    clickhouse: ClickHouse,
+) -> None:
     client, db = clickhouse
     apply_migrations(client, db, retention_days=30)
     batch = touchpoint_batch(3, 10, 20)
@@ -106,7 +109,7 @@ def test_a_retried_insert_with_the_same_token_is_dropped_by_clickhouse(clickhous
     assert client.query(f"SELECT count() FROM {db}.touchpoints").result_rows[0][0] == 20
 
 
-def test_failed_events_keep_reason_source_and_redacted_bytes(clickhouse) -> None:
+def test_failed_events_keep_reason_source_and_redacted_bytes(clickhouse: ClickHouse) -> None:
     client, db = clickhouse
     apply_migrations(client, db, retention_days=30)
     rejection = decode_touchpoint(b'{"event_id": "x", "channel": "web", "source": "sdk"}', NOW)
@@ -137,7 +140,7 @@ def test_failed_events_keep_reason_source_and_redacted_bytes(clickhouse) -> None
     ]
 
 
-def test_the_cluster_variant_is_valid_clickhouse_sql(clickhouse) -> None:
+def test_the_cluster_variant_is_valid_clickhouse_sql(clickhouse: ClickHouse) -> None:
     client, _ = clickhouse
     statements = bookkeeping_statements("journeywatch", "jw_cluster")
     for migration in load_migrations():

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 
 from tests.grafana import clickhouse_queries, expand_sql
+from tests.helpers import ClickHouse
 from tests.integration.test_live_figures import DAY, fill
 from tests.live_figures import morning
 
@@ -19,7 +20,7 @@ SEGMENT = {"journey": "online_purchase", "stage": "payment", "channel": "web"}
 ALL = {"journey": "online_purchase", "stage": ".*", "channel": ".*"}
 
 
-def test_every_clickhouse_panel_returns_data(clickhouse) -> None:
+def test_every_clickhouse_panel_returns_data(clickhouse: ClickHouse) -> None:
     client, db = clickhouse
     start = int(DAY.timestamp() * 1000)
     fill(client, db, morning(start))

@@ -8,6 +8,7 @@ import subprocess
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ RAW_EMAIL = "jane.doe@example.com"
 
 
 def ready(port: int, process: subprocess.Popen[bytes]) -> bool:
-    assert process.poll() is None, f"process {process.args} exited with {process.returncode}"
+    assert process.poll() is None, f"process {process.args!r} exited with {process.returncode}"
     return http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200
 
 
@@ -108,7 +109,7 @@ def test_ten_thousand_events_land_exactly_once_with_every_failure_explained(
     worker = start_cli(["worker"], env, tmp_path / "worker.log")
     try:
         for port, process in ((status_port, sink), (worker_port, worker)):
-            wait_until(lambda p=port, proc=process: ready(p, proc), 90, f"/readyz on port {port}")
+            wait_until(partial(ready, port, process), 90, f"/readyz on port {port}")
 
         # One worker owns every partition of the raw topic, and says so on /readyz.
         readyz = http_json(f"http://127.0.0.1:{worker_port}/readyz")

@@ -7,13 +7,14 @@ from collections import defaultdict
 
 import pytest
 
+from tests.helpers import ClickHouse
 from tests.integration.test_live_figures import DAY, fill
 from tests.live_figures import morning
 
 pytestmark = pytest.mark.integration
 
 
-def test_the_kpi_rollup_is_exact_under_duplicates(clickhouse) -> None:
+def test_the_kpi_rollup_is_exact_under_duplicates(clickhouse: ClickHouse) -> None:
     client, db = clickhouse
     outputs = fill(client, db, morning(int(DAY.timestamp() * 1000)))
     truth: dict[str, list[float]] = defaultdict(list)

@@ -19,6 +19,7 @@ from sinks.clickhouse.migrations import apply_migrations
 from sinks.clickhouse.rows import OUTPUT_COLUMNS, TOUCHPOINT_COLUMNS, output_row, touchpoint_row
 from sinks.clickhouse.writer import ClickHouseWriter, PartitionBatch
 from streams.journeys import JOURNEY_OUTPUT_TYPES
+from tests.helpers import ClickHouse
 from tests.live_figures import comparable, morning, raw_figures, snapshot_figures
 
 pytestmark = pytest.mark.integration
@@ -84,7 +85,7 @@ def scalar(client: Any, sql: str) -> Any:
     return client.query(sql).result_rows[0][0]
 
 
-def test_the_live_figures_equal_the_raw_tables(clickhouse) -> None:
+def test_the_live_figures_equal_the_raw_tables(clickhouse: ClickHouse) -> None:
     client, db = clickhouse
     start = int(DAY.timestamp() * 1000)
     fill(client, db, morning(start))
@@ -120,7 +121,7 @@ def test_the_live_figures_equal_the_raw_tables(clickhouse) -> None:
     assert feed_times[0] == newest[0][1].replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
 
 
-def test_an_empty_database_gives_an_empty_page(clickhouse) -> None:
+def test_an_empty_database_gives_an_empty_page(clickhouse: ClickHouse) -> None:
     client, db = clickhouse
     apply_migrations(client, db, retention_days=30)
     live = live_snapshot(client, db, [JourneyShape("online_purchase", ("cart",))])

@@ -13,14 +13,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from clickhouse_connect.driver.client import Client
 
 from pipeline.scenario import DaySimulator
 from sinks.clickhouse.migrations import apply_migrations
 from sinks.clickhouse.rows import OUTPUT_COLUMNS, TOUCHPOINT_COLUMNS
 from sinks.clickhouse.writer import ClickHouseWriter, PartitionBatch
+from tests.helpers import ClickHouse
 from tests.integration.test_live_figures import engine_rows
 
 pytestmark = pytest.mark.integration
@@ -103,7 +105,9 @@ def write_until_done(
     raise AssertionError("ClickHouse never came back")
 
 
-def test_outages_lost_answers_and_redelivery_leave_exactly_the_truth(clickhouse) -> None:
+def test_outages_lost_answers_and_redelivery_leave_exactly_the_truth(
+    clickhouse: ClickHouse,
+) -> None:
     client, db = clickhouse
     apply_migrations(client, db, retention_days=3650)
     for table in COLUMNS:
@@ -114,7 +118,9 @@ def test_outages_lost_answers_and_redelivery_leave_exactly_the_truth(clickhouse)
     work = batches(tables)
     assert len(work) > 30
     failing = FailingClickHouse(client)
-    writer = ClickHouseWriter(failing, db, retries=2, backoff_s=0.0, max_backoff_s=0.0)
+    writer = ClickHouseWriter(
+        cast(Client, failing), db, retries=2, backoff_s=0.0, max_backoff_s=0.0
+    )
 
     def recover_after(attempts: int) -> Callable[[int], None]:
         def between(attempt: int) -> None:
@@ -133,7 +139,9 @@ def test_outages_lost_answers_and_redelivery_leave_exactly_the_truth(clickhouse)
         if n == len(work) // 2:
             # the sink crashes here: Kafka redelivers everything since the last commit (here:
             # the last ten batches) to a new sink process, which knows nothing
-            writer = ClickHouseWriter(failing, db, retries=2, backoff_s=0.0, max_backoff_s=0.0)
+            writer = ClickHouseWriter(
+                cast(Client, failing), db, retries=2, backoff_s=0.0, max_backoff_s=0.0
+            )
             for again_table, again in work[max(0, n - 9) : n + 1]:
                 assert write_until_done(writer, again_table, again, recover_after(1)) == 0
     assert failing.refused > 10 and failing.acks_lost > 5  # the failures did happen
@@ -152,11 +160,12 @@ def test_outages_lost_answers_and_redelivery_leave_exactly_the_truth(clickhouse)
     name_at = OUTPUT_COLUMNS.index("name")
     type_at = OUTPUT_COLUMNS.index("type")
     flow = Counter(row[name_at] for row in outputs if row[type_at] == "journey")
-    rolled = dict(
-        client.query(
+    rolled = {
+        name: journeys
+        for name, journeys in client.query(
             f"SELECT name, sum(journeys) FROM {db}.journey_flow_1m GROUP BY name"
         ).result_rows
-    )
+    }
     assert rolled == dict(flow)
     moments = tables["experience_moments"]
     negatives = sum(row[type_at] == "negative_moment" for row in moments)

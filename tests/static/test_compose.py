@@ -68,7 +68,7 @@ def test_depends_on_names_real_services_and_waits_for_health(compose: dict[str, 
 
 def test_journeywatch_services_use_known_settings_and_commands(compose: dict[str, Any]) -> None:
     known = {f"JW_{name.upper()}" for name in Settings.model_fields}
-    commands = set(cli.commands)  # type: ignore[attr-defined]
+    commands = set(cli.commands)
     jw_services = {
         n: s
         for n, s in compose["services"].items()

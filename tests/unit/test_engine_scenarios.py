@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from pipeline.definitions import DefinitionError, load_catalog, parse_catalog
-from pipeline.engine import JourneyEngine, PersonState
+from pipeline.engine import JourneyEngine, Output, PersonState
 from pipeline.experience import NEGATIVE_INTENSITY, peak_end_score
 from pipeline.settings import Settings
 from tests.unit.journeys import CATALOG, T0, D, H, M, S, named, run, touch
 
 
-def journey_names(outputs, name):  # type: ignore[no-untyped-def]
+def journey_names(outputs: list[Output], name: str) -> list[tuple[str | None, str | None]]:
     return [(o.journey, o.stage) for o in named(outputs, "journey", name)]
 
 

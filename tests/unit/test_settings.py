@@ -34,7 +34,7 @@ def test_valid_clickhouse_dsns(dsn: str) -> None:
 def test_embedded_profile_shortens_group_timeouts_and_round_trips_through_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    child = embedded_profile(Settings(pii_hash_key="k"), "127.0.0.1:1234")  # type: ignore[arg-type]
+    child = embedded_profile(Settings(pii_hash_key="k"), "127.0.0.1:1234")
     assert child.broker_url == "127.0.0.1:1234"
     assert child.consumer_session_timeout_s == 3.0
     for name, value in to_environment(child).items():
