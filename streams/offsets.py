@@ -38,12 +38,21 @@ def confirmed_end_offsets(
         consumer.close()
 
 
-def group_lag(bootstrap: str | list[str], group: str, topics: Iterable[str]) -> int:
-    """Records of ``topics`` that consumer ``group`` has not committed yet (all partitions)."""
+def committed_offsets(bootstrap: str | list[str], group: str) -> dict[TopicPartition, int]:
+    """The offsets consumer ``group`` has committed (the next record to read), per partition."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
     try:
         committed = admin.list_group_offsets(group).get(group, {})
+    finally:
+        admin.close()
+    return {tp: done.offset for tp, done in committed.items() if done.offset >= 0}
+
+
+def group_lag(bootstrap: str | list[str], group: str, topics: Iterable[str]) -> int:
+    """Records of ``topics`` that consumer ``group`` has not committed yet (all partitions)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        committed = committed_offsets(bootstrap, group)
         partitions = [
             TopicPartition(topic, p)
             for topic in topics
@@ -52,13 +61,10 @@ def group_lag(bootstrap: str | list[str], group: str, topics: Iterable[str]) -> 
         ends = confirmed_end_offsets(bootstrap, partitions)
         lag = 0
         for tp in partitions:
-            done = committed.get(tp)
-            position = done.offset if done is not None and done.offset >= 0 else 0
-            lag += max(0, ends[tp] - position)
+            lag += max(0, ends[tp] - committed.get(tp, 0))
         return lag
     finally:
         consumer.close()
-        admin.close()
 
 
 def confirm_table_recovery_highwaters(bootstrap: str | list[str]) -> None:

@@ -20,7 +20,7 @@ from kafka import KafkaProducer, TopicPartition
 
 from pipeline.contract import IDENTIFIER_FIELDS
 from streams.broker import EmbeddedBroker
-from streams.offsets import confirmed_end_offsets, group_lag
+from streams.offsets import committed_offsets, confirmed_end_offsets, group_lag
 from streams.topics import BY_PERSON, HANDOFF, RAW, kafka_partition
 from tests.helpers import (
     free_port,
@@ -80,7 +80,7 @@ class Topology:
     def __init__(self, broker: EmbeddedBroker, tmp_path: Path, **settings: object) -> None:
         self.broker = broker
         self.tmp = tmp_path
-        self.port = free_port(span=2)  # worker i serves on port + i
+        self.port = free_port(span=3)  # worker i serves on port + i
         self.status_port = free_port()
         self.collector_port = free_port()
         self.chdb = tmp_path / "clickhouse"
@@ -109,6 +109,7 @@ class Topology:
             **(defaults | settings),
         )
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
+        self.retired: dict[int, int] = {}  # workers stopped on purpose: their exit status
         self.sink: subprocess.Popen[bytes] | None = None
         self.collector: subprocess.Popen[bytes] | None = None
 
@@ -147,6 +148,10 @@ class Topology:
         log = self.tmp / f"worker-{index}.log"
         self.workers[index] = start_cli(["worker", "--index", str(index)], self.env, log)
 
+    def retire(self, index: int) -> None:
+        """Stop worker ``index`` as an operator scaling in would (SIGTERM)."""
+        self.retired[index] = stop_process(self.workers.pop(index))
+
     def ready(self, index: int) -> bool:
         process = self.workers[index]
         if process.poll() is not None:
@@ -166,10 +171,14 @@ class Topology:
         return all(owned) and sum(len(o) for o in owned) == PARTITIONS
 
     def drained(self) -> bool:
-        """Everything ingested, and every by_person and hand-off record processed."""
+        """Everything ingested, and every by_person and hand-off record processed: by a worker
+        running now, or committed (by one that has stopped since)."""
         if group_lag(self.broker.url, "journeywatch", [RAW]):
             return False
-        processed: dict[tuple[str, str], float] = {}
+        processed: dict[tuple[str, str], float] = {
+            (tp.topic, str(tp.partition)): offset
+            for tp, offset in committed_offsets(self.broker.url, "journeywatch").items()
+        }
         for index in self.workers:
             _, body = http_get(f"http://127.0.0.1:{self.port + index}/metrics")
             for labels, value in metric_values(body.decode(), "jw_journey_input_offset").items():

@@ -5,7 +5,8 @@ about half a minute); journeys come out of ``journey.events`` / ``experience.mom
 comes out must be the simulator's ground truth exactly: every converted and dropped-off journey
 with its stage, person and negative moments, once. Identity merges cross partitions (anonymous
 browsing on a device's partition, the login on the customer's). The chaos test kills one
-worker with SIGKILL mid-stream and restarts it: the outcomes must still be exactly the truth.
+worker with SIGKILL mid-stream and restarts it; the scaling test adds a third worker and later
+stops one: the outcomes must still be exactly the truth.
 """
 
 from __future__ import annotations
@@ -85,7 +86,12 @@ def found(bootstrap: str) -> tuple[Counter[tuple[Any, ...]], list[dict[str, Any]
 
 
 def run_day(
-    broker: EmbeddedBroker, tmp_path: Path, seed: int, chaos: bool, sink: bool = False
+    broker: EmbeddedBroker,
+    tmp_path: Path,
+    seed: int,
+    chaos: bool = False,
+    sink: bool = False,
+    scale: bool = False,
 ) -> tuple[Counter[tuple[Any, ...]], Counter[tuple[Any, ...]], list[dict[str, Any]]]:
     start = day_start()
     simulator = DaySimulator(seed, start, 500, default_incidents(start))
@@ -93,8 +99,17 @@ def run_day(
     ensure_topics(Settings(broker_url=broker.url, partitions=PARTITIONS))
     topology = Topology(broker, tmp_path)
     killed: list[bool] = []
+    scaled: list[str] = []
 
     def chaos_monkey(progress: float) -> None:
+        if scale and progress >= 0.3 and not scaled:
+            topology.start(2)  # a third worker joins: the partitions are spread over three
+            wait_until(topology.balanced, 120, "three workers sharing the partitions", 0.5)
+            scaled.append("added")
+        if scale and progress >= 0.65 and len(scaled) == 1:
+            topology.retire(0)  # a worker leaves (SIGTERM): its partitions move to the others
+            wait_until(topology.balanced, 120, "the two others sharing the partitions", 0.5)
+            scaled.append("removed")
         if chaos and progress >= 0.4 and not killed:
             os.kill(topology.workers[1].pid, signal.SIGKILL)
             topology.workers[1].wait()
@@ -139,7 +154,7 @@ def run_day(
                 return all(by_name.get(name) == n for name, n in expected.items())
 
             wait_until(written, 60, f"ClickHouse journey_events to hold {dict(expected)}", 0.5)
-        if not chaos:
+        if not chaos and not scale:
             # what Prometheus adds up over the workers is what happened, each journey once
             totals: Counter[str] = Counter()
             for index in topology.workers:
@@ -150,13 +165,16 @@ def run_day(
             assert totals == Counter(key[2] for key in truth.elements()), totals
         if chaos:
             assert killed and topology.workers[1].poll() is None
+        if scale:
+            assert scaled == ["added", "removed"] and sorted(topology.workers) == [1, 2]
+            assert topology.retired == {0: 0}, "the retired worker stopped cleanly"
         return outcomes, truth, outputs
     finally:
         topology.stop()
 
 
 def test_two_workers_find_the_ground_truth_of_a_day(broker: EmbeddedBroker, tmp_path: Path) -> None:
-    outcomes, truth, outputs = run_day(broker, tmp_path, seed=31, chaos=False, sink=True)
+    outcomes, truth, outputs = run_day(broker, tmp_path, seed=31, sink=True)
     assert outcomes == truth, (outcomes - truth, truth - outcomes)
     merges = [o for o in outputs if o["type"] == "identity" and o["name"] == "merged"]
     crossed = [
@@ -413,4 +431,14 @@ def test_a_worker_killed_mid_stream_changes_no_outcome(
     outcomes still equal the ground truth exactly, each once (seed 32 lost an alias before
     Faust's commit was kept from skipping held messages: streams/offsets.py)."""
     outcomes, truth, _ = run_day(broker, tmp_path, seed=32, chaos=True)
+    assert outcomes == truth, (outcomes - truth, truth - outcomes)
+
+
+def test_workers_added_and_removed_mid_stream_change_no_outcome(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Scale out and in under load: a third worker joins at 30% of the day, one of the first
+    two stops (SIGTERM) at 65%; each time the partitions and their tables move. The outcomes
+    still equal the ground truth exactly, each once."""
+    outcomes, truth, _ = run_day(broker, tmp_path, seed=33, scale=True)
     assert outcomes == truth, (outcomes - truth, truth - outcomes)
