@@ -58,6 +58,7 @@ def test_every_alert_has_a_case_that_fires_and_one_that_must_not() -> None:
         "MomentOfTruthFailing",
         "IngestionStalled",
         "ConsumerLagGrowing",
+        "JourneyOutputsLate",
         "SinkFailing",
         "DeadLetterRateHigh",
         "WorkerDown",
