@@ -27,6 +27,9 @@ class ApiKey(BaseModel):
     channels: tuple[Channel, ...] | None = None  # None: every channel
 
 
+LOCAL_STATE_PREFIX = "faust-"  # data_dir/faust-<role>-<index>: a process's local state
+
+
 class Settings(BaseSettings):
     """journeywatch settings. Every field is also the environment variable ``JW_<NAME>``."""
 
@@ -269,6 +272,15 @@ class Settings(BaseSettings):
     def topic(self, name: str) -> str:
         """The full name of one of journeywatch's topics."""
         return f"{self.topic_prefix}{name}"
+
+    def local_state_dir(self, role: str, index: int) -> Path:
+        """Where a worker or sink process keeps its Faust state (RocksDB tables, the changelog
+        offsets they reached): it belongs to the broker whose topics it was built from."""
+        return self.data_dir / f"{LOCAL_STATE_PREFIX}{role}-{index}"
+
+    def local_state_dirs(self) -> list[Path]:
+        """Every process's local state under ``data_dir``."""
+        return sorted(self.data_dir.glob(f"{LOCAL_STATE_PREFIX}*"))
 
 
 def embedded_profile(settings: Settings, broker_url: str) -> Settings:

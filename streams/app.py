@@ -36,7 +36,7 @@ class Readiness:
 def create_app(settings: Settings, role: Role, index: int = 0) -> tuple[faust.App, Readiness]:
     app_id = settings.topic("journeywatch" if role == "worker" else "journeywatch-sink")
     port = settings.worker_web_port + index if role == "worker" else settings.status_port
-    datadir = settings.data_dir / f"faust-{role}-{index}"
+    datadir = settings.local_state_dir(role, index)
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id,

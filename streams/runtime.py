@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,6 +109,11 @@ class EmbeddedRuntime:
         self.log_dir = settings.data_dir / "logs"
         self.log_dir.mkdir(exist_ok=True)
         if settings.embedded_broker:
+            # The embedded broker starts empty: the tables and offsets the workers kept from a
+            # previous run describe topics that are gone, and Faust refuses to recover them.
+            for stale in settings.local_state_dirs():
+                shutil.rmtree(stale)
+                self.say(f"Cleared {stale} (local state of a previous embedded run).")
             self.broker = EmbeddedBroker(settings.embedded_broker_port, self.log_dir / "broker.log")
             self.broker.start()
             settings = embedded_profile(settings, self.broker.url)

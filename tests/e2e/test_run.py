@@ -1,4 +1,5 @@
-"""`journeywatch run`, as `make run` starts it: ready, filling ClickHouse, and stopping cleanly."""
+"""`journeywatch run`, as `make run` starts it: ready, filling ClickHouse, stopping cleanly, and
+starting again in the same directory."""
 
 from __future__ import annotations
 
@@ -122,6 +123,7 @@ def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None
             child.pid for child in psutil.Process(run.pid).children(recursive=True)
         ]
         assert len(family) >= 7  # run, broker, sink, worker, collector, prometheus, alertmanager
+        kept = int((http_json(f"{base}/api/v1/stats") or {})["touchpoints"])
         run.send_signal(signal.SIGINT)
         assert run.wait(90) == 0
         assert not [
@@ -130,6 +132,39 @@ def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None
             if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
         ]
         assert "Stopped." in (tmp_path / "run.out").read_text()
+    finally:
+        if run.poll() is None:
+            for child in psutil.Process(run.pid).children(recursive=True):
+                child.kill()
+            run.kill()
+        out.close()
+
+    # `make run` again: the embedded broker starts empty; the worker's tables from the first
+    # run must not stop it (Faust refuses a table whose changelog is gone), ClickHouse keeps
+    # what it has and goes on filling.
+    out = open(tmp_path / "run2.out", "wb")  # noqa: SIM115
+    run = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "run"],
+        env=env,
+        cwd=REPO,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def ready_again() -> bool:
+            assert run.poll() is None, (tmp_path / "run2.out").read_text()
+            return http_get(f"http://127.0.0.1:{worker_port}/readyz")[0] == 200
+
+        wait_until(ready_again, 120, "the worker's /readyz in the second run")
+        wait_until(
+            lambda: (http_json(f"{base}/api/v1/stats") or {}).get("touchpoints", 0) > kept + 100,
+            60,
+            "the touchpoint count to grow in the second run",
+        )
+        assert "(local state of a previous embedded run)" in (tmp_path / "run2.out").read_text()
+        run.send_signal(signal.SIGINT)
+        assert run.wait(90) == 0
     finally:
         if run.poll() is None:
             for child in psutil.Process(run.pid).children(recursive=True):
