@@ -232,7 +232,12 @@ class Settings(BaseSettings):
     simulate_rate: float = Field(
         default=50.0, ge=0, description="Events per second the embedded simulator produces."
     )
-    simulate_seed: int = Field(default=1, description="Seed of the embedded simulator.")
+    simulate_seed: int | None = Field(
+        default=None,
+        description="Seed of the embedded simulator. Unset: a new one each run (shown in the "
+        "banner), so that event ids never repeat across runs: ClickHouse keeps one row per "
+        "event id, and a run with the same seed as before resends the same events.",
+    )
 
     # --- Security --------------------------------------------------------------------------
     pii_hash_key: SecretStr | None = Field(

@@ -430,7 +430,13 @@ def journeys_check(file: Path | None) -> None:
 @main.command()
 @click.option("--rate", type=float, default=100.0, show_default=True, help="Events per second.")
 @click.option("--count", type=int, default=None, help="Stop after this many events.")
-@click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Seed of the simulation. Default: a new one each time for a steady stream (event ids "
+    "never repeat), 1 for --day (the same day and ground truth each time).",
+)
 @click.option(
     "--day",
     "day",
@@ -464,7 +470,7 @@ def journeys_check(file: Path | None) -> None:
 def simulate(
     rate: float,
     count: int | None,
-    seed: int,
+    seed: int | None,
     day: datetime | None,
     personas: int,
     incidents: str,
@@ -487,7 +493,7 @@ def simulate(
             day=day.date(),
             personas=personas,
             incidents=parse_incidents(incidents),
-            seed=seed,
+            seed=1 if seed is None else seed,
             ground_truth=ground_truth,
             collector_url=collector_url,
             api_key=api_key,

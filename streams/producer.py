@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from datetime import UTC, datetime
@@ -29,12 +30,14 @@ class SimulatorThread(threading.Thread):
     """Steady simulated traffic at ``rate`` events per second, until stopped."""
 
     def __init__(
-        self, settings: Settings, rate: float, seed: int, limit: int | None = None
+        self, settings: Settings, rate: float, seed: int | None, limit: int | None = None
     ) -> None:
         super().__init__(name="simulator", daemon=True)
         self._settings = settings
         self._rate = rate
-        self._source = SimpleTrafficSource(seed)
+        # no seed: a fresh one, so that this run's event ids are not an earlier run's
+        self.seed = seed if seed is not None else secrets.randbits(31)
+        self._source = SimpleTrafficSource(self.seed)
         self._stop_event = threading.Event()
         self._limit = limit
         self.produced = 0

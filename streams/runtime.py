@@ -230,7 +230,8 @@ class EmbeddedRuntime:
                     ]
                 ),
                 f"  ClickHouse    {s.clickhouse_dsn} database {s.clickhouse_database}",
-                f"  Simulator     {s.simulate_rate:g} events/s into {s.topic('touchpoints.raw')}",
+                f"  Simulator     {s.simulate_rate:g} events/s into {s.topic('touchpoints.raw')}"
+                + (f" (seed {self.simulator.seed})" if self.simulator else ""),
                 f"  Logs          {self.log_dir}/",
                 "Press Ctrl-C to stop.",
             ]
