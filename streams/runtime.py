@@ -245,7 +245,7 @@ class EmbeddedRuntime:
         """Until asked to stop: check the processes, report the ClickHouse row counts."""
         stats_url = f"http://127.0.0.1:{self.settings.status_port}/api/v1/stats"
         last_report = 0.0
-        previous = 0
+        previous: int | None = None  # the first report: what ClickHouse already had
         while not self._stop.is_set():
             self._check_children()
             if self.simulator and self.simulator.error:
@@ -255,8 +255,9 @@ class EmbeddedRuntime:
                 status, stats = http_json(stats_url)
                 if status == 200 and stats:
                     rows = int(stats["touchpoints"])
+                    grown = "" if previous is None else f" (+{rows - previous:,})"
                     self.say(
-                        f"ClickHouse: {rows:,} touchpoints (+{rows - previous:,}), "
+                        f"ClickHouse: {rows:,} touchpoints{grown}, "
                         f"{int(stats['failed_events']):,} failed events"
                     )
                     previous = rows
