@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +38,41 @@ from streams.topics import ensure_topics
 
 class RuntimeErrorExit(RuntimeError):
     """The runtime could not start; the message tells the user what to do."""
+
+
+def busy_ports(settings: Settings) -> list[str]:
+    """The ports an embedded run would listen on that something else holds already, each
+    with the setting that moves it (checked before anything starts: otherwise the first
+    process to fail says so deep in its log)."""
+    host = settings.web_host
+    wanted = [
+        (host, settings.status_port, "JW_STATUS_PORT, the live page"),
+        *(
+            (host, settings.worker_web_port + i, f"JW_WORKER_WEB_PORT + {i}, worker {i}")
+            for i in range(settings.workers)
+        ),
+        (host, settings.collector_port, "JW_COLLECTOR_PORT, the collector"),
+    ]
+    if settings.embedded_broker:
+        wanted.append(
+            ("127.0.0.1", settings.embedded_broker_port, "JW_EMBEDDED_BROKER_PORT, Kafka")
+        )
+    if settings.local_monitoring and binaries():
+        wanted += [
+            ("127.0.0.1", settings.prometheus_port, "JW_PROMETHEUS_PORT, Prometheus"),
+            ("127.0.0.1", settings.alertmanager_port, "JW_ALERTMANAGER_PORT, Alertmanager"),
+        ]
+    return [f"{port} ({what})" for bind, port, what in wanted if not _free(bind, port)]
+
+
+def _free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -104,6 +140,13 @@ class EmbeddedRuntime:
 
     # --- start ----------------------------------------------------------------------------
     def start(self) -> None:
+        busy = busy_ports(self.settings)
+        if busy:
+            raise RuntimeErrorExit(
+                "ports in use by another process (another journeywatch run?): "
+                + "; ".join(busy)
+                + ". Stop that process, or choose other ports with these settings."
+            )
         settings = ensure_demo_api_key(ensure_pii_key(self.settings))
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir = settings.data_dir / "logs"

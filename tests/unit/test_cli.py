@@ -97,3 +97,32 @@ def test_map_periods_read_dates_times_and_durations() -> None:
     assert parse_when("2026-11-02T09:30+01:00", now).astimezone(UTC).hour == 8
     with pytest.raises(ValueError, match="not a time"):
         parse_when("last tuesday", now)
+
+
+def test_run_names_the_ports_in_use_and_their_settings_before_starting(
+    tmp_path: Path,
+    monkeypatch,  # type: ignore[no-untyped-def]
+) -> None:
+    import socket
+
+    from tests.helpers import free_port
+
+    ports = {
+        name: free_port()
+        for name in ("STATUS", "WORKER_WEB", "COLLECTOR", "EMBEDDED_BROKER", "PROMETHEUS")
+    }
+    for name, port in ports.items():
+        monkeypatch.setenv(f"JW_{name}_PORT", str(port))
+    monkeypatch.setenv("JW_ALERTMANAGER_PORT", str(free_port()))
+    monkeypatch.setenv("JW_DATA_DIR", str(tmp_path / "var"))
+    with socket.socket() as held, socket.socket() as held_too:
+        held.bind(("127.0.0.1", ports["STATUS"]))
+        held.listen()
+        held_too.bind(("127.0.0.1", ports["COLLECTOR"]))
+        held_too.listen()
+        result = CliRunner().invoke(main, ["run"])
+    assert result.exit_code == 1
+    assert f"{ports['STATUS']} (JW_STATUS_PORT, the live page)" in result.output
+    assert f"{ports['COLLECTOR']} (JW_COLLECTOR_PORT, the collector)" in result.output
+    assert "JW_WORKER_WEB_PORT" not in result.output  # free: not named
+    assert not (tmp_path / "var").exists()  # nothing started, nothing written
