@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from pipeline.contract import event_json_schema
@@ -100,8 +101,7 @@ def test_map_periods_read_dates_times_and_durations() -> None:
 
 
 def test_run_names_the_ports_in_use_and_their_settings_before_starting(
-    tmp_path: Path,
-    monkeypatch,  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import socket
 
