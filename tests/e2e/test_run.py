@@ -3,11 +3,13 @@ starting again in the same directory."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +19,27 @@ import pytest
 from tests.helpers import REPO, free_port, http_get, http_json, jw_env, wait_until
 
 pytestmark = pytest.mark.e2e
+
+
+@contextlib.contextmanager
+def journeywatch_run(env: dict[str, str], output: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`journeywatch run` with its output in ``output``; killed with its children if the test
+    leaves it running."""
+    with open(output, "wb") as out:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "run"],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield run
+        finally:
+            if run.poll() is None:
+                for child in psutil.Process(run.pid).children(recursive=True):
+                    child.kill()
+                run.kill()
 
 
 def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None:
@@ -34,16 +57,8 @@ def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None
         clickhouse_dsn=f"chdb://{tmp_path / 'clickhouse'}",
         simulate_rate=200,
     )
-    out = open(tmp_path / "run.out", "wb")  # noqa: SIM115
-    run = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "run"],
-        env=env,
-        cwd=REPO,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
     base = f"http://127.0.0.1:{status_port}"
-    try:
+    with journeywatch_run(env, tmp_path / "run.out") as run:
 
         def ready() -> bool:
             assert run.poll() is None, (tmp_path / "run.out").read_text()
@@ -132,28 +147,14 @@ def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None
             if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
         ]
         assert "Stopped." in (tmp_path / "run.out").read_text()
-    finally:
-        if run.poll() is None:
-            for child in psutil.Process(run.pid).children(recursive=True):
-                child.kill()
-            run.kill()
-        out.close()
 
     # `make run` again: the embedded broker starts empty; the worker's tables from the first
     # run must not stop it (Faust refuses a table whose changelog is gone), ClickHouse keeps
     # what it has and goes on filling.
-    out = open(tmp_path / "run2.out", "wb")  # noqa: SIM115
-    run = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "run"],
-        env=env,
-        cwd=REPO,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    with journeywatch_run(env, tmp_path / "run2.out") as again:
 
         def ready_again() -> bool:
-            assert run.poll() is None, (tmp_path / "run2.out").read_text()
+            assert again.poll() is None, (tmp_path / "run2.out").read_text()
             return http_get(f"http://127.0.0.1:{worker_port}/readyz")[0] == 200
 
         wait_until(ready_again, 120, "the worker's /readyz in the second run")
@@ -163,11 +164,5 @@ def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None
             "the touchpoint count to grow in the second run",
         )
         assert "(local state of a previous embedded run)" in (tmp_path / "run2.out").read_text()
-        run.send_signal(signal.SIGINT)
-        assert run.wait(90) == 0
-    finally:
-        if run.poll() is None:
-            for child in psutil.Process(run.pid).children(recursive=True):
-                child.kill()
-            run.kill()
-        out.close()
+        again.send_signal(signal.SIGINT)
+        assert again.wait(90) == 0
