@@ -316,8 +316,17 @@ def _steady(standby: int) -> tuple[list[float], list[float], float, int, dict[st
             dropoff_during = _histogram(ports, DROPOFF)
             # then the traffic stops: the partitions go idle and their watermarks advance with
             # the wall clock after JW_IDLE_AFTER_S (the last touchpoints' outputs and the last
-            # drop-offs); the drop-offs of that tail are reported on their own
-            time.sleep(4)
+            # drop-offs); the drop-offs of that tail are reported on their own, once every
+            # journey has ended (every stage times out after 2 s; the gauge is refreshed every
+            # 10 s)
+            wait_until(
+                lambda: all(
+                    _metric_sum(p, "jw_active_journeys{") == 0 and _ready(p) for p in ports
+                ),
+                60,
+                "every journey converted or dropped off",
+                0.5,
+            )
             dropoff = _quantiles(dropoff_during, (0.5, 0.99))
             idle = _since(_histogram(ports, DROPOFF), dropoff_during)
             dropoff += _quantiles(idle, (0.5, 0.99))
