@@ -9,6 +9,7 @@ on Ctrl-C or SIGTERM stops everything in reverse order, the broker last.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -133,6 +134,7 @@ class EmbeddedRuntime:
         self.children: list[Child] = []
         self.simulator: SimulatorThread | None = None
         self.monitoring: LocalMonitoring | None = None
+        self._lock: IO[str] | None = None  # data_dir/run.lock, held while this run lasts
         self._stop = threading.Event()
 
     def say(self, text: str) -> None:
@@ -147,8 +149,8 @@ class EmbeddedRuntime:
                 + "; ".join(busy)
                 + ". Stop that process, or choose other ports with these settings."
             )
+        self._lock_data_dir(self.settings.data_dir)
         settings = ensure_demo_api_key(ensure_pii_key(self.settings))
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir = settings.data_dir / "logs"
         self.log_dir.mkdir(exist_ok=True)
         if settings.embedded_broker:
@@ -199,6 +201,27 @@ class EmbeddedRuntime:
                 settings, settings.simulate_rate, settings.simulate_seed
             )
             self.simulator.start()
+
+    def _lock_data_dir(self, data_dir: Path) -> None:
+        """One run per data directory: a second would clear the first's worker state and open
+        its ClickHouse directory (chdb allows one process)."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(data_dir / "run.lock", "a+")  # noqa: SIM115 - held until stop()
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            lock.close()
+            raise RuntimeErrorExit(
+                f"another journeywatch run (pid {holder}) uses {data_dir}: stop it, or give "
+                "this one another directory with JW_DATA_DIR"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        self._lock = lock
 
     def _spawn(self, name: str, args: list[str], ready_url: str) -> None:
         env = {**os.environ, **to_environment(self.settings), "PYTHONUNBUFFERED": "1"}
@@ -331,6 +354,9 @@ class EmbeddedRuntime:
                 child.log_file.close()
         if self.broker:
             self.broker.stop()
+        if self._lock is not None:
+            self._lock.close()  # releases the data directory
+            self._lock = None
 
 
 def run(settings: Settings) -> int:

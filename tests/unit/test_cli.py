@@ -126,3 +126,30 @@ def test_run_names_the_ports_in_use_and_their_settings_before_starting(
     assert f"{ports['COLLECTOR']} (JW_COLLECTOR_PORT, the collector)" in result.output
     assert "JW_WORKER_WEB_PORT" not in result.output  # free: not named
     assert not (tmp_path / "var").exists()  # nothing started, nothing written
+
+
+def test_run_refuses_a_data_directory_another_run_uses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second run on other ports but the same JW_DATA_DIR would clear the first's worker
+    state and open its ClickHouse directory: it stops first, naming the other run."""
+    import fcntl
+
+    from tests.helpers import free_port
+
+    for name in ("STATUS", "WORKER_WEB", "COLLECTOR", "EMBEDDED_BROKER", "PROMETHEUS"):
+        monkeypatch.setenv(f"JW_{name}_PORT", str(free_port()))
+    monkeypatch.setenv("JW_ALERTMANAGER_PORT", str(free_port()))
+    data = tmp_path / "var"
+    monkeypatch.setenv("JW_DATA_DIR", str(data))
+    state = data / "faust-worker-0"
+    state.mkdir(parents=True)
+    with open(data / "run.lock", "a+") as first_run:
+        fcntl.flock(first_run, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        first_run.write("4242\n")
+        first_run.flush()
+        result = CliRunner().invoke(main, ["run"])
+    assert result.exit_code == 1
+    assert f"another journeywatch run (pid 4242) uses {data}" in result.output
+    assert "JW_DATA_DIR" in result.output
+    assert state.exists()  # the other run's worker state is left alone
