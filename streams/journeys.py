@@ -336,7 +336,8 @@ class _Metrics:
         self.truth = LabelCache(MOMENTS_OF_TRUTH)
         self.latency = LabelCache(OUTPUT_LATENCY)
         self._counts: Tally[Any] = Tally()  # counter child → count not yet added
-        self._latencies: defaultdict[Any, list[float]] = defaultdict(list)  # not yet observed
+        # histogram (a latency child, the drop-off delay) → amounts not yet observed
+        self._latencies: defaultdict[Any, list[float]] = defaultdict(list)
         # Every journey x stage x channel series exists from the start at 0: a stage whose
         # first drop-off comes during an incident must already have a rate (and a drop-off
         # ratio of 0) for the alert rules to compare with, and a restart must not make series
@@ -364,7 +365,7 @@ class _Metrics:
                 counts[self.converted.get(journey, stage, channel)] += 1
             elif o.name == "dropped_off":
                 counts[self.dropped.get(journey, stage, channel)] += 1
-                DROPOFF_DELAY.observe(max(0.0, now - o.at / 1000))
+                self._latencies[DROPOFF_DELAY].append(max(0.0, now - o.at / 1000))
                 return
         elif o.type == "negative_moment":
             counts[self.negative.get(o.name, channel, journey)] += 1
