@@ -56,16 +56,24 @@ def _sigterm(worker: subprocess.Popen[bytes]) -> float:
     return time.monotonic() - signalled
 
 
+# Shorter than any stop of a Faust worker (its services and tasks take about a second even
+# when nothing hangs): the watchdog's exit is what the test sees every time. With the broker
+# gone, stopping hung for ever in most runs, but one CI run stopped cleanly in about a second,
+# which a longer time-out here let through as status 0.
+SHORTER_THAN_ANY_STOP_S = 0.2
+
+
 def test_a_worker_exits_after_the_shutdown_timeout_when_the_broker_is_gone(
     tmp_path: Path,
 ) -> None:
-    with _ready_worker(tmp_path, shutdown_timeout_s=3) as (broker, worker, log):
+    timeout = SHORTER_THAN_ANY_STOP_S
+    with _ready_worker(tmp_path, shutdown_timeout_s=timeout) as (broker, worker, log):
         broker.stop()
         # the worker notices: its heartbeats and fetches fail
         wait_until(lambda: b"Unable connect to node" in log.read_bytes(), 30, "broker gone")
         waited = _sigterm(worker)
     assert worker.returncode == 1
-    assert 3 <= waited < 20, waited
+    assert timeout <= waited < 20, waited
     lines = log.read_bytes().splitlines()
     assert any(b"did not stop within JW_SHUTDOWN_TIMEOUT_S" in line for line in lines)
     # aiokafka retried the connection several times a second; the log says it once
