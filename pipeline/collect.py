@@ -8,7 +8,7 @@ HTTP and Kafka parts live in ``streams/collector.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -65,8 +65,10 @@ def prepare_event(
     received_at: datetime,
     pii_key: bytes,
     phone_country_code: str = "",
+    max_age: timedelta | None = None,
 ) -> TouchpointEvent | ItemError:
-    """One submitted event made safe and valid, or the reason it is refused."""
+    """One submitted event made safe and valid, or the reason it is refused (``max_age``: the
+    oldest event accepted, ``Settings.touchpoint_max_age``)."""
     if not isinstance(item, dict):
         return ItemError(index, "not_an_object", "", "each event must be a JSON object")
     channel = item.get("channel")
@@ -94,7 +96,7 @@ def prepare_event(
         return ItemError(
             index, "too_large", "", f"event is {size} bytes, the limit is {MAX_EVENT_BYTES}"
         )
-    result = validate_touchpoint(item, received_at)
+    result = validate_touchpoint(item, received_at, max_age)
     if isinstance(result, TouchpointEvent):
         return result
     return ItemError(index, result.reason.value, result.field, result.detail)

@@ -30,6 +30,11 @@ SCHEMA_VERSION: Final = 1
 MAX_EVENT_BYTES: Final = 64 * 1024
 MAX_FUTURE_SKEW: Final = timedelta(minutes=5)
 MAX_ATTRIBUTES: Final = 64
+# orjson reads an integer literal beyond 64 bits as a float (10**30 becomes 1e+30), so a float
+# this large may be an integer that lost its digits: refused, with "send it as a string".
+# Integers up to 64 bits are read, kept and written exactly.
+MAX_EXACT_FLOAT: Final = float(2**63)
+INT_RANGE: Final = (-(2**63), 2**64 - 1)
 
 
 class Channel(enum.StrEnum):
@@ -63,6 +68,7 @@ class RejectReason(enum.StrEnum):
     INVALID_FIELD = "invalid_field"
     MISSING_IDENTIFIER = "missing_identifier"
     FUTURE_EVENT = "future_event"
+    TOO_OLD = "too_old"
     UNSUPPORTED_VERSION = "unsupported_version"
 
 
@@ -143,6 +149,15 @@ class TouchpointEvent(BaseModel):
                     f"attribute {key!r} must be a string, number, boolean or null, "
                     f"not {type(item).__name__}"
                 )
+            if (isinstance(item, float) and abs(item) >= MAX_EXACT_FLOAT) or (
+                isinstance(item, int)
+                and not isinstance(item, bool)
+                and not INT_RANGE[0] <= item <= INT_RANGE[1]
+            ):
+                raise ValueError(
+                    f"attribute {key!r} is a number beyond 64 bits, which cannot be kept "
+                    "exactly: send it as a string"
+                )
         return value
 
     @model_validator(mode="after")
@@ -215,11 +230,15 @@ def _rejection_from(error: ValidationError, channel: str) -> Rejection:
     return Rejection(reason, field, message.removeprefix("Value error, "), channel)
 
 
-def decode_touchpoint(raw: bytes, received_at: datetime) -> TouchpointEvent | Rejection:
+def decode_touchpoint(
+    raw: bytes, received_at: datetime, max_age: timedelta | None = None
+) -> TouchpointEvent | Rejection:
     """Validate raw bytes into an event, or say precisely why not.
 
     ``received_at`` is when the platform received the bytes (the collector's clock or the
     Kafka record time); it is used when the event does not carry its own ``received_at``.
+    ``max_age``: an event that occurred longer than this before ``received_at`` is refused
+    (``too_old``): the storage's retention would delete it at once.
     """
     if len(raw) > MAX_EVENT_BYTES:
         return Rejection(
@@ -233,11 +252,17 @@ def decode_touchpoint(raw: bytes, received_at: datetime) -> TouchpointEvent | Re
         return Rejection(
             RejectReason.NOT_AN_OBJECT, "", f"expected a JSON object, got {type(data).__name__}"
         )
-    return validate_touchpoint(data, received_at)
+    return validate_touchpoint(data, received_at, max_age)
 
 
-def validate_touchpoint(data: dict[str, Any], received_at: datetime) -> TouchpointEvent | Rejection:
-    """Validate an already parsed JSON object (``data`` may be modified)."""
+def validate_touchpoint(
+    data: dict[str, Any], received_at: datetime, max_age: timedelta | None = None
+) -> TouchpointEvent | Rejection:
+    """Validate an already parsed JSON object (``data`` may be modified).
+
+    ``max_age`` as in :func:`decode_touchpoint`: measured from the platform's ``received_at``
+    (the clock the storage's time-to-live runs on), not from one the event carries.
+    """
     channel = data.get("channel")
     channel_label = (
         channel if isinstance(channel, str) and channel in _KNOWN_CHANNELS else "unknown"
@@ -245,13 +270,32 @@ def validate_touchpoint(data: dict[str, Any], received_at: datetime) -> Touchpoi
     if "received_at" not in data:
         data["received_at"] = received_at
     try:
-        return TouchpointEvent.model_validate(data)
+        event = TouchpointEvent.model_validate(data)
     except ValidationError as exc:
         rejection = _rejection_from(exc, channel_label)
         source = data.get("source")
         if isinstance(source, str):
             return replace(rejection, source=source[:64])
         return rejection
+    if max_age is not None and event.occurred_at < received_at - max_age:
+        return Rejection(
+            RejectReason.TOO_OLD,
+            "occurred_at",
+            f"occurred_at {event.occurred_at.isoformat()} is more than "
+            f"{_describe_age(max_age)} before {received_at.astimezone(UTC).isoformat()}: "
+            "older than touchpoints are kept (JW_TOUCHPOINT_RETENTION_DAYS), so it would be "
+            "deleted as soon as it was stored",
+            channel_label,
+            (event.source or "")[:64],
+        )
+    return event
+
+
+def _describe_age(age: timedelta) -> str:
+    if age.total_seconds() % 86_400 == 0:
+        days = int(age.total_seconds() // 86_400)
+        return f"{days} day{'s' if days != 1 else ''}"
+    return f"{age.total_seconds():g} s"
 
 
 def event_json_schema() -> dict[str, Any]:

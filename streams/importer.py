@@ -113,7 +113,7 @@ def import_file(
             if isinstance(mapped, RowError):
                 report.errors.append(f"{path}:{line}: {mapped}")
                 continue
-            result = validate_touchpoint(mapped, received_at)
+            result = validate_touchpoint(mapped, received_at, settings.touchpoint_max_age)
             if not isinstance(result, TouchpointEvent):
                 report.errors.append(f"{path}:{line}: {result.describe()}")
                 continue

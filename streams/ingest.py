@@ -30,6 +30,7 @@ def register_ingest(app: faust.App, settings: Settings) -> None:
     rejected = LabelCache(EVENTS_REJECTED)
     sender = BatchSender(faust_producer(app), settings.partitions)
     size = settings.ingest_batch_size
+    max_age = settings.touchpoint_max_age
 
     async def ingest(messages: list[Message]) -> None:
         # Whole fetches (streams/batching.py), produced as record batches; the broker
@@ -49,7 +50,7 @@ def register_ingest(app: faust.App, settings: Settings) -> None:
     def _ingest_one(message: Message) -> None:
         raw = message.value if isinstance(message.value, bytes) else b""
         received_at = datetime.fromtimestamp(message.timestamp, UTC)
-        result = decode_touchpoint(raw, received_at)
+        result = decode_touchpoint(raw, received_at, max_age)
         if isinstance(result, TouchpointEvent):
             accepted.get(result.channel.value).inc()
             sender.add_keyed(by_person, result.person_key(), result.to_json())

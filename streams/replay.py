@@ -139,7 +139,9 @@ def replay_dead_letters(
         for tp, record in _records(consumer, todo):
             report.considered += 1
             headers = {k: v.decode(errors="replace") for k, v in record.headers or []}
-            result = decode_touchpoint(record.value or b"", datetime.now(UTC))
+            result = decode_touchpoint(
+                record.value or b"", datetime.now(UTC), settings.touchpoint_max_age
+            )
             if isinstance(result, TouchpointEvent):
                 report.replayed[result.channel.value] += 1
                 report.earlier_reasons[headers.get(REASON, "unknown")] += 1

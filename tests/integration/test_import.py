@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -98,3 +99,19 @@ def test_a_file_with_no_good_line_fails(tmp_path: Path) -> None:
         ["--kind", "contact-center", "--dry-run", str(bad)], jw_env(pii_hash_key="k")
     )
     assert result.returncode == 1 and "0 events valid, 1 lines rejected" in result.stdout
+
+
+def test_a_row_older_than_the_retention_is_refused_by_file_and_line(tmp_path: Path) -> None:
+    calls = tmp_path / "calls.csv"
+    calls.write_text(
+        "call_id,event,timestamp,customer_id\n"
+        "k1,queued,2024-01-01T09:00:00Z,c1\n"
+        "k2,queued,1970-01-01T00:00:00Z,c2\n"
+        f"k3,queued,{(datetime.now(UTC) - timedelta(days=29)).isoformat()},c3\n"
+    )
+    env = jw_env(pii_hash_key="k", touchpoint_retention_days="30")
+    result = run_import(["--kind", "contact-center", "--dry-run", str(calls)], env)
+    assert "1 events valid, 2 lines rejected" in result.stdout, result.stdout + result.stderr
+    for line in (2, 3):
+        assert f"{calls}:{line}: too_old (field occurred_at)" in result.stderr
+    assert f"{calls}:4" not in result.stderr

@@ -80,6 +80,8 @@ def malformed(kind: int, rng: random.Random, now: datetime) -> tuple[bytes, str]
         ({**good, "email_hash": RAW_EMAIL}, "invalid_field"),
         ({**good, "attributes": {"blob": "x" * 70_000}}, "too_large"),
         ({**good, "schema_version": 9}, "unsupported_version"),
+        ({**good, "occurred_at": "1970-01-01T00:00:00Z"}, "too_old"),
+        (orjson.dumps(good)[:-1] + b',"attributes":{"n":1' + b"0" * 30 + b"}}", "invalid_field"),
     ]
     payload, reason = cases[kind % len(cases)]
     return (payload if isinstance(payload, bytes) else orjson.dumps(payload)), reason

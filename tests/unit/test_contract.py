@@ -177,3 +177,48 @@ def test_valid_events_survive_the_canonical_encoding(
     assert isinstance(first, TouchpointEvent), first
     again = decode_touchpoint(first.to_json(), NOW + timedelta(days=1))
     assert again == first
+
+
+def test_an_event_older_than_the_retention_is_too_old_and_the_bound_is_exact() -> None:
+    max_age = timedelta(days=395)
+    oldest = NOW - max_age
+    kept = decode_touchpoint(orjson.dumps(event(occurred_at=oldest.isoformat())), NOW, max_age)
+    assert isinstance(kept, TouchpointEvent)
+    older = (oldest - timedelta(milliseconds=1)).isoformat()
+    refused = decode_touchpoint(orjson.dumps(event(occurred_at=older, source="sdk")), NOW, max_age)
+    assert isinstance(refused, Rejection), refused
+    assert (refused.reason, refused.field) == (RejectReason.TOO_OLD, "occurred_at")
+    assert "395 days" in refused.detail and "JW_TOUCHPOINT_RETENTION_DAYS" in refused.detail
+    assert (refused.channel, refused.source) == ("web", "sdk")
+    # 1970 too; and the bound is the platform's clock, not a received_at the event carries
+    carried = event(occurred_at="1970-01-01T00:00:00Z", received_at="1970-01-01T00:00:01Z")
+    result = decode_touchpoint(orjson.dumps(carried), NOW, max_age)
+    assert isinstance(result, Rejection) and result.reason is RejectReason.TOO_OLD
+    # without a bound (unit tests, tools) nothing is too old
+    assert isinstance(decode(event(occurred_at="1970-01-01T00:00:00Z")), TouchpointEvent)
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [b"1000000000000000000000000000000", b"-9223372036854775809", b"1e19", b"-1.5e300"],
+)
+def test_a_number_a_double_cannot_hold_is_refused_not_rounded(literal: bytes) -> None:
+    raw = orjson.dumps(event()).replace(b'"e-1"', b'"e-1","attributes":{"n":' + literal + b"}")
+    result = decode_touchpoint(raw, NOW)
+    assert isinstance(result, Rejection), result
+    assert result.reason is RejectReason.INVALID_FIELD and result.field == "attributes"
+    assert "'n'" in result.detail and "as a string" in result.detail
+
+
+@given(
+    st.one_of(
+        st.integers(min_value=-(2**63), max_value=2**64 - 1),
+        st.floats(allow_nan=False, allow_infinity=False, min_value=-9.2e18, max_value=9.2e18),
+    )
+)
+def test_numbers_within_64_bits_are_kept_exactly(value: int | float) -> None:
+    raw = orjson.dumps(event(attributes={"n": value}))
+    result = decode_touchpoint(raw, NOW)
+    assert isinstance(result, TouchpointEvent), result
+    stored = orjson.loads(result.to_json())["attributes"]["n"]
+    assert stored == value and type(stored) is type(value)
