@@ -7,6 +7,7 @@ The reference table in docs/settings.md is generated from this class and checked
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -265,6 +266,12 @@ class Settings(BaseSettings):
                 "chdb:///absolute/dir"
             )
         return value
+
+    @property
+    def touchpoint_max_age(self) -> timedelta:
+        """The oldest touchpoint accepted: one the table's time-to-live would not delete at
+        once (refused as ``too_old`` at the collector, the importer and the ingest)."""
+        return timedelta(days=self.touchpoint_retention_days)
 
     @property
     def embedded_broker(self) -> bool:
