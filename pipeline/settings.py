@@ -214,6 +214,12 @@ class Settings(BaseSettings):
     collector_max_batch: int = Field(
         default=500, ge=1, description="Most events in one collector request."
     )
+    collector_body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a client has to send a whole request body to the collector (and "
+        "to the sink's lookup API) before it gets 408.",
+    )
     phone_default_country_code: str = Field(
         default="",
         pattern=r"^\d{0,3}$",

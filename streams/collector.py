@@ -4,14 +4,22 @@ Per-source API keys (constant-time comparison), single events or batches, every 
 acknowledged (202) only after the broker acknowledged it, every bad one reported with its
 index and field. Raw e-mail addresses and phone numbers are hashed before anything leaves the
 process and are never logged.
+
+The key is checked before any body work; bodies are read whole and bounded, and gzip or
+deflate is inflated by ``streams.httpbody`` (not by aiohttp, whose automatic decompression is
+off), off the event loop. Malformed requests get a 400 that quotes no header, and no log line
+holds a header value or an API key. The producer connects in the background: until it is
+connected, and whenever the broker does not acknowledge in time, the answer is 503.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import hmac
 import logging
+import signal
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +27,9 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod, BadStatusLine, HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_server import Server
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
@@ -33,12 +44,18 @@ from sinks.metrics import (
     exposition,
     set_worker_info,
 )
+from streams.httpbody import BodyRejected, content_encoding, read_decoded_body
 from streams.openapi import openapi_document
 from streams.process import GC_THRESHOLDS, use_uvloop
 from streams.topics import RAW, bootstrap_servers, kafka_partition
 
 log = logging.getLogger(__name__)
+# aiohttp's protocol errors and handler crashes are logged here (handler_args "logger").
+http_log = logging.getLogger("journeywatch.collector.http")
 JSON_TYPES = {"application/json": False, "application/x-ndjson": True}
+PRODUCE_TIMEOUT_S = 10.0  # a produce the broker has not acknowledged by then is a 503
+CONNECT_TIMEOUT_S = 10.0  # one attempt to connect the producer
+RETRY_AFTER_S = 5
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,29 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response(
         {"error": message, **extra}, status=status, dumps=lambda o: orjson.dumps(o).decode()
     )
+
+
+def _unauthorized() -> web.Response:
+    return web.json_response(
+        {"error": "missing or unknown API key: send Authorization: Bearer <key>"},
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="journeywatch"'},
+    )
+
+
+def _unavailable() -> web.Response:
+    return web.json_response(
+        {"error": "the broker is unavailable, retry later"},
+        status=503,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+def _rejected(exc: BodyRejected) -> web.Response:
+    response = _error(exc.status, exc.message)
+    if exc.status in (408, 413):  # the rest of the body is unread: do not wait for it
+        response.force_close()
+    return response
 
 
 class Collector:
@@ -73,7 +113,8 @@ class Collector:
             for name, key in settings.collector_api_keys.items()
         ]
         self.topic = settings.topic(RAW)
-        self.producer: AIOKafkaProducer | None = None
+        self.producer: AIOKafkaProducer | None = None  # set once connected
+        self._connecting: asyncio.Task[None] | None = None
         self.requests = LabelCache(COLLECTOR_REQUESTS)
         self.events = LabelCache(COLLECTOR_EVENTS)
 
@@ -90,18 +131,64 @@ class Collector:
         return found
 
     async def start(self, app: web.Application) -> None:
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers(self.settings),
-            acks="all",
-            linger_ms=2,
-            enable_idempotence=False,
-            client_id="journeywatch-collector",
-        )
-        await self.producer.start()
+        """Connect the producer in the background: the collector serves (503 for events,
+        /readyz 503) while the broker is unavailable, and is ready once it is connected."""
+        self._connecting = asyncio.create_task(self._connect(), name="producer-connect")
+
+    async def _connect(self) -> None:
+        delay = 0.25
+        while True:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=bootstrap_servers(self.settings),
+                acks="all",
+                linger_ms=2,
+                enable_idempotence=False,
+                client_id="journeywatch-collector",
+                request_timeout_ms=int(PRODUCE_TIMEOUT_S * 1000),
+            )
+            try:
+                await asyncio.wait_for(producer.start(), CONNECT_TIMEOUT_S)
+                await asyncio.wait_for(producer.partitions_for(self.topic), CONNECT_TIMEOUT_S)
+            except (TimeoutError, KafkaError, OSError) as exc:
+                log.warning(
+                    "the broker is unavailable; the collector answers 503 until it connects",
+                    extra={"error": f"{type(exc).__name__}: {exc}"},
+                )
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.producer = producer
+            log.info("the producer is connected")
+            return
 
     async def stop(self, app: web.Application) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connecting
         if self.producer is not None:
             await self.producer.stop()
+
+    async def expect_continue(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: refuse a bad key or an oversized body before the client
+        sends it; otherwise tell it to go on."""
+        if self.authenticate(request) is None:
+            response = _unauthorized()
+            response.force_close()
+            return response
+        length = request.content_length
+        limit = self.settings.collector_max_body_bytes
+        if length is not None and length > limit:
+            response = _error(413, f"the body is over {limit} bytes")
+            response.force_close()
+            return response
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            return _error(417, "only Expect: 100-continue is understood")
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
 
     async def post_events(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
@@ -111,13 +198,12 @@ class Collector:
         return response
 
     async def _post_events(self, request: web.Request) -> web.Response:
-        source = self.authenticate(request)
+        source = self.authenticate(request)  # before any body work
         if source is None:
-            return web.json_response(
-                {"error": "missing or unknown API key: send Authorization: Bearer <key>"},
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="journeywatch"'},
-            )
+            response = _unauthorized()
+            if not request.content.is_eof():  # an unread body: close rather than drain it
+                response.force_close()
+            return response
         ndjson = JSON_TYPES.get(request.content_type)
         if ndjson is None:
             return _error(
@@ -125,12 +211,16 @@ class Collector:
                 f"content type {request.content_type!r} is not accepted",
                 accepted=sorted(JSON_TYPES),
             )
-        limit = self.settings.collector_max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return _error(413, f"the body is over {limit} bytes")
-        body = await request.content.read(limit + 1)
-        if len(body) > limit:
-            return _error(413, f"the body is over {limit} bytes")
+        try:
+            encoding = content_encoding(request)
+            body = await read_decoded_body(
+                request,
+                self.settings.collector_max_body_bytes,
+                self.settings.collector_body_timeout_s,
+                encoding,
+            )
+        except BodyRejected as exc:
+            return _rejected(exc)
         try:
             items = parse_body(body, ndjson)
         except BodyError as exc:
@@ -164,18 +254,16 @@ class Collector:
         if not good:
             status = 403 if all(e.reason == "channel_not_allowed" for e in errors) else 400
             return _error(status, "no event was accepted", errors=[e.as_dict() for e in errors])
+        if self.producer is None:  # not connected yet
+            return _unavailable()
         try:
-            await self._produce(good)
+            await asyncio.wait_for(self._produce(self.producer, good), PRODUCE_TIMEOUT_S)
         except (TimeoutError, KafkaError) as exc:
             log.error(
                 "the broker did not acknowledge events",
-                extra={"error": str(exc), "events": len(good)},
+                extra={"error": f"{type(exc).__name__}: {exc}", "events": len(good)},
             )
-            return web.json_response(
-                {"error": "the broker is unavailable, retry later"},
-                status=503,
-                headers={"Retry-After": "5"},
-            )
+            return _unavailable()
         self.events.get("accepted").inc(len(good))
         return web.json_response(
             {"accepted": len(good), "rejected": [e.as_dict() for e in errors]},
@@ -183,11 +271,10 @@ class Collector:
             dumps=lambda o: orjson.dumps(o).decode(),
         )
 
-    async def _produce(self, events: list[TouchpointEvent]) -> None:
+    async def _produce(self, producer: AIOKafkaProducer, events: list[TouchpointEvent]) -> None:
         """One record batch per partition (keyed by person, partitioned as Kafka's default
-        partitioner would), then wait until the broker acknowledged every batch."""
-        producer = self.producer
-        assert producer is not None
+        partitioner would), then wait until the broker acknowledged every batch (the caller
+        bounds the whole in time: metadata waits included)."""
         partitions = len(await producer.partitions_for(self.topic))
         batches: dict[int, Any] = {}
         futures = []
@@ -204,12 +291,123 @@ class Collector:
                 batch.append(key=raw_key, value=value, timestamp=None)
         for partition, batch in batches.items():
             futures.append(await producer.send_batch(batch, self.topic, partition=partition))
-        await asyncio.wait_for(asyncio.gather(*futures), timeout=30)
+        await asyncio.gather(*futures)
+
+
+class _HeaderSafeRequestHandler(RequestHandler):
+    """aiohttp's protocol with error answers that quote nothing the client sent: aiohttp's own
+    400 for a malformed request repeats the offending header line (an API key, say)."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500 and not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, None)
+        if isinstance(exc, LineTooLong):
+            reason = "request line or header too long"
+        elif isinstance(exc, BadHttpMethod | BadStatusLine):
+            reason = "malformed request line"
+        else:
+            reason = "malformed request header"
+        http_log.warning(
+            "malformed HTTP request refused",
+            extra={"status": status, "reason": reason, "error": type(exc).__name__},
+        )
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was already sent on this connection")
+        response = web.json_response({"error": reason}, status=status)
+        response.force_close()
+        return response
+
+
+class _HeaderSafeServer(Server):
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = _HeaderSafeRequestHandler
+        return handler
+
+
+class CollectorRunner(web.AppRunner):
+    """The runner of the collector app: its connections use ``_HeaderSafeRequestHandler``."""
+
+    async def _make_server(self) -> Server:
+        server = await super()._make_server()
+        server.__class__ = _HeaderSafeServer
+        return server
+
+
+class _NoHttpDetails(logging.Filter):
+    """aiohttp logs a malformed request with its exception, whose text quotes the raw header
+    line: such records keep their message, without the exception or its arguments."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.msg} ({type(exc).__name__}; details withheld)"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+class RedactSecrets(logging.Filter):
+    """A handler filter: any of ``secrets`` in a record (message, arguments, extra fields,
+    exception) is replaced by ``[redacted]`` before the record is written."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self._secrets = [s for s in secrets if s]
+
+    def _clean(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = self._clean(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info:
+            text = logging.Formatter().formatException(record.exc_info)
+            if self._clean(text) != text:
+                record.exc_info, record.exc_text = None, None
+                record.msg = f"{record.msg} (exception withheld: it held a secret)"
+        for key, value in list(vars(record).items()):
+            if (
+                isinstance(value, str)
+                and key not in ("msg", "message")
+                and self._clean(value) != value
+            ):
+                setattr(record, key, self._clean(value))
+        return True
+
+
+def install_log_safety(settings: Settings) -> None:
+    """No header value and no API key in any log line of this process."""
+    safe = _NoHttpDetails()
+    for name in ("aiohttp.server", "aiohttp.access", http_log.name):
+        logging.getLogger(name).addFilter(safe)
+    secrets = [k.key.get_secret_value() for k in settings.collector_api_keys.values()]
+    redact = RedactSecrets(secrets)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redact)
 
 
 def create_collector_app(settings: Settings) -> web.Application:
     collector = Collector(settings)
-    app = web.Application(client_max_size=settings.collector_max_body_bytes + 1)
+    app = web.Application(
+        client_max_size=settings.collector_max_body_bytes + 1,
+        # aiohttp would inflate gzip itself, on the event loop and before the handler has
+        # checked the key; streams.httpbody does it after authentication, bounded.
+        handler_args={"auto_decompress": False, "logger": http_log, "lingering_time": 2.0},
+    )
     app.on_startup.append(collector.start)
     app.on_cleanup.append(collector.stop)
     openapi = orjson.dumps(openapi_document())
@@ -228,7 +426,9 @@ def create_collector_app(settings: Settings) -> web.Application:
     async def openapi_json(request: web.Request) -> web.Response:
         return web.Response(body=openapi, content_type="application/json")
 
-    app.router.add_post("/v1/events", collector.post_events)
+    app.router.add_post(
+        "/v1/events", collector.post_events, expect_handler=collector.expect_continue
+    )
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -236,20 +436,30 @@ def create_collector_app(settings: Settings) -> web.Application:
     return app
 
 
+async def serve_collector(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Serve the collector until ``stop`` is set (or SIGINT / SIGTERM when it is None)."""
+    app = create_collector_app(settings)
+    runner = CollectorRunner(app, access_log=None, shutdown_timeout=10)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.web_host, settings.collector_port)
+        await site.start()
+        if stop is None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
 def run_collector(settings: Settings) -> None:
     set_worker_info("collector")
+    install_log_safety(settings)
     use_uvloop()
     # Every request allocates a few hundred short-lived objects: with Python's default
     # thresholds the collector spends time (and tail latency) in the cyclic GC.
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()
-    app = create_collector_app(settings)
-    web.run_app(
-        app,
-        host=settings.web_host,
-        port=settings.collector_port,
-        print=None,
-        access_log=None,
-        handle_signals=True,
-        shutdown_timeout=10,
-    )
+    asyncio.run(serve_collector(settings))

@@ -212,13 +212,26 @@ class SinkRole:
     def _register_lookup(self) -> None:
         """``POST /api/v1/touchpoints/stored`` ``{"event_ids": [...]}`` → the ones ClickHouse
         holds: how ``journeywatch replay raw --api`` asks while this process owns chdb."""
+        from streams.httpbody import BodyRejected, read_body
+
         role = self
         database = self.settings.clickhouse_database
+        body_timeout_s = self.settings.collector_body_timeout_s
+        max_body = 2 * 1024 * 1024  # 10,000 ids of up to ~200 bytes
 
         class StoredTouchpoints(faust.web.View):
             async def post(self, request: faust.web.Request) -> faust.web.Response:
+                try:  # the whole body, bounded in size and time
+                    if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+                        raise BodyRejected(415, "send the body without Content-Encoding")
+                    raw = await read_body(cast("Any", request), max_body, body_timeout_s)
+                except BodyRejected as exc:
+                    response = self.json({"error": exc.message}, status=exc.status)
+                    if exc.status in (408, 413):
+                        cast("Any", response).force_close()
+                    return response
                 try:
-                    body = orjson.loads(await cast("Any", request).read())
+                    body = orjson.loads(raw)
                     ids = body["event_ids"]
                     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
                         raise TypeError
