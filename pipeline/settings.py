@@ -70,6 +70,21 @@ class Settings(BaseSettings):
         "25 ms: the embedded broker does not answer a waiting fetch when records arrive, so "
         "this is added to every hop's latency there; Apache Kafka answers at once).",
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = Field(
+        default="PLAINTEXT",
+        description="How every Kafka client of journeywatch connects (docker-compose: "
+        "`SASL_PLAINTEXT` with SCRAM, one user per role).",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] | None = Field(
+        default=None,
+        description="SASL mechanism (with `kafka_security_protocol` SASL_*), e.g. SCRAM-SHA-512.",
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None, description="SASL user of this process's role (collector, worker, sink)."
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password of `kafka_sasl_username`."
+    )
 
     # --- ClickHouse ------------------------------------------------------------------------
     clickhouse_dsn: str = Field(
@@ -190,6 +205,21 @@ class Settings(BaseSettings):
         default=None,
         description="Alertmanager whose firing alerts the live page shows (e.g. "
         "http://alertmanager:9093). `journeywatch run` sets it to its local Alertmanager.",
+    )
+    alertmanager_username: str = Field(
+        default="journeywatch",
+        description="Basic-auth user for `alertmanager_url` (Alertmanager's web config).",
+    )
+    alertmanager_password: SecretStr | None = Field(
+        default=None,
+        description="Basic-auth password for `alertmanager_url`. Unset, and without "
+        "`alertmanager_password_file`: the password `journeywatch run` generated for its local "
+        "Alertmanager (data_dir/monitoring/web.password), when that file exists.",
+    )
+    alertmanager_password_file: Path | None = Field(
+        default=None,
+        description="File holding the basic-auth password for `alertmanager_url` (a mounted "
+        "secret), instead of `alertmanager_password`.",
     )
     grafana_url: str | None = Field(
         default=None,

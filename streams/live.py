@@ -12,14 +12,19 @@ import asyncio
 import logging
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from pipeline.settings import Settings
+from streams.monitoring import alertmanager_credentials, basic_auth_header
 
 log = logging.getLogger(__name__)
 
@@ -27,23 +32,61 @@ KEEPALIVE_S = 15.0
 WATCHED_FOR_S = 30.0  # after a JSON read, keep the figures fresh this long
 
 
+def safe_link(value: object) -> str | None:
+    """``value`` when it is an absolute http(s) URL a page may use as a link, else None.
+
+    Alert annotations are text from whoever wrote the alert: a ``javascript:`` or ``data:``
+    URL must never become an ``href``.
+    """
+    if not isinstance(value, str) or not value:
+        return None
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F or c == "\\" for c in value):
+        return None  # browsers drop or reinterpret these: what they open is not what we checked
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    return value
+
+
 def _dashboard_link(annotations: dict[str, str], grafana_url: str | None) -> str | None:
     """The alert's dashboard: the rules give a path in Grafana (``/d/jw-oncall?...``)."""
     link = annotations.get("dashboard_url") or annotations.get("dashboard")
-    if not link or link.startswith(("http://", "https://")):
+    if not link or not isinstance(link, str) or not link.startswith("/") or link.startswith("//"):
         return link
     return grafana_url.rstrip("/") + link if grafana_url else None
 
 
+def _link_fields(name: str, value: object) -> dict[str, str | None]:
+    """``<name>_url``: the link when it is safe; ``<name>_text``: the text shown instead."""
+    text = value if isinstance(value, str) and value else None
+    url = safe_link(text)
+    return {f"{name}_url": url, f"{name}_text": None if url else text}
+
+
 def fetch_alerts(
-    alertmanager_url: str, grafana_url: str | None = None, timeout_s: float = 1.5
+    alertmanager_url: str,
+    grafana_url: str | None = None,
+    timeout_s: float = 1.5,
+    *,
+    auth: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The alerts firing now (not silenced or inhibited), newest first, as the page shows them."""
+    """The alerts firing now (not silenced or inhibited), newest first, as the page shows them.
+
+    ``auth``: basic-auth user and password (Alertmanager's web config asks for them). Links
+    (runbook, dashboard) are passed on only when they are absolute http(s) URLs; anything else
+    is given as text (``runbook_text``, ``dashboard_text``) with no URL.
+    """
     url = (
         alertmanager_url.rstrip("/")
         + "/api/v2/alerts?active=true&silenced=false&inhibited=false&unprocessed=false"
     )
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - operator URL
+    request = urllib.request.Request(url)  # noqa: S310 - operator URL
+    if auth is not None:
+        request.add_header("Authorization", basic_auth_header(*auth))
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
         alerts = orjson.loads(response.read())
     shown = []
     for alert in alerts:
@@ -57,13 +100,23 @@ def fetch_alerts(
                 "stage": labels.get("stage"),
                 "channel": labels.get("channel"),
                 "summary": annotations.get("summary") or annotations.get("description"),
-                "runbook_url": annotations.get("runbook_url"),
-                "dashboard_url": _dashboard_link(annotations, grafana_url),
+                **_link_fields("runbook", annotations.get("runbook_url")),
+                **_link_fields("dashboard", _dashboard_link(annotations, grafana_url)),
                 "starts_at": alert.get("startsAt"),
             }
         )
     shown.sort(key=lambda a: a["starts_at"] or "", reverse=True)
     return shown
+
+
+@cache
+def _settings() -> Settings:
+    return Settings()
+
+
+def _credentials_from_settings() -> tuple[str, str] | None:
+    """The process's settings (``JW_ALERTMANAGER_*``), when the feed was given no credentials."""
+    return alertmanager_credentials(_settings())
 
 
 class LiveFeed:
@@ -76,8 +129,12 @@ class LiveFeed:
         refresh_s: float,
         alertmanager_url: str | None = None,
         grafana_url: str | None = None,
+        *,
+        alertmanager_auth: Callable[[], tuple[str, str] | None] | None = None,
     ) -> None:
         self._compute = compute
+        # asked before each fetch: the local run's password file appears after the sink starts
+        self.alertmanager_auth = alertmanager_auth or _credentials_from_settings
         self._pool = pool
         self.refresh_s = refresh_s
         self.alertmanager_url = alertmanager_url
@@ -129,7 +186,17 @@ class LiveFeed:
         if not self.alertmanager_url:
             return None, "not configured (set JW_ALERTMANAGER_URL)"
         try:
-            return fetch_alerts(self.alertmanager_url, self.grafana_url), "ok"
+            auth = self.alertmanager_auth()
+            return fetch_alerts(self.alertmanager_url, self.grafana_url, auth=auth), "ok"
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                return None, (
+                    f"Alertmanager at {self.alertmanager_url} refused "
+                    + ("the credentials" if auth else "a request without credentials")
+                    + f" (HTTP {exc.code}): set JW_ALERTMANAGER_PASSWORD or "
+                    "JW_ALERTMANAGER_PASSWORD_FILE"
+                )
+            return None, f"Alertmanager at {self.alertmanager_url} answered HTTP {exc.code}"
         except (OSError, ValueError, urllib.error.URLError) as exc:
             return None, f"Alertmanager at {self.alertmanager_url} unreachable: {exc}"
 

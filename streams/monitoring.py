@@ -3,22 +3,81 @@
 
 They scrape every process of the embedded run with journeywatch's own rules, so the alerts
 that page on-call in production can be watched firing on one machine.
+
+Only the product may write to them (alerts and silences reach the live page): both start with a
+web configuration (``--web.config.file``) that asks every request for basic auth, user
+``journeywatch`` and a random password generated once into ``<directory>/web.password``
+(mode 0600, kept across runs). Prometheus reaches Alertmanager with the same credentials.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import re
+import secrets
 import shutil
 import subprocess
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import yaml
 
+from pipeline.settings import Settings
 from streams.process import child_process_options
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "rules"
+USERNAME = "journeywatch"
+PASSWORD_FILE = "web.password"  # noqa: S105 - a file name
+WEB_CONFIG_FILE = "web.yml"
+BCRYPT_ROUNDS = 10  # the servers check the hash on API requests: keep it cheap
+
+
+def monitoring_dir(settings: Settings) -> Path:
+    """Where ``journeywatch run`` keeps its local Prometheus and Alertmanager."""
+    return settings.data_dir / "monitoring"
+
+
+def ensure_password(path: Path) -> str:
+    """The password in ``path``, generated (random, mode 0600) the first time."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def web_config(username: str, password: str) -> dict[str, Any]:
+    """A Prometheus/Alertmanager ``--web.config.file``: basic auth, one user, bcrypt hash."""
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_ROUNDS)).decode()
+    return {"basic_auth_users": {username: hashed}}
+
+
+def basic_auth_header(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
+def alertmanager_credentials(settings: Settings) -> tuple[str, str] | None:
+    """The basic-auth credentials the product uses for ``alertmanager_url``.
+
+    ``alertmanager_password``, else ``alertmanager_password_file``, else the password
+    ``journeywatch run`` generated for its local Alertmanager when that file exists (read on
+    each call: the run starts Alertmanager after the sink). None: no credentials.
+    """
+    if settings.alertmanager_password is not None:
+        return settings.alertmanager_username, settings.alertmanager_password.get_secret_value()
+    path = settings.alertmanager_password_file or monitoring_dir(settings) / PASSWORD_FILE
+    try:
+        return settings.alertmanager_username, path.read_text().strip()
+    except FileNotFoundError:
+        if settings.alertmanager_password_file is not None:
+            raise
+        return None
 
 
 @dataclass
@@ -26,6 +85,28 @@ class LocalMonitoring:
     prometheus_url: str
     alertmanager_url: str
     processes: list[subprocess.Popen[bytes]]
+    # both ask for basic auth: this user, the password in this file (0600, under data_dir)
+    username: str = USERNAME
+    password_file: Path = Path()
+
+    @property
+    def password(self) -> str:
+        return self.password_file.read_text().strip()
+
+    @property
+    def authorization(self) -> str:
+        """The ``Authorization`` header value both accept."""
+        return basic_auth_header(self.username, self.password)
+
+    def call(self, url: str, body: Any = None, timeout_s: float = 5.0) -> tuple[int, bytes]:
+        """GET ``url`` (POST ``body`` as JSON when given) with the credentials: status, body;
+        status 0 when nothing answers."""
+        return http_call(url, body, authorization=self.authorization, timeout_s=timeout_s)
+
+    def get_json(self, url: str) -> Any:
+        """The JSON document at ``url``, None unless it answers 200."""
+        status, body = self.call(url)
+        return json.loads(body) if status == 200 else None
 
     def stop(self) -> None:
         for process in self.processes:
@@ -37,6 +118,25 @@ class LocalMonitoring:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def http_call(
+    url: str, body: Any = None, *, authorization: str | None = None, timeout_s: float = 5.0
+) -> tuple[int, bytes]:
+    """One request to Prometheus or Alertmanager: GET, or POST of ``body`` as JSON."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data)  # noqa: S310 - loopback URL
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if authorization is not None:
+        request.add_header("Authorization", authorization)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
 
 
 def binaries() -> tuple[str, str] | None:
@@ -59,20 +159,31 @@ def start_local_monitoring(
     """Start both with generated configs; None when the binaries are not installed.
 
     By default they use the shipped rules and an Alertmanager that shows alerts without
-    delivering them; tests pass their own (time-compressed rules, a webhook receiver).
+    delivering them; tests pass their own (time-compressed rules, a webhook receiver). Both
+    require basic auth (``LocalMonitoring.username``, ``.password_file``).
     """
     found = binaries()
     if found is None:
         return None
     prometheus_bin, alertmanager_bin = found
     directory.mkdir(parents=True, exist_ok=True)
+    password_file = directory / PASSWORD_FILE
+    password = ensure_password(password_file)
+    web_file = directory / WEB_CONFIG_FILE
+    web_file.write_text(yaml.safe_dump(web_config(USERNAME, password), sort_keys=False))
+    web_file.chmod(0o600)
     alertmanager_url = f"http://127.0.0.1:{alertmanager_port}"
     rules = rule_files if rule_files is not None else sorted(RULES_DIR.glob("*.yml"))
     prometheus_config = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": "15s"},
         "rule_files": [str(path) for path in rules],
         "alerting": {
-            "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]
+            "alertmanagers": [
+                {
+                    "basic_auth": {"username": USERNAME, "password_file": str(password_file)},
+                    "static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}],
+                }
+            ]
         },
         "scrape_configs": [
             {"job_name": job, "static_configs": [{"targets": addresses}]}
@@ -98,6 +209,7 @@ def start_local_monitoring(
                 f"--config.file={directory / 'prometheus.yml'}",
                 f"--storage.tsdb.path={directory / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                f"--web.config.file={web_file}",
                 "--storage.tsdb.retention.time=1d",
             ],
         ),
@@ -108,6 +220,7 @@ def start_local_monitoring(
                 f"--config.file={directory / 'alertmanager.yml'}",
                 f"--storage.path={directory / 'alertmanager'}",
                 f"--web.listen-address=127.0.0.1:{alertmanager_port}",
+                f"--web.config.file={web_file}",
                 "--cluster.listen-address=",
             ],
         ),
@@ -118,7 +231,13 @@ def start_local_monitoring(
                 command, stdout=log, stderr=subprocess.STDOUT, **child_process_options()
             )
         )
-    return LocalMonitoring(f"http://127.0.0.1:{prometheus_port}", alertmanager_url, processes)
+    return LocalMonitoring(
+        f"http://127.0.0.1:{prometheus_port}",
+        alertmanager_url,
+        processes,
+        username=USERNAME,
+        password_file=password_file,
+    )
 
 
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")

@@ -1,0 +1,177 @@
+"""The local Prometheus and Alertmanager (real, Debian packages) take writes and reads only with
+the product's credentials: anonymous alerts and silences get 401, as do anonymous reads;
+Prometheus still delivers its alerts to Alertmanager; the live page's fetch uses the
+credentials and passes on only http(s) links."""
+
+from __future__ import annotations
+
+import os
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipeline.settings import Settings
+from streams.live import fetch_alerts
+from streams.monitoring import (
+    LocalMonitoring,
+    alertmanager_credentials,
+    http_call,
+    start_local_monitoring,
+)
+from tests.helpers import free_port, wait_until
+
+pytestmark = pytest.mark.e2e
+
+
+def _alert(name: str, **annotations: str) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {
+        "labels": {"alertname": name, "severity": "warning"},
+        "annotations": {"summary": f"{name} summary", **annotations},
+        "startsAt": now.isoformat(),
+        "endsAt": (now + timedelta(minutes=10)).isoformat(),
+    }
+
+
+def _silence() -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {
+        "matchers": [{"name": "alertname", "value": ".+", "isRegex": True, "isEqual": True}],
+        "startsAt": now.isoformat(),
+        "endsAt": (now + timedelta(hours=1)).isoformat(),
+        "createdBy": "anyone",
+        "comment": "catch-all",
+    }
+
+
+@pytest.fixture(scope="module")
+def monitoring(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tmp = tmp_path_factory.mktemp("monitoring-auth")
+    rules = tmp / "rules.yml"
+    rules.write_text(
+        yaml.safe_dump(
+            {
+                "groups": [
+                    {
+                        "name": "always",
+                        "interval": "1s",
+                        # pending first: an alert fired before Prometheus has discovered
+                        # Alertmanager is dropped, and sent again only a minute later
+                        "rules": [{"alert": "AlwaysFiring", "expr": "vector(1)", "for": "5s"}],
+                    }
+                ]
+            }
+        )
+    )
+    started = start_local_monitoring(
+        tmp / "monitoring", {}, free_port(), free_port(), tmp, rule_files=[rules]
+    )
+    assert started is not None, "prometheus and prometheus-alertmanager are installed by make test"
+    try:
+        wait_until(
+            lambda: all(
+                started.call(f"{url}/-/ready")[0] == 200
+                for url in (started.prometheus_url, started.alertmanager_url)
+            ),
+            60,
+            "Prometheus and Alertmanager ready",
+            0.3,
+        )
+        yield started
+    finally:
+        started.stop()
+
+
+def test_the_password_is_generated_once_private_and_not_in_the_configs(
+    monitoring: LocalMonitoring,
+) -> None:
+    directory = monitoring.password_file.parent
+    assert stat.S_IMODE(os.stat(monitoring.password_file).st_mode) == 0o600
+    assert len(monitoring.password) >= 32
+    for config in ("prometheus.yml", "alertmanager.yml", "web.yml"):
+        assert monitoring.password not in (directory / config).read_text()
+    assert stat.S_IMODE(os.stat(directory / "web.yml").st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/v2/alerts", [_alert("Anonymous", runbook_url="javascript:alert(3)")]),
+        ("/api/v2/silences", _silence()),
+        ("/api/v2/alerts", None),
+        ("/api/v2/silences", None),
+        ("/api/v2/status", None),
+    ],
+)
+def test_alertmanager_refuses_anonymous_requests(
+    monitoring: LocalMonitoring, path: str, body: Any
+) -> None:
+    assert http_call(monitoring.alertmanager_url + path, body)[0] == 401
+    wrong = "Basic " + "am91cm5leXdhdGNoOndyb25n"  # journeywatch:wrong
+    assert http_call(monitoring.alertmanager_url + path, body, authorization=wrong)[0] == 401
+
+
+@pytest.mark.parametrize("path", ["/api/v1/query?query=up", "/api/v1/targets", "/graph"])
+def test_prometheus_refuses_anonymous_requests(monitoring: LocalMonitoring, path: str) -> None:
+    assert http_call(monitoring.prometheus_url + path)[0] == 401
+    assert monitoring.call(monitoring.prometheus_url + path)[0] == 200
+
+
+def test_with_the_credentials_alerts_and_silences_work(monitoring: LocalMonitoring) -> None:
+    am = monitoring.alertmanager_url
+    posted = _alert(
+        "PostedWithCredentials",
+        runbook_url="javascript:alert(3)",
+        dashboard_url="https://grafana.example.invalid/d/jw-oncall",
+    )
+    assert monitoring.call(f"{am}/api/v2/alerts", [posted])[0] == 200
+    status, body = monitoring.call(
+        f"{am}/api/v2/silences",
+        {**_silence(), "matchers": [{"name": "alertname", "value": "Nothing", "isRegex": False}]},
+    )
+    assert status == 200 and b"silenceID" in body
+
+    # the live page's fetch, with the credentials from settings (the local run's password file)
+    settings = Settings(
+        alertmanager_url=am,
+        data_dir=monitoring.password_file.parent.parent,
+    )
+    auth = alertmanager_credentials(settings)
+    assert auth == (monitoring.username, monitoring.password)
+
+    def shown() -> dict[str, Any] | None:
+        alerts = fetch_alerts(am, auth=auth)
+        return next((a for a in alerts if a["name"] == "PostedWithCredentials"), None)
+
+    wait_until(lambda: shown() is not None, 10, "the posted alert in Alertmanager", 0.2)
+    alert = shown()
+    assert alert is not None
+    assert alert["runbook_url"] is None and alert["runbook_text"] == "javascript:alert(3)"
+    assert alert["dashboard_url"] == "https://grafana.example.invalid/d/jw-oncall"
+    assert alert["dashboard_text"] is None
+    with pytest.raises(OSError, match="401"):
+        fetch_alerts(am)  # without credentials
+
+
+def test_prometheus_delivers_alerts_to_alertmanager_with_the_credentials(
+    monitoring: LocalMonitoring,
+) -> None:
+    def delivered() -> bool:
+        alerts = monitoring.get_json(f"{monitoring.alertmanager_url}/api/v2/alerts") or []
+        return any(a["labels"].get("alertname") == "AlwaysFiring" for a in alerts)
+
+    wait_until(delivered, 60, "Prometheus's AlwaysFiring alert in Alertmanager", 0.5)
+    prometheus_log = (monitoring.password_file.parent.parent / "prometheus.log").read_text()
+    assert "401" not in prometheus_log
+
+
+def test_a_password_file_setting_is_read(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    settings = Settings(alertmanager_password_file=secret, alertmanager_username="pages")
+    assert alertmanager_credentials(settings) == ("pages", "s3cret")
+    assert alertmanager_credentials(Settings(data_dir=tmp_path)) is None
