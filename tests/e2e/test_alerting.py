@@ -40,7 +40,7 @@ from streams.monitoring import (
 from streams.topics import RAW, ensure_topics
 from tests.e2e.stack import PARTITIONS, Topology, day_start, produce_day
 from tests.grafana import expand_promql, prometheus_queries
-from tests.helpers import REPO, free_port, http_get, http_json, wait_until
+from tests.helpers import REPO, free_port, http_get, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -126,9 +126,9 @@ def start_monitoring(tmp: Path, topology: Topology, webhook: Webhook) -> LocalMo
 
     def up() -> bool:
         for url in (monitoring.prometheus_url, monitoring.alertmanager_url):
-            if http_get(f"{url}/-/ready")[0] != 200:
+            if monitoring.call(f"{url}/-/ready")[0] != 200:
                 return False
-        targets = (http_json(f"{monitoring.prometheus_url}/api/v1/targets") or {})["data"]
+        targets = (monitoring.get_json(f"{monitoring.prometheus_url}/api/v1/targets") or {})["data"]
         active = targets["activeTargets"]
         return len(active) == len(topology.workers) + 2 and all(t["health"] == "up" for t in active)
 
@@ -142,12 +142,13 @@ def query(
     url = f"{monitoring.prometheus_url}/api/v1/query?query={urllib.parse.quote(promql)}"
     if at is not None:
         url += f"&time={at}"
-    return list((http_json(url) or {})["data"]["result"])
+    return list((monitoring.get_json(url) or {})["data"]["result"])
 
 
 def last_evaluation(monitoring: LocalMonitoring) -> float:
     """The oldest last evaluation of the rule groups (epoch seconds)."""
-    groups = (http_json(f"{monitoring.prometheus_url}/api/v1/rules") or {})["data"]["groups"]
+    rules = monitoring.get_json(f"{monitoring.prometheus_url}/api/v1/rules") or {}
+    groups = rules["data"]["groups"]
     return min(
         datetime.fromisoformat(g["lastEvaluation"].replace("Z", "+00:00")).timestamp()
         for g in groups

@@ -10,12 +10,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import yaml
 
 from streams.broker import EmbeddedBroker
-from streams.monitoring import binaries
+from streams.monitoring import USERNAME, basic_auth_header, binaries, http_call, web_config
 from streams.offsets import group_lag
 from streams.topics import EXPERIENCE_MOMENTS, JOURNEY_EVENTS
 from tests.browser import chromium
@@ -37,38 +36,44 @@ pytestmark = pytest.mark.e2e
 WINDOW, BASELINE = 30, 60
 
 
+ALERTMANAGER_PASSWORD = "live-page-test-password"
+AUTHORIZATION = basic_auth_header(USERNAME, ALERTMANAGER_PASSWORD)
+
+
 def start_alertmanager(directory: Path, port: int) -> subprocess.Popen[bytes]:
+    """Alertmanager as the product runs it: basic auth required (web config)."""
     found = binaries()
     assert found, "Alertmanager is installed by `make test` (apt-get prometheus-alertmanager)"
     directory.mkdir(parents=True, exist_ok=True)
     config = {"route": {"receiver": "local"}, "receivers": [{"name": "local"}]}
     (directory / "alertmanager.yml").write_text(yaml.safe_dump(config))
+    (directory / "web.yml").write_text(yaml.safe_dump(web_config(USERNAME, ALERTMANAGER_PASSWORD)))
     process = subprocess.Popen(
         [
             found[1],
             f"--config.file={directory / 'alertmanager.yml'}",
             f"--storage.path={directory / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
+            f"--web.config.file={directory / 'web.yml'}",
             "--cluster.listen-address=",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
-    wait_until(lambda: http_get(f"http://127.0.0.1:{port}/-/ready")[0] == 200, 30, "alertmanager")
+    wait_until(
+        lambda: (
+            http_call(f"http://127.0.0.1:{port}/-/ready", authorization=AUTHORIZATION)[0] == 200
+        ),
+        30,
+        "alertmanager",
+    )
     return process
 
 
 def fire(alertmanager: str, alert: dict[str, Any]) -> None:
-    import urllib.request
-
-    request = urllib.request.Request(
-        f"{alertmanager}/api/v2/alerts",
-        data=orjson.dumps([alert]),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=5) as response:
-        assert response.status == 200
+    """POST ``alert`` to Alertmanager with the credentials (anonymous posts get 401)."""
+    url = f"{alertmanager}/api/v2/alerts"
+    assert http_call(url, [alert], authorization=AUTHORIZATION)[0] == 200
 
 
 def test_the_live_page_shows_clickhouse_updates_by_push_and_lists_alerts(
@@ -89,6 +94,7 @@ def test_the_live_page_shows_clickhouse_updates_by_push_and_lists_alerts(
         live_baseline_minutes=BASELINE,
         live_refresh_s=1.0,
         alertmanager_url=alertmanager_url,
+        alertmanager_password=ALERTMANAGER_PASSWORD,
         grafana_url="http://grafana.example.invalid:3000",
     )
     base = f"http://127.0.0.1:{topology.status_port}"
@@ -285,6 +291,101 @@ def test_the_live_page_shows_clickhouse_updates_by_push_and_lists_alerts(
         )
         assert result.returncode == 0, result.stderr
         assert "wrote" in result.stdout and png.read_bytes()[:4] == b"\x89PNG"
+    finally:
+        topology.stop()
+        alertmanager.terminate()
+        alertmanager.wait(10)
+
+
+def test_alert_links_are_links_only_when_they_are_http(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """Whoever writes an alert writes its annotations: a ``javascript:`` runbook renders as
+    text, an https one as a link. The sink reads the product's own Alertmanager (basic auth,
+    the password from a file as a mounted secret would give it)."""
+    alertmanager_port = free_port()
+    alertmanager = start_alertmanager(tmp_path / "alertmanager", alertmanager_port)
+    alertmanager_url = f"http://127.0.0.1:{alertmanager_port}"
+    password_file = tmp_path / "alertmanager.password"
+    password_file.write_text(ALERTMANAGER_PASSWORD + "\n")
+    topology = Topology(
+        broker,
+        tmp_path,
+        live_refresh_s=0.5,
+        alertmanager_url=alertmanager_url,
+        alertmanager_password_file=password_file,
+    )
+    base = f"http://127.0.0.1:{topology.status_port}"
+    try:
+        for name, runbook in (
+            ("ScriptRunbook", "javascript:alert(3)"),
+            ("HttpsRunbook", "https://runbooks.example.invalid/https-runbook"),
+        ):
+            fire(
+                alertmanager_url,
+                {
+                    "labels": {"alertname": name, "severity": "warning"},
+                    "annotations": {
+                        "summary": f"{name} summary",
+                        "runbook_url": runbook,
+                        "dashboard_url": "data:text/html,<script>alert(4)</script>",
+                    },
+                    "startsAt": datetime.now(UTC).isoformat(),
+                    "endsAt": (datetime.now(UTC) + timedelta(minutes=10)).isoformat(),
+                },
+            )
+        topology.start_sink()
+        wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 60, "the sink")
+
+        def with_alerts() -> dict[str, Any] | None:
+            doc = http_json(f"{base}/api/v1/live")
+            return doc if doc and doc.get("alerts") else None
+
+        live = wait_until(with_alerts, 30, "the sink to read the alerts with its credentials")
+        by_name = {a["name"]: a for a in live["alerts"]}
+        assert by_name["ScriptRunbook"]["runbook_url"] is None
+        assert by_name["ScriptRunbook"]["runbook_text"] == "javascript:alert(3)"
+        assert by_name["HttpsRunbook"]["dashboard_url"] is None
+        with chromium() as browser:
+            page = browser.page
+            dialogs: list[str] = []
+
+            def on_dialog(dialog: Any) -> None:
+                dialogs.append(dialog.message)
+                dialog.dismiss()
+
+            page.on("dialog", on_dialog)
+            page.goto(base + "/")
+            script = page.locator('[data-alert="ScriptRunbook"]')
+            script.wait_for(timeout=10_000)
+            https = page.locator('[data-alert="HttpsRunbook"]')
+            https.wait_for(timeout=10_000)
+            # the javascript: runbook is text, and clicking it runs nothing
+            assert script.locator("a").count() == 0
+            assert "runbook: javascript:alert(3)" in script.inner_text()
+            script.get_by_text("runbook: javascript:alert(3)").click()
+            # the https runbook is a link; the data: dashboard is text in both
+            assert https.locator("a", has_text="runbook").get_attribute("href") == (
+                "https://runbooks.example.invalid/https-runbook"
+            )
+            assert https.locator("a", has_text="dashboard").count() == 0
+            assert (
+                page.eval_on_selector_all(
+                    "#alerts a[href]",
+                    "links => links.filter(a => !/^https?:$/.test(new URL(a.href).protocol))"
+                    ".length",
+                )
+                == 0
+            )
+            # the page checks by itself too, whatever the server sends
+            checked = page.evaluate(
+                "['javascript:alert(3)', ' JavaScript:alert(3)', 'data:text/html,x', '/relative',"
+                " 'https://runbooks.example.invalid/x'].map(safeHref)"
+            )
+            assert checked == [None, None, None, None, "https://runbooks.example.invalid/x"]
+            page.wait_for_timeout(500)
+            assert dialogs == []
+            assert browser.errors == []
     finally:
         topology.stop()
         alertmanager.terminate()
