@@ -244,6 +244,7 @@ class Collector:
                 received_at=received_at,
                 pii_key=self.pii_key,
                 phone_country_code=self.settings.phone_default_country_code,
+                max_age=self.settings.touchpoint_max_age,
             )
             if isinstance(result, TouchpointEvent):
                 good.append(result)

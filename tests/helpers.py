@@ -172,3 +172,118 @@ def read_topic(bootstrap: str, topic: str) -> list[Any]:
         return records
     finally:
         consumer.close()
+
+
+class SegmentingProxy:
+    """A loopback TCP proxy that cuts everything it forwards, both ways, into ``segment``-byte
+    writes ``gap_s`` seconds apart (TCP_NODELAY on both sides): bodies reach the server in
+    many small TCP segments, as over a slow or lossy network. A context manager; ``url`` is
+    ``http://127.0.0.1:PORT`` for an HTTP target."""
+
+    def __init__(self, target: tuple[str, int], segment: int = 512, gap_s: float = 0.002) -> None:
+        import threading
+
+        self.target = target
+        self.segment = segment
+        self.gap_s = gap_s
+        self.port = free_port()
+        self.connections = 0
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", self.port))
+        self._listener.listen(64)
+        self._closed = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._sockets: list[socket.socket] = []
+        self._accepting = threading.Thread(target=self._accept, name="proxy-accept", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> SegmentingProxy:
+        self._accepting.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed.set()
+        self._listener.close()
+        for sock in list(self._sockets):
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._accepting.join(5)
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._sockets.append(sock)
+            self.connections += 1
+            for source, sink in ((client, upstream), (upstream, client)):
+                thread = threading.Thread(
+                    target=self._pump, args=(source, sink), name="proxy-pump", daemon=True
+                )
+                thread.start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                for start in range(0, len(data), self.segment):
+                    sink.sendall(data[start : start + self.segment])
+                    time.sleep(self.gap_s)
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+
+def raw_http(port: int, request: bytes, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` as it is on a fresh loopback connection; the status, headers and body
+    of the answer (read until the server closes or Content-Length is reached)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        return read_http_response(sock)
+
+
+def read_http_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.x response from ``sock`` (1xx interim answers skipped)."""
+    data = b""
+    while True:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed before a whole response head: {data[:200]!r}")
+            data += chunk
+        head, _, data = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        if 100 <= status < 200:
+            continue
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "-1"))
+        while length < 0 or len(data) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return status, headers, data if length < 0 else data[:length]
