@@ -17,7 +17,7 @@ import faust
 from pipeline.settings import Settings
 from sinks.metrics import set_worker_info
 from streams import web
-from streams.topics import faust_broker_url
+from streams.topics import faust_broker_url, kafka_client_options
 
 Role = Literal["worker", "sink"]
 
@@ -41,6 +41,7 @@ def create_app(settings: Settings, role: Role, index: int = 0) -> tuple[faust.Ap
     app = faust.App(
         app_id,
         broker=faust_broker_url(settings),
+        broker_credentials=faust_credentials(settings),
         # The worker's journey state lives in RocksDB (one database per partition, under
         # data_dir), backed by its changelog topic; the sink role has no tables.
         store="rocksdb://" if role == "worker" else "memory://",
@@ -76,6 +77,22 @@ def create_app(settings: Settings, role: Role, index: int = 0) -> tuple[faust.Ap
     set_worker_info(role)
     web.register_health(app, readiness)
     return app, readiness
+
+
+def faust_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """The Faust form of ``kafka_client_options``: what the app's consumers and producers
+    (aiokafka, inside Faust) authenticate with."""
+    options = kafka_client_options(settings)
+    if not options:
+        return None
+    if "sasl_mechanism" in options:
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"],
+            password=options["sasl_plain_password"],
+            mechanism=options["sasl_mechanism"],
+            ssl_context=options.get("ssl_context"),
+        )
+    return faust.SSLCredentials(options["ssl_context"])
 
 
 def use_fetch_max_wait(app: faust.App, wait_ms: int) -> None:

@@ -7,8 +7,10 @@ auto-created topic 4 partitions whatever is asked, and a production cluster shou
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from functools import lru_cache
+from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
@@ -49,6 +51,45 @@ def bootstrap_servers(settings: Settings) -> list[str]:
     ]
 
 
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """How every Kafka client of journeywatch authenticates: keyword arguments that
+    kafka-python (``KafkaProducer``, ``KafkaConsumer``, ``KafkaAdminClient``) and aiokafka
+    (``AIOKafkaProducer``, ``AIOKafkaConsumer``) take alike; empty for PLAINTEXT.
+
+    ``JW_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT`` (or ``SASL_SSL``) with
+    ``JW_KAFKA_SASL_MECHANISM=SCRAM-SHA-512``, ``JW_KAFKA_SASL_USERNAME`` and
+    ``JW_KAFKA_SASL_PASSWORD``: each role connects as its own user, whose ACLs allow its
+    topics only. TLS (``SSL``, ``SASL_SSL``) verifies the broker with the system's CAs.
+    """
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl.create_default_context()
+    if protocol.startswith("SASL_"):
+        missing = [
+            f"JW_KAFKA_SASL_{name.upper()}"
+            for name, value in (
+                ("mechanism", settings.kafka_sasl_mechanism),
+                ("username", settings.kafka_sasl_username),
+                ("password", settings.kafka_sasl_password),
+            )
+            if not value
+        ]
+        if missing:
+            raise TopicSetupError(
+                f"JW_KAFKA_SECURITY_PROTOCOL={protocol} needs {', '.join(missing)}"
+            )
+        assert settings.kafka_sasl_password is not None
+        options |= {
+            "sasl_mechanism": settings.kafka_sasl_mechanism,
+            "sasl_plain_username": settings.kafka_sasl_username,
+            "sasl_plain_password": settings.kafka_sasl_password.get_secret_value(),
+        }
+    return options
+
+
 def faust_broker_url(settings: Settings) -> str:
     return ";".join(f"kafka://{server}" for server in bootstrap_servers(settings))
 
@@ -58,7 +99,9 @@ def admin_client(settings: Settings, timeout_s: float = 30.0) -> KafkaAdminClien
     while True:
         try:
             return KafkaAdminClient(
-                bootstrap_servers=bootstrap_servers(settings), client_id="journeywatch-admin"
+                bootstrap_servers=bootstrap_servers(settings),
+                client_id="journeywatch-admin",
+                **kafka_client_options(settings),
             )
         except KafkaError as exc:
             if time.monotonic() > deadline:
