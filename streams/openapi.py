@@ -99,6 +99,16 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "operationId": "submitEvents",
                     "summary": "Submit one event or a batch",
+                    "parameters": [
+                        {
+                            "name": "Content-Encoding",
+                            "in": "header",
+                            "required": False,
+                            "description": "gzip, deflate or identity; the inflated body is held "
+                            "to the same size limit as a plain one",
+                            "schema": {"enum": ["gzip", "x-gzip", "deflate", "identity"]},
+                        }
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -113,9 +123,21 @@ def openapi_document() -> dict[str, Any]:
                         "400": response("No event accepted, or the body is not JSON"),
                         "401": response("Missing or unknown API key"),
                         "403": response("The API key may not send these channels"),
-                        "413": response("The body or the batch is too large"),
-                        "415": response("Not application/json or application/x-ndjson"),
-                        "503": response("The broker is unavailable; retry later"),
+                        "408": response("The whole body did not arrive in time"),
+                        "413": response("The body (sent or inflated) or the batch is too large"),
+                        "415": response(
+                            "Not application/json or application/x-ndjson, or another "
+                            "Content-Encoding than gzip, deflate or identity"
+                        ),
+                        "503": {
+                            **response("The broker is unavailable; retry after Retry-After"),
+                            "headers": {
+                                "Retry-After": {
+                                    "description": "Seconds to wait before retrying",
+                                    "schema": {"type": "integer"},
+                                }
+                            },
+                        },
                     },
                 }
             }

@@ -185,8 +185,10 @@ def test_the_openapi_description_is_valid_and_served(collector: Running) -> None
         "400",
         "401",
         "403",
+        "408",
         "413",
         "415",
+        "503",
     }
 
 
