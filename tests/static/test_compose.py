@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,11 @@ def test_journeywatch_services_use_known_settings_and_commands(compose: dict[str
                     f"{name} sets {variable}, which journeywatch does not read"
                 )
         assert service["environment"]["JW_BROKER_URL"] == "kafka:9092"
-        assert service["environment"]["JW_CLICKHOUSE_DSN"].startswith("http://")
+    # only the roles that use ClickHouse get a DSN, each with its own user
+    dsn = {n: s["environment"].get("JW_CLICKHOUSE_DSN") for n, s in jw_services.items()}
+    assert dsn["migrate"].startswith("http://journeywatch:${CLICKHOUSE_PASSWORD")
+    assert dsn["sink"].startswith("http://jw_sink:${CLICKHOUSE_SINK_PASSWORD")
+    assert {n for n, d in dsn.items() if d} == {"migrate", "sink"}
 
 
 def test_secrets_are_never_written_into_the_compose_file() -> None:
@@ -91,11 +96,280 @@ def test_secrets_are_never_written_into_the_compose_file() -> None:
     for key in (
         "JW_PII_HASH_KEY",
         "CLICKHOUSE_PASSWORD",
+        "CLICKHOUSE_SINK_PASSWORD",
+        "CLICKHOUSE_READER_PASSWORD",
         "GF_SECURITY_ADMIN_PASSWORD",
         "JW_COLLECTOR_API_KEYS",
+        "JW_KAFKA_SASL_PASSWORD",
     ):
-        for match in re.finditer(rf"^\s*{key}:\s*(\S+)", text, re.M):
+        matches = list(re.finditer(rf"^\s*{key}:\s*(\S+)", text, re.M))
+        assert matches, key
+        for match in matches:
             assert match.group(1).startswith("${"), f"{key} must come from the environment"
+    # every password-like value anywhere is a variable, a secret file or a setting's name
+    for match in re.finditer(r"(?i)^[ \t]*[\w.-]*(password|secret)[\w.-]*:[ \t]*(\S+)", text, re.M):
+        value = match.group(2)
+        assert value.startswith(("${", "/run/secrets/", "[")), match.group(0)
+
+
+def test_no_secret_file_is_committed() -> None:
+    tracked = subprocess.run(
+        ["git", "ls-files", "deploy/secrets", ".env", "*.env"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert tracked == ["deploy/secrets/.gitignore"]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "deploy/secrets/compose.env", "deploy/secrets/kafka_jaas.conf"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert len(ignored) == 2
+
+
+def kafka_clients(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The journeywatch services that talk to Kafka (every one but the ClickHouse migration)."""
+    return {
+        name: service
+        for name, service in compose["services"].items()
+        if service.get("image", "").startswith("journeywatch") and name != "migrate"
+    }
+
+
+def test_every_kafka_client_authenticates_with_scram_as_its_own_role(
+    compose: dict[str, Any],
+) -> None:
+    users = {}
+    for name, service in kafka_clients(compose).items():
+        env = service["environment"]
+        assert env["JW_KAFKA_SECURITY_PROTOCOL"] in ("SASL_PLAINTEXT", "SASL_SSL"), name
+        assert env["JW_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512", name
+        user = env["JW_KAFKA_SASL_USERNAME"]
+        assert env["JW_KAFKA_SASL_PASSWORD"] == (
+            f"${{KAFKA_{user.upper()}_PASSWORD:?set KAFKA_{user.upper()}_PASSWORD}}"
+        ), name
+        users[name] = user
+    assert users == {
+        "topics": "admin",
+        "worker": "worker",
+        "sink": "sink",
+        "collector": "collector",
+        "simulator": "collector",
+    }
+    # the settings reach a real client as SASL options
+    from streams.topics import kafka_client_options
+
+    worker = compose["services"]["worker"]["environment"]
+    options = kafka_client_options(
+        Settings(
+            broker_url=worker["JW_BROKER_URL"],
+            kafka_security_protocol=worker["JW_KAFKA_SECURITY_PROTOCOL"],
+            kafka_sasl_mechanism=worker["JW_KAFKA_SASL_MECHANISM"],
+            kafka_sasl_username=worker["JW_KAFKA_SASL_USERNAME"],
+            kafka_sasl_password="from-the-env-file",
+        )
+    )
+    assert options["sasl_plain_username"] == "worker"
+
+
+def test_kafka_takes_sasl_only_and_denies_what_no_acl_allows(compose: dict[str, Any]) -> None:
+    kafka = compose["services"]["kafka"]
+    env = kafka["environment"]
+    protocols = dict(
+        pair.split(":") for pair in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    )
+    assert set(protocols.values()) == {"SASL_PLAINTEXT"}, "no unauthenticated listener"
+    for listener in env["KAFKA_LISTENERS"].split(","):
+        assert protocols[listener.split("://")[0]] == "SASL_PLAINTEXT"
+    assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert "User:ANONYMOUS" not in env["KAFKA_SUPER_USERS"]
+    assert "java.security.auth.login.config=/run/secrets/kafka_jaas" in env["KAFKA_OPTS"]
+    assert {"kafka_jaas", "kafka_scram_users"} <= set(kafka["secrets"])
+    assert "kafka-start.sh" in " ".join(kafka["command"])
+    start = (REPO / "deploy" / "kafka" / "start.sh").read_text()
+    assert "kafka-storage.sh format --ignore-formatted" in start and "--add-scram" in start
+    # every variable the format step reads is set
+    for variable in re.findall(r"\$\{(KAFKA_\w+|CLUSTER_ID)\}", start):
+        assert variable in env, variable
+    for role in ("worker", "sink", "collector"):
+        assert compose["services"][role]["depends_on"]["kafka-acls"] == {
+            "condition": "service_completed_successfully"
+        }
+
+
+def _acls() -> dict[tuple[str, str], set[str]]:
+    """(user, operation) -> the topics deploy/kafka/acls.sh allows (prefix unset)."""
+    text = (REPO / "deploy" / "kafka" / "acls.sh").read_text().replace("\\\n", " ")
+    found: dict[tuple[str, str], set[str]] = {}
+    for line in text.splitlines():
+        if not line.lstrip().startswith("acl "):
+            continue
+        users = re.findall(r"User:(\$\{user\}|\w+)", line)
+        operations = re.findall(r"--operation (\w+)", line)
+        topics = set(re.findall(r"--topic \"?([\w.${}-]+)", line))
+        listed = re.search(r"\$\(topics ([^)]*)\)", line)
+        if listed:
+            names = listed.group(1).split()
+            if names == ['"${all[@]}"']:
+                names = re.search(r"all=\(([^)]*)\)", text).group(1).split()  # type: ignore[union-attr]
+            topics |= set(names)
+        if re.search(r"--group", line):
+            topics |= {"group:" + g for g in re.findall(r'--group "?([\w.${}-]+)', line)}
+        for user in ["collector", "worker", "sink"] if users == ["${user}"] else users:
+            for operation in operations:
+                found.setdefault((user, operation), set()).update(topics)
+    return found
+
+
+def test_each_kafka_role_may_touch_its_own_topics_only() -> None:
+    from streams import topics
+
+    acls = _acls()
+    every = set(topics.all_topics(Settings()))
+    for user in ("collector", "worker", "sink"):
+        assert acls[(user, "Describe")] >= every, user
+    assert acls[("collector", "Write")] == {topics.RAW}
+    assert ("collector", "Read") not in acls
+    assert acls[("worker", "Read")] == {
+        topics.RAW,
+        topics.BY_PERSON,
+        topics.HANDOFF,
+        "${app}-",
+        "group:${app}",
+    }
+    assert acls[("worker", "Write")] == {
+        topics.BY_PERSON,
+        topics.DLQ,
+        topics.HANDOFF,
+        topics.JOURNEY_EVENTS,
+        topics.EXPERIENCE_MOMENTS,
+        "${app}-",
+    }
+    assert acls[("sink", "Read")] == {
+        topics.BY_PERSON,
+        topics.DLQ,
+        topics.JOURNEY_EVENTS,
+        topics.EXPERIENCE_MOMENTS,
+        "group:${app}-sink",
+    }
+    assert ("sink", "Write") not in acls
+    script = (REPO / "deploy" / "kafka" / "acls.sh").read_text()
+    assert 'app="${prefix}journeywatch"' in script  # the Faust app id of streams/app.py
+    assert topics.changelog_topic("journeywatch", topics.JOURNEY_STATE_TABLE) in script
+    assert (
+        subprocess.run(["bash", "-n", str(REPO / "deploy" / "kafka" / "acls.sh")]).returncode == 0
+    )
+
+
+def test_clickhouse_has_a_writer_and_a_read_only_user(compose: dict[str, Any]) -> None:
+    import xml.etree.ElementTree as ET
+
+    users_xml = REPO / "deploy" / "clickhouse" / "users.d" / "journeywatch.xml"
+    root = ET.parse(users_xml).getroot()  # noqa: S314 - the repository's own file
+    clickhouse = compose["services"]["clickhouse"]
+    assert any(v.startswith("./deploy/clickhouse/users.d/") for v in clickhouse["volumes"])
+    users = {user.tag: user for user in root.find("users")}  # type: ignore[union-attr]
+    assert set(users) == {"jw_sink", "jw_reader"}
+    for user in users.values():
+        password = user.find("password")
+        assert password is not None and not (password.text or "").strip(), "no literal password"
+        assert password.get("from_env") in clickhouse["environment"]
+    reader = users["jw_reader"]
+    profile = root.find(f"profiles/{reader.findtext('profile')}")
+    assert profile is not None and profile.findtext("readonly") in ("1", "2")
+    assert [q.text for q in reader.iter("query")] == ["GRANT SELECT ON journeywatch.*"]
+    sink_grants = " ".join(q.text or "" for q in users["jw_sink"].iter("query"))
+    assert "INSERT" in sink_grants and "DROP" not in sink_grants and "journeywatch.*" in sink_grants
+    datasources = yaml.safe_load(
+        (REPO / "deploy/grafana/provisioning/datasources/datasources.yml").read_text()
+    )["datasources"]
+    clickhouse_source = next(d for d in datasources if d["uid"] == "clickhouse")
+    assert clickhouse_source["jsonData"]["username"] == "jw_reader"
+
+
+def test_prometheus_and_alertmanager_require_basic_auth(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in ("prometheus", "alertmanager"):
+        command = services[name]["command"]
+        assert "--web.config.file=/run/secrets/monitoring_web_config" in command, name
+        assert "monitoring_web_config" in services[name]["secrets"], name
+    sink = services["sink"]
+    assert (
+        sink["environment"]["JW_ALERTMANAGER_PASSWORD_FILE"] == "/run/secrets/monitoring_password"
+    )
+    assert "monitoring_password" in sink["secrets"]
+    prometheus = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
+    for alertmanager in prometheus["alerting"]["alertmanagers"]:
+        assert alertmanager["basic_auth"]["password_file"] == "/run/secrets/monitoring_password"
+    datasources = yaml.safe_load(
+        (REPO / "deploy/grafana/provisioning/datasources/datasources.yml").read_text()
+    )["datasources"]
+    source = next(d for d in datasources if d["type"] == "prometheus")
+    assert source["basicAuth"] is True
+    assert source["secureJsonData"]["basicAuthPassword"].startswith("$__file{/run/secrets/")
+    assert "monitoring_password" in services["grafana"]["secrets"]
+
+
+def test_the_generated_secrets_are_what_the_stack_mounts(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    """deploy/compose_secrets.py makes every secret file and variable the stack reads; the
+    web config passes promtool, and Prometheus's config with the password file too."""
+    import importlib.util
+
+    import bcrypt
+
+    spec = importlib.util.spec_from_file_location(
+        "compose_secrets", REPO / "deploy" / "compose_secrets.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    values = module.generate(tmp_path)
+    assert module.generate(tmp_path) == values, "a second run keeps the secrets"
+    for name, secret in compose["secrets"].items():
+        path = tmp_path / Path(secret["file"]).name
+        assert secret["file"].startswith("./deploy/secrets/"), name
+        assert path.exists(), name
+        assert path.stat().st_mode & 0o077 == 0, f"{name} is readable by others"
+    variables = set(re.findall(r"\$\{(\w+):\?", COMPOSE.read_text()))
+    assert variables - set(values) == {"JW_COLLECTOR_API_KEYS"}  # the operator's own keys
+    web = tmp_path / "monitoring-web.yml"
+    assert (
+        "SUCCESS"
+        in subprocess.run(
+            ["promtool", "check", "web-config", str(web)], capture_output=True, text=True
+        ).stdout
+        + subprocess.run(
+            ["promtool", "check", "web-config", str(web)], capture_output=True, text=True
+        ).stderr
+    )
+    hashed = yaml.safe_load(web.read_text())["basic_auth_users"]["journeywatch"]
+    password = (tmp_path / "monitoring-password").read_text()
+    assert bcrypt.checkpw(password.encode(), hashed.encode())
+    config = (REPO / "deploy/prometheus/prometheus.yml").read_text()
+    local = tmp_path / "prometheus.yml"
+    local.write_text(
+        config.replace("/run/secrets/monitoring_password", str(tmp_path / "monitoring-password"))
+    )
+    checked = subprocess.run(
+        ["promtool", "check", "config", str(local)], capture_output=True, text=True
+    )
+    assert "SUCCESS" in checked.stdout + checked.stderr
+    scram = (tmp_path / "kafka-scram-users").read_text().split()
+    assert {line.split("name=")[1].split(",")[0] for line in scram} == {
+        "admin",
+        "collector",
+        "worker",
+        "sink",
+    }
+    jaas = (tmp_path / "kafka_jaas.conf").read_text()
+    assert values["KAFKA_ADMIN_PASSWORD"] in jaas and "controller.KafkaServer" in jaas
 
 
 def test_the_dockerfile_runs_as_non_root_with_a_health_check() -> None:
