@@ -12,10 +12,12 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
+from streams.monitoring import basic_auth_header, http_call
 from tests.helpers import REPO, free_port, http_get, http_json, jw_env, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -119,20 +121,39 @@ def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None
         )
 
         # The local Prometheus (real, from Debian) scrapes every process of the run with the
-        # project's rules loaded, and the local Alertmanager answers.
+        # project's rules loaded, and the local Alertmanager answers: both only with the
+        # credentials the run generated under its data directory.
+        password_file = tmp_path / "var" / "monitoring" / "web.password"
+        wait_until(password_file.exists, 60, "the local monitoring's password file")
+        authorization = basic_auth_header("journeywatch", password_file.read_text().strip())
+
+        def monitoring_json(url: str) -> Any:
+            status, body = http_call(url, authorization=authorization)
+            return json.loads(body) if status == 200 else None
+
         def targets_up() -> bool:
-            data = http_json(f"http://127.0.0.1:{prometheus_port}/api/v1/targets")
+            data = monitoring_json(f"http://127.0.0.1:{prometheus_port}/api/v1/targets")
             active = data["data"]["activeTargets"] if data else []
             return len(active) == 3 and all(t["health"] == "up" for t in active)
 
         wait_until(targets_up, 60, "Prometheus to scrape the sink, the worker and the collector")
-        rules = http_json(f"http://127.0.0.1:{prometheus_port}/api/v1/rules")["data"]["groups"]
-        assert {"journeywatch-journeys", "journeywatch-pipeline"} <= {g["name"] for g in rules}
-        accepted = http_json(
+        rules = monitoring_json(f"http://127.0.0.1:{prometheus_port}/api/v1/rules")
+        groups = rules["data"]["groups"]
+        assert {"journeywatch-journeys", "journeywatch-pipeline"} <= {g["name"] for g in groups}
+        accepted = monitoring_json(
             f"http://127.0.0.1:{prometheus_port}/api/v1/query?query=sum(jw_events_accepted_total)"
         )
         assert float(accepted["data"]["result"][0]["value"][1]) > 0
-        assert http_get(f"http://127.0.0.1:{alertmanager_port}/-/ready")[0] == 200
+        alertmanager = f"http://127.0.0.1:{alertmanager_port}"
+        assert http_call(f"{alertmanager}/-/ready", authorization=authorization)[0] == 200
+        assert http_call(f"{alertmanager}/api/v2/alerts", [])[0] == 401
+        assert http_call(f"http://127.0.0.1:{prometheus_port}/api/v1/targets")[0] == 401
+        # the live page reads the local Alertmanager with the run's credentials
+        wait_until(
+            lambda: (http_json(f"{base}/api/v1/live") or {}).get("alerts_status") == "ok",
+            30,
+            "the live page to read the local Alertmanager",
+        )
 
         family = [run.pid] + [
             child.pid for child in psutil.Process(run.pid).children(recursive=True)
