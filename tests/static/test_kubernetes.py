@@ -110,6 +110,7 @@ def test_no_secret_values_are_committed(objects: list[dict[str, Any]]) -> None:
     for config in by_kind(objects, "ConfigMap"):
         for key in config.get("data", {}):
             assert key not in ("JW_PII_HASH_KEY", "JW_COLLECTOR_API_KEYS", "JW_CLICKHOUSE_DSN")
+            assert "PASSWORD" not in key, key
 
 
 def test_prometheus_rule_and_journeys_are_generated_from_their_sources() -> None:
@@ -137,3 +138,41 @@ def test_the_worker_mounts_the_journey_definitions(objects: list[dict[str, Any]]
         if o["metadata"]["name"].startswith("journeywatch-config")
     )
     assert Path(config["data"]["JW_JOURNEYS_FILE"]).parent.as_posix() in mounts
+
+
+def test_every_kafka_client_authenticates_as_its_own_role(objects: list[dict[str, Any]]) -> None:
+    config = next(
+        o
+        for o in by_kind(objects, "ConfigMap")
+        if o["metadata"]["name"].startswith("journeywatch-config")
+    )
+    assert config["data"]["JW_KAFKA_SECURITY_PROTOCOL"].startswith("SASL_")
+    assert config["data"]["JW_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    users = {}
+    for name, spec in pod_specs(objects):
+        container = spec["containers"][0]
+        env = {e["name"]: e for e in container.get("env", [])}
+        if name.endswith("migrate"):  # ClickHouse only
+            assert "JW_KAFKA_SASL_USERNAME" not in env
+            continue
+        user = env["JW_KAFKA_SASL_USERNAME"]["value"]
+        password = env["JW_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert password == {"name": "journeywatch-kafka", "key": f"{user}-password"}, name
+        users[name] = user
+    assert users == {
+        "journeywatch-topics": "admin",
+        "journeywatch-worker": "worker",
+        "journeywatch-sink": "sink",
+        "journeywatch-collector": "collector",
+    }
+
+
+def test_the_sink_reads_alertmanager_with_a_password_from_a_secret(
+    objects: list[dict[str, Any]],
+) -> None:
+    sink = next(spec for name, spec in pod_specs(objects) if name == "journeywatch-sink")
+    env = {e["name"]: e for e in sink["containers"][0]["env"]}
+    assert "JW_ALERTMANAGER_URL" in env
+    assert env["JW_ALERTMANAGER_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == (
+        "journeywatch-monitoring"
+    )

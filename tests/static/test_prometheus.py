@@ -148,3 +148,16 @@ def test_time_compressed_rules_change_durations_only(tmp_path: Path) -> None:
     assert compress_duration("1h30m", 60) == "90s"
     with pytest.raises(ValueError, match="not a Prometheus duration"):
         compress_duration("soon", 60)
+
+
+def test_the_local_monitoring_web_config_passes_promtool(tmp_path: Path) -> None:
+    """What `journeywatch run` gives its Prometheus and Alertmanager (--web.config.file)."""
+    import bcrypt
+
+    from streams.monitoring import USERNAME, web_config
+
+    path = tmp_path / "web.yml"
+    config = web_config(USERNAME, "a-password")
+    path.write_text(yaml.safe_dump(config))
+    assert "SUCCESS" in run("promtool", "check", "web-config", str(path))
+    assert bcrypt.checkpw(b"a-password", config["basic_auth_users"][USERNAME].encode())
