@@ -265,6 +265,29 @@ class Settings(BaseSettings):
     prometheus_port: int = Field(default=9090, description="Port of the local Prometheus.")
     alertmanager_port: int = Field(default=9093, description="Port of the local Alertmanager.")
 
+    # --- Supervision (embedded run) --------------------------------------------------------
+    run_restart_initial_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="`journeywatch run` starts a sink, worker or collector that died again "
+        "after this delay, doubled at each quick crash up to `run_restart_max_s`.",
+    )
+    run_restart_max_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Longest delay before `journeywatch run` restarts a process.",
+    )
+    run_crash_limit: int = Field(
+        default=5,
+        ge=1,
+        description="This many crashes of one process within `run_crash_window_s` stop "
+        "`journeywatch run` (naming the process and its last log lines); a process that stayed "
+        "up that long starts its back-off again from `run_restart_initial_s`.",
+    )
+    run_crash_window_s: float = Field(
+        default=60.0, gt=0, description="The window of `run_crash_limit`, in seconds."
+    )
+
     # --- Simulator (embedded run) ----------------------------------------------------------
     simulate_rate: float = Field(
         default=50.0, ge=0, description="Events per second the embedded simulator produces."

@@ -4,6 +4,13 @@ Starts, in order: the embedded broker (unless ``JW_BROKER_URL`` names one), the 
 sink process (owns ClickHouse, applies migrations, serves the status page), the Faust worker
 processes and the simulator. Waits until every process is ready, prints where to look, and
 on Ctrl-C or SIGTERM stops everything in reverse order, the broker last.
+
+While it runs it supervises (docs/operations/embedded-run.md): a sink, worker, collector,
+Prometheus or Alertmanager that dies is started again after a back-off, and the simulator
+thread too, each restart said on the run's output and written to ``JW_DATA_DIR/run-status.json``
+(streams/supervisor.py); a process that crash-loops stops the run with its last log lines of
+this run (logs are rotated at the start of each run). The embedded broker keeps everything in
+memory: if it dies the run stops, saying so.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from pydantic import SecretStr
 
@@ -34,6 +41,15 @@ from streams.broker import EmbeddedBroker
 from streams.monitoring import LocalMonitoring, binaries, start_local_monitoring
 from streams.process import child_process_options
 from streams.producer import SimulatorThread
+from streams.supervisor import (
+    RUN_STATUS_FILE,
+    CrashHistory,
+    RestartPolicy,
+    describe_exit,
+    rotate_logs,
+    utc_now,
+    write_status,
+)
 from streams.topics import ensure_topics
 
 
@@ -78,11 +94,22 @@ def _free(host: str, port: int) -> bool:
 
 @dataclass
 class Child:
+    """A supervised process: what starts it, and what happened to it in this run."""
+
     name: str
-    process: subprocess.Popen[bytes]
+    command: list[str]
+    env: dict[str, str] | None
     ready_url: str
     log_path: Path
-    log_file: IO[bytes]
+    history: CrashHistory
+    essential: bool = True  # a crash loop stops the run (else: restarts end, the run goes on)
+    process: subprocess.Popen[bytes] | None = None
+    log_file: IO[bytes] | None = None
+    started_at: float = 0.0  # monotonic
+    state: str = "starting"  # starting, running, restarting, gave up, stopped
+    restarts: int = 0
+    last_exit: dict[str, Any] | None = None
+    restart_at: float | None = None  # monotonic, while restarting
 
 
 def http_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
@@ -136,6 +163,20 @@ class EmbeddedRuntime:
         self.monitoring: LocalMonitoring | None = None
         self._lock: IO[str] | None = None  # data_dir/run.lock, held while this run lasts
         self._stop = threading.Event()
+        self.policy = RestartPolicy(
+            initial_s=settings.run_restart_initial_s,
+            max_s=settings.run_restart_max_s,
+            crash_limit=settings.run_crash_limit,
+            window_s=settings.run_crash_window_s,
+            stable_s=settings.run_crash_window_s,
+        )
+        self.status_path = settings.data_dir / RUN_STATUS_FILE
+        self.state = "starting"
+        self.failure: str | None = None
+        self._simulator_record = Child(
+            "simulator", [], None, "", Path(), CrashHistory(self.policy), essential=False
+        )
+        self._status_dirty = False
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -153,9 +194,15 @@ class EmbeddedRuntime:
         settings = ensure_demo_api_key(ensure_pii_key(self.settings))
         self.log_dir = settings.data_dir / "logs"
         self.log_dir.mkdir(exist_ok=True)
+        # One log file per process per run: the last lines shown when a process fails are
+        # this run's (the previous run's logs are kept as NAME.log.1).
+        rotate_logs(self.log_dir)
+        self._write_status()
         if settings.embedded_broker:
             # The embedded broker starts empty: the tables and offsets the workers kept from a
             # previous run describe topics that are gone, and Faust refuses to recover them.
+            # Only here, at the start of a run: a worker restarted within the run keeps its
+            # state (its changelog topics still exist).
             for stale in settings.local_state_dirs():
                 shutil.rmtree(stale)
                 self.say(f"Cleared {stale} (local state of a previous embedded run).")
@@ -196,11 +243,13 @@ class EmbeddedRuntime:
                 settings.alertmanager_port,
                 self.log_dir,
             )
+            if self.monitoring:
+                self._adopt_monitoring(self.monitoring)
         if settings.simulate_rate > 0:
-            self.simulator = SimulatorThread(
-                settings, settings.simulate_rate, settings.simulate_seed
-            )
-            self.simulator.start()
+            self._start_simulator(settings.simulate_seed)
+        if not self._stop.is_set():
+            self.state = "running"
+            self._write_status()
 
     def _lock_data_dir(self, data_dir: Path) -> None:
         """One run per data directory: a second would clear the first's worker state and open
@@ -225,35 +274,208 @@ class EmbeddedRuntime:
 
     def _spawn(self, name: str, args: list[str], ready_url: str) -> None:
         env = {**os.environ, **to_environment(self.settings), "PYTHONUNBUFFERED": "1"}
-        log_path = self.log_dir / f"{name}.log"
-        log_file = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        process = subprocess.Popen(
+        child = Child(
+            name,
             [sys.executable, "-m", "streams.cli", *args],
-            env=env,
+            env,
+            ready_url,
+            self.log_dir / f"{name}.log",
+            CrashHistory(self.policy),
+        )
+        self.children.append(child)
+        self._launch(child)
+
+    def _launch(self, child: Child) -> None:
+        log_file = open(child.log_path, "ab")  # noqa: SIM115 - closed when the process ends
+        again = f" (restart {child.restarts})" if child.restarts else ""
+        log_file.write(
+            f"--- journeywatch run: {child.name} started{again} at {utc_now()}\n".encode()
+        )
+        log_file.flush()
+        child.process = subprocess.Popen(
+            child.command,
+            env=child.env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             **child_process_options(),
         )
-        self.children.append(Child(name, process, ready_url, log_path, log_file))
+        child.log_file = log_file
+        child.started_at = time.monotonic()
+        child.state = "starting"
+        child.restart_at = None
+        self._status_dirty = True
 
-    def _check_children(self) -> None:
+    def _adopt_monitoring(self, monitoring: LocalMonitoring) -> None:
+        """Supervise Prometheus and Alertmanager like the others (started in that order), but
+        as optional: when one crash-loops the run goes on without it, saying so."""
+        for name, process in zip(
+            ("prometheus", "alertmanager"), monitoring.processes, strict=False
+        ):
+            child = Child(
+                name,
+                [str(arg) for arg in cast("list[Any]", process.args)],
+                None,
+                "",  # up is ready: their HTTP endpoints may ask for credentials
+                self.log_dir / f"{name}.log",
+                CrashHistory(self.policy),
+                essential=False,
+                process=process,
+                started_at=time.monotonic(),
+            )
+            self.children.append(child)
+        self._status_dirty = True
+
+    def _start_simulator(self, seed: int | None) -> None:
+        self.simulator = SimulatorThread(self.settings, self.settings.simulate_rate, seed)
+        self.simulator.start()
+        record = self._simulator_record
+        record.started_at = time.monotonic()
+        record.state = "running"
+        record.restart_at = None
+        self._status_dirty = True
+
+    # --- supervision ----------------------------------------------------------------------
+    def supervise(self) -> None:
+        """One round: restart what is due, notice what exited or became ready, check the
+        broker and the simulator, and write the status file if anything changed."""
+        now = time.monotonic()
         for child in self.children:
+            if child.state in ("gave up", "stopped"):
+                continue
+            if child.restart_at is not None:
+                if now >= child.restart_at and not self._stop.is_set():
+                    self._launch(child)
+                continue
+            assert child.process is not None
             code = child.process.poll()
-            if code is not None:
+            if code is None:
+                if child.state == "starting" and (
+                    not child.ready_url or http_json(child.ready_url, 1.0)[0] == 200
+                ):
+                    child.state = "running"
+                    self._status_dirty = True
+                continue
+            self._exited(child, code, now)
+        self._check_broker()
+        self._check_simulator(now)
+        if self._status_dirty:
+            self._write_status()
+
+    def _exited(self, child: Child, code: int, now: float) -> None:
+        if child.log_file is not None:
+            child.log_file.close()
+            child.log_file = None
+        uptime = now - child.started_at
+        pid = child.process.pid if child.process else "?"
+        child.last_exit = {"code": code, "description": describe_exit(code), "at": utc_now()}
+        delay = child.history.crashed(now, uptime)
+        self._status_dirty = True
+        if delay is None:
+            message = (
+                f"the {child.name} process crashed {child.history.recent} times within "
+                f"{self.policy.window_s:g} s (JW_RUN_CRASH_LIMIT, JW_RUN_CRASH_WINDOW_S), the "
+                f"last with {describe_exit(code)}"
+            )
+            if child.essential:
+                child.state = "gave up"
                 raise RuntimeErrorExit(
-                    f"the {child.name} process exited with code {code}. Last lines of "
-                    f"{child.log_path}:\n{_tail(child.log_path)}"
+                    f"{message}; journeywatch run stops. Last lines of {child.log_path} "
+                    f"(this run):\n{_tail(child.log_path)}"
                 )
+            child.state = "gave up"
+            self.say(f"journeywatch: {message}; not restarting it, the run goes on without it.")
+            return
+        child.state = "restarting"
+        child.restarts += 1
+        child.restart_at = now + delay
+        self.say(
+            f"journeywatch: {child.name} (pid {pid}) exited with {describe_exit(code)} after "
+            f"{uptime:.1f} s; restart {child.restarts} in {delay:g} s (log: {child.log_path})"
+        )
+
+    def _check_broker(self) -> None:
+        process = self.broker._process if self.broker else None  # no public poll()
+        code = process.poll() if process else None
+        if code is None:
+            return
+        raise RuntimeErrorExit(
+            f"the embedded broker exited with {describe_exit(code)}. It keeps every topic in "
+            "memory only, so the topics, the consumer offsets and every event not yet in "
+            "ClickHouse went with it: journeywatch run stops (ClickHouse keeps what it stored). "
+            "Start it again; a broker that survives restarts is Kafka (JW_BROKER_URL). "
+            f"Last lines of {self.log_dir / 'broker.log'} (this run):\n"
+            f"{_tail(self.log_dir / 'broker.log')}"
+        )
+
+    def _check_simulator(self, now: float) -> None:
+        record = self._simulator_record
+        if self.simulator is None or record.state == "gave up":
+            return
+        if record.restart_at is not None:
+            if now >= record.restart_at and not self._stop.is_set():
+                # a fresh seed: the same one would resend event ids ClickHouse already holds
+                self._start_simulator(None)
+            return
+        if self.simulator.is_alive() and self.simulator.error is None:
+            return
+        error = self.simulator.error
+        self.simulator.stop()
+        record.last_exit = {"code": None, "description": f"{error!r}", "at": utc_now()}
+        delay = record.history.crashed(now, now - record.started_at)
+        self._status_dirty = True
+        if delay is None:
+            record.state = "gave up"
+            self.say(
+                f"journeywatch: the simulator failed {record.history.recent} times within "
+                f"{self.policy.window_s:g} s, the last with {error!r}; not restarting it, "
+                "the run goes on without simulated traffic."
+            )
+            return
+        record.state = "restarting"
+        record.restarts += 1
+        record.restart_at = now + delay
+        self.say(
+            f"journeywatch: the simulator stopped ({error!r}); restart {record.restarts} in "
+            f"{delay:g} s"
+        )
+
+    def _write_status(self) -> None:
+        if self._lock is None:
+            return  # the data directory is not (or no longer) this run's
+        processes: dict[str, Any] = {}
+        for child in [*self.children, self._simulator_record]:
+            if child is self._simulator_record and self.simulator is None:
+                continue
+            processes[child.name] = {
+                "pid": child.process.pid if child.process else None,
+                "state": child.state,
+                "restarts": child.restarts,
+                "last_exit": child.last_exit,
+            }
+        status = {
+            "pid": os.getpid(),
+            "state": self.state,
+            "failure": self.failure,
+            "updated_at": utc_now(),
+            "broker": (
+                {"pid": self.broker.pid, "embedded": True, "url": self.broker.url}
+                if self.broker
+                else None
+            ),
+            "processes": processes,
+        }
+        with contextlib.suppress(OSError):
+            write_status(self.status_path, status)
+            self._status_dirty = False
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        pending = list(self.children)
-        while pending:
-            self._check_children()
-            if self._stop.is_set():
+        while not self._stop.is_set():
+            self.supervise()
+            pending = [c for c in self.children if c.state != "running"]
+            if not pending:
                 return
-            pending = [c for c in pending if http_json(c.ready_url)[0] != 200]
-            if pending and time.monotonic() > deadline:
+            if time.monotonic() > deadline:
                 names = ", ".join(c.name for c in pending)
                 raise RuntimeErrorExit(
                     f"not ready after {timeout_s:.0f} s: {names}; see {self.log_dir}"
@@ -313,9 +535,7 @@ class EmbeddedRuntime:
         last_report = 0.0
         previous: int | None = None  # the first report: what ClickHouse already had
         while not self._stop.is_set():
-            self._check_children()
-            if self.simulator and self.simulator.error:
-                raise RuntimeErrorExit(f"the simulator stopped: {self.simulator.error}")
+            self.supervise()
             if time.monotonic() - last_report >= report_every_s:
                 last_report = time.monotonic()
                 status, stats = http_json(stats_url)
@@ -331,29 +551,42 @@ class EmbeddedRuntime:
 
     # --- stop -----------------------------------------------------------------------------
     def stop(self) -> None:
-        if self.monitoring:
-            self.monitoring.stop()
+        self.state = "failed" if self.failure else "stopping"
+        self._write_status()
         if self.simulator:
             self.simulator.stop()
             self.simulator.join(10)
-        # Workers first (they flush and commit), then the sink, the broker last.
+        # Monitoring and the collector first, then the workers (they flush and commit), then
+        # the sink, the broker last.
         for group in (
+            [c for c in self.children if c.name in ("prometheus", "alertmanager")],
             [c for c in self.children if c.name == "collector"],
             [c for c in self.children if c.name.startswith("worker")],
             [c for c in self.children if c.name == "sink"],
         ):
             for child in group:
-                if child.process.poll() is None:
+                child.restart_at = None
+                if child.process is not None and child.process.poll() is None:
                     child.process.send_signal(signal.SIGTERM)
             for child in group:
-                try:
-                    child.process.wait(30)
-                except subprocess.TimeoutExpired:
-                    child.process.kill()
-                    child.process.wait()
-                child.log_file.close()
+                if child.process is not None:
+                    try:
+                        child.process.wait(30)
+                    except subprocess.TimeoutExpired:
+                        child.process.kill()
+                        child.process.wait()
+                if child.log_file is not None:
+                    child.log_file.close()
+                    child.log_file = None
+                if child.state != "gave up":
+                    child.state = "stopped"
+        if self.monitoring:
+            self.monitoring.stop()  # what it started is stopped above; this closes the rest
         if self.broker:
             self.broker.stop()
+        if not self.failure:
+            self.state = "stopped"
+        self._write_status()
         if self._lock is not None:
             self._lock.close()  # releases the data directory
             self._lock = None
@@ -372,10 +605,12 @@ def run(settings: Settings) -> int:
             runtime.say(runtime.banner())
             runtime.watch()
     except RuntimeErrorExit as exc:
+        runtime.failure = str(exc)
         print(f"journeywatch: {exc}", file=sys.stderr)
         code = 1
     except Exception as exc:
-        print(f"journeywatch: {type(exc).__name__}: {exc}", file=sys.stderr)
+        runtime.failure = f"{type(exc).__name__}: {exc}"
+        print(f"journeywatch: {runtime.failure}", file=sys.stderr)
         code = 1
     finally:
         runtime.say("Stopping...")
