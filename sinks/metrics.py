@@ -22,6 +22,7 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from pipeline import __version__
 
@@ -143,6 +144,36 @@ COLLECTOR_REQUEST_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 WORKER_INFO = Info("jw_worker", "journeywatch process: version and role.")
+
+
+class RunRestarts:
+    """``jw_run_restarts_total{process}``: how many times `journeywatch run` restarted each of
+    its processes after it died. The supervisor serves no HTTP: the sink it started sets
+    ``read`` to read the run-status file, on each scrape (elsewhere there are no samples)."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], dict[str, int]] = dict
+
+    def describe(self) -> Iterable[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
+        for process, restarts in sorted(self.read().items()):
+            family.add_metric([process], restarts)
+        yield family
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "jw_run_restarts",
+            "Processes of `journeywatch run` that died and were started again, per process.",
+            labels=["process"],
+        )
+
+
+RUN_RESTARTS = RunRestarts()
+REGISTRY.register(RUN_RESTARTS)
 
 
 class LabelCache(Generic[_M]):

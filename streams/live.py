@@ -122,6 +122,10 @@ def _credentials_from_settings() -> tuple[str, str] | None:
 class LiveFeed:
     """The newest snapshot, its version, and the streams waiting for the next one."""
 
+    # ``run`` in the figures: the processes of `journeywatch run` and their restarts (the sink
+    # that run started sets it; streams/supervisor.py)
+    run_status: Callable[[], dict[str, Any] | None] | None = None
+
     def __init__(
         self,
         compute: Callable[[], dict[str, Any]],
@@ -168,6 +172,7 @@ class LiveFeed:
             body["alerts"], body["alerts_status"] = await loop.run_in_executor(
                 self._pool, self._alerts
             )
+            body["run"] = self.run_status() if self.run_status else None
             figures = orjson.dumps(body)
             self.computed_at = time.monotonic()
             changed = figures != self._figures

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,10 +39,17 @@ from sinks.clickhouse.rows import (
     touchpoint_row,
 )
 from sinks.clickhouse.writer import ClickHouseWriter, PartitionBatch
-from sinks.metrics import SINK_DUPLICATES_SKIPPED, SINK_ERRORS, SINK_ROWS, SINK_WRITE_SECONDS
+from sinks.metrics import (
+    RUN_RESTARTS,
+    SINK_DUPLICATES_SKIPPED,
+    SINK_ERRORS,
+    SINK_ROWS,
+    SINK_WRITE_SECONDS,
+)
 from streams.app import Readiness
 from streams.live import LiveFeed
 from streams.mapexport import FONT_FILES, font_path, map_bytes
+from streams.supervisor import RUN_STATUS_FILE, live_summary, read_status, restarts_by_process
 from streams.topics import BY_PERSON, DLQ, EXPERIENCE_MOMENTS, JOURNEY_EVENTS
 
 log = logging.getLogger(__name__)
@@ -159,6 +167,7 @@ class SinkRole:
 
     def register(self) -> None:
         settings = self.settings
+        self._register_run_status()
         for table in ("touchpoints", "failed_events", "journey_events", "experience_moments"):
             # every series from the start, at 0: rate() and the SinkFailing alert see them
             SINK_ROWS.labels(table)
@@ -208,6 +217,15 @@ class SinkRole:
 
         self._register_map_pages()
         self._register_lookup()
+
+    def _register_run_status(self) -> None:
+        """Started by `journeywatch run`: what its supervisor reports in the run-status file
+        (restarts of each process) goes to /metrics and the live page. A file another run
+        wrote (not this process's parent) is ignored."""
+        path = self.settings.data_dir / RUN_STATUS_FILE
+        run_pid = os.getppid()
+        RUN_RESTARTS.read = lambda: restarts_by_process(read_status(path, run_pid))
+        self.live.run_status = lambda: live_summary(read_status(path, run_pid))
 
     def _register_lookup(self) -> None:
         """``POST /api/v1/touchpoints/stored`` ``{"event_ids": [...]}`` → the ones ClickHouse
