@@ -149,6 +149,10 @@ class Collector:
             try:
                 await asyncio.wait_for(producer.start(), CONNECT_TIMEOUT_S)
                 await asyncio.wait_for(producer.partitions_for(self.topic), CONNECT_TIMEOUT_S)
+            except asyncio.CancelledError:  # stopping before it connected
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                raise
             except (TimeoutError, KafkaError, OSError) as exc:
                 log.warning(
                     "the broker is unavailable; the collector answers 503 until it connects",

@@ -20,7 +20,7 @@ from aiohttp.web_protocol import RequestPayloadError
 # Content-Encoding values handled here (None: the body is sent as it is).
 ENCODINGS = {"gzip": "gzip", "x-gzip": "gzip", "deflate": "deflate", "identity": None}
 INFLATE_STEP = 64 * 1024  # bytes of output per zlib call
-MAX_RATIO = 200  # inflated bytes per compressed byte, once past RATIO_FLOOR
+MAX_RATIO = 200  # inflated bytes per compressed byte, once past RATIO_FLOOR (or limit / 2)
 RATIO_FLOOR = 256 * 1024
 # Inflation runs here, never on the event loop: zlib releases the GIL while it inflates.
 INFLATE_POOL = ThreadPoolExecutor(2, thread_name_prefix="inflate")
@@ -92,9 +92,11 @@ def _deflate_wbits(data: bytes) -> int:
 
 def inflate(data: bytes, encoding: str, limit: int) -> bytes:
     """``data`` decompressed, in steps of ``INFLATE_STEP`` bytes: 413 as soon as the output
-    passes ``limit`` or ``MAX_RATIO`` times the input consumed (past ``RATIO_FLOOR``), 400 if
-    it is not valid ``encoding``. Concatenated gzip members are read one after the other."""
+    passes ``limit`` or ``MAX_RATIO`` times the input consumed (past ``RATIO_FLOOR`` or half
+    the limit, whichever is smaller), 400 if it is not valid ``encoding``. Concatenated gzip
+    members are read one after the other."""
     wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else _deflate_wbits(data)
+    floor = min(RATIO_FLOOR, limit // 2)
     out: list[bytes] = []
     total = 0
     consumed = 0  # compressed bytes of finished members
@@ -109,7 +111,7 @@ def inflate(data: bytes, encoding: str, limit: int) -> bytes:
                 if total > limit:
                     raise BodyRejected(413, f"the body inflates to over {limit} bytes")
                 used = consumed + len(member) - len(decompressor.unconsumed_tail)
-                if total > RATIO_FLOOR and total > MAX_RATIO * used:
+                if total > floor and total > MAX_RATIO * used:
                     raise BodyRejected(
                         413, f"the body inflates more than {MAX_RATIO} times: refused"
                     )

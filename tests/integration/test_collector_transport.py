@@ -424,3 +424,63 @@ def test_while_the_broker_is_down_the_collector_answers_503_with_retry_after(
         stop_process(running.process)
         broker.stop()
     assert WEB_KEY not in running.log.read_text()
+
+
+def test_encodings_and_expect_continue(collector: Running) -> None:
+    rng = random.Random(11)
+
+    def send(body: bytes, encoding: str | None = None, key: str | None = WEB_KEY) -> int:
+        connection = http.client.HTTPConnection("127.0.0.1", collector.port, timeout=10)
+        try:
+            status, answer = post_http(connection, body, key=key, encoding=encoding)
+        finally:
+            connection.close()
+        collector.bodies.append(answer)
+        return status
+
+    def batch() -> bytes:
+        return orjson.dumps([event(rng) for _ in range(3)])
+
+    raw = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    assert send(zlib.compress(batch()), "deflate") == 202  # zlib-wrapped, as the RFC says
+    assert send(raw.compress(batch()) + raw.flush(), "deflate") == 202  # raw, as some send
+    members = batch()
+    assert send(gzip.compress(members[:50]) + gzip.compress(members[50:]), "x-gzip") == 202
+    assert send(batch(), "identity") == 202
+    assert send(gzip.compress(batch())[:-12], "gzip") == 400  # truncated
+    assert send(b"\x1f\x8b not gzip at all", "gzip") == 400
+    assert send(batch(), "gzip") == 400  # not compressed at all
+    connection = http.client.HTTPConnection("127.0.0.1", collector.port, timeout=10)
+    assert post_http(connection, gzip.compress(batch()), encoding="br") == (
+        415,
+        b'{"error":"content encoding \'br\' is not accepted: send gzip, deflate or identity"}',
+    )
+    connection.close()
+    # highly repetitive but under the size limit: the ratio cap (200) refuses it
+    assert send(gzip.compress(b" " * (MAX_BODY - 10)), "gzip") == 413
+
+    # Expect: 100-continue: a bad key or an oversized body is refused before the client sends
+    body = batch()
+    head = (
+        "POST /v1/events HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\n"
+        "Expect: 100-continue\r\n"
+    )
+    for key, length, expected in (
+        ("not-a-key-at-all-xxxxxxxx", len(body), 401),
+        (WEB_KEY, MAX_BODY + 1, 413),
+    ):
+        with socket.create_connection(("127.0.0.1", collector.port), timeout=10) as sock:
+            sock.sendall(
+                f"{head}Authorization: Bearer {key}\r\nContent-Length: {length}\r\n\r\n".encode()
+            )
+            first = sock.recv(65536)
+            assert first.startswith(f"HTTP/1.1 {expected} ".encode()), first
+            assert b"100 Continue" not in first
+    with socket.create_connection(("127.0.0.1", collector.port), timeout=10) as sock:
+        sock.sendall(
+            f"{head}Authorization: Bearer {WEB_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        )
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        assert read_http_response(sock)[0] == 202
+    assert_no_secret(collector)
