@@ -1,9 +1,9 @@
 """Create the docker-compose stack's secrets (once; run again, it keeps what exists).
 
-    python deploy/compose_secrets.py        # writes deploy/secrets/ (never committed)
-    docker compose --env-file deploy/secrets/compose.env up -d
+    python deploy/compose_secrets.py        # writes deploy/compose-secrets/ (never committed)
+    docker compose --env-file deploy/compose-secrets/compose.env up -d
 
-Every password is random. What it writes, all mode 0600 under ``deploy/secrets/``:
+Every password is random. What it writes, all mode 0600 under ``deploy/compose-secrets/``:
 
 * ``compose.env``: the variables docker-compose.yml reads (passwords of each Kafka role, each
   ClickHouse user, Grafana's admin, the PII hash key); add ``JW_COLLECTOR_API_KEYS`` yourself;
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import bcrypt
 
-SECRETS = Path(__file__).resolve().parent / "secrets"
+SECRETS = Path(__file__).resolve().parent / "compose-secrets"
 MONITORING_USER = "journeywatch"
 KAFKA_MECHANISM = "SCRAM-SHA-512"
-# each role its own Kafka user, whose ACLs (deploy/kafka/acls.sh) allow its topics only
+# each role its own Kafka user, whose ACLs (deploy/kafka-broker/acls.sh) allow its topics only
 KAFKA_USERS = ("admin", "collector", "worker", "sink")
 GENERATED = (
     "JW_PII_HASH_KEY",
@@ -71,7 +71,7 @@ def generate(directory: Path = SECRETS) -> dict[str, str]:
                 secrets.token_hex(32) if key == "JW_PII_HASH_KEY" else (secrets.token_urlsafe(24))
             )
     lines = [
-        "# docker compose --env-file deploy/secrets/compose.env up -d  (never commit this file)",
+        "# docker compose --env-file deploy/compose-secrets/compose.env up -d (never commit it)",
         *(f"{key}={value}" for key, value in values.items()),
     ]
     if "JW_COLLECTOR_API_KEYS" not in values:

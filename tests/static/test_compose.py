@@ -114,15 +114,20 @@ def test_secrets_are_never_written_into_the_compose_file() -> None:
 
 def test_no_secret_file_is_committed() -> None:
     tracked = subprocess.run(
-        ["git", "ls-files", "deploy/secrets", ".env", "*.env"],
+        ["git", "ls-files", "deploy/compose-secrets", ".env", "*.env"],
         cwd=REPO,
         capture_output=True,
         text=True,
         check=True,
     ).stdout.split()
-    assert tracked == ["deploy/secrets/.gitignore"]
+    assert tracked == ["deploy/compose-secrets/.gitignore"]
     ignored = subprocess.run(
-        ["git", "check-ignore", "deploy/secrets/compose.env", "deploy/secrets/kafka_jaas.conf"],
+        [
+            "git",
+            "check-ignore",
+            "deploy/compose-secrets/compose.env",
+            "deploy/compose-secrets/kafka_jaas.conf",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -191,7 +196,7 @@ def test_kafka_takes_sasl_only_and_denies_what_no_acl_allows(compose: dict[str, 
     assert "java.security.auth.login.config=/run/secrets/kafka_jaas" in env["KAFKA_OPTS"]
     assert {"kafka_jaas", "kafka_scram_users"} <= set(kafka["secrets"])
     assert "kafka-start.sh" in " ".join(kafka["command"])
-    start = (REPO / "deploy" / "kafka" / "start.sh").read_text()
+    start = (REPO / "deploy" / "kafka-broker" / "start.sh").read_text()
     assert "kafka-storage.sh format --ignore-formatted" in start and "--add-scram" in start
     # every variable the format step reads is set
     for variable in re.findall(r"\$\{(KAFKA_\w+|CLUSTER_ID)\}", start):
@@ -203,8 +208,8 @@ def test_kafka_takes_sasl_only_and_denies_what_no_acl_allows(compose: dict[str, 
 
 
 def _acls() -> dict[tuple[str, str], set[str]]:
-    """(user, operation) -> the topics deploy/kafka/acls.sh allows (prefix unset)."""
-    text = (REPO / "deploy" / "kafka" / "acls.sh").read_text().replace("\\\n", " ")
+    """(user, operation) -> the topics deploy/kafka-broker/acls.sh allows (prefix unset)."""
+    text = (REPO / "deploy" / "kafka-broker" / "acls.sh").read_text().replace("\\\n", " ")
     found: dict[tuple[str, str], set[str]] = {}
     for line in text.splitlines():
         if not line.lstrip().startswith("acl "):
@@ -258,11 +263,12 @@ def test_each_kafka_role_may_touch_its_own_topics_only() -> None:
         "group:${app}-sink",
     }
     assert ("sink", "Write") not in acls
-    script = (REPO / "deploy" / "kafka" / "acls.sh").read_text()
+    script = (REPO / "deploy" / "kafka-broker" / "acls.sh").read_text()
     assert 'app="${prefix}journeywatch"' in script  # the Faust app id of streams/app.py
     assert topics.changelog_topic("journeywatch", topics.JOURNEY_STATE_TABLE) in script
     assert (
-        subprocess.run(["bash", "-n", str(REPO / "deploy" / "kafka" / "acls.sh")]).returncode == 0
+        subprocess.run(["bash", "-n", str(REPO / "deploy" / "kafka-broker" / "acls.sh")]).returncode
+        == 0
     )
 
 
@@ -334,7 +340,7 @@ def test_the_generated_secrets_are_what_the_stack_mounts(
     assert module.generate(tmp_path) == values, "a second run keeps the secrets"
     for name, secret in compose["secrets"].items():
         path = tmp_path / Path(secret["file"]).name
-        assert secret["file"].startswith("./deploy/secrets/"), name
+        assert secret["file"].startswith("./deploy/compose-secrets/"), name
         assert path.exists(), name
         assert path.stat().st_mode & 0o077 == 0, f"{name} is readable by others"
     variables = set(re.findall(r"\$\{(\w+):\?", COMPOSE.read_text()))
@@ -391,3 +397,13 @@ def test_deploy_yaml_files_parse(path: Path) -> None:
 )
 def test_deploy_json_files_parse(path: Path) -> None:
     assert json.loads(path.read_text())
+
+
+def test_no_deploy_directory_shadows_a_python_package() -> None:
+    """mypy puts deploy/ on its search path (it checks deploy/*.py): a directory there named
+    like an installed package (``deploy/kafka``) would hide that package from it."""
+    import importlib.util
+
+    for path in (REPO / "deploy").iterdir():
+        if path.is_dir() and path.name.isidentifier():
+            assert importlib.util.find_spec(path.name) is None, f"deploy/{path.name} shadows it"
