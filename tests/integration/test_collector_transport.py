@@ -484,3 +484,64 @@ def test_encodings_and_expect_continue(collector: Running) -> None:
         sock.sendall(body)
         assert read_http_response(sock)[0] == 202
     assert_no_secret(collector)
+
+
+def test_the_sinks_lookup_reads_its_body_whole_bounded_and_timed(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """``POST /api/v1/touchpoints/stored`` on the sink reads its body with the same code."""
+    status_port = free_port()
+    env = jw_env(
+        broker_url=broker.url,
+        clickhouse_dsn=f"chdb://{tmp_path / 'clickhouse'}",
+        status_port=status_port,
+        data_dir=tmp_path / "var",
+        partitions=2,
+        consumer_session_timeout_s=3,
+        consumer_heartbeat_s=0.5,
+        consumer_rebalance_timeout_s=3,
+        pii_hash_key="test-key",
+        collector_body_timeout_s=BODY_TIMEOUT_S,
+    )
+    ensure_topics(Settings(broker_url=broker.url, partitions=2))
+    sink = start_cli(["sink"], env, tmp_path / "sink.log")
+    path = "/api/v1/touchpoints/stored"
+
+    def ready() -> bool:
+        assert sink.poll() is None, (tmp_path / "sink.log").read_text()[-3000:]
+        return http_get(f"http://127.0.0.1:{status_port}/readyz")[0] == 200
+
+    try:
+        wait_until(ready, 120, "the sink")
+        ids = [str(uuid.uuid4()) for _ in range(5_000)]
+        body = orjson.dumps({"event_ids": ids})
+        head = f"POST {path} HTTP/1.1\r\nHost: sink\r\nContent-Type: application/json\r\n"
+        with SegmentingProxy(("127.0.0.1", status_port), segment=512, gap_s=0.001) as proxy:
+            connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=60)
+            connection.request(
+                "POST", path, body=body, headers={"Content-Type": "application/json"}
+            )
+            response = connection.getresponse()
+            assert (response.status, orjson.loads(response.read())) == (200, {"stored": []})
+            chunks = iter([body[i : i + 4096] for i in range(0, len(body), 4096)])
+            connection.request("POST", path, body=chunks, encode_chunked=True)
+            response = connection.getresponse()
+            assert response.status == 200, response.read()
+            connection.close()
+        status, _, _ = raw_http(status_port, f"{head}Content-Length: 3000000\r\n\r\n".encode())
+        assert status == 413
+        gz = gzip.compress(body)
+        status, _, answer = raw_http(
+            status_port,
+            f"{head}Content-Encoding: gzip\r\nContent-Length: {len(gz)}\r\n\r\n".encode() + gz,
+        )
+        assert status == 415, answer
+        started = time.monotonic()
+        status, _, _ = raw_http(
+            status_port,
+            f"{head}Content-Length: 1000\r\n\r\n".encode() + b'{"event_ids": [',
+            timeout=BODY_TIMEOUT_S + 10,
+        )
+        assert status == 408 and time.monotonic() - started < BODY_TIMEOUT_S + 2.0
+    finally:
+        stop_process(sink)
