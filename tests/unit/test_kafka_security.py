@@ -61,3 +61,47 @@ def test_sasl_without_a_user_is_refused_with_the_missing_settings() -> None:
     settings = Settings(broker_url="kafka:9092", kafka_security_protocol="SASL_PLAINTEXT")
     with pytest.raises(TopicSetupError, match=r"JW_KAFKA_SASL_MECHANISM.*USERNAME.*PASSWORD"):
         kafka_client_options(settings)
+
+
+CLIENTS = {
+    "KafkaProducer",
+    "KafkaConsumer",
+    "KafkaAdminClient",
+    "AIOKafkaProducer",
+    "AIOKafkaConsumer",
+}
+# Clients made without the options, in files other engineers were changing when SASL came in
+# (issue #29): each must add ``**kafka_client_options(settings)`` (offsets.py: its callers pass
+# bootstrap servers only, so it needs the settings or the options too). Shrink this as they do.
+NOT_YET = {
+    "streams/collector.py": 1,
+    "streams/offsets.py": 3,
+    "streams/producer.py": 1,
+    "streams/replay.py": 6,
+}
+
+
+def test_every_kafka_client_of_the_product_gets_the_security_options() -> None:
+    import ast
+    from pathlib import Path
+
+    from tests.helpers import REPO
+
+    missing: dict[str, int] = {}
+    for path in sorted((REPO / "streams").rglob("*.py")) + sorted((REPO / "sinks").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            if name not in CLIENTS:
+                continue
+            secured = any(
+                keyword.arg is None
+                and isinstance(keyword.value, ast.Call)
+                and getattr(keyword.value.func, "id", None) == "kafka_client_options"
+                for keyword in node.keywords
+            )
+            if not secured:
+                relative = Path(path).relative_to(REPO).as_posix()
+                missing[relative] = missing.get(relative, 0) + 1
+    assert missing == NOT_YET
