@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import BadHttpMethod, BadStatusLine, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
@@ -190,8 +190,9 @@ class Collector:
             return response
         if request.headers.get("Expect", "").lower() != "100-continue":
             return _error(417, "only Expect: 100-continue is understood")
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
+        if request.version == HttpVersion11:  # as aiohttp's own expect handler
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
         return None
 
     async def post_events(self, request: web.Request) -> web.Response:
