@@ -213,8 +213,8 @@ class Settings(BaseSettings):
     alertmanager_password: SecretStr | None = Field(
         default=None,
         description="Basic-auth password for `alertmanager_url`. Unset, and without "
-        "`alertmanager_password_file`: the password `journeywatch run` generated for its local "
-        "Alertmanager (data_dir/monitoring/web.password), when that file exists.",
+        "`alertmanager_password_file`, for an Alertmanager on loopback: the password "
+        "`journeywatch run` generated for its local one (data_dir/monitoring/web.password).",
     )
     alertmanager_password_file: Path | None = Field(
         default=None,

@@ -192,6 +192,9 @@ class LiveFeed:
             return None, "not configured (set JW_ALERTMANAGER_URL)"
         try:
             auth = self.alertmanager_auth()
+        except OSError as exc:
+            return None, f"cannot read the Alertmanager password: {exc}"
+        try:
             return fetch_alerts(self.alertmanager_url, self.grafana_url, auth=auth), "ok"
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):

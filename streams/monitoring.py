@@ -19,6 +19,7 @@ import secrets
 import shutil
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,19 +66,24 @@ def basic_auth_header(username: str, password: str) -> str:
 def alertmanager_credentials(settings: Settings) -> tuple[str, str] | None:
     """The basic-auth credentials the product uses for ``alertmanager_url``.
 
-    ``alertmanager_password``, else ``alertmanager_password_file``, else the password
-    ``journeywatch run`` generated for its local Alertmanager when that file exists (read on
-    each call: the run starts Alertmanager after the sink). None: no credentials.
+    ``alertmanager_password``, else ``alertmanager_password_file``, else, for an Alertmanager
+    on this machine (loopback), the password ``journeywatch run`` generated for its local one
+    when that file exists (read on each call: the run starts Alertmanager after the sink); the
+    local password is never sent elsewhere. None: no credentials.
     """
     if settings.alertmanager_password is not None:
         return settings.alertmanager_username, settings.alertmanager_password.get_secret_value()
-    path = settings.alertmanager_password_file or monitoring_dir(settings) / PASSWORD_FILE
-    try:
-        return settings.alertmanager_username, path.read_text().strip()
-    except FileNotFoundError:
-        if settings.alertmanager_password_file is not None:
-            raise
+    if settings.alertmanager_password_file is not None:
+        password = settings.alertmanager_password_file.read_text().strip()
+        return settings.alertmanager_username, password
+    host = urllib.parse.urlsplit(settings.alertmanager_url or "").hostname
+    if host not in ("127.0.0.1", "localhost", "::1"):
         return None
+    try:
+        local = (monitoring_dir(settings) / PASSWORD_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return USERNAME, local
 
 
 @dataclass
@@ -86,8 +92,8 @@ class LocalMonitoring:
     alertmanager_url: str
     processes: list[subprocess.Popen[bytes]]
     # both ask for basic auth: this user, the password in this file (0600, under data_dir)
-    username: str = USERNAME
-    password_file: Path = Path()
+    username: str
+    password_file: Path
 
     @property
     def password(self) -> str:

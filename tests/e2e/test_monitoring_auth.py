@@ -175,3 +175,10 @@ def test_a_password_file_setting_is_read(tmp_path: Path) -> None:
     settings = Settings(alertmanager_password_file=secret, alertmanager_username="pages")
     assert alertmanager_credentials(settings) == ("pages", "s3cret")
     assert alertmanager_credentials(Settings(data_dir=tmp_path)) is None
+    # the local run's password goes to a loopback Alertmanager only
+    (tmp_path / "monitoring").mkdir()
+    (tmp_path / "monitoring" / "web.password").write_text("local")
+    local = Settings(data_dir=tmp_path, alertmanager_url="http://127.0.0.1:9093")
+    assert alertmanager_credentials(local) == ("journeywatch", "local")
+    remote = Settings(data_dir=tmp_path, alertmanager_url="http://alertmanager.example:9093")
+    assert alertmanager_credentials(remote) is None
