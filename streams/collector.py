@@ -376,7 +376,11 @@ class RedactSecrets(logging.Filter):
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # the handler would print the arguments with its error: not those
+            record.msg, record.args = f"unformattable log record: {record.msg!s:.200}", None
+            message = record.msg
         cleaned = self._clean(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None

@@ -545,3 +545,32 @@ def test_the_sinks_lookup_reads_its_body_whole_bounded_and_timed(
         assert status == 408 and time.monotonic() - started < BODY_TIMEOUT_S + 2.0
     finally:
         stop_process(sink)
+
+
+def test_the_log_filter_redacts_every_configured_key() -> None:
+    import io
+    import logging
+
+    from streams.collector import RedactSecrets
+    from streams.logs import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())  # extra fields written too
+    handler.addFilter(RedactSecrets(list(KEYS)))
+    logger = logging.getLogger("test.redact")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("key %s in the arguments", WEB_KEY)
+        logger.warning(f"key {STORE_KEY} in the message", extra={"header": f"Bearer {WEB_KEY}"})
+        logger.warning("bad arguments %d", WEB_KEY)
+        try:
+            raise ValueError(f"an exception quoting {STORE_KEY}")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert not any(key in text for key in KEYS), text
+    assert text.count("[redacted]") >= 3 and "exception withheld" in text
