@@ -66,7 +66,9 @@ class Running:
         return f"http://127.0.0.1:{self.port}"
 
 
-def start_collector(broker_url: str, tmp_path: Path, wait_ready: bool = True) -> Running:
+def start_collector(
+    broker_url: str, tmp_path: Path, wait_ready: bool = True, body_timeout_s: float = BODY_TIMEOUT_S
+) -> Running:
     port = free_port()
     keys = {"web-sdk": {"key": WEB_KEY, "channels": ["web", "app"]}, "store": {"key": STORE_KEY}}
     env = jw_env(
@@ -76,7 +78,7 @@ def start_collector(broker_url: str, tmp_path: Path, wait_ready: bool = True) ->
         collector_api_keys=json.dumps(keys),
         collector_max_body_bytes=MAX_BODY,
         collector_max_batch=MAX_BATCH,
-        collector_body_timeout_s=BODY_TIMEOUT_S,
+        collector_body_timeout_s=body_timeout_s,
         log_level="INFO",
     )
     log = tmp_path / f"collector-{port}.log"
@@ -97,6 +99,15 @@ def start_collector(broker_url: str, tmp_path: Path, wait_ready: bool = True) ->
 def collector(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Running]:
     ensure_topics(Settings(broker_url=broker.url, partitions=2))
     running = start_collector(broker.url, tmp_path)
+    yield running
+    stop_process(running.process)
+
+
+@pytest.fixture()
+def patient_collector(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Running]:
+    """The default body time-out (30 s): slow bodies through the proxy on a busy machine."""
+    ensure_topics(Settings(broker_url=broker.url, partitions=2))
+    running = start_collector(broker.url, tmp_path, body_timeout_s=30.0)
     yield running
     stop_process(running.process)
 
@@ -151,7 +162,7 @@ def post_http(
 
 
 def test_bodies_in_small_segments_plain_gzip_and_chunked_are_all_stored_once(
-    collector: Running,
+    patient_collector: Running,
 ) -> None:
     """10,000 events through a proxy that cuts every write into 512-byte segments: batches at
     the count and at the byte limit, plain, gzip and chunked; every one 202, every event on
@@ -163,7 +174,7 @@ def test_bodies_in_small_segments_plain_gzip_and_chunked_are_all_stored_once(
     assert max(len(orjson.dumps(b)) for b in work) > MAX_BODY * 0.95
     statuses: list[tuple[int, bytes]] = []
     lock = threading.Lock()
-    with SegmentingProxy(("127.0.0.1", collector.port), segment=512, gap_s=0.002) as proxy:
+    with SegmentingProxy(("127.0.0.1", patient_collector.port), segment=512, gap_s=0.002) as proxy:
 
         def client(share: list[tuple[int, list[dict[str, Any]]]]) -> None:
             connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=60)
@@ -192,7 +203,7 @@ def test_bodies_in_small_segments_plain_gzip_and_chunked_are_all_stored_once(
     assert [s for s, _ in statuses if s != 202] == [], statuses[:3]
     assert sum(orjson.loads(b)["accepted"] for _, b in statuses) == len(events)
     stored = Counter(
-        orjson.loads(r.value)["event_id"] for r in read_topic(collector.broker_url, RAW)
+        orjson.loads(r.value)["event_id"] for r in read_topic(patient_collector.broker_url, RAW)
     )
     assert set(stored) == {e["event_id"] for e in events}
     assert max(stored.values()) == 1
