@@ -113,9 +113,11 @@ class IdentityGraph:
                 person = customers[0]
             elif candidates:
                 person = candidates[0]
-            else:
+            elif keys:
                 usable = [k for k in keys if k not in self.blocked] or keys
                 person = "a:" + usable[0]
+            else:  # the shard never submits one (pipeline/shard.py ``_strip_foreign``)
+                raise ValueError("a touch without identifiers belongs to nobody")
         for key in keys:
             if key == customer_key or key in self.blocked:
                 continue

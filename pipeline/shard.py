@@ -63,6 +63,14 @@ def _keys(touch: Touch) -> list[str]:
     return [kind + ":" + value for kind, value in touch.identifiers]
 
 
+def _customer_of(keys: list[str]) -> str | None:
+    """The customer a touch carrying ``keys`` belongs to, when it names one."""
+    for key in keys:
+        if key.startswith(CUSTOMER_PREFIX):
+            return "c:" + key[len(CUSTOMER_PREFIX) :]
+    return None
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
@@ -88,39 +96,49 @@ class JourneyShard:
         self.aliases: dict[str, str] = {}  # identifier homed here → person anchored elsewhere
         self.foreign: dict[str, set[str]] = {}  # person → identifiers that are someone else's
         self.awaiting: dict[str, str] = {}  # person → identifier being linked
-        self.parked: dict[str, list[tuple[Touch, Any]]] = {}
+        self.parked: dict[str, list[Touch]] = {}  # person → touches waiting behind a link
         self.messages = 0
-        self._tokens: dict[str, list[Any]] = {}  # event id → tokens waiting for it to apply
+        # event id → input tokens waiting for that touch to be applied here or to leave in a
+        # message to another partition (never acknowledged while it is held only in memory)
+        self._tokens: dict[str, list[Any]] = {}
         self._outputs: list[Output] = []
         self._sends: list[tuple[str, bytes]] = []
         self._done: list[Any] = []
         self._dirty_persons: set[str] = set()
         self._dirty_ids: set[str] = set()
-        self._local: deque[tuple[bytes, Any]] = deque()
+        self._local: deque[tuple[bytes, Any]] = deque()  # messages to this same partition
+        # told the event ids each drain found applied (duplicates included), when set (tests)
+        self.on_applied: Callable[[list[str]], None] | None = None
 
     # --- input ---------------------------------------------------------------------------------
     def touch(self, touch: Touch, token: Any) -> None:
         """A touchpoint from ``touchpoints.by_person`` (keyed by its first identifier)."""
-        self._route(touch, token, None)
+        self._wait(touch, token)
+        self._route(touch, None)
 
     def message(self, raw: bytes, token: Any) -> None:
         """A message from the hand-off topic."""
         self.messages += 1
         data = orjson.loads(raw)
         kind = data["kind"]
+        # The message's token waits for the touch it carries: acknowledged once that touch is
+        # applied here or has left in a message to another partition (a local hop keeps it).
         if kind == "forward":
-            self._route(_touch(data["touch"]), token, data["person"])
-            return
-        if kind == "link":
-            self._on_link(data["key"], data["person"], _touch(data["touch"]), data["awaits"])
+            touch = _touch(data["touch"])
+            self._wait(touch, token)
+            self._route(touch, data["person"])
+        elif kind == "link":
+            touch = _touch(data["touch"])
+            self._wait(touch, token)
+            self._on_link(data["key"], data["person"], touch, data["awaits"])
         elif kind == "handoff":
-            if self._on_handoff(data, token):
-                return  # acknowledged once its touchpoints are applied
+            self._on_handoff(data, token)
         elif kind == "redirect":
-            self._on_redirect(data["person"], data["to"], _touch(data["touch"]), data["awaits"])
-        else:  # pragma: no cover - written by this module only
+            touch = _touch(data["touch"])
+            self._wait(touch, token)
+            self._on_redirect(data["person"], data["to"], touch, data["awaits"])
+        else:
             raise ValueError(f"unknown hand-off message kind {kind!r}")
-        self._done.append(token)
 
     def tick(self, wall_ms: int) -> None:
         self._outputs += self.engine.tick(wall_ms)
@@ -132,6 +150,8 @@ class JourneyShard:
             self.message(raw, token)
         applied = self.engine.applied
         if applied:
+            if self.on_applied is not None:
+                self.on_applied(applied)
             tokens = self._tokens
             for event_id in applied:
                 waiting = tokens.pop(event_id, None)
@@ -155,9 +175,12 @@ class JourneyShard:
 
     @property
     def held(self) -> int:
-        """Input not yet acknowledgeable: held for the watermark or parked."""
-        parked = sum(len(p) for p in self.parked.values())
-        return sum(len(t) for t in self._tokens.values()) + parked
+        """Input not yet acknowledgeable: held for the watermark, parked or on a local hop."""
+        return sum(len(t) for t in self._tokens.values())
+
+    def _wait(self, touch: Touch, token: Any) -> None:
+        if token is not None:
+            self._tokens.setdefault(touch.event_id, []).append(token)
 
     # --- records -------------------------------------------------------------------------------
     def _person_record(self, person: str) -> bytes | None:
@@ -206,15 +229,25 @@ class JourneyShard:
         raw = orjson.dumps(body, default=_plain)
         if self._here(key):
             self._local.append((raw, None))
-        else:
-            self._sends.append((key, raw))
+            return
+        self._sends.append((key, raw))
+        # the touches it carries are safe once the broker has it: their input may be acknowledged
+        tokens = self._tokens
+        carried = body.get("touches") or [body["touch"]]
+        for touch in carried:
+            waiting = tokens.pop(touch[0], None)
+            if waiting:
+                self._done += waiting
 
     def _follow(self, person: str) -> str:
         """Where a person went: an anonymous person merged into another leaves an alias on its
         anchor identifier, which this partition may hold."""
+        blocked = self.graph.blocked
         for _ in range(MAX_HOPS):
             anchor = anchor_key(person)
-            moved = self.aliases.get(anchor) if self._here(anchor) else None
+            # (the person of a blocked identifier never moves: an alias on one is old state)
+            here = self._here(anchor) and anchor not in blocked
+            moved = self.aliases.get(anchor) if here else None
             if moved is None or moved == person:
                 return person
             person = moved
@@ -249,30 +282,39 @@ class JourneyShard:
         return None
 
     def _strip_foreign(self, person: str, touch: Touch) -> Touch:
+        """The touch without the identifiers that are someone else's. When none is left, the
+        touch still belongs to the person it was routed to: it carries the person's anchor
+        (the engine resolves it to that person and links nothing)."""
         foreign = self.foreign.get(person)
         if not foreign:
             return touch
         kept = tuple(i for i in touch.identifiers if i[0] + ":" + i[1] not in foreign)
+        if not kept:
+            kind, _, value = anchor_key(person).partition(":")
+            kept = ((kind, value),)
         return touch._replace(identifiers=kept)
 
-    def _route(self, touch: Touch, token: Any, person: str | None) -> None:
+    def _route(self, touch: Touch, person: str | None) -> None:
+        """Apply a touch here, or send it where it must go (its token waits: ``_wait``)."""
         keys = _keys(touch)
         person = self._person_of(keys) if person is None else self._follow(person)
+        customer = _customer_of(keys)
+        if customer is not None and customer != person:
+            # A customer's touch is that customer's, whoever it was sent to: never another
+            # person's (two customers are never merged). Messages written before this rule
+            # could carry one to the wrong person.
+            person = customer
         anchor = anchor_key(person)
         if not self._here(anchor):
             self._send(anchor, {"kind": "forward", "person": person, "touch": touch})
-            self._done.append(token)
             return
         if person in self.awaiting:
-            self.parked.setdefault(person, []).append((touch, token))
+            self.parked.setdefault(person, []).append(touch)
             return
         key = self._needs_link(person, keys)
         if key is not None:
             self._link(person, key, touch)
-            self._done.append(token)
             return
-        if token is not None:
-            self._tokens.setdefault(touch.event_id, []).append(token)
         self._outputs += self.engine.submit(self._strip_foreign(person, touch))
 
     def _link(self, person: str, key: str, touch: Touch) -> None:
@@ -285,8 +327,7 @@ class JourneyShard:
         """Route the touches parked behind a link, in arrival order, until one links again."""
         parked = self.parked.get(person)
         while parked and person not in self.awaiting:
-            touch, token = parked.pop(0)
-            self._route(touch, token, person)
+            self._route(parked.pop(0), person)
         if not parked:
             self.parked.pop(person, None)
 
@@ -295,15 +336,40 @@ class JourneyShard:
     ) -> tuple[list[Any] | None, list[str], list[Touch]]:
         """Remove a person anchored here, with its held and parked touches (they travel on)."""
         record, members, held = self.engine.extract(person, also)
-        for touch in held:
-            self._done += self._tokens.pop(touch.event_id, ())
-        for touch, token in self.parked.pop(person, []):
-            held.append(touch)
-            self._done.append(token)
+        held += self.parked.pop(person, [])
         self.awaiting.pop(person, None)
         self.foreign.pop(person, None)
         self._dirty_persons.add(person)
         return record, members, held
+
+    def _claimed(self, held: list[Touch]) -> tuple[list[Touch], list[tuple[Touch, str]]]:
+        """Split touches taken with an anonymous person into those that travel with it and
+        those a customer anchored here claims: a touch naming a customer, or carrying an
+        identifier a customer owns here, is that customer's, never the person's it was held
+        beside (taken along, it linked one customer's identifiers to another: a merge)."""
+        travel: list[Touch] = []
+        stay: list[tuple[Touch, str]] = []
+        owner, blocked = self.graph.owner, self.graph.blocked
+        for touch in held:
+            keys = _keys(touch)
+            customer = _customer_of(keys)
+            if customer is None:
+                for key in keys:
+                    person = owner.get(key)
+                    if person is not None and person.startswith("c:") and key not in blocked:
+                        customer = person
+                        break
+            if customer is None:
+                travel.append(touch)
+            else:
+                stay.append((touch, customer))
+        return travel, stay
+
+    def _reroute(self, stay: list[tuple[Touch, str]]) -> None:
+        """Route again the touches ``_claimed`` kept here, now that identifiers have moved
+        (their tokens still wait for them)."""
+        for touch, customer in stay:
+            self._route(touch, customer)
 
     # --- the protocol ---------------------------------------------------------------------------
     def _on_link(self, key: str, target: str, touch: Touch, awaits: str) -> None:
@@ -329,11 +395,15 @@ class JourneyShard:
             # Nobody owns it yet, but touches carrying it may be held here, not applied yet:
             # they were this identifier's anonymous person's, so they go along.
             anonymous = "a:" + key
-            record, members, held = self._take(anonymous, also=key)
+            record, members, taken = self._take(anonymous, also=key)
+            held, stay = self._claimed(taken)
             self._give(key, target)
             answer["identifiers"] = [key]
             if held or record is not None:
                 answer |= {"source": anonymous, "record": record, "touches": [*held, touch]}
+            self._send(anchor_key(target), answer)
+            self._reroute(stay)
+            return
         elif current.startswith("c:") and target.startswith("c:"):
             if graph.share(key, current, target):
                 self._outputs.append(blocked_output(key, touch.at, target, touch.event_id))
@@ -344,7 +414,8 @@ class JourneyShard:
             self._send(anchor_key(target), body | {"awaits": awaits})
             return
         elif self._here(anchor_key(current)):
-            record, members, held = self._take(current)
+            record, members, taken = self._take(current)
+            held, stay = self._claimed(taken)
             for member in members:
                 if self._here(member):
                     self._give(member, target)
@@ -355,6 +426,9 @@ class JourneyShard:
                 "identifiers": members,
                 "touches": [*held, touch],
             }
+            self._send(anchor_key(target), answer)
+            self._reroute(stay)
+            return
         else:  # an anonymous person anchored elsewhere owns it: ask there
             self._give(key, target)
             body = {
@@ -381,7 +455,18 @@ class JourneyShard:
 
     def _on_redirect(self, person: str, to: str, touch: Touch, awaits: str) -> None:
         """At an anonymous person's partition: it belongs to customer ``to``; move it there."""
-        record, members, held = self._take(person)
+        if anchor_key(person) in self.graph.blocked:
+            # The person of a blocked identifier (a kiosk's anonymous visits) never moves to a
+            # customer: only this touch goes, as in one process (a blocked identifier is not
+            # used to resolve, so the touch is the customer's and the kiosk's person stays).
+            self._send(anchor_key(to), {"kind": "forward", "person": to, "touch": touch})
+            if self.awaiting.get(person) == awaits:
+                self.awaiting.pop(person)
+                self._dirty_persons.add(person)
+            self._release(person)
+            return
+        record, members, taken = self._take(person)
+        held, stay = self._claimed(taken)
         for member in members:
             if self._here(member):
                 self._give(member, to)
@@ -399,20 +484,22 @@ class JourneyShard:
                 "awaits": None,
             },
         )
+        self._reroute(stay)
 
-    def _on_handoff(self, data: dict[str, Any], token: Any) -> bool:
-        """Merge what the home handed over; True when ``token`` now waits for the touchpoints
-        (acknowledged once they are applied, so a crash before that replays the hand-off)."""
+    def _on_handoff(self, data: dict[str, Any], token: Any) -> None:
+        """Merge what the home handed over; ``token`` waits for its last touch (acknowledged
+        once that is applied, so a crash before that replays the hand-off)."""
         target = data["person"]
+        touches = [_touch(t) for t in data["touches"]]
+        last = max(touches, key=lambda t: (t.at, t.event_id))
         moved = self._follow(target)
         if moved != target or not self._here(anchor_key(target)):
             # the person itself moved meanwhile: the hand-off follows it
+            self._wait(last, token)
             self._send(anchor_key(moved), data | {"person": moved, "awaits": None})
             if self.awaiting.get(target) == data["awaits"]:
                 self.awaiting.pop(target, None)
-            return False
-        touches = [_touch(t) for t in data["touches"]]
-        last = max(touches, key=lambda t: (t.at, t.event_id))
+            return
         if self.engine.has_applied(target, last.event_id):
             # delivered again after a crash: the first delivery merged it and applied its
             # touches already (merging again would bring back journeys that have ended)
@@ -420,7 +507,9 @@ class JourneyShard:
                 self.awaiting.pop(target)
                 self._dirty_persons.add(target)
             self._release(target)
-            return False
+            if token is not None:
+                self._done.append(token)
+            return
         source = data["source"]
         merged_before = (
             source is not None
@@ -438,9 +527,16 @@ class JourneyShard:
         self._dirty_persons.add(target)
         if data["awaits"] is not None and self.awaiting.get(target) == data["awaits"]:
             self.awaiting.pop(target)
-        waiting = False
+        self._wait(last, token)
         for touch in touches:
-            key = self._needs_link(target, _keys(touch))
+            keys = _keys(touch)
+            customer = _customer_of(keys)
+            if customer is not None and customer != target:
+                # another customer's touch (a hand-off written before ``_claimed``): it goes to
+                # its customer, and links nothing to this one
+                self._route(touch, customer)
+                continue
+            key = self._needs_link(target, keys)
             if key is not None:  # another identifier to link first: the touch travels again
                 self._link(target, key, touch)
                 continue
@@ -448,8 +544,4 @@ class JourneyShard:
             # anonymous touchpoints, forwarded here later because they reached their home after
             # the link, still come first (a journey starts at its first touchpoint).
             self._outputs += self.engine.submit(self._strip_foreign(target, touch))
-            if touch is last and token is not None:
-                self._tokens.setdefault(touch.event_id, []).append(token)
-                waiting = True
         self._release(target)
-        return waiting

@@ -90,12 +90,14 @@ class Cluster:
         self.outputs: list[Output] = []
         self.crash_rate = crash_rate
         self.crashes = 0
+        self.applied: Counter[str] = Counter()  # event id → times the engines applied it
         self.shards = {p: self._start(p) for p in range(partitions)}
 
     def _start(self, partition: int) -> JourneyShard:
         engine = JourneyEngine(CATALOG, allowed_lateness_ms=60_000)
         shard = JourneyShard(engine, partition, partitioner(self.partitions))
         shard.load(self.store[partition].items())
+        shard.on_applied = self.applied.update
         return shard
 
     def produce(self, touch: Touch) -> None:
@@ -285,3 +287,103 @@ def test_a_merge_across_partitions_reports_one_journey_under_the_customer() -> N
     # the device now belongs to the customer at its home partition: e4 was forwarded
     assert cluster.shards[1].aliases[device] == f"c:{c}"
     assert cluster.shards[1].engine.persons == {}
+
+
+# --- identifiers shared between customers (store kiosks, family tablets) -----------------------
+
+SHARED_TOUCHPOINTS = (
+    ("web", "home.view", "view"),
+    ("web", "product.view", "view"),
+    ("web", "cart.add", "add"),
+    ("web", "checkout.payment", "submit"),
+    ("web", "checkout.confirmation", "view"),
+    ("store", "account.login", "login"),
+    ("store", "store.visit", "visit"),
+    ("app", "app.install", "install"),
+)
+
+
+def shared_device_stream(seed: int, customers: int = 8, events: int = 300) -> list[Touch]:
+    """Valid touchpoints of ``customers`` customers, in event-time order, whose identifiers are
+    shared: two store kiosks every customer may use, a family tablet per three customers, each
+    customer's own e-mail and phone; about half name the customer, the others are anonymous."""
+    rng = random.Random(seed)
+    kiosks = ("kiosk0", "kiosk1")
+    at = START
+    touches = []
+    for n in range(events):
+        c = rng.randrange(customers)
+        identifiers: list[tuple[str, str]] = []
+        if rng.random() < 0.5:
+            identifiers.append(("customer_id", f"c{c}"))
+        if rng.random() < 0.3:
+            identifiers.append(("email_hash", f"e{c}"))
+        device = rng.choice((f"p{c}", rng.choice(kiosks), f"tablet{c // 3}"))
+        if rng.random() < 0.8 or not identifiers:
+            identifiers.append((DEVICE, device))
+        channel, touchpoint, action = rng.choice(SHARED_TOUCHPOINTS)
+        at += rng.randrange(0, 90_000)
+        touches.append(
+            Touch(f"s{seed}-{n}", at, channel, touchpoint, action, identifiers=tuple(identifiers))
+        )
+    return touches
+
+
+def identity_violations(cluster: Cluster, touches: list[Touch]) -> list[tuple[object, ...]]:
+    """Breaks of the hand-off protocol's invariants (docs/streaming-topology.md) in a run."""
+    found: list[tuple[object, ...]] = []
+    by_id = {t.event_id: t for t in touches}
+    for o in cluster.outputs:
+        if o.type == "identity" and o.name == "merged":
+            source = dict(o.detail)["from_person"]
+            if isinstance(source, str) and source.startswith("c:"):
+                found.append(("two customers merged", source, o.person_id))
+        touch = by_id.get(o.event_id or "")
+        if touch is not None and o.type != "identity":
+            named = [value for kind, value in touch.identifiers if kind == "customer_id"]
+            if named and o.person_id != "c:" + named[0]:
+                found.append(("a customer's touch applied to another person", o.person_id, touch))
+    for shard in cluster.shards.values():
+        owners = {**shard.graph.owner, **shard.aliases}
+        for key, person in owners.items():
+            if key.startswith("customer_id:") and person != "c:" + key.split(":", 1)[1]:
+                found.append(("a customer id linked to another person", key, person))
+    return found
+
+
+def test_a_held_touch_of_one_customer_never_goes_along_with_a_kiosk() -> None:
+    """A kiosk's device id first seen in its home partition, where customer B's touch with it
+    is still held for the watermark, when customer A's touch with it asks for the link: B's
+    touch was taken along to A, and the hand-off then linked B's customer id to A (merged)."""
+    part = partitioner(4)
+    kiosk = next(f"k{i}" for i in range(100) if part(f"device_id:k{i}") == 1)
+    b = next(f"b{i}" for i in range(100) if part(f"customer_id:b{i}") == 1)
+    a = next(f"a{i}" for i in range(100) if part(f"customer_id:a{i}") == 2)
+    visit = ("store", "store.visit", "visit")
+    script = [
+        Touch("e1", START, *visit, identifiers=(("customer_id", b), (DEVICE, kiosk))),
+        Touch("e2", START + 1_000, *visit, identifiers=(("customer_id", a), (DEVICE, kiosk))),
+        Touch(
+            "e3", START + 2_000, "web", "product.view", "view", identifiers=(("customer_id", b),)
+        ),
+    ]
+    cluster = Cluster(4, seed=1)
+    play(cluster, script)
+    assert identity_violations(cluster, script) == []
+    started = {o.event_id: o.person_id for o in cluster.outputs if o.name == "started"}
+    assert started == {"e1": f"c:{b}", "e2": f"c:{a}", "e3": f"c:{b}"}
+    # the kiosk went to A (its link came first), and B's touch found it was A's: shared
+    assert cluster.shards[1].aliases[f"device_id:{kiosk}"] == f"c:{a}"
+    assert cluster.shards[1].foreign[f"c:{b}"] == {f"device_id:{kiosk}"}
+
+
+@pytest.mark.parametrize(("seed", "partitions"), [(13, 3), (16, 3), (33, 3), (39, 3), (43, 3)])
+def test_shared_devices_never_crash_the_shard(seed: int, partitions: int) -> None:
+    """Streams that raised IndexError in resolve_keys (a touch left with no identifier once
+    the ones foreign to its person were stripped: the person of a blocked e-mail had been moved
+    to a customer by a redirect) or looped forever (a customer id linked to another person)."""
+    touches = shared_device_stream(seed)
+    cluster = Cluster(partitions, seed=seed)
+    play(cluster, touches)
+    assert identity_violations(cluster, touches) == []
+    assert set(cluster.applied) == {t.event_id for t in touches}
