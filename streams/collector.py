@@ -178,16 +178,16 @@ class Collector:
     async def expect_continue(self, request: web.Request) -> web.StreamResponse | None:
         """``Expect: 100-continue``: refuse a bad key or an oversized body before the client
         sends it; otherwise tell it to go on."""
-        if self.authenticate(request) is None:
-            response = _unauthorized()
-            response.force_close()
-            return response
-        length = request.content_length
+        refused = None
         limit = self.settings.collector_max_body_bytes
-        if length is not None and length > limit:
-            response = _error(413, f"the body is over {limit} bytes")
-            response.force_close()
-            return response
+        if self.authenticate(request) is None:
+            refused = _unauthorized()
+        elif request.content_length is not None and request.content_length > limit:
+            refused = _error(413, f"the body is over {limit} bytes")
+        if refused is not None:
+            refused.force_close()
+            self.requests.get(str(refused.status)).inc()
+            return refused
         if request.headers.get("Expect", "").lower() != "100-continue":
             return _error(417, "only Expect: 100-continue is understood")
         if request.version == HttpVersion11:  # as aiohttp's own expect handler
