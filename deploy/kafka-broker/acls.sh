@@ -15,7 +15,7 @@ acl() {
 topics() { for name in "$@"; do printf -- '--topic %s ' "${prefix}${name}"; done; }
 
 all=(touchpoints.raw touchpoints.by_person touchpoints.dlq journeys.handoff journey.events
-  experience.moments journeywatch-journey_state-changelog)
+  experience.moments journeys.dlq journeywatch-journey_state-changelog)
 
 # every role checks the topics' partition counts at start: Describe, no more
 for user in collector worker sink; do
@@ -33,7 +33,8 @@ acl --allow-principal User:worker --operation Read \
   $(topics touchpoints.raw touchpoints.by_person journeys.handoff)
 # shellcheck disable=SC2046
 acl --allow-principal User:worker --operation Write \
-  $(topics touchpoints.by_person touchpoints.dlq journeys.handoff journey.events experience.moments)
+  $(topics touchpoints.by_person touchpoints.dlq journeys.handoff journey.events experience.moments \
+    journeys.dlq)
 acl --allow-principal User:worker --operation Read --operation Write --operation Describe \
   --topic "${app}-" --resource-pattern-type prefixed  # table changelogs
 acl --allow-principal User:worker --operation Read --group "${app}"
@@ -41,7 +42,7 @@ acl --allow-principal User:worker --operation Read --group "${app}"
 # sink: reads what it stores in ClickHouse
 # shellcheck disable=SC2046
 acl --allow-principal User:sink --operation Read \
-  $(topics touchpoints.by_person touchpoints.dlq journey.events experience.moments)
+  $(topics touchpoints.by_person touchpoints.dlq journey.events experience.moments journeys.dlq)
 acl --allow-principal User:sink --operation Read --group "${app}-sink"
 
 echo "journeywatch ACLs in place"

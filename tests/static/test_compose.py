@@ -236,6 +236,9 @@ def test_each_kafka_role_may_touch_its_own_topics_only() -> None:
 
     acls = _acls()
     every = set(topics.all_topics(Settings()))
+    # the journey agent's dead letters (journeys.dlq): the workers write them, the sink stores
+    # them; granted ahead of the topic's arrival in streams/topics.py
+    journeys_dlq = {"journeys.dlq"}
     for user in ("collector", "worker", "sink"):
         assert acls[(user, "Describe")] >= every, user
     assert acls[("collector", "Write")] == {topics.RAW}
@@ -247,21 +250,29 @@ def test_each_kafka_role_may_touch_its_own_topics_only() -> None:
         "${app}-",
         "group:${app}",
     }
-    assert acls[("worker", "Write")] == {
-        topics.BY_PERSON,
-        topics.DLQ,
-        topics.HANDOFF,
-        topics.JOURNEY_EVENTS,
-        topics.EXPERIENCE_MOMENTS,
-        "${app}-",
-    }
-    assert acls[("sink", "Read")] == {
-        topics.BY_PERSON,
-        topics.DLQ,
-        topics.JOURNEY_EVENTS,
-        topics.EXPERIENCE_MOMENTS,
-        "group:${app}-sink",
-    }
+    assert (
+        acls[("worker", "Write")]
+        == {
+            topics.BY_PERSON,
+            topics.DLQ,
+            topics.HANDOFF,
+            topics.JOURNEY_EVENTS,
+            topics.EXPERIENCE_MOMENTS,
+            "${app}-",
+        }
+        | journeys_dlq
+    )
+    assert (
+        acls[("sink", "Read")]
+        == {
+            topics.BY_PERSON,
+            topics.DLQ,
+            topics.JOURNEY_EVENTS,
+            topics.EXPERIENCE_MOMENTS,
+            "group:${app}-sink",
+        }
+        | journeys_dlq
+    )
     assert ("sink", "Write") not in acls
     script = (REPO / "deploy" / "kafka-broker" / "acls.sh").read_text()
     assert 'app="${prefix}journeywatch"' in script  # the Faust app id of streams/app.py
