@@ -47,7 +47,7 @@ from sinks.metrics import (
 from streams.httpbody import BodyRejected, content_encoding, read_decoded_body
 from streams.openapi import openapi_document
 from streams.process import GC_THRESHOLDS, use_uvloop
-from streams.topics import RAW, bootstrap_servers, kafka_partition
+from streams.topics import RAW, kafka_connection, kafka_partition
 
 log = logging.getLogger(__name__)
 # aiohttp's protocol errors and handler crashes are logged here (handler_args "logger").
@@ -139,7 +139,7 @@ class Collector:
         delay = 0.25
         while True:
             producer = AIOKafkaProducer(
-                bootstrap_servers=bootstrap_servers(self.settings),
+                **kafka_connection(self.settings),
                 acks="all",
                 linger_ms=2,
                 enable_idempotence=False,

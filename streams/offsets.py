@@ -14,14 +14,16 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
+from streams.topics import KafkaTarget, kafka_connection
+
 
 def confirmed_end_offsets(
-    bootstrap: str | list[str], partitions: Iterable[TopicPartition], quiet_ms: int = 300
+    kafka: KafkaTarget, partitions: Iterable[TopicPartition], quiet_ms: int = 300
 ) -> dict[TopicPartition, int]:
     """The offset after the last record of each partition, confirmed by a fetch."""
     wanted = list(partitions)
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=quiet_ms
+        **kafka_connection(kafka), enable_auto_commit=False, fetch_max_wait_ms=quiet_ms
     )
     try:
         ends = dict(consumer.end_offsets(wanted))
@@ -38,9 +40,9 @@ def confirmed_end_offsets(
         consumer.close()
 
 
-def committed_offsets(bootstrap: str | list[str], group: str) -> dict[TopicPartition, int]:
+def committed_offsets(kafka: KafkaTarget, group: str) -> dict[TopicPartition, int]:
     """The offsets consumer ``group`` has committed (the next record to read), per partition."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(**kafka_connection(kafka))
     try:
         committed = admin.list_group_offsets(group).get(group, {})
     finally:
@@ -48,17 +50,17 @@ def committed_offsets(bootstrap: str | list[str], group: str) -> dict[TopicParti
     return {tp: done.offset for tp, done in committed.items() if done.offset >= 0}
 
 
-def group_lag(bootstrap: str | list[str], group: str, topics: Iterable[str]) -> int:
+def group_lag(kafka: KafkaTarget, group: str, topics: Iterable[str]) -> int:
     """Records of ``topics`` that consumer ``group`` has not committed yet (all partitions)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    consumer = KafkaConsumer(**kafka_connection(kafka))
     try:
-        committed = committed_offsets(bootstrap, group)
+        committed = committed_offsets(kafka, group)
         partitions = [
             TopicPartition(topic, p)
             for topic in topics
             for p in consumer.partitions_for_topic(topic) or ()
         ]
-        ends = confirmed_end_offsets(bootstrap, partitions)
+        ends = confirmed_end_offsets(kafka, partitions)
         lag = 0
         for tp in partitions:
             lag += max(0, ends[tp] - committed.get(tp, 0))
@@ -67,7 +69,7 @@ def group_lag(bootstrap: str | list[str], group: str, topics: Iterable[str]) -> 
         consumer.close()
 
 
-def confirm_table_recovery_highwaters(bootstrap: str | list[str]) -> None:
+def confirm_table_recovery_highwaters(kafka: KafkaTarget) -> None:
     """Make Faust's table recovery read each changelog up to its confirmed end.
 
     Faust decides that a changelog partition is recovered when it has read up to the end
@@ -90,7 +92,7 @@ def confirm_table_recovery_highwaters(bootstrap: str | list[str]) -> None:
             return
         wanted = [TopicPartition(tp.topic, tp.partition) for tp in tps]
         loop = asyncio.get_running_loop()
-        ends = await loop.run_in_executor(None, confirmed_end_offsets, bootstrap, wanted)
+        ends = await loop.run_in_executor(None, confirmed_end_offsets, kafka, wanted)
         for tp in tps:
             end = ends.get(TopicPartition(tp.topic, tp.partition))
             if end is not None:

@@ -12,12 +12,12 @@ from kafka import KafkaProducer
 
 from pipeline.settings import Settings
 from pipeline.simulator import SimpleTrafficSource
-from streams.topics import RAW, bootstrap_servers
+from streams.topics import RAW, kafka_connection
 
 
 def raw_producer(settings: Settings) -> KafkaProducer:
     return KafkaProducer(
-        bootstrap_servers=bootstrap_servers(settings),
+        **kafka_connection(settings),
         client_id="journeywatch-producer",
         acks="all",
         linger_ms=5,

@@ -38,7 +38,7 @@ from pipeline.contract import TouchpointEvent, decode_touchpoint
 from pipeline.deadletter import REASON
 from pipeline.settings import Settings
 from streams.offsets import confirmed_end_offsets, group_lag
-from streams.topics import BY_PERSON, DLQ, RAW, bootstrap_servers
+from streams.topics import BY_PERSON, DLQ, RAW, kafka_connection
 
 GROUP = "journeywatch-replay"
 
@@ -95,16 +95,15 @@ def _counts(counter: Counter[str]) -> str:
 
 def pending(settings: Settings, from_beginning: bool) -> dict[TopicPartition, tuple[int, int]]:
     """Per DLQ partition: (first offset to consider, end offset)."""
-    servers = bootstrap_servers(settings)
     topic = settings.topic(DLQ)
-    consumer = KafkaConsumer(bootstrap_servers=servers, group_id=GROUP, enable_auto_commit=False)
+    consumer = KafkaConsumer(**kafka_connection(settings), group_id=GROUP, enable_auto_commit=False)
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         starts = consumer.beginning_offsets(partitions)
         committed = {tp: consumer.committed(tp) for tp in partitions}
     finally:
         consumer.close()
-    ends = confirmed_end_offsets(servers, partitions)
+    ends = confirmed_end_offsets(settings, partitions)
     return {
         tp: (
             starts[tp] if from_beginning or committed[tp] is None else int(committed[tp] or 0),
@@ -122,16 +121,18 @@ def replay_dead_letters(
     on_record: Callable[[], None] = lambda: None,
 ) -> ReplayReport:
     """Replay what passes now; see the module docstring."""
-    servers = bootstrap_servers(settings)
     todo = {tp: span for tp, span in pending(settings, from_beginning).items() if span[0] < span[1]}
     report = ReplayReport()
     if not todo:
         return report
     consumer = KafkaConsumer(
-        bootstrap_servers=servers, group_id=GROUP, enable_auto_commit=False, max_poll_records=2000
+        **kafka_connection(settings),
+        group_id=GROUP,
+        enable_auto_commit=False,
+        max_poll_records=2000,
     )
     producer = (
-        None if dry_run else KafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
+        None if dry_run else KafkaProducer(**kafka_connection(settings), acks="all", linger_ms=5)
     )
     raw_topic = settings.topic(RAW)
     try:
@@ -194,11 +195,10 @@ class PipelineBehind(RuntimeError):
 def check_caught_up(settings: Settings) -> None:
     """Refuse while the ingest or the sink has records not yet processed: an event still in
     flight would look missing from ClickHouse and be sent twice."""
-    servers = bootstrap_servers(settings)
     behind = {
-        "ingest": group_lag(servers, settings.topic("journeywatch"), [settings.topic(RAW)]),
+        "ingest": group_lag(settings, settings.topic("journeywatch"), [settings.topic(RAW)]),
         "sink": group_lag(
-            servers, settings.topic("journeywatch-sink"), [settings.topic(BY_PERSON)]
+            settings, settings.topic("journeywatch-sink"), [settings.topic(BY_PERSON)]
         ),
     }
     if any(behind.values()):
@@ -208,15 +208,14 @@ def check_caught_up(settings: Settings) -> None:
 
 def raw_span(settings: Settings) -> dict[TopicPartition, tuple[int, int]]:
     """Per raw partition: (first offset still in the topic, end offset)."""
-    servers = bootstrap_servers(settings)
     topic = settings.topic(RAW)
-    consumer = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
+    consumer = KafkaConsumer(**kafka_connection(settings), enable_auto_commit=False)
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         starts = consumer.beginning_offsets(partitions)
     finally:
         consumer.close()
-    ends = confirmed_end_offsets(servers, partitions)
+    ends = confirmed_end_offsets(settings, partitions)
     return {tp: (starts[tp], ends[tp]) for tp in partitions}
 
 
@@ -232,15 +231,14 @@ def replay_raw(
 ) -> RawReplayReport:
     """Send again the raw records of ``[since, until)`` (Kafka record time) whose event ids
     ClickHouse does not hold; ``stored`` answers which of some event ids it holds."""
-    servers = bootstrap_servers(settings)
     spans = {tp: span for tp, span in raw_span(settings).items() if span[0] < span[1]}
     report = RawReplayReport()
     if not spans:
         return report
     low, high = int(since.timestamp() * 1000), int(until.timestamp() * 1000)
-    consumer = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
+    consumer = KafkaConsumer(**kafka_connection(settings), enable_auto_commit=False)
     producer = (
-        None if dry_run else KafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
+        None if dry_run else KafkaProducer(**kafka_connection(settings), acks="all", linger_ms=5)
     )
     batch: list[tuple[str, bytes | None, bytes, TopicPartition, int]] = []
 

@@ -16,7 +16,7 @@ from streams.app import create_app
 from streams.ingest import register_ingest
 from streams.logs import logging_config
 from streams.process import GC_THRESHOLDS
-from streams.topics import bootstrap_servers, ensure_topics
+from streams.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def run_worker(settings: Settings, index: int = 0) -> NoReturn:
     from streams.offsets import confirm_table_recovery_highwaters
 
     ensure_topics(settings)
-    confirm_table_recovery_highwaters(bootstrap_servers(settings))
+    confirm_table_recovery_highwaters(settings)
     app, readiness = create_app(settings, "worker", index)
     register_ingest(app, settings)
     JourneyRole(app, settings, readiness).register()

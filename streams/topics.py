@@ -32,6 +32,17 @@ JOURNEY_STATE_TABLE = "journey_state"
 ALL_TOPICS = (RAW, BY_PERSON, DLQ, HANDOFF, JOURNEY_EVENTS, EXPERIENCE_MOMENTS)
 
 
+KafkaTarget = Settings | str | list[str]
+
+
+def kafka_connection(target: KafkaTarget) -> dict[str, Any]:
+    """``bootstrap_servers`` and the security options for a Kafka client: from the settings
+    (every process of the product), or a bare address (tests and tools on a plaintext broker)."""
+    if isinstance(target, Settings):
+        return {"bootstrap_servers": bootstrap_servers(target), **kafka_client_options(target)}
+    return {"bootstrap_servers": target}
+
+
 def changelog_topic(app_id: str, table: str) -> str:
     """Faust's name for a table's changelog topic (created here like every other topic)."""
     return f"{app_id}-{table}-changelog"

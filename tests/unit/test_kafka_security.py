@@ -70,15 +70,6 @@ CLIENTS = {
     "AIOKafkaProducer",
     "AIOKafkaConsumer",
 }
-# Clients made without the options, in files other engineers were changing when SASL came in
-# (issue #29): each must add ``**kafka_client_options(settings)`` (offsets.py: its callers pass
-# bootstrap servers only, so it needs the settings or the options too). Shrink this as they do.
-NOT_YET = {
-    "streams/collector.py": 1,
-    "streams/offsets.py": 3,
-    "streams/producer.py": 1,
-    "streams/replay.py": 6,
-}
 
 
 def test_every_kafka_client_of_the_product_gets_the_security_options() -> None:
@@ -98,10 +89,11 @@ def test_every_kafka_client_of_the_product_gets_the_security_options() -> None:
             secured = any(
                 keyword.arg is None
                 and isinstance(keyword.value, ast.Call)
-                and getattr(keyword.value.func, "id", None) == "kafka_client_options"
+                and getattr(keyword.value.func, "id", None)
+                in ("kafka_client_options", "kafka_connection")
                 for keyword in node.keywords
             )
             if not secured:
                 relative = Path(path).relative_to(REPO).as_posix()
                 missing[relative] = missing.get(relative, 0) + 1
-    assert missing == NOT_YET
+    assert missing == {}
