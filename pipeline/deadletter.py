@@ -1,10 +1,13 @@
 """The dead-letter record: original (PII-redacted) bytes as the value, the reason in headers.
 
-This follows the Kafka Connect convention, so any Kafka tool can read and replay it.
+This follows the Kafka Connect convention, so any Kafka tool can read and replay it. Two
+topics carry them: ``touchpoints.dlq`` (events refused at ingest: ``dead_letter_headers``) and
+``journeys.dlq`` (records the journey agent could not apply: ``failure_headers``).
 """
 
 from __future__ import annotations
 
+import traceback
 from datetime import datetime
 from typing import Final
 
@@ -19,6 +22,10 @@ ORIGINAL_TOPIC: Final = "jw.original.topic"
 ORIGINAL_PARTITION: Final = "jw.original.partition"
 ORIGINAL_OFFSET: Final = "jw.original.offset"
 FAILED_AT: Final = "jw.failed_at"
+STACK: Final = "jw.error.stack"  # journeys.dlq: where it raised, innermost frames last
+KIND: Final = "jw.error.kind"  # journeys.dlq: touchpoint, handoff or state
+
+STACK_FRAMES: Final = 6
 
 
 def dead_letter_headers(
@@ -30,6 +37,43 @@ def dead_letter_headers(
         DETAIL: rejection.detail[:1024],
         CHANNEL: rejection.channel,
         SOURCE: rejection.source,
+        **_position(topic, partition, offset, failed_at),
+    }
+
+
+def failure_headers(
+    kind: str,
+    error: BaseException,
+    topic: str,
+    partition: int,
+    offset: int,
+    failed_at: datetime,
+) -> dict[str, str]:
+    """Headers of a record the journey agent could not apply (``journeys.dlq``): the reason is
+    the exception's type, the detail its message, the stack a short summary of where it raised.
+    ``offset`` is -1 for a record that has no position of its own (a state record, a touchpoint
+    carried inside a hand-off message)."""
+    return {
+        REASON: type(error).__name__,
+        DETAIL: str(error)[:1024],
+        KIND: kind,
+        STACK: stack_summary(error),
+        **_position(topic, partition, offset, failed_at),
+    }
+
+
+def stack_summary(error: BaseException, frames: int = STACK_FRAMES) -> str:
+    """The innermost ``frames`` frames of where ``error`` was raised: ``file:line function``,
+    separated by `` < `` (innermost first), short enough for a header and a table column."""
+    summary = traceback.extract_tb(error.__traceback__)[-frames:]
+    return " < ".join(
+        f"{'/'.join(frame.filename.rsplit('/', 2)[-2:])}:{frame.lineno} {frame.name}"
+        for frame in reversed(summary)
+    )[:1024]
+
+
+def _position(topic: str, partition: int, offset: int, failed_at: datetime) -> dict[str, str]:
+    return {
         ORIGINAL_TOPIC: topic,
         ORIGINAL_PARTITION: str(partition),
         ORIGINAL_OFFSET: str(offset),

@@ -384,6 +384,9 @@ class JourneyEngine:
         self._extracted: set[int] = set()
         self.dirty: set[str] = set()  # persons changed since the adapter last saved them
         self.applied: list[str] | None = None  # event ids applied, when the adapter asks
+        # the event id of the touch being applied (None between touches): when applying one
+        # raises, the adapter knows which touch it was (pipeline/shard.py, the error policy)
+        self.applying: str | None = None
         self._matches = lru_cache(maxsize=65_536)(self._compute_matches)
         self._mot = lru_cache(maxsize=65_536)(self._compute_mot)
 
@@ -646,6 +649,11 @@ class JourneyEngine:
 
     # --- applying one touch ----------------------------------------------------------------------
     def _apply(self, touch: Touch, keys: list[str], out: list[Output]) -> None:
+        self.applying = touch.event_id
+        self._apply_touch(touch, keys, out)
+        self.applying = None
+
+    def _apply_touch(self, touch: Touch, keys: list[str], out: list[Output]) -> None:
         if self.applied is not None:
             self.applied.append(touch.event_id)
         identity = self.identity

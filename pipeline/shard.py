@@ -109,6 +109,11 @@ class JourneyShard:
         self._local: deque[tuple[bytes, Any]] = deque()  # messages to this same partition
         # told the event ids each drain found applied (duplicates included), when set (tests)
         self.on_applied: Callable[[list[str]], None] | None = None
+        # The error policy (streams/journeys.py): touches whose application raised, never
+        # submitted again; each one met is reported in ``refusals`` with the input tokens that
+        # waited for it (acknowledged with the rest once its dead letter is out).
+        self.refused: set[str] = set()
+        self.refusals: list[tuple[Touch, list[Any]]] = []
 
     # --- input ---------------------------------------------------------------------------------
     def touch(self, touch: Touch, token: Any) -> None:
@@ -199,27 +204,70 @@ class JourneyShard:
             return None
         return orjson.dumps([alias, sorted(seen or ()), blocked])
 
-    def load(self, records: Iterable[tuple[str, bytes]]) -> None:
-        """Recover from saved records (the inverse of ``drain``'s ``records``)."""
+    def load(
+        self,
+        records: Iterable[tuple[str, bytes]],
+        failed: list[tuple[str, bytes, Exception]] | None = None,
+    ) -> None:
+        """Recover from saved records (the inverse of ``drain``'s ``records``). A record that
+        cannot be loaded is left out entirely, reported in ``failed`` (when given; raised
+        otherwise) and deleted from the store by the next ``drain``."""
         for key, raw in records:
-            data = orjson.loads(raw)
-            if key.startswith("p:"):
-                person = key[2:]
-                if data[0] is not None:
-                    self.engine.load_person(person, data[0])
-                if data[1]:
-                    self.foreign[person] = set(data[1])
-                if data[2] is not None:
-                    self.awaiting[person] = data[2]
-            elif key.startswith("i:"):
-                identifier = key[2:]
-                if data[0] is not None:
-                    self.aliases[identifier] = data[0]
-                if data[1]:
-                    self.graph.customers_seen[identifier] = set(data[1])
-                if data[2]:
-                    self.graph.blocked.add(identifier)
+            try:
+                self._load_record(key, raw)
+            except Exception as exc:  # a corrupt record is data: the caller's
+                if failed is None:
+                    raise
+                self._forget(key)
+                failed.append((key, raw, exc))
         self.engine.dirty = set()
+
+    def _load_record(self, key: str, raw: bytes) -> None:
+        data = orjson.loads(raw)
+        if key.startswith("p:"):
+            person = key[2:]
+            if data[0] is not None:
+                self.engine.load_person(person, data[0])
+            if data[1]:
+                self.foreign[person] = set(data[1])
+            if data[2] is not None:
+                self.awaiting[person] = str(data[2])
+        elif key.startswith("i:"):
+            identifier = key[2:]
+            if data[0] is not None:
+                self.aliases[identifier] = str(data[0])
+            if data[1]:
+                self.graph.customers_seen[identifier] = set(data[1])
+            if data[2]:
+                self.graph.blocked.add(identifier)
+        else:
+            raise ValueError(f"not a journey state key: {key!r}")
+
+    def _forget(self, key: str) -> None:
+        """Undo whatever a record that failed to load had loaded; its deletion is saved."""
+        name = key[2:]
+        if key.startswith("p:"):
+            self.engine.persons.pop(name, None)
+            for identifier in self.graph.members.pop(name, ()):
+                self.graph.owner.pop(identifier, None)
+            self.foreign.pop(name, None)
+            self.awaiting.pop(name, None)
+            self._dirty_persons.add(name)
+        elif key.startswith("i:"):
+            self.aliases.pop(name, None)
+            self.graph.customers_seen.pop(name, None)
+            self.graph.blocked.discard(name)
+            self._dirty_ids.add(name)
+
+    def _submit(self, person: str, touch: Touch) -> None:
+        """Hand a touch of ``person`` (anchored here) to the engine's watermark."""
+        refused = self.refused
+        if refused and touch.event_id in refused:
+            tokens = self._tokens.pop(touch.event_id, [])
+            self.refusals.append((touch, tokens))
+            self._done += tokens
+            return
+        self._outputs += self.engine.submit(self._strip_foreign(person, touch))
 
     # --- routing -------------------------------------------------------------------------------
     def _here(self, key: str) -> bool:
@@ -315,7 +363,7 @@ class JourneyShard:
         if key is not None:
             self._link(person, key, touch)
             return
-        self._outputs += self.engine.submit(self._strip_foreign(person, touch))
+        self._submit(person, touch)
 
     def _link(self, person: str, key: str, touch: Touch) -> None:
         self.awaiting[person] = key
@@ -543,5 +591,5 @@ class JourneyShard:
             # Through the watermark like any touchpoint of this partition: the person's
             # anonymous touchpoints, forwarded here later because they reached their home after
             # the link, still come first (a journey starts at its first touchpoint).
-            self._outputs += self.engine.submit(self._strip_foreign(target, touch))
+            self._submit(target, touch)
         self._release(target)

@@ -110,6 +110,12 @@ HANDOFF_MESSAGES = Counter(
     "Identity hand-off messages sent between journey partitions, by kind.",
     ["kind"],
 )
+JOURNEY_ERRORS = Counter(
+    "jw_journey_errors_total",
+    "Records the journey agent could not apply, sent to journeys.dlq and skipped, by kind: "
+    "touchpoint, handoff (an identity hand-off message), state (a saved state record).",
+    ["kind"],
+)
 LATE_EVENTS = Counter(
     "jw_late_events_total",
     "Touchpoints that arrived after the watermark had passed them (applied on arrival).",

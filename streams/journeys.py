@@ -14,6 +14,15 @@ them again; the engine recognises what it has already applied by event id.
 
 A timer (``sweep_interval_s``) drives each partition's watermark with the wall clock when it is
 idle, so drop-offs fire on time without traffic, and refreshes the operational gauges.
+
+The error policy: a record whose application raises (a touchpoint, a hand-off message, a saved
+state record) does not stop the worker. It goes to ``journeys.dlq`` with the reason, a short
+stack and its position (pipeline/deadletter.py), is counted (``jw_journey_errors_total{kind}``)
+and skipped. The partition's engine is never left half-applied: on a failure its shard is
+dropped, rebuilt from the saved state records, and every input record of the partition not yet
+acknowledged (held for the watermark, parked, or of this batch) is applied again, one at a time,
+without the failing one (``_rebuild``); the cost is paid only on failure. Broker and RocksDB
+errors are not records' failures: they still stop the batch as before.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import logging
 import time
 from collections import Counter as Tally
 from collections import defaultdict
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -30,6 +40,7 @@ import orjson
 from faust.types import Message
 
 from pipeline.contract import Channel
+from pipeline.deadletter import failure_headers
 from pipeline.definitions import JourneyCatalog, load_catalog
 from pipeline.engine import JourneyEngine, Output
 from pipeline.settings import Settings
@@ -40,6 +51,7 @@ from sinks.metrics import (
     CONSUMER_LAG,
     DROPOFF_DELAY,
     HANDOFF_MESSAGES,
+    JOURNEY_ERRORS,
     JOURNEY_INPUT_OFFSET,
     JOURNEY_INPUTS_DONE,
     JOURNEY_STAGE_ENTERED,
@@ -68,6 +80,8 @@ from streams.topics import (
     HANDOFF,
     JOURNEY_EVENTS,
     JOURNEY_STATE_TABLE,
+    JOURNEYS_DLQ,
+    changelog_topic,
     kafka_partition,
 )
 
@@ -75,6 +89,11 @@ log = logging.getLogger(__name__)
 
 JOURNEY_OUTPUT_TYPES = frozenset({"journey", "identity"})
 GAUGE_EVERY_S = 10.0
+ERROR_KINDS = ("touchpoint", "handoff", "state")
+# Rebuilds of one partition for one failure: each finds and leaves out at least one failing
+# record, so this bounds the poison records of one batch, not the work.
+MAX_REBUILDS = 64
+Position = tuple[str, int]  # (topic, offset) of an input record within its partition
 
 
 def touch_of(raw: bytes) -> Touch:
@@ -118,6 +137,17 @@ class JourneyRole:
         }
         self._sender = BatchSender(faust_producer(app), settings.partitions)
         self._state = TableWriter(self.table, self._sender, self.by_person)
+        # the error policy (module documentation)
+        self.dead_letters = settings.topic(JOURNEYS_DLQ)
+        self.changelog = changelog_topic(settings.topic("journeywatch"), JOURNEY_STATE_TABLE)
+        self._errors = {kind: JOURNEY_ERRORS.labels(kind) for kind in ERROR_KINDS}
+        # per partition: input records given to its shard and not yet acknowledged, in order
+        self._unacked: defaultdict[int, dict[Position, Message]] = defaultdict(dict)
+        self._refused: defaultdict[int, dict[str, Exception]] = defaultdict(dict)  # event id →
+        self._bad_state: defaultdict[int, set[str]] = defaultdict(set)  # records dead-lettered
+        self._carry: dict[int, Step] = {}  # what a rebuild's replay did, delivered with the batch
+        # input records to acknowledge once their dead letters are out, with the batch
+        self._dead: defaultdict[int, list[Message]] = defaultdict(list)
 
     # --- wiring ---------------------------------------------------------------------------------
     def register(self) -> None:
@@ -133,6 +163,15 @@ class JourneyRole:
             async with self.lock:
                 self.readiness.checks["tables_recovered"] = False
                 self.shards.clear()
+                # what is not acknowledged is read again by the partition's next owner
+                for held in (
+                    self._unacked,
+                    self._refused,
+                    self._bad_state,
+                    self._carry,
+                    self._dead,
+                ):
+                    held.clear()
 
         @self.app.on_rebalance_complete.connect
         async def _recovered(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -161,7 +200,6 @@ class JourneyRole:
         positions: dict[tuple[str, int], int] = {}
         assigned = self.app.consumer.assignment()
         generation = self.app.consumer_generation_id
-        consumer = self.app.consumer
         by_person = self.by_person
         for message in messages:
             if message.tp not in assigned or message.generation_id != generation:
@@ -172,24 +210,156 @@ class JourneyRole:
             partition = message.partition
             positions[(message.topic, partition)] = message.offset + 1
             shard = self._shard(partition)
+            touched.add(partition)
             raw = message.value if isinstance(message.value, bytes) else b""
             if message.topic == by_person:
                 try:
                     touch = touch_of(raw)
-                except (ValueError, KeyError, TypeError):
-                    log.error(
-                        "undecodable record on the validated topic; skipped",
-                        extra={"partition": partition, "offset": message.offset},
-                    )
-                    message.ack(consumer)
+                except Exception as exc:  # bad input is data (the error policy)
+                    # nothing applied: no rebuild; acknowledged once its dead letter is out
+                    self._dead_letter(message, "touchpoint", exc)
+                    self._dead[partition].append(message)
                     continue
-                shard.touch(touch, message)
-            else:
-                shard.message(raw, message)
-            touched.add(partition)
-        await self._complete({partition: self.shards[partition].drain() for partition in touched})
+            self._unacked[partition][(message.topic, message.offset)] = message
+            try:
+                if message.topic == by_person:
+                    shard.touch(touch, message)
+                else:
+                    shard.message(raw, message)
+            except Exception as exc:  # a record's failure is data: the error policy
+                self._rebuild(partition, exc)
+        await self._complete({partition: self._drain(partition) for partition in touched})
         for (topic, partition), offset in positions.items():
             JOURNEY_INPUT_OFFSET.labels(topic, str(partition)).set(offset)
+
+    # --- the error policy -----------------------------------------------------------------------
+    def _feed(self, shard: JourneyShard, message: Message) -> None:
+        raw = message.value if isinstance(message.value, bytes) else b""
+        if message.topic == self.by_person:
+            shard.touch(touch_of(raw), message)
+        else:
+            shard.message(raw, message)
+
+    def _drain(self, partition: int) -> Step:
+        """The partition's step, with what a rebuild did and the touches refused since."""
+        try:
+            step = self.shards[partition].drain()
+        except Exception as exc:  # a record's failure is data: the error policy
+            self._rebuild(partition, exc)
+            step = self.shards[partition].drain()
+        self._report_refusals(partition, self.shards[partition])
+        carried = self._carry.pop(partition, None)
+        if carried is not None:
+            step = _merge(carried, step)
+        dead = self._dead.pop(partition, None)
+        if dead:
+            step.done.extend(dead)
+        return step
+
+    def _rebuild(self, partition: int, error: Exception) -> None:
+        """Replace a partition's shard that raised by one rebuilt from the saved state records,
+        with every input record not yet acknowledged applied again, one at a time, each
+        followed by a drain, without the records that raise: a touch whose application raised
+        (the engine names it, wherever it came from) is refused from then on; any other
+        failure leaves out the input record being applied. A failure is deterministic, so each
+        pass finds one more; a pass without one ends it."""
+        failed = self.shards.pop(partition)
+        refused = self._refused[partition]
+        if failed.engine.applying is not None:
+            refused[failed.engine.applying] = error
+        log.error(
+            "a journey record failed; rebuilding the partition without it",
+            extra={"partition": partition, "error": f"{type(error).__name__}: {error}"},
+        )
+        left_out: dict[Position, tuple[Message, Exception]] = {}
+        for _ in range(MAX_REBUILDS):
+            shard = self._load(partition)
+            steps: list[Step] = []
+            for position, message in list(self._unacked[partition].items()):
+                if position in left_out:
+                    continue
+                try:
+                    self._feed(shard, message)
+                    steps.append(shard.drain())
+                except Exception as exc:  # the error policy
+                    applying = shard.engine.applying
+                    if applying is not None and applying not in refused:
+                        refused[applying] = exc
+                    else:
+                        left_out[position] = (message, exc)
+                    break
+            else:
+                break
+        else:
+            raise RuntimeError(
+                f"journey partition {partition}: still failing after {MAX_REBUILDS} rebuilds"
+            ) from error
+        self.shards[partition] = shard
+        step = Step([], [], {}, [])
+        for done in steps:
+            step = _merge(step, done)
+        for position, (message, problem) in left_out.items():
+            del self._unacked[partition][position]
+            kind = "touchpoint" if message.topic == self.by_person else "handoff"
+            self._dead_letter(message, kind, problem)
+            self._dead[partition].append(message)
+        # (replaces an earlier rebuild's in this batch: this replay did all that one did again)
+        self._carry[partition] = step
+
+    def _report_refusals(self, partition: int, shard: JourneyShard) -> None:
+        """Dead letters for the touches the shard refused: the input record that carried the
+        touch when there is one waiting for it, else the touch itself."""
+        if not shard.refusals:
+            return
+        refused = self._refused[partition]
+        for touch, tokens in shard.refusals:
+            error = refused.get(touch.event_id) or RuntimeError("refused")
+            carriers = sorted(tokens, key=lambda m: m.topic != self.by_person)
+            if carriers:
+                self._dead_letter(carriers[0], "touchpoint", error)
+            else:
+                value = orjson.dumps(list(touch))
+                self._send_dead_letter(
+                    "touchpoint", error, self.handoff, partition, -1, None, value
+                )
+        shard.refusals.clear()
+
+    def _dead_letter(self, message: Message, kind: str, error: Exception) -> None:
+        value = message.value if isinstance(message.value, bytes) else b""
+        key = message.key if isinstance(message.key, bytes) else None
+        self._send_dead_letter(
+            kind, error, message.topic, message.partition, message.offset, key, value
+        )
+
+    def _send_dead_letter(
+        self,
+        kind: str,
+        error: Exception,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes,
+    ) -> None:
+        headers = failure_headers(kind, error, topic, partition, offset, datetime.now(UTC))
+        self._sender.add_partitioned(
+            self.dead_letters,
+            key,
+            value,
+            [(name, text.encode()) for name, text in headers.items()],
+            fallback=partition,
+        )
+        self._errors[kind].inc()
+        log.error(
+            "journey record sent to the dead-letter topic",
+            extra={
+                "kind": kind,
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "error": f"{type(error).__name__}: {error}",
+            },
+        )
 
     def _shard(self, partition: int) -> JourneyShard:
         shard = self.shards.get(partition)
@@ -205,6 +375,7 @@ class JourneyRole:
         )
         partitions = self.partitions
         shard = JourneyShard(engine, partition, lambda key: kafka_partition(key, partitions))
+        shard.refused = set(self._refused[partition])
         prefix = f"{partition}|".encode()
         started = time.perf_counter()
         # Faust's RocksDB store lists only the partition databases it has opened; after a
@@ -218,7 +389,15 @@ class JourneyRole:
                 for key, value in self.table.items()
                 if key.startswith(prefix)
             ]
-        shard.load(records)
+        failed: list[tuple[str, bytes, Exception]] = []
+        shard.load(records, failed)
+        seen = self._bad_state[partition]
+        for key, value, error in failed:
+            if key not in seen:  # (a rebuild before its deletion is saved meets it again)
+                seen.add(key)
+                self._send_dead_letter(
+                    "state", error, self.changelog, partition, -1, prefix + key.encode(), value
+                )
         log.info(
             "journey partition loaded",
             extra={
@@ -262,11 +441,13 @@ class JourneyRole:
         )
         consumer = self.app.consumer
         done: Tally[str] = Tally()
+        unacked = self._unacked
         for step in steps.values():
             for token in step.done:
                 if token is not None:
                     token.ack(consumer)
                     done[token.topic] += 1
+                    unacked[token.partition].pop((token.topic, token.offset), None)
         for topic, count in done.items():
             self._inputs_done[topic].inc(count)
 
@@ -278,8 +459,11 @@ class JourneyRole:
             steps: dict[int, Step] = {}
             for partition in self._assigned():
                 shard = self._shard(partition)
-                shard.tick(wall)
-                steps[partition] = shard.drain()
+                try:
+                    shard.tick(wall)
+                except Exception as exc:  # a record's failure is data: the error policy
+                    self._rebuild(partition, exc)
+                steps[partition] = self._drain(partition)
             await self._complete(steps)
         SWEEP_SECONDS.observe(time.perf_counter() - started)
         if time.monotonic() - self._last_gauges >= GAUGE_EVERY_S:
@@ -383,6 +567,16 @@ class _Metrics:
         for histogram, amounts in self._latencies.items():
             observe_many(histogram, amounts)
         self._latencies.clear()
+
+
+def _merge(first: Step, then: Step) -> Step:
+    """Two steps of one partition as one: records saved later win."""
+    return Step(
+        first.outputs + then.outputs,
+        first.sends + then.sends,
+        first.records | then.records,
+        first.done + then.done,
+    )
 
 
 def _kind(value: bytes) -> str:

@@ -25,11 +25,12 @@ RAW = "touchpoints.raw"
 BY_PERSON = "touchpoints.by_person"
 DLQ = "touchpoints.dlq"
 HANDOFF = "journeys.handoff"  # identity hand-off between journey partitions (pipeline/shard.py)
+JOURNEYS_DLQ = "journeys.dlq"  # records the journey agent could not apply (streams/journeys.py)
 JOURNEY_EVENTS = "journey.events"  # started, stage reached, converted, dropped off, merged …
 EXPERIENCE_MOMENTS = "experience.moments"  # negative moments, moments of truth, scores, KPIs
 JOURNEY_STATE_TABLE = "journey_state"
 
-ALL_TOPICS = (RAW, BY_PERSON, DLQ, HANDOFF, JOURNEY_EVENTS, EXPERIENCE_MOMENTS)
+ALL_TOPICS = (RAW, BY_PERSON, DLQ, HANDOFF, JOURNEY_EVENTS, EXPERIENCE_MOMENTS, JOURNEYS_DLQ)
 
 
 KafkaTarget = Settings | str | list[str]

@@ -387,3 +387,51 @@ def test_shared_devices_never_crash_the_shard(seed: int, partitions: int) -> Non
     play(cluster, touches)
     assert identity_violations(cluster, touches) == []
     assert set(cluster.applied) == {t.event_id for t in touches}
+
+
+# --- the error policy's part in the shard (streams/journeys.py drives it) -----------------------
+
+
+def test_a_state_record_that_cannot_be_loaded_is_reported_left_out_and_deleted() -> None:
+    cluster = Cluster(1, seed=3)
+    script = shared_device_stream(5, customers=4, events=40)
+    play(cluster, script)
+    store = dict(cluster.store[0])
+    person = next(key for key in store if key.startswith("p:c:"))
+    identifier = next(key for key in store if key.startswith("i:"))
+    store[person] = b"\xff not json"
+    store[identifier] = b"[null, 2, false]"
+    shard = JourneyShard(JourneyEngine(CATALOG), 0, partitioner(1))
+    failed: list[tuple[str, bytes, Exception]] = []
+    shard.load(store.items(), failed)
+    assert sorted(key for key, _, _ in failed) == sorted([person, identifier])
+    assert person[2:] not in shard.engine.persons
+    assert person[2:] not in shard.graph.members
+    records = shard.drain().records
+    assert records[person] is None and records[identifier] is None  # deleted from the store
+    with pytest.raises(ValueError):  # without a list for them, failures raise as before
+        JourneyShard(JourneyEngine(CATALOG), 0, partitioner(1)).load([(person, b"\xff")])
+
+
+def test_a_refused_touch_is_never_submitted_and_its_input_is_released() -> None:
+    shard = JourneyShard(JourneyEngine(CATALOG, allowed_lateness_ms=0), 0, partitioner(1))
+    shard.refused = {"bad"}
+    ids = (("customer_id", "c1"),)
+    shard.touch(Touch("ok", START, "web", "home.view", "view", identifiers=ids), "t-ok")
+    shard.touch(Touch("bad", START + 1, "web", "home.view", "view", identifiers=ids), "t-bad")
+    step = shard.drain()
+    assert [touch.event_id for touch, _ in shard.refusals] == ["bad"]
+    assert shard.refusals[0][1] == ["t-bad"]
+    assert "t-bad" in step.done and "t-ok" in step.done
+    assert shard.engine.has_applied("c:c1", "ok") and not shard.engine.has_applied("c:c1", "bad")
+
+
+def test_the_engine_names_the_touch_whose_application_raised() -> None:
+    engine = JourneyEngine(CATALOG, allowed_lateness_ms=0)
+    ids = (("customer_id", "c1"),)
+    engine.submit(Touch("fine", START, "web", "home.view", "view", identifiers=ids))
+    assert engine.applying is None
+    poison = Touch("poison", START + 1, "web", None, "view", identifiers=ids)  # type: ignore[arg-type]
+    with pytest.raises((TypeError, AttributeError)):
+        engine.submit(poison)
+    assert engine.applying == "poison"
