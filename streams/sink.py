@@ -32,9 +32,11 @@ from sinks.clickhouse.migrations import apply_migrations
 from sinks.clickhouse.queries import pipeline_stats, stored_event_ids
 from sinks.clickhouse.rows import (
     FAILED_EVENT_COLUMNS,
+    JOURNEY_ERROR_COLUMNS,
     OUTPUT_COLUMNS,
     TOUCHPOINT_COLUMNS,
     failed_event_row,
+    journey_error_row,
     output_row,
     touchpoint_row,
 )
@@ -50,7 +52,7 @@ from streams.app import Readiness
 from streams.live import LiveFeed
 from streams.mapexport import FONT_FILES, font_path, map_bytes
 from streams.supervisor import RUN_STATUS_FILE, live_summary, read_status, restarts_by_process
-from streams.topics import BY_PERSON, DLQ, EXPERIENCE_MOMENTS, JOURNEY_EVENTS
+from streams.topics import BY_PERSON, DLQ, EXPERIENCE_MOMENTS, JOURNEY_EVENTS, JOURNEYS_DLQ
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +89,31 @@ _touchpoint_row = _json_rows(touchpoint_row)
 _output_row = _json_rows(output_row)
 
 
-def _failed_event_row(event: EventT[Any], topic_id: str) -> list[Any]:
-    message = event.message
+def _headers(message: Any) -> dict[str, str]:
     raw_headers: Any = message.headers or []
     pairs = raw_headers.items() if isinstance(raw_headers, dict) else raw_headers
-    headers = {
+    return {
         str(name): value.decode("utf-8", errors="replace")
         if isinstance(value, bytes)
         else str(value)
         for name, value in pairs
     }
+
+
+def _failed_event_row(event: EventT[Any], topic_id: str) -> list[Any]:
+    message = event.message
     raw = message.value if isinstance(message.value, bytes) else b""
     return failed_event_row(
-        headers, raw, message.topic, topic_id, message.partition, message.offset
+        _headers(message), raw, message.topic, topic_id, message.partition, message.offset
+    )
+
+
+def _journey_error_row(event: EventT[Any], topic_id: str) -> list[Any]:
+    message = event.message
+    key = message.key if isinstance(message.key, bytes) else None
+    raw = message.value if isinstance(message.value, bytes) else b""
+    return journey_error_row(
+        _headers(message), key, raw, message.topic, topic_id, message.partition, message.offset
     )
 
 
@@ -168,7 +182,8 @@ class SinkRole:
     def register(self) -> None:
         settings = self.settings
         self._register_run_status()
-        for table in ("touchpoints", "failed_events", "journey_events", "experience_moments"):
+        tables = ("touchpoints", "failed_events", "journey_events", "experience_moments")
+        for table in (*tables, "journey_errors"):
             # every series from the start, at 0: rate() and the SinkFailing alert see them
             SINK_ROWS.labels(table)
             SINK_ERRORS.labels(table)
@@ -178,6 +193,12 @@ class SinkRole:
         )
         self._sink_agent(
             settings.topic(DLQ), "failed_events", FAILED_EVENT_COLUMNS, _failed_event_row
+        )
+        self._sink_agent(
+            settings.topic(JOURNEYS_DLQ),
+            "journey_errors",
+            JOURNEY_ERROR_COLUMNS,
+            _journey_error_row,
         )
         self._sink_agent(
             settings.topic(JOURNEY_EVENTS), "journey_events", OUTPUT_COLUMNS, _output_row

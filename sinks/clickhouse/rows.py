@@ -64,6 +64,23 @@ FAILED_EVENT_COLUMNS: tuple[str, ...] = (
     "kafka_offset",
 )
 
+JOURNEY_ERROR_COLUMNS: tuple[str, ...] = (
+    "failed_at",
+    "kind",
+    "reason",
+    "detail",
+    "stack",
+    "original_topic",
+    "original_partition",
+    "original_offset",
+    "original_key",
+    "value",
+    "kafka_topic",
+    "kafka_topic_id",
+    "kafka_partition",
+    "kafka_offset",
+)
+
 OUTPUT_COLUMNS: tuple[str, ...] = (
     "output_id",
     "type",
@@ -169,6 +186,35 @@ def failed_event_row(
         headers.get(dl.ORIGINAL_TOPIC, ""),
         int(headers.get(dl.ORIGINAL_PARTITION, "0")),
         int(headers.get(dl.ORIGINAL_OFFSET, "0")),
+        raw.decode("utf-8", errors="replace"),
+        topic,
+        topic_id,
+        partition,
+        offset,
+    ]
+
+
+def journey_error_row(
+    headers: Mapping[str, str],
+    key: bytes | None,
+    raw: bytes,
+    topic: str,
+    topic_id: str,
+    partition: int,
+    offset: int,
+) -> list[Any]:
+    """One ``journey_errors`` row from a ``journeys.dlq`` record (headers + original bytes)."""
+    failed_at = headers.get(dl.FAILED_AT)
+    return [
+        _parse_time(failed_at) if failed_at else datetime.now(UTC),
+        headers.get(dl.KIND, "unknown"),
+        headers.get(dl.REASON, "unknown"),
+        headers.get(dl.DETAIL, ""),
+        headers.get(dl.STACK, ""),
+        headers.get(dl.ORIGINAL_TOPIC, ""),
+        int(headers.get(dl.ORIGINAL_PARTITION, "0")),
+        int(headers.get(dl.ORIGINAL_OFFSET, "-1")),
+        (key or b"").decode("utf-8", errors="replace"),
         raw.decode("utf-8", errors="replace"),
         topic,
         topic_id,

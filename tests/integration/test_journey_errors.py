@@ -7,7 +7,8 @@ that are not valid messages, a forwarded touchpoint the engine raises on only on
 watermark releases it (hours of event time later, in the middle of the day), an undecodable
 record on the validated topic, and corrupt journey state records in the table's changelog.
 Then a simulated day goes in at the raw topic: its journey outcomes must be exactly the
-simulator's ground truth, and the worker must still be running.
+simulator's ground truth, and the worker must still be running. The sink stores the dead
+letters in the ClickHouse table ``journey_errors``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from streams.topics import (
 )
 from tests.e2e.stack import PARTITIONS, Topology, clock_events, day_start, person_key, produce_day
 from tests.e2e.test_topology import found, truth_of
-from tests.helpers import http_get, metric_values, read_topic, wait_until
+from tests.helpers import http_get, metric_values, query_chdb, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -94,6 +95,7 @@ def test_a_worker_dead_letters_what_raises_and_finds_the_truth_for_the_rest(
     producer.flush()
     topology = Topology(broker, tmp_path)
     try:
+        topology.start_sink()
         topology.start(0)
         wait_until(topology.balanced, 120, "the worker owning every partition", 0.5)
         produce_day(broker.url, events, SPEED)
@@ -145,6 +147,29 @@ def test_a_worker_dead_letters_what_raises_and_finds_the_truth_for_the_rest(
         }
         assert errors == {"touchpoint": 2.0, "handoff": 3.0, "state": 2.0}, errors
         assert datetime.now(UTC) > datetime.fromtimestamp(start / 1000, UTC)
+
+        def stored() -> bool:
+            _, body = http_get(f"http://127.0.0.1:{topology.status_port}/metrics")
+            rows = metric_values(body.decode(), "jw_sink_rows_written_total")
+            return rows.get((("table", "journey_errors"),), 0) >= len(letters)
+
+        wait_until(stored, 60, "the sink to store journeys.dlq in journey_errors", 0.5)
     finally:
         producer.close()
         topology.stop()
+    database = Settings().clickhouse_database
+    rows = query_chdb(
+        topology.chdb,
+        "SELECT kind, reason, original_topic, original_partition, original_offset, value, stack "
+        f"FROM {database}.journey_errors",
+    )
+    table = {row[5]: row for row in rows}
+    for topic, partition, _, value in bad:
+        kind, reason, original_topic, original_partition, offset, _, stack = table[
+            value.decode("utf-8", errors="replace")
+        ]
+        assert (original_topic, original_partition) == (topic, partition)
+        assert reason == reasons[value] and offset >= 0 and stack
+        assert kind == ("handoff" if topic == HANDOFF and value != bad[3][3] else "touchpoint")
+    kinds = sorted(row[0] for row in rows)
+    assert kinds == ["handoff"] * 3 + ["state"] * 2 + ["touchpoint"] * 2, kinds
