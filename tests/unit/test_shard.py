@@ -518,8 +518,10 @@ def test_a_blocked_identifier_never_moves_a_touch_between_customers(
     for c in range(customers):  # each customer logs in at the kiosk, and with their e-mail
         for n, other in enumerate((kiosk, ("email_hash", f"e{c}"))):
             at += 60_000
-            ids = (("customer_id", f"c{c}"), other)
-            first.append(Touch(f"f{c}-{n}", at, "store", "account.login", "login", identifiers=ids))
+            login = (("customer_id", f"c{c}"), other)
+            first.append(
+                Touch(f"f{c}-{n}", at, "store", "account.login", "login", identifiers=login)
+            )
     cluster = Cluster(partitions, seed=delivery)
     play(cluster, first)
     then: list[Touch] = []
