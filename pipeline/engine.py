@@ -387,6 +387,7 @@ class JourneyEngine:
         # the event id of the touch being applied (None between touches): when applying one
         # raises, the adapter knows which touch it was (pipeline/shard.py, the error policy)
         self.applying: str | None = None
+        self.firing: str | None = None  # the person whose deadline is being fired, likewise
         self._matches = lru_cache(maxsize=65_536)(self._compute_matches)
         self._mot = lru_cache(maxsize=65_536)(self._compute_mot)
 
@@ -498,12 +499,10 @@ class JourneyEngine:
                     self._apply(entry[3], entry[4], out)
             elif next_due is not None and next_due <= watermark:
                 key = heappop(deadlines)
-                self._on_deadline(
-                    next_due,
-                    self._deadline_person.pop(key),
-                    self._deadline_journey.pop(key),
-                    out,
-                )
+                person_id = self._deadline_person.pop(key)
+                self.firing = person_id
+                self._on_deadline(next_due, person_id, self._deadline_journey.pop(key), out)
+                self.firing = None
             else:
                 return out
 

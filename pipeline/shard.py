@@ -243,6 +243,11 @@ class JourneyShard:
         else:
             raise ValueError(f"not a journey state key: {key!r}")
 
+    def discard(self, key: str) -> None:
+        """Leave out a saved record (``p:<person>``, ``i:<identifier>``) found poisonous: what
+        it loaded is undone, and the next ``drain`` deletes it from the store."""
+        self._forget(key)
+
     def _forget(self, key: str) -> None:
         """Undo whatever a record that failed to load had loaded; its deletion is saved."""
         name = key[2:]

@@ -145,6 +145,8 @@ class JourneyRole:
         self._unacked: defaultdict[int, dict[Position, Message]] = defaultdict(dict)
         self._refused: defaultdict[int, dict[str, Exception]] = defaultdict(dict)  # event id →
         self._bad_state: defaultdict[int, set[str]] = defaultdict(set)  # records dead-lettered
+        # state records (``p:<person>``) whose person's deadline raised: left out when loading
+        self._poisoned: defaultdict[int, dict[str, Exception]] = defaultdict(dict)
         self._carry: dict[int, Step] = {}  # what a rebuild's replay did, delivered with the batch
         # input records to acknowledge once their dead letters are out, with the batch
         self._dead: defaultdict[int, list[Message]] = defaultdict(list)
@@ -168,6 +170,7 @@ class JourneyRole:
                     self._unacked,
                     self._refused,
                     self._bad_state,
+                    self._poisoned,
                     self._carry,
                     self._dead,
                 ):
@@ -265,8 +268,11 @@ class JourneyRole:
         pass finds one more; a pass without one ends it."""
         failed = self.shards.pop(partition)
         refused = self._refused[partition]
+        poisoned = self._poisoned[partition]
         if failed.engine.applying is not None:
             refused[failed.engine.applying] = error
+        elif failed.engine.firing is not None:  # a person's state fails its own deadline
+            poisoned["p:" + failed.engine.firing] = error
         log.error(
             "a journey record failed; rebuilding the partition without it",
             extra={"partition": partition, "error": f"{type(error).__name__}: {error}"},
@@ -282,9 +288,11 @@ class JourneyRole:
                     self._feed(shard, message)
                     steps.append(shard.drain())
                 except Exception as exc:  # the error policy
-                    applying = shard.engine.applying
+                    applying, firing = shard.engine.applying, shard.engine.firing
                     if applying is not None and applying not in refused:
                         refused[applying] = exc
+                    elif firing is not None and "p:" + firing not in poisoned:
+                        poisoned["p:" + firing] = exc
                     else:
                         left_out[position] = (message, exc)
                     break
@@ -390,7 +398,18 @@ class JourneyRole:
                 if key.startswith(prefix)
             ]
         failed: list[tuple[str, bytes, Exception]] = []
+        poisoned = self._poisoned.get(partition)
+        if poisoned:
+            kept = []
+            for key, value in records:
+                if key in poisoned:
+                    failed.append((key, value, poisoned[key]))
+                else:
+                    kept.append((key, value))
+            records = kept
         shard.load(records, failed)
+        for key in poisoned or ():
+            shard.discard(key)  # (deleted from the table with the next save)
         seen = self._bad_state[partition]
         for key, value, error in failed:
             if key not in seen:  # (a rebuild before its deletion is saved meets it again)

@@ -547,3 +547,17 @@ def test_a_blocked_identifier_never_moves_a_touch_between_customers(
     assert applied_to, "the visits start journeys"
     for event_id, person in applied_to.items():
         assert person == expected[event_id], (event_id, person, expected[event_id])
+
+
+def test_the_engine_names_the_person_whose_deadline_raised() -> None:
+    engine = JourneyEngine(CATALOG, allowed_lateness_ms=0)
+    ids = (("customer_id", "c1"),)
+    engine.submit(Touch("e1", START, "web", "cart.add", "add", identifiers=ids))
+    engine.submit(
+        Touch("e2", START + 1, "web", "home.view", "view", identifiers=(("customer_id", "c2"),))
+    )
+    assert engine.persons["c:c1"].journeys and engine.firing is None
+    engine.definitions = ()  # a state the catalog no longer describes: its deadline raises
+    with pytest.raises(IndexError):
+        engine.advance(START + 40 * DAY)
+    assert engine.firing in ("c:c1", "c:c2")
