@@ -544,7 +544,11 @@ class JourneyShard:
         once that is applied, so a crash before that replays the hand-off)."""
         target = data["person"]
         touches = [_touch(t) for t in data["touches"]]
-        last = max(touches, key=lambda t: (t.at, t.event_id))
+        # the touch the message's token waits for (not one refused by the error policy, which
+        # would release the token while the others are still held)
+        refused = self.refused
+        kept = [t for t in touches if t.event_id not in refused] if refused else touches
+        last = max(kept or touches, key=lambda t: (t.at, t.event_id))
         moved = self._follow(target)
         if moved != target or not self._here(anchor_key(target)):
             # the person itself moved meanwhile: the hand-off follows it

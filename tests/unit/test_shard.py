@@ -561,3 +561,26 @@ def test_the_engine_names_the_person_whose_deadline_raised() -> None:
     with pytest.raises(IndexError):
         engine.advance(START + 40 * DAY)
     assert engine.firing in ("c:c1", "c:c2")
+
+
+def test_a_hand_off_whose_latest_touch_is_refused_waits_for_the_others() -> None:
+    shard = JourneyShard(JourneyEngine(CATALOG, allowed_lateness_ms=60_000), 0, partitioner(1))
+    shard.refused = {"late-bad"}
+    ids = (("customer_id", "c1"),)
+    good = Touch("early-ok", START, "web", "home.view", "view", identifiers=ids)
+    bad = Touch("late-bad", START + 1_000, "web", "home.view", "view", identifiers=ids)
+    message = {
+        "kind": "handoff",
+        "person": "c:c1",
+        "source": None,
+        "record": None,
+        "identifiers": [],
+        "foreign": [],
+        "touches": [list(good), list(bad)],
+        "awaits": None,
+    }
+    shard.message(orjson.dumps(message), "the-hand-off")
+    assert "the-hand-off" not in shard.drain().done  # its good touch is still held
+    shard._outputs += shard.engine.flush()
+    assert "the-hand-off" in shard.drain().done
+    assert [touch.event_id for touch, _ in shard.refusals] == ["late-bad"]
