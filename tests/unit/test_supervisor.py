@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from pipeline.settings import Settings
-from streams.runtime import EmbeddedRuntime
+from streams.runtime import Child, EmbeddedRuntime, RuntimeErrorExit
 from streams.supervisor import (
     CrashHistory,
     RestartPolicy,
@@ -134,3 +138,148 @@ def test_status_is_not_written_into_a_data_dir_this_run_does_not_hold(tmp_path: 
         runtime.stop()
     status = read_status(tmp_path / "run-status.json", os.getpid())
     assert status is not None and status["state"] == "stopped"
+
+
+# --- the runtime's supervision loop, with tiny processes instead of journeywatch's ------------
+
+
+class _Out:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.lines.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def _runtime(tmp_path: Path, **settings: object) -> tuple[EmbeddedRuntime, _Out]:
+    out = _Out()
+    runtime = EmbeddedRuntime(
+        Settings(data_dir=tmp_path, run_restart_initial_s=0.05, **settings),  # type: ignore[arg-type]
+        out=out,  # type: ignore[arg-type]
+    )
+    runtime._lock_data_dir(tmp_path)
+    runtime.log_dir = tmp_path / "logs"
+    runtime.log_dir.mkdir()
+    return runtime, out
+
+
+def _child(runtime: EmbeddedRuntime, name: str, code: str, essential: bool = True) -> Child:
+    child = Child(
+        name,
+        [sys.executable, "-c", code],
+        None,
+        "",
+        runtime.log_dir / f"{name}.log",
+        CrashHistory(runtime.policy),
+        essential=essential,
+    )
+    runtime.children.append(child)
+    runtime._launch(child)
+    return child
+
+
+def _supervise_until(
+    runtime: EmbeddedRuntime, done: Callable[[], bool], timeout: float = 20
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "supervision did not get there"
+        runtime.supervise()
+        time.sleep(0.02)
+
+
+def test_a_child_that_dies_is_restarted_and_reported(tmp_path: Path) -> None:
+    runtime, out = _runtime(tmp_path)
+    try:
+        # dies the first time (a marker file remembers), stays up the second
+        marker = tmp_path / "once"
+        code = (
+            f"import pathlib, sys, time\np = pathlib.Path({str(marker)!r})\n"
+            "if not p.exists():\n    p.write_text('x'); print('dying'); sys.exit(3)\n"
+            "time.sleep(60)\n"
+        )
+        child = _child(runtime, "worker-0", code)
+        first = child.process
+        assert first is not None
+        _supervise_until(runtime, lambda: child.restarts == 1 and child.state == "running")
+        assert child.process is not None and child.process.pid != first.pid
+        assert f"worker-0 (pid {first.pid}) exited with exit 3" in out.text
+        assert "restart 1 in 0.05 s" in out.text
+        status = read_status(tmp_path / "run-status.json", os.getpid())
+        assert status is not None
+        worker = status["processes"]["worker-0"]
+        assert worker["restarts"] == 1 and worker["last_exit"]["code"] == 3
+        log = (tmp_path / "logs" / "worker-0.log").read_text()
+        assert "dying" in log and "worker-0 started (restart 1)" in log
+    finally:
+        runtime.stop()
+    assert child.process.poll() is not None  # stopped with the run
+
+
+def test_an_essential_child_in_a_crash_loop_stops_the_run(tmp_path: Path) -> None:
+    runtime, _ = _runtime(tmp_path, run_crash_limit=3)
+    try:
+        _child(runtime, "sink", "print('cannot open ClickHouse'); raise SystemExit(1)")
+        with pytest.raises(RuntimeErrorExit) as failure:
+            _supervise_until(runtime, lambda: False)
+        message = str(failure.value)
+        assert "the sink process crashed 3 times within 60 s" in message
+        assert "the last with exit 1" in message and "journeywatch run stops" in message
+        assert "cannot open ClickHouse" in message and "sink started (restart 2)" in message
+    finally:
+        runtime.stop()
+
+
+def test_optional_monitoring_in_a_crash_loop_is_given_up_and_the_run_goes_on(
+    tmp_path: Path,
+) -> None:
+    runtime, out = _runtime(tmp_path, run_crash_limit=2)
+    try:
+        prometheus = _child(runtime, "prometheus", "raise SystemExit(2)", essential=False)
+        _supervise_until(runtime, lambda: prometheus.state == "gave up")
+        runtime.supervise()  # nothing more happens to it
+        assert prometheus.restarts == 1
+        assert "the prometheus process crashed 2 times" in out.text
+        assert "the run goes on without it" in out.text
+    finally:
+        runtime.stop()
+
+
+def test_a_simulator_that_fails_is_started_again_with_a_new_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[int | None] = []
+
+    class FailingSimulator(threading.Thread):
+        def __init__(self, settings: Settings, rate: float, seed: int | None) -> None:
+            super().__init__(daemon=True)
+            started.append(seed)
+            self.seed = seed
+            self.error: Exception | None = None
+
+        def run(self) -> None:
+            if len(started) == 1:
+                self.error = ConnectionError("broker unreachable")
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr("streams.runtime.SimulatorThread", FailingSimulator)
+    runtime, out = _runtime(tmp_path, simulate_seed=7)
+    try:
+        runtime._start_simulator(7)
+        _supervise_until(runtime, lambda: len(started) == 2)
+        assert started == [7, None]  # not the same seed: its event ids are in ClickHouse
+        assert "the simulator stopped (ConnectionError('broker unreachable'))" in out.text
+        status = read_status(tmp_path / "run-status.json", os.getpid())
+        assert status is not None and status["processes"]["simulator"]["restarts"] == 1
+    finally:
+        runtime.stop()
