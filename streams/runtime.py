@@ -510,6 +510,8 @@ class EmbeddedRuntime:
                     [
                         f"  Prometheus    {self.monitoring.prometheus_url} (journeywatch's rules)",
                         f"  Alertmanager  {self.monitoring.alertmanager_url}",
+                        f"  Monitoring    sign in as {self.monitoring.username}, password in "
+                        f"{self.monitoring.password_file} (anonymous requests get 401)",
                     ]
                     if self.monitoring
                     else [

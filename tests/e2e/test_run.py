@@ -125,6 +125,7 @@ def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None
         # credentials the run generated under its data directory.
         password_file = tmp_path / "var" / "monitoring" / "web.password"
         wait_until(password_file.exists, 60, "the local monitoring's password file")
+        assert f"sign in as journeywatch, password in {password_file}" in banner
         authorization = basic_auth_header("journeywatch", password_file.read_text().strip())
 
         def monitoring_json(url: str) -> Any:
