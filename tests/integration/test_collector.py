@@ -9,7 +9,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +214,22 @@ def test_the_day_simulator_can_send_through_the_collector(
     records = [orjson.loads(r.value) for r in read_topic(collector.broker.url, RAW)]
     assert len(records) == sent > 50
     assert {r["source"] for r in records} == {"store-feed"}  # the collector stamps the key's source
+
+
+def test_an_event_older_than_the_retention_is_refused_not_acknowledged(
+    collector: Running,
+) -> None:
+    """Honest acceptance: ClickHouse would delete it at once, so it is never answered 202."""
+    status, body = post(collector.url, event(occurred_at="1970-01-01T00:00:00Z"))
+    assert status == 400
+    assert [(e["reason"], e["field"]) for e in body["errors"]] == [("too_old", "occurred_at")]
+    assert "JW_TOUCHPOINT_RETENTION_DAYS" in body["errors"][0]["detail"]
+    two_years = (datetime.now(UTC) - timedelta(days=730)).isoformat()
+    status, body = post(collector.url, [event(), event(occurred_at=two_years)])
+    assert status == 202 and body["accepted"] == 1
+    assert [(e["index"], e["reason"]) for e in body["rejected"]] == [(1, "too_old")]
+    # a number beyond 64 bits is refused rather than stored rounded (1e+30)
+    raw = orjson.dumps(event())[:-1] + b',"attributes":{"n":1' + b"0" * 30 + b"}}"
+    status, body = post(collector.url, None, raw=raw)
+    assert status == 400 and body["errors"][0]["field"] == "attributes"
+    assert len(read_topic(collector.broker.url, RAW)) == 1
