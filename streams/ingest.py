@@ -9,7 +9,7 @@ acknowledged what it produced (at-least-once).
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import faust
 from faust.types import Message
@@ -22,6 +22,10 @@ from sinks.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED, INGEST_BATCH_SECONDS
 from streams.batching import BatchSender, deliver_in_batches, faust_producer
 from streams.topics import BY_PERSON, DLQ, RAW
 
+# The ingest measures an event's age from its Kafka record time, a little later than the
+# collector's or the importer's received_at: an event they accepted at the very edge of the
+# retention must not be dead-lettered after its 202.
+INGEST_AGE_SLACK = timedelta(hours=1)
 
 def register_ingest(app: faust.App, settings: Settings) -> None:
     by_person = settings.topic(BY_PERSON)
@@ -30,7 +34,7 @@ def register_ingest(app: faust.App, settings: Settings) -> None:
     rejected = LabelCache(EVENTS_REJECTED)
     sender = BatchSender(faust_producer(app), settings.partitions)
     size = settings.ingest_batch_size
-    max_age = settings.touchpoint_max_age
+    max_age = settings.touchpoint_max_age + INGEST_AGE_SLACK
 
     async def ingest(messages: list[Message]) -> None:
         # Whole fetches (streams/batching.py), produced as record batches; the broker
