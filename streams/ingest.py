@@ -27,6 +27,7 @@ from streams.topics import BY_PERSON, DLQ, RAW
 # retention must not be dead-lettered after its 202.
 INGEST_AGE_SLACK = timedelta(hours=1)
 
+
 def register_ingest(app: faust.App, settings: Settings) -> None:
     by_person = settings.topic(BY_PERSON)
     dead_letters = settings.topic(DLQ)
