@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import traceback
 from datetime import datetime
-from typing import Final
+from typing import Final, NamedTuple
 
 from pipeline.contract import Rejection
 
@@ -41,9 +41,25 @@ def dead_letter_headers(
     }
 
 
+class Failure(NamedTuple):
+    """What a dead letter keeps of an exception: its type's name, its message (truncated) and
+    the short stack summary. Kept instead of the exception, whose ``__traceback__`` holds every
+    frame it went through alive, and with them whatever they referenced (a whole partition's
+    engine, a batch)."""
+
+    reason: str
+    detail: str
+    stack: str
+
+
+def failure_of(error: BaseException) -> Failure:
+    """The ``Failure`` of ``error`` (nothing of it, or of its frames, is kept)."""
+    return Failure(type(error).__name__, str(error)[:1024], stack_summary(error))
+
+
 def failure_headers(
     kind: str,
-    error: BaseException,
+    failure: Failure,
     topic: str,
     partition: int,
     offset: int,
@@ -54,10 +70,10 @@ def failure_headers(
     ``offset`` is -1 for a record that has no position of its own (a state record, a touchpoint
     carried inside a hand-off message)."""
     return {
-        REASON: type(error).__name__,
-        DETAIL: str(error)[:1024],
+        REASON: failure.reason,
+        DETAIL: failure.detail,
         KIND: kind,
-        STACK: stack_summary(error),
+        STACK: failure.stack,
         **_position(topic, partition, offset, failed_at),
     }
 

@@ -40,7 +40,7 @@ import orjson
 from faust.types import Message
 
 from pipeline.contract import Channel
-from pipeline.deadletter import failure_headers
+from pipeline.deadletter import Failure, failure_headers, failure_of
 from pipeline.definitions import JourneyCatalog, load_catalog
 from pipeline.engine import JourneyEngine, Output
 from pipeline.settings import Settings
@@ -143,10 +143,12 @@ class JourneyRole:
         self._errors = {kind: JOURNEY_ERRORS.labels(kind) for kind in ERROR_KINDS}
         # per partition: input records given to its shard and not yet acknowledged, in order
         self._unacked: defaultdict[int, dict[Position, Message]] = defaultdict(dict)
-        self._refused: defaultdict[int, dict[str, Exception]] = defaultdict(dict)  # event id →
+        # (failures are kept as ``Failure``s, never as exceptions: an exception's traceback
+        # keeps its frames alive, and with them the discarded shard and the batch)
+        self._refused: defaultdict[int, dict[str, Failure]] = defaultdict(dict)  # event id →
         self._bad_state: defaultdict[int, set[str]] = defaultdict(set)  # records dead-lettered
         # state records (``p:<person>``) whose person's deadline raised: left out when loading
-        self._poisoned: defaultdict[int, dict[str, Exception]] = defaultdict(dict)
+        self._poisoned: defaultdict[int, dict[str, Failure]] = defaultdict(dict)
         self._carry: dict[int, Step] = {}  # what a rebuild's replay did, delivered with the batch
         # input records to acknowledge once their dead letters are out, with the batch
         self._dead: defaultdict[int, list[Message]] = defaultdict(list)
@@ -220,7 +222,7 @@ class JourneyRole:
                     touch = touch_of(raw)
                 except Exception as exc:  # bad input is data (the error policy)
                     # nothing applied: no rebuild; acknowledged once its dead letter is out
-                    self._dead_letter(message, "touchpoint", exc)
+                    self._dead_letter(message, "touchpoint", failure_of(exc))
                     self._dead[partition].append(message)
                     continue
             self._unacked[partition][(message.topic, message.offset)] = message
@@ -269,15 +271,18 @@ class JourneyRole:
         failed = self.shards.pop(partition)
         refused = self._refused[partition]
         poisoned = self._poisoned[partition]
-        if failed.engine.applying is not None:
-            refused[failed.engine.applying] = error
-        elif failed.engine.firing is not None:  # a person's state fails its own deadline
-            poisoned["p:" + failed.engine.firing] = error
+        failure = failure_of(error)
+        applying, firing = failed.engine.applying, failed.engine.firing
+        del failed  # (nothing of the discarded shard is kept: see ``Failure``)
+        if applying is not None:
+            refused[applying] = failure
+        elif firing is not None:  # a person's state fails its own deadline
+            poisoned["p:" + firing] = failure
         log.error(
             "a journey record failed; rebuilding the partition without it",
-            extra={"partition": partition, "error": f"{type(error).__name__}: {error}"},
+            extra={"partition": partition, "error": f"{failure.reason}: {failure.detail}"},
         )
-        left_out: dict[Position, tuple[Message, Exception]] = {}
+        left_out: dict[Position, tuple[Message, Failure]] = {}
         for _ in range(MAX_REBUILDS):
             shard = self._load(partition)
             steps: list[Step] = []
@@ -290,11 +295,11 @@ class JourneyRole:
                 except Exception as exc:  # the error policy
                     applying, firing = shard.engine.applying, shard.engine.firing
                     if applying is not None and applying not in refused:
-                        refused[applying] = exc
+                        refused[applying] = failure_of(exc)
                     elif firing is not None and "p:" + firing not in poisoned:
-                        poisoned["p:" + firing] = exc
+                        poisoned["p:" + firing] = failure_of(exc)
                     else:
-                        left_out[position] = (message, exc)
+                        left_out[position] = (message, failure_of(exc))
                     break
             else:
                 break
@@ -321,7 +326,7 @@ class JourneyRole:
             return
         refused = self._refused[partition]
         for touch, tokens in shard.refusals:
-            error = refused.get(touch.event_id) or RuntimeError("refused")
+            error = refused.get(touch.event_id) or Failure("Refused", "", "")
             carriers = sorted(tokens, key=lambda m: m.topic != self.by_person)
             if carriers:
                 self._dead_letter(carriers[0], "touchpoint", error)
@@ -332,7 +337,7 @@ class JourneyRole:
                 )
         shard.refusals.clear()
 
-    def _dead_letter(self, message: Message, kind: str, error: Exception) -> None:
+    def _dead_letter(self, message: Message, kind: str, error: Failure) -> None:
         value = message.value if isinstance(message.value, bytes) else b""
         key = message.key if isinstance(message.key, bytes) else None
         self._send_dead_letter(
@@ -342,7 +347,7 @@ class JourneyRole:
     def _send_dead_letter(
         self,
         kind: str,
-        error: Exception,
+        error: Failure,
         topic: str,
         partition: int,
         offset: int,
@@ -365,7 +370,7 @@ class JourneyRole:
                 "topic": topic,
                 "partition": partition,
                 "offset": offset,
-                "error": f"{type(error).__name__}: {error}",
+                "error": f"{error.reason}: {error.detail}",
             },
         )
 
@@ -397,21 +402,24 @@ class JourneyRole:
                 for key, value in self.table.items()
                 if key.startswith(prefix)
             ]
-        failed: list[tuple[str, bytes, Exception]] = []
+        letters: list[tuple[str, bytes, Failure]] = []
         poisoned = self._poisoned.get(partition)
         if poisoned:
             kept = []
             for key, value in records:
                 if key in poisoned:
-                    failed.append((key, value, poisoned[key]))
+                    letters.append((key, value, poisoned[key]))
                 else:
                     kept.append((key, value))
             records = kept
+        failed: list[tuple[str, bytes, Exception]] = []
         shard.load(records, failed)
+        letters += [(key, value, failure_of(error)) for key, value, error in failed]
+        del failed
         for key in poisoned or ():
             shard.discard(key)  # (deleted from the table with the next save)
         seen = self._bad_state[partition]
-        for key, value, error in failed:
+        for key, value, error in letters:
             if key not in seen:  # (a rebuild before its deletion is saved meets it again)
                 seen.add(key)
                 self._send_dead_letter(

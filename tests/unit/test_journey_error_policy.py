@@ -1,0 +1,137 @@
+"""The journey agent's error policy (streams/journeys.py) without a broker: a ``JourneyRole``
+on a fake app, table and producer, fed batches through ``_process`` as Faust would."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import weakref
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from pipeline import deadletter as dl
+from pipeline.settings import Settings
+from streams.app import Readiness
+from streams.journeys import JourneyRole
+from tests.unit.journeys import CATALOG, T0
+
+PARTITIONS = 1
+_offsets = itertools.count()
+
+
+class FakeMessage:
+    def __init__(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        self.topic, self.value, self.key = topic, value, key
+        self.partition = 0
+        self.offset = next(_offsets)
+        self.generation_id = 1
+        self.tp = (topic, 0)
+        self.acked = False
+
+    def ack(self, consumer: Any) -> None:
+        self.acked = True
+
+
+class FakeTable(dict[bytes, bytes]):
+    data = None
+
+
+class FakeConsumer:
+    def __init__(self, role: JourneyRole) -> None:
+        self.role = role
+
+    def assignment(self) -> set[tuple[str, int]]:
+        return {(self.role.by_person, 0), (self.role.handoff, 0)}
+
+
+class FakeApp:
+    def __init__(self) -> None:
+        self.table = FakeTable()
+        self.consumer_generation_id = 1
+        self.consumer: Any = None
+
+    def Table(self, *args: Any, **kwargs: Any) -> FakeTable:
+        return self.table
+
+
+class FakeSender:
+    def __init__(self) -> None:
+        self.letters: list[tuple[bytes | None, bytes, dict[str, str]]] = []
+
+    def add_partitioned(self, topic: str, key: Any, value: bytes, headers: Any, **_: Any) -> None:
+        self.letters.append((key, value, {k: v.decode() for k, v in headers}))
+
+    def add_keyed(self, *args: Any) -> None:
+        pass
+
+    def add(self, *args: Any) -> None:
+        pass
+
+    async def send(self) -> None:
+        pass
+
+
+class FakeWriter:
+    def __init__(self, table: FakeTable) -> None:
+        self.table = table
+
+    async def write(self, changes: dict[int, list[tuple[bytes, bytes | None]]]) -> None:
+        for records in changes.values():
+            for key, value in records:
+                if value is None:
+                    self.table.pop(key, None)
+                else:
+                    self.table[key] = value
+
+
+def make_role() -> tuple[JourneyRole, FakeApp, FakeSender]:
+    app = FakeApp()
+    settings = Settings(partitions=PARTITIONS, allowed_lateness_s=0, idle_after_s=3600)
+    readiness = Readiness()
+    role = JourneyRole(app, settings, readiness, CATALOG)  # type: ignore[arg-type]
+    app.consumer = FakeConsumer(role)
+    readiness.checks["tables_recovered"] = True
+    sender = FakeSender()
+    role._sender = sender  # type: ignore[assignment]
+    role._state = FakeWriter(app.table)  # type: ignore[assignment]
+    return role, app, sender
+
+
+def event(event_id: str, at: int, customer: str, touchpoint: str = "home.view") -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "occurred_at": datetime.fromtimestamp(at / 1000, UTC).isoformat(),
+        "channel": "web",
+        "touchpoint": touchpoint,
+        "action": "view",
+        "customer_id": customer,
+    }
+
+
+def touchpoint(role: JourneyRole, event_id: str, at: int, customer: str) -> FakeMessage:
+    return FakeMessage(role.by_person, orjson.dumps(event(event_id, at, customer)))
+
+
+def poison_forward(role: JourneyRole, event_id: str, at: int) -> FakeMessage:
+    """A forwarded touch without a touchpoint name: accepted, raises when applied."""
+    touch = [event_id, at, "web", None, "view", "ok", None, [["customer_id", "poison"]]]
+    body = {"kind": "forward", "person": "c:poison", "touch": touch + [None] * 9}
+    return FakeMessage(role.handoff, orjson.dumps(body))
+
+
+def run(role: JourneyRole, *messages: FakeMessage) -> None:
+    asyncio.run(role._process(list(messages)))  # type: ignore[arg-type]
+
+
+def test_a_poison_record_keeps_nothing_of_the_discarded_shard_alive() -> None:
+    role, _, sender = make_role()
+    run(role, touchpoint(role, "a", T0, "alice"))
+    old = weakref.ref(role.shards[0])
+    run(role, poison_forward(role, "p-1", T0 + 1), touchpoint(role, "b", T0 + 2, "bob"))
+    assert role.shards[0] is not old()
+    assert [h[dl.REASON] for _, _, h in sender.letters] in (["TypeError"], ["AttributeError"])
+    gc.collect()
+    assert old() is None, gc.get_referrers(old())
