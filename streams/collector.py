@@ -44,10 +44,10 @@ from sinks.metrics import (
     exposition,
     set_worker_info,
 )
-from streams.httpbody import BodyRejected, content_encoding, read_decoded_body
+from streams.httpbody import BodyRejected, answer_early, content_encoding, read_decoded_body
 from streams.openapi import openapi_document
 from streams.process import GC_THRESHOLDS, use_uvloop
-from streams.topics import RAW, kafka_connection, kafka_partition
+from streams.topics import RAW, TopicSetupError, kafka_connection, kafka_partition
 
 log = logging.getLogger(__name__)
 # aiohttp's protocol errors and handler crashes are logged here (handler_args "logger").
@@ -56,6 +56,9 @@ JSON_TYPES = {"application/json": False, "application/x-ndjson": True}
 PRODUCE_TIMEOUT_S = 10.0  # a produce the broker has not acknowledged by then is a 503
 CONNECT_TIMEOUT_S = 10.0  # one attempt to connect the producer
 RETRY_AFTER_S = 5
+# After an answer sent before the body was read (401, 413, 415), what the client still sends
+# is dropped for at most JW_COLLECTOR_BODY_TIMEOUT_S and this many times the body limit.
+DISCARD_LIMITS = 4
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,7 @@ def _unavailable() -> web.Response:
 
 def _rejected(exc: BodyRejected) -> web.Response:
     response = _error(exc.status, exc.message)
-    if exc.status in (408, 413):  # the rest of the body is unread: do not wait for it
+    if exc.status == 408:  # the client stopped sending: do not wait for the rest
         response.force_close()
     return response
 
@@ -115,6 +118,7 @@ class Collector:
         self.topic = settings.topic(RAW)
         self.producer: AIOKafkaProducer | None = None  # set once connected
         self._connecting: asyncio.Task[None] | None = None
+        self._client_options: dict[str, Any] = {}  # set by start(): configuration errors fail it
         self.requests = LabelCache(COLLECTOR_REQUESTS)
         self.events = LabelCache(COLLECTOR_EVENTS)
 
@@ -123,7 +127,10 @@ class Collector:
         presented = (
             header[7:] if header.startswith("Bearer ") else request.headers.get("X-API-Key", "")
         )
-        token = presented.encode()
+        try:  # a header is decoded with surrogateescape: a byte that is not UTF-8 is no key
+            token = presented.encode("utf-8", "surrogateescape")
+        except UnicodeError:
+            return None
         found = None
         for source in self.sources:  # compare with every key, in constant time each
             if hmac.compare_digest(source.key, token):
@@ -132,34 +139,48 @@ class Collector:
 
     async def start(self, app: web.Application) -> None:
         """Connect the producer in the background: the collector serves (503 for events,
-        /readyz 503) while the broker is unavailable, and is ready once it is connected."""
+        /readyz 503) while the broker is unavailable, and is ready once it is connected.
+
+        The client options are built here: a configuration error (SASL without a user, say)
+        raises ``TopicSetupError`` and the process fails at startup, naming it."""
+        self._client_options = kafka_connection(self.settings)
         self._connecting = asyncio.create_task(self._connect(), name="producer-connect")
 
     async def _connect(self) -> None:
         delay = 0.25
         while True:
-            producer = AIOKafkaProducer(
-                **kafka_connection(self.settings),
-                acks="all",
-                linger_ms=2,
-                enable_idempotence=False,
-                client_id="journeywatch-collector",
-                request_timeout_ms=int(PRODUCE_TIMEOUT_S * 1000),
-            )
+            producer: AIOKafkaProducer | None = None
             try:
+                producer = AIOKafkaProducer(
+                    **self._client_options,
+                    acks="all",
+                    linger_ms=2,
+                    enable_idempotence=False,
+                    client_id="journeywatch-collector",
+                    request_timeout_ms=int(PRODUCE_TIMEOUT_S * 1000),
+                )
                 await asyncio.wait_for(producer.start(), CONNECT_TIMEOUT_S)
                 await asyncio.wait_for(producer.partitions_for(self.topic), CONNECT_TIMEOUT_S)
             except asyncio.CancelledError:  # stopping before it connected
-                with contextlib.suppress(Exception):
-                    await producer.stop()
+                if producer is not None:
+                    with contextlib.suppress(Exception):
+                        await producer.stop()
                 raise
-            except (TimeoutError, KafkaError, OSError) as exc:
-                log.warning(
-                    "the broker is unavailable; the collector answers 503 until it connects",
-                    extra={"error": f"{type(exc).__name__}: {exc}"},
-                )
-                with contextlib.suppress(Exception):
-                    await producer.stop()
+            except Exception as exc:  # never end silently: the collector would answer 503 forever
+                if isinstance(exc, TimeoutError | KafkaError | OSError):
+                    log.warning(
+                        "the broker is unavailable; the collector answers 503 until it connects",
+                        extra={"error": f"{type(exc).__name__}: {exc}"},
+                    )
+                else:  # a bug or an unexpected client error: logged (once per window), retried
+                    log.error(
+                        "the producer failed to connect; the collector answers 503 and retries",
+                        extra={"error": f"{type(exc).__name__}: {exc}"},
+                        exc_info=True,
+                    )
+                if producer is not None:
+                    with contextlib.suppress(Exception):
+                        await producer.stop()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
@@ -185,9 +206,8 @@ class Collector:
         elif request.content_length is not None and request.content_length > limit:
             refused = _error(413, f"the body is over {limit} bytes")
         if refused is not None:
-            refused.force_close()
             self.requests.get(str(refused.status)).inc()
-            return refused
+            return await self._answer_early(request, refused)
         if request.headers.get("Expect", "").lower() != "100-continue":
             return _error(417, "only Expect: 100-continue is understood")
         if request.version == HttpVersion11:  # as aiohttp's own expect handler
@@ -195,20 +215,32 @@ class Collector:
             request.writer.output_size = 0
         return None
 
-    async def post_events(self, request: web.Request) -> web.Response:
+    async def post_events(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         response = await self._post_events(request)
         self.requests.get(str(response.status)).inc()
         COLLECTOR_REQUEST_SECONDS.observe(time.perf_counter() - started)
+        if response.status != 408 and not request.content.is_eof():  # 401, 413, 415
+            return await self._answer_early(request, response)
         return response
+
+    async def _answer_early(
+        self, request: web.Request, response: web.StreamResponse
+    ) -> web.StreamResponse:
+        """An answer before the body was (wholly) read: sent, then the write side shut, then
+        the rest of the body dropped (bounded in time and bytes) before the connection is
+        closed, so that a client still sending reads the answer rather than a reset."""
+        return await answer_early(
+            request,
+            response,
+            self.settings.collector_body_timeout_s,
+            DISCARD_LIMITS * self.settings.collector_max_body_bytes,
+        )
 
     async def _post_events(self, request: web.Request) -> web.Response:
         source = self.authenticate(request)  # before any body work
-        if source is None:
-            response = _unauthorized()
-            if not request.content.is_eof():  # an unread body: close rather than drain it
-                response.force_close()
-            return response
+        if source is None:  # the body is never read: post_events answers and drops it
+            return _unauthorized()
         ndjson = JSON_TYPES.get(request.content_type)
         if ndjson is None:
             return _error(
@@ -416,7 +448,10 @@ def create_collector_app(settings: Settings) -> web.Application:
         client_max_size=settings.collector_max_body_bytes + 1,
         # aiohttp would inflate gzip itself, on the event loop and before the handler has
         # checked the key; streams.httpbody does it after authentication, bounded.
-        handler_args={"auto_decompress": False, "logger": http_log, "lingering_time": 2.0},
+        # No lingering close by aiohttp (2 s at most, then a reset for a slow client):
+        # Collector._answer_early shuts the write side and drops the rest of an unread body
+        # within JW_COLLECTOR_BODY_TIMEOUT_S and DISCARD_LIMITS times the body limit.
+        handler_args={"auto_decompress": False, "logger": http_log, "lingering_time": 0},
     )
     app.on_startup.append(collector.start)
     app.on_cleanup.append(collector.stop)
@@ -472,4 +507,7 @@ def run_collector(settings: Settings) -> None:
     # thresholds the collector spends time (and tail latency) in the cyclic GC.
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()
-    asyncio.run(serve_collector(settings))
+    try:
+        asyncio.run(serve_collector(settings))
+    except TopicSetupError as exc:  # raised by Collector.start: the Kafka settings are unusable
+        raise SystemExit(f"journeywatch collector: {exc}") from None

@@ -11,6 +11,7 @@ in ``INFLATE_POOL``, off the event loop, and only for requests that are already 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -142,3 +143,34 @@ async def read_decoded_body(
         return body
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(INFLATE_POOL, inflate, body, encoding, limit)
+
+
+async def answer_early(
+    request: web.BaseRequest, response: web.StreamResponse, timeout_s: float, cap: int
+) -> web.StreamResponse:
+    """Send ``response`` to a request whose body is not (wholly) read, so that the client can
+    read it: closing a connection with unread data in it resets it (RST), and a client still
+    sending then sees its write fail and may never read the answer.
+
+    The answer goes out at once, then the write side is shut (the client gets the answer and
+    an end of stream), then what the client still sends is read and dropped until it ends,
+    for at most ``timeout_s`` seconds and ``cap`` bytes; only then is the connection closed.
+    A client that keeps sending past those bounds gets a reset, with the answer already
+    received. The response is returned for the caller to hand back to aiohttp (sent already).
+    """
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    transport = request.transport
+    if transport is not None and not transport.is_closing() and transport.can_write_eof():
+        transport.write_eof()  # after what is buffered: the answer, then FIN
+    content = request.content
+    dropped = 0
+    with contextlib.suppress(TimeoutError, ConnectionError, RequestPayloadError):
+        async with asyncio.timeout(timeout_s):
+            while dropped <= cap:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                dropped += len(chunk)
+    return response

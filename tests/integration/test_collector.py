@@ -233,3 +233,101 @@ def test_an_event_older_than_the_retention_is_refused_not_acknowledged(
     status, body = post(collector.url, None, raw=raw)
     assert status == 400 and body["errors"][0]["field"] == "attributes"
     assert len(read_topic(collector.broker.url, RAW)) == 1
+
+
+def test_unusable_kafka_settings_stop_the_collector_at_startup_naming_them() -> None:
+    """SASL without a user or password: the collector exits at once naming the settings (it
+    used to start, and answer 503 forever with nothing in its log)."""
+    env = jw_env(
+        broker_url="127.0.0.1:1",
+        collector_port=free_port(),
+        pii_hash_key=PII_KEY,
+        collector_api_keys=json.dumps({"web-sdk": {"key": WEB_KEY}}),
+        kafka_security_protocol="SASL_PLAINTEXT",
+    )
+    result = run_cli(["collector"], env, timeout=60)
+    assert result.returncode != 0, result
+    output = result.stdout + result.stderr
+    assert "JW_KAFKA_SASL_USERNAME" in output and "JW_KAFKA_SASL_PASSWORD" in output, output
+    assert "Traceback" not in output, output
+
+
+def test_an_unexpected_error_while_connecting_is_logged_and_retried(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any error of the background connect is logged and retried: the task never ends
+    silently, leaving the collector at 503 for good."""
+    import asyncio
+
+    import streams.collector as collector_module
+
+    attempts: list[int] = []
+
+    class Producer:
+        def __init__(self, **options: Any) -> None:
+            attempts.append(1)
+            if len(attempts) < 3:
+                raise RuntimeError("an unexpected client error")
+
+        async def start(self) -> None:
+            pass
+
+        async def partitions_for(self, topic: str) -> set[int]:
+            return {0}
+
+        async def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(collector_module, "AIOKafkaProducer", Producer)
+    settings = Settings(
+        broker_url="127.0.0.1:1",
+        pii_hash_key=PII_KEY,
+        collector_api_keys={"web-sdk": {"key": WEB_KEY}},
+    )
+
+    async def connect() -> Any:
+        collector = collector_module.Collector(settings)
+        await collector.start(None)  # type: ignore[arg-type]
+        assert collector._connecting is not None
+        await asyncio.wait_for(collector._connecting, 10)
+        return collector.producer
+
+    with caplog.at_level("ERROR", logger="streams.collector"):
+        producer = asyncio.run(connect())
+    assert isinstance(producer, Producer) and len(attempts) == 3
+    failures = [r for r in caplog.records if "failed to connect" in r.getMessage()]
+    assert len(failures) == 2 and "RuntimeError" in failures[0].error  # type: ignore[attr-defined]
+
+
+def test_a_key_header_that_is_not_utf8_is_a_401_not_a_500(collector: Running) -> None:
+    """Bytes that are not UTF-8 (or not Latin-1) in Authorization or X-API-Key: 401."""
+    import socket
+
+    from tests.helpers import read_http_response
+
+    host, port = collector.url.removeprefix("http://").split(":")
+    body = orjson.dumps(event())
+    for header in (
+        b"Authorization: Bearer \xff\xfe" + WEB_KEY.encode(),
+        b"Authorization: Bearer " + "clé-ключ-0123456789".encode(),
+        b"X-API-Key: \xc3\x28" + STORE_KEY.encode(),
+        b"X-API-Key: " + "ключ-ключ-ключ-0123".encode(),
+    ):
+        request = (
+            b"POST /v1/events HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\n"
+            + header
+            + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(request)
+            status, _, answer = read_http_response(sock)
+        assert status == 401, (header, answer)
+        # ... and with Expect: 100-continue, refused before the body
+        expect = request.replace(
+            b"\r\nContent-Length", b"\r\nExpect: 100-continue\r\nContent-Length"
+        )
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(expect.split(b"\r\n\r\n")[0] + b"\r\n\r\n")
+            assert read_http_response(sock)[0] == 401, header
+    assert "Traceback" not in collector.log.read_text()

@@ -267,6 +267,59 @@ def test_an_oversized_body_is_refused_without_being_buffered(collector: Running)
     assert collector.process.poll() is None
 
 
+def _send_slowly_then_read(
+    port: int, key: str | None, length: int, seconds: float
+) -> tuple[OSError | None, int, float, tuple[int, dict[str, str], bytes]]:
+    """A client that sends a ``length``-byte body in 1000-byte writes over about ``seconds``
+    and reads the answer only afterwards (or once a write fails), as most clients do: the
+    write error (None if the whole body went out), the bytes sent, the time, the answer."""
+    head = "POST /v1/events HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\n"
+    if key:
+        head += f"Authorization: Bearer {key}\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"{head}Content-Length: {length}\r\n\r\n".encode())
+        started, sent, failed = time.monotonic(), 0, None
+        try:
+            while sent < length:
+                sock.sendall(b"x" * min(1000, length - sent))
+                sent += min(1000, length - sent)
+                time.sleep(max(0.0, started + seconds * sent / length - time.monotonic()))
+        except OSError as exc:
+            failed = exc
+        return failed, sent, time.monotonic() - started, read_http_response(sock)
+
+
+def test_a_slow_client_reads_the_early_413_or_401_rather_than_a_reset(
+    patient_collector: Running, collector: Running
+) -> None:
+    """An answer sent before the body is read (413 for a Content-Length over the limit, 401
+    without a key) is followed by the end of the stream, and what the client still sends is
+    dropped for up to JW_COLLECTOR_BODY_TIMEOUT_S (and 4 times the body limit): a client
+    sending its body over 4 s writes it all and reads the answer (aiohttp's lingering close
+    gave up after 2 s: the client's write failed with a reset). Past those bounds the
+    connection is closed, and the answer was received all the same."""
+    for key, expected in ((WEB_KEY, 413), (None, 401)):
+        failed, sent, _, (status, headers, _) = _send_slowly_then_read(
+            patient_collector.port, key, MAX_BODY + 50_000, 4.0
+        )
+        assert (failed, sent, status) == (None, MAX_BODY + 50_000, expected)
+        assert headers.get("connection") == "close"
+    # a body time-out of 3 s: a client sending for 20 s is cut off after about 3 s, answered
+    for key, expected in ((WEB_KEY, 413), (None, 401)):
+        failed, sent, elapsed, (status, _, _) = _send_slowly_then_read(
+            collector.port, key, 3 * MAX_BODY, 20.0
+        )
+        assert isinstance(failed, ConnectionError) and status == expected, (failed, status)
+        assert BODY_TIMEOUT_S - 0.5 < elapsed < BODY_TIMEOUT_S + 3.0, elapsed
+    # the byte cap: 4 times the limit sent at once is dropped, then the connection is closed
+    failed, sent, elapsed, (status, _, _) = _send_slowly_then_read(
+        patient_collector.port, None, 100 * MAX_BODY, 2.0
+    )
+    assert isinstance(failed, ConnectionError) and status == 401, (failed, status)
+    assert sent < 10 * MAX_BODY and elapsed < 5.0, (sent, elapsed)
+    assert patient_collector.process.poll() is None and collector.process.poll() is None
+
+
 def test_a_client_that_stops_sending_gets_408_within_the_time_out(collector: Running) -> None:
     request = (
         "POST /v1/events HTTP/1.1\r\nHost: collector\r\nContent-Type: application/json\r\n"
