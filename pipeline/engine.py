@@ -388,6 +388,9 @@ class JourneyEngine:
         # raises, the adapter knows which touch it was (pipeline/shard.py, the error policy)
         self.applying: str | None = None
         self.firing: str | None = None  # the person whose deadline is being fired, likewise
+        # persons whose deadlines are not fired (their state raised on one: the adapter drops
+        # them; streams/journeys.py, the error policy)
+        self.quarantined: set[str] = set()
         self._matches = lru_cache(maxsize=65_536)(self._compute_matches)
         self._mot = lru_cache(maxsize=65_536)(self._compute_mot)
 
@@ -500,8 +503,11 @@ class JourneyEngine:
             elif next_due is not None and next_due <= watermark:
                 key = heappop(deadlines)
                 person_id = self._deadline_person.pop(key)
+                journey_id = self._deadline_journey.pop(key)
+                if self.quarantined and person_id in self.quarantined:
+                    continue
                 self.firing = person_id
-                self._on_deadline(next_due, person_id, self._deadline_journey.pop(key), out)
+                self._on_deadline(next_due, person_id, journey_id, out)
                 self.firing = None
             else:
                 return out

@@ -32,6 +32,7 @@ import logging
 import time
 from collections import Counter as Tally
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -146,8 +147,11 @@ class JourneyRole:
         # (failures are kept as ``Failure``s, never as exceptions: an exception's traceback
         # keeps its frames alive, and with them the discarded shard and the batch)
         self._refused: defaultdict[int, dict[str, Failure]] = defaultdict(dict)  # event id →
-        self._bad_state: defaultdict[int, set[str]] = defaultdict(set)  # records dead-lettered
-        # state records (``p:<person>``) whose person's deadline raised: left out when loading
+        # state records dead-lettered (key → hash of the value) and persons whose deadline
+        # raised (``p:<person>`` →): left out when loading, their deadlines not fired in a
+        # replay; both only until their key is written again (``_written``), so a new value
+        # under the key (the person back with a healthy state) is loaded, or dead-lettered, anew
+        self._lettered: defaultdict[int, dict[str, int]] = defaultdict(dict)
         self._poisoned: defaultdict[int, dict[str, Failure]] = defaultdict(dict)
         self._carry: dict[int, Step] = {}  # what a rebuild's replay did, delivered with the batch
         # input records to acknowledge once their dead letters are out, with the batch
@@ -171,7 +175,7 @@ class JourneyRole:
                 for held in (
                     self._unacked,
                     self._refused,
-                    self._bad_state,
+                    self._lettered,
                     self._poisoned,
                     self._carry,
                     self._dead,
@@ -285,6 +289,9 @@ class JourneyRole:
         left_out: dict[Position, tuple[Message, Failure]] = {}
         for _ in range(MAX_REBUILDS):
             shard = self._load(partition)
+            # a poisoned person the replay builds again (its state never saved, or changed
+            # since) must not fail the input that moves the watermark past its deadline
+            shard.engine.quarantined = {key[2:] for key in poisoned}
             steps: list[Step] = []
             for position, message in list(self._unacked[partition].items()):
                 if position in left_out:
@@ -307,10 +314,16 @@ class JourneyRole:
             raise RuntimeError(
                 f"journey partition {partition}: still failing after {MAX_REBUILDS} rebuilds"
             ) from error
+        shard.engine.quarantined = set()  # (a person back after its drop is a new one)
         self.shards[partition] = shard
         step = Step([], [], {}, [])
         for done in steps:
             step = _merge(step, done)
+        for key, failure in poisoned.items():
+            value = step.records.get(key)
+            if value is not None:  # built again by the replay: dead-lettered and dropped
+                self._letter_state(partition, key, value, failure)
+                shard.discard(key)  # (deleted from the table with the next save)
         for position, (message, problem) in left_out.items():
             del self._unacked[partition][position]
             kind = "touchpoint" if message.topic == self.by_person else "handoff"
@@ -374,6 +387,25 @@ class JourneyRole:
             },
         )
 
+    def _letter_state(self, partition: int, key: str, value: bytes, error: Failure) -> None:
+        """A state record left out goes to the dead letters once (a rebuild before its deletion
+        is saved meets it again), a new value under the same key again."""
+        lettered = self._lettered[partition]
+        if lettered.get(key) != hash(value):
+            lettered[key] = hash(value)
+            key_bytes = f"{partition}|{key}".encode()
+            self._send_dead_letter("state", error, self.changelog, partition, -1, key_bytes, value)
+
+    def _written(self, partition: int, keys: Iterable[str]) -> None:
+        """The table holds new values (or none) under ``keys``: what was left out under them
+        is forgotten."""
+        lettered, poisoned = self._lettered.get(partition), self._poisoned.get(partition)
+        for key in keys:
+            if lettered:
+                lettered.pop(key, None)
+            if poisoned:
+                poisoned.pop(key, None)
+
     def _shard(self, partition: int) -> JourneyShard:
         shard = self.shards.get(partition)
         if shard is None:
@@ -418,13 +450,8 @@ class JourneyRole:
         del failed
         for key in poisoned or ():
             shard.discard(key)  # (deleted from the table with the next save)
-        seen = self._bad_state[partition]
         for key, value, error in letters:
-            if key not in seen:  # (a rebuild before its deletion is saved meets it again)
-                seen.add(key)
-                self._send_dead_letter(
-                    "state", error, self.changelog, partition, -1, prefix + key.encode(), value
-                )
+            self._letter_state(partition, key, value, error)
         log.info(
             "journey partition loaded",
             extra={
@@ -466,6 +493,8 @@ class JourneyRole:
                 if step.records
             }
         )
+        for partition, step in steps.items():
+            self._written(partition, step.records)
         consumer = self.app.consumer
         done: Tally[str] = Tally()
         unacked = self._unacked

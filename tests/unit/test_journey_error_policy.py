@@ -11,12 +11,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pytest
 
 from pipeline import deadletter as dl
 from pipeline.settings import Settings
 from streams.app import Readiness
 from streams.journeys import JourneyRole
-from tests.unit.journeys import CATALOG, T0
+from tests.unit.journeys import CATALOG, T0, D
 
 PARTITIONS = 1
 _offsets = itertools.count()
@@ -135,3 +136,79 @@ def test_a_poison_record_keeps_nothing_of_the_discarded_shard_alive() -> None:
     assert [h[dl.REASON] for _, _, h in sender.letters] in (["TypeError"], ["AttributeError"])
     gc.collect()
     assert old() is None, gc.get_referrers(old())
+
+
+# --- a person whose state raises on its deadline --------------------------------------------
+
+
+@pytest.fixture
+def poisoned_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The role's engines raise on the deadline of a person whose last activity ends in 666 ms
+    (a state that fails its own deadline; the same person with a later activity is healthy)."""
+    import streams.journeys as journeys
+    from pipeline.engine import JourneyEngine
+
+    try:
+
+        class PoisonedDeadlines(JourneyEngine):
+            def _on_deadline(self, due: int, person_id: str, journey_id: str, out: Any) -> None:
+                person = self.persons.get(person_id)
+                if person is not None and person.last_activity % 1000 == 666:
+                    raise ZeroDivisionError(f"poisoned deadline of {person_id}")
+                super()._on_deadline(due, person_id, journey_id, out)
+
+    except TypeError:  # the compiled engine cannot be subclassed here
+        pytest.skip("needs the plain engine (JW_COMPILED=0)")
+    monkeypatch.setattr(journeys, "JourneyEngine", PoisonedDeadlines)
+
+
+def kinds(sender: FakeSender) -> list[tuple[str, str]]:
+    return [(h[dl.KIND], h[dl.REASON]) for _, _, h in sender.letters]
+
+
+@pytest.mark.usefixtures("poisoned_deadlines")
+def test_a_poisoned_person_back_with_a_healthy_state_is_kept_at_the_next_rebuild() -> None:
+    role, app, sender = make_role()
+    run(role, touchpoint(role, "x1", T0 + 666, "x"))
+    run(role, touchpoint(role, "b1", T0 + 2 * D, "bob"))  # x's deadline raises: x dropped
+    assert kinds(sender) == [("state", "ZeroDivisionError")]
+    assert b"0|p:c:x" not in app.table
+    run(role, touchpoint(role, "x2", T0 + 3 * D, "x"))  # x is back, healthy
+    assert b"0|p:c:x" in app.table
+    run(role, poison_forward(role, "p-1", T0 + 3 * D + 1))  # any other failure: a rebuild
+    assert b"0|p:c:x" in app.table, "x's new state was deleted"
+    assert "c:x" in role.shards[0].engine.persons
+    assert [kind for kind, _ in kinds(sender)] == ["state", "touchpoint"]
+
+
+def test_a_new_corrupt_value_under_a_key_dead_lettered_before_is_dead_lettered_too() -> None:
+    role, app, sender = make_role()
+    app.table[b"0|p:c:ghost"] = b"\xff not json"
+    run(role, touchpoint(role, "a", T0, "alice"))
+    assert [v for _, v, _ in sender.letters] == [b"\xff not json"]
+    assert b"0|p:c:ghost" not in app.table  # deleted with the save
+    app.table[b"0|p:c:ghost"] = b"\xfe corrupt again"  # (from the changelog, say)
+    run(role, poison_forward(role, "p-1", T0 + 1))  # a rebuild reads the table again
+    assert b"\xfe corrupt again" in [v for _, v, _ in sender.letters]
+
+
+@pytest.mark.usefixtures("poisoned_deadlines")
+def test_a_person_poisoned_within_one_batch_costs_no_valid_record() -> None:
+    """x is created and its deadline raises in the same batch (never saved): the replay must
+    not fail (and dead-letter) the valid touches that move the watermark past the deadline."""
+    role, app, sender = make_role()
+    batch = [
+        touchpoint(role, "x1", T0 + 666, "x"),
+        touchpoint(role, "b1", T0 + 2 * D, "bob"),
+        touchpoint(role, "c1", T0 + 2 * D + 1, "carol"),
+        touchpoint(role, "d1", T0 + 2 * D + 2, "dave"),
+    ]
+    run(role, *batch)
+    assert kinds(sender) == [("state", "ZeroDivisionError")]  # x's state, not a touchpoint
+    assert sender.letters[0][0] == b"0|p:c:x"
+    persons = role.shards[0].engine.persons
+    assert {"c:bob", "c:carol"} <= set(persons) and "c:x" not in persons
+    assert all(message.acked for message in batch[:3])  # (d1: held for the watermark)
+    assert b"0|p:c:x" not in app.table
+    run(role, touchpoint(role, "x2", T0 + 5 * D, "x"))  # x back later: a new person, kept
+    assert "c:x" in role.shards[0].engine.persons
