@@ -13,14 +13,18 @@ web configuration (``--web.config.file``) that asks every request for basic auth
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import re
 import secrets
 import shutil
 import subprocess
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,14 +47,40 @@ def monitoring_dir(settings: Settings) -> Path:
     return settings.data_dir / "monitoring"
 
 
+def secret_file(path: Path, generate: Callable[[], str]) -> str:
+    """The secret in ``path``; the first time, ``generate()`` written to a file created with
+    mode 0600 (never readable by others, not even for a moment). An existing file gets mode
+    0600 too (one left readable by an older version, or by hand)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        os.chmod(path, 0o600)
+    else:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(generate())
+    return path.read_text().strip()
+
+
+def write_private(path: Path, text: str) -> None:
+    """``text`` into ``path`` (created or replaced), mode 0600 from the first byte: written to
+    a temporary file of mode 0600 beside it, then renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(descriptor, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
 def ensure_password(path: Path) -> str:
     """The password in ``path``, generated (random, mode 0600) the first time."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.chmod(0o600)
-        path.write_text(secrets.token_urlsafe(32))
-    return path.read_text().strip()
+    return secret_file(path, lambda: secrets.token_urlsafe(32))
 
 
 def web_config(username: str, password: str) -> dict[str, Any]:
@@ -176,8 +206,7 @@ def start_local_monitoring(
     password_file = directory / PASSWORD_FILE
     password = ensure_password(password_file)
     web_file = directory / WEB_CONFIG_FILE
-    web_file.write_text(yaml.safe_dump(web_config(USERNAME, password), sort_keys=False))
-    web_file.chmod(0o600)
+    write_private(web_file, yaml.safe_dump(web_config(USERNAME, password), sort_keys=False))
     alertmanager_url = f"http://127.0.0.1:{alertmanager_port}"
     rules = rule_files if rule_files is not None else sorted(RULES_DIR.glob("*.yml"))
     prometheus_config = {

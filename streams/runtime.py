@@ -38,7 +38,7 @@ from pydantic import SecretStr
 
 from pipeline.settings import ApiKey, Settings, embedded_profile, to_environment
 from streams.broker import EmbeddedBroker
-from streams.monitoring import LocalMonitoring, binaries, start_local_monitoring
+from streams.monitoring import LocalMonitoring, binaries, secret_file, start_local_monitoring
 from streams.process import child_process_options
 from streams.producer import SimulatorThread
 from streams.supervisor import (
@@ -123,11 +123,9 @@ def http_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
 
 
 def _secret_file(path: Path) -> str:
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
+    """The key in ``path``, created with mode 0600 the first time (an existing one set to
+    0600): see ``streams.monitoring.secret_file``."""
+    return secret_file(path, lambda: secrets.token_hex(32))
 
 
 def ensure_demo_api_key(settings: Settings) -> Settings:
