@@ -224,6 +224,8 @@ class JourneyRole:
             if message.topic == by_person:
                 try:
                     touch = touch_of(raw)
+                except MemoryError:  # the worker's, not a record's: stops the batch
+                    raise
                 except Exception as exc:  # bad input is data (the error policy)
                     # nothing applied: no rebuild; acknowledged once its dead letter is out
                     self._dead_letter(message, "touchpoint", failure_of(exc))
@@ -235,6 +237,8 @@ class JourneyRole:
                     shard.touch(touch, message)
                 else:
                     shard.message(raw, message)
+            except MemoryError:  # the worker's, not a record's: stops the batch
+                raise
             except Exception as exc:  # a record's failure is data: the error policy
                 self._rebuild(partition, exc)
         await self._complete({partition: self._drain(partition) for partition in touched})
@@ -253,6 +257,8 @@ class JourneyRole:
         """The partition's step, with what a rebuild did and the touches refused since."""
         try:
             step = self.shards[partition].drain()
+        except MemoryError:  # the worker's, not a record's: stops the batch
+            raise
         except Exception as exc:  # a record's failure is data: the error policy
             self._rebuild(partition, exc)
             step = self.shards[partition].drain()
@@ -299,6 +305,8 @@ class JourneyRole:
                 try:
                     self._feed(shard, message)
                     steps.append(shard.drain())
+                except MemoryError:  # the worker's, not a record's: stops the batch
+                    raise
                 except Exception as exc:  # the error policy
                     applying, firing = shard.engine.applying, shard.engine.firing
                     if applying is not None and applying not in refused:
@@ -517,6 +525,8 @@ class JourneyRole:
                 shard = self._shard(partition)
                 try:
                     shard.tick(wall)
+                except MemoryError:  # the worker's, not a record's: stops the batch
+                    raise
                 except Exception as exc:  # a record's failure is data: the error policy
                     self._rebuild(partition, exc)
                 steps[partition] = self._drain(partition)

@@ -212,3 +212,20 @@ def test_a_person_poisoned_within_one_batch_costs_no_valid_record() -> None:
     assert b"0|p:c:x" not in app.table
     run(role, touchpoint(role, "x2", T0 + 5 * D, "x"))  # x back later: a new person, kept
     assert "c:x" in role.shards[0].engine.persons
+
+
+def test_a_memory_error_is_the_workers_failure_not_the_records() -> None:
+    role, _, sender = make_role()
+    run(role, touchpoint(role, "a", T0, "alice"))
+
+    class OutOfMemory:
+        engine = role.shards[0].engine
+
+        def touch(self, *args: Any) -> None:
+            raise MemoryError
+
+    role.shards[0] = OutOfMemory()  # type: ignore[assignment]
+    message = touchpoint(role, "b", T0 + 1, "bob")
+    with pytest.raises(MemoryError):
+        run(role, message)
+    assert sender.letters == [] and not message.acked  # read again after the restart
