@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import gc
 import hmac
+import json
 import logging
 import signal
 import time
@@ -32,6 +33,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from pydantic import SecretStr
 
 from pipeline.collect import BodyError, ItemError, parse_body, prepare_event
 from pipeline.contract import TouchpointEvent
@@ -45,6 +47,7 @@ from sinks.metrics import (
     set_worker_info,
 )
 from streams.httpbody import BodyRejected, answer_early, content_encoding, read_decoded_body
+from streams.logs import extra_fields
 from streams.openapi import openapi_document
 from streams.process import GC_THRESHOLDS, use_uvloop
 from streams.topics import RAW, TopicSetupError, kafka_connection, kafka_partition
@@ -395,12 +398,28 @@ class _NoHttpDetails(logging.Filter):
 
 
 class RedactSecrets(logging.Filter):
-    """A handler filter: any of ``secrets`` in a record (message, arguments, extra fields,
-    exception) is replaced by ``[redacted]`` before the record is written."""
+    """A handler filter: any of ``secrets`` in a record (message, arguments, extra fields of
+    any type, exception) is replaced by ``[redacted]`` before the record is written.
+
+    An extra field that is not a string is written as ``str(value)`` (``JsonFormatter``): a
+    dict, list or bytes holding a secret is replaced by its cleaned text. Each secret is also
+    looked for as ``repr`` and JSON escape it (a quote or backslash in it, say)."""
 
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
-        self._secrets = [s for s in secrets if s]
+        forms = {
+            form
+            for secret in secrets
+            if secret
+            for form in (
+                secret,
+                repr(secret)[1:-1],
+                json.dumps(secret)[1:-1],
+                json.dumps(secret, ensure_ascii=False)[1:-1],
+                repr(secret.encode("utf-8", "surrogateescape"))[2:-1],
+            )
+        }
+        self._secrets = sorted(forms, key=len, reverse=True)  # the longest form first
 
     def _clean(self, text: str) -> str:
         for secret in self._secrets:
@@ -421,22 +440,34 @@ class RedactSecrets(logging.Filter):
             if self._clean(text) != text:
                 record.exc_info, record.exc_text = None, None
                 record.msg = f"{record.msg} (exception withheld: it held a secret)"
-        for key, value in list(vars(record).items()):
-            if (
-                isinstance(value, str)
-                and key not in ("msg", "message")
-                and self._clean(value) != value
-            ):
-                setattr(record, key, self._clean(value))
+        for key, value in extra_fields(record).items():
+            if value is None or isinstance(value, bool):
+                continue
+            text = value if isinstance(value, str) else str(value)  # as JsonFormatter writes it
+            cleaned = self._clean(text)
+            if cleaned != text:
+                setattr(record, key, cleaned)
         return True
 
 
+def configured_secrets(settings: Settings) -> list[str]:
+    """Every secret in ``settings``: the API keys, and every secret setting (the SASL
+    password, the PII hash key, the Alertmanager password, ...)."""
+    secrets = [k.key.get_secret_value() for k in settings.collector_api_keys.values()]
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            secrets.append(value.get_secret_value())
+    return secrets
+
+
 def install_log_safety(settings: Settings) -> None:
-    """No header value and no API key in any log line of this process."""
+    """No header value, no API key and no other configured secret in any log line of this
+    process."""
     safe = _NoHttpDetails()
     for name in ("aiohttp.server", "aiohttp.access", http_log.name):
         logging.getLogger(name).addFilter(safe)
-    secrets = [k.key.get_secret_value() for k in settings.collector_api_keys.values()]
+    secrets = configured_secrets(settings)
     redact = RedactSecrets(secrets)
     for handler in logging.getLogger().handlers:
         handler.addFilter(redact)

@@ -619,13 +619,21 @@ def test_the_log_filter_redacts_every_configured_key() -> None:
     import io
     import logging
 
-    from streams.collector import RedactSecrets
+    from streams.collector import RedactSecrets, configured_secrets
     from streams.logs import JsonFormatter
 
+    sasl_password, pii_key = "sasl-password-0123456789", "pii-hash-key-0123456789"
+    settings = Settings(
+        collector_api_keys={"web-sdk": {"key": WEB_KEY}, "store": {"key": STORE_KEY}},
+        kafka_sasl_password=sasl_password,
+        pii_hash_key=pii_key,
+    )
+    secrets = configured_secrets(settings)
+    assert {*KEYS, sasl_password, pii_key} <= set(secrets)
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())  # extra fields written too
-    handler.addFilter(RedactSecrets(list(KEYS)))
+    handler.addFilter(RedactSecrets(secrets))
     logger = logging.getLogger("test.redact")
     logger.addHandler(handler)
     logger.propagate = False
@@ -633,6 +641,11 @@ def test_the_log_filter_redacts_every_configured_key() -> None:
         logger.warning("key %s in the arguments", WEB_KEY)
         logger.warning(f"key {STORE_KEY} in the message", extra={"header": f"Bearer {WEB_KEY}"})
         logger.warning("bad arguments %d", WEB_KEY)
+        # extras that are not strings are written as str(value): cleaned as that
+        logger.warning("headers", extra={"headers": {"Authorization": f"Bearer {WEB_KEY}"}})
+        logger.warning("keys", extra={"keys": [STORE_KEY], "raw": f"k={WEB_KEY}".encode()})
+        logger.warning("sasl", extra={"options": {"sasl_plain_password": sasl_password}})
+        logger.warning("pii key %s", pii_key, extra={"pair": (pii_key, 1)})
         try:
             raise ValueError(f"an exception quoting {STORE_KEY}")
         except ValueError:
@@ -640,5 +653,18 @@ def test_the_log_filter_redacts_every_configured_key() -> None:
     finally:
         logger.removeHandler(handler)
     text = stream.getvalue()
-    assert not any(key in text for key in KEYS), text
-    assert text.count("[redacted]") >= 3 and "exception withheld" in text
+    assert not any(key in text for key in (*KEYS, sasl_password, pii_key)), text
+    assert text.count("[redacted]") >= 9 and "exception withheld" in text
+    # a secret with a quote or a backslash, escaped in a repr or in JSON
+    stream.truncate(0)
+    handler.filters.clear()
+    odd = "odd\\key\"with'quotes-0123456789"
+    handler.addFilter(RedactSecrets([odd]))
+    logger.addHandler(handler)
+    try:
+        logger.warning("odd", extra={"d": {"k": odd}, "s": odd, "b": odd.encode()})
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    for form in (odd, repr(odd)[1:-1], json.dumps(odd)[1:-1], "key"):
+        assert form not in text, (form, text)
