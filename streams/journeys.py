@@ -91,9 +91,14 @@ log = logging.getLogger(__name__)
 JOURNEY_OUTPUT_TYPES = frozenset({"journey", "identity"})
 GAUGE_EVERY_S = 10.0
 ERROR_KINDS = ("touchpoint", "handoff", "state")
-# Rebuilds of one partition for one failure: each finds and leaves out at least one failing
-# record, so this bounds the poison records of one batch, not the work.
-MAX_REBUILDS = 64
+# Records of one partition that may fail in one batch (or sweep) before the error policy stops
+# searching: each costs a rebuild pass (the partition's saved state read again, its
+# unacknowledged input replayed). Past it the failures are taken as systematic (a bug, an
+# incompatible producer): the partition's input from the failing record on, and the rest of
+# its batch, go to the dead letters unapplied (reason ``TooManyFailures``), so the work stays
+# bounded and the worker keeps going (docs/runbooks/journey-records-failing.md).
+MAX_FAILURES = 16
+RUNBOOK = "docs/runbooks/journey-records-failing.md"
 Position = tuple[str, int]  # (topic, offset) of an input record within its partition
 
 
@@ -156,6 +161,7 @@ class JourneyRole:
         self._carry: dict[int, Step] = {}  # what a rebuild's replay did, delivered with the batch
         # input records to acknowledge once their dead letters are out, with the batch
         self._dead: defaultdict[int, list[Message]] = defaultdict(list)
+        self._failures: Tally[int] = Tally()  # per partition, in this batch (MAX_FAILURES)
 
     # --- wiring ---------------------------------------------------------------------------------
     def register(self) -> None:
@@ -179,6 +185,7 @@ class JourneyRole:
                     self._poisoned,
                     self._carry,
                     self._dead,
+                    self._failures,
                 ):
                     held.clear()
 
@@ -231,6 +238,11 @@ class JourneyRole:
                     self._dead_letter(message, "touchpoint", failure_of(exc))
                     self._dead[partition].append(message)
                     continue
+            if self._failures[partition] > MAX_FAILURES:  # systematic: not searched
+                kind = "touchpoint" if message.topic == by_person else "handoff"
+                self._dead_letter(message, kind, _too_many(partition))
+                self._dead[partition].append(message)
+                continue
             self._unacked[partition][(message.topic, message.offset)] = message
             try:
                 if message.topic == by_person:
@@ -277,11 +289,14 @@ class JourneyRole:
         followed by a drain, without the records that raise: a touch whose application raised
         (the engine names it, wherever it came from) is refused from then on; any other
         failure leaves out the input record being applied. A failure is deterministic, so each
-        pass finds one more; a pass without one ends it."""
+        pass finds one more; a pass without one ends it. Past ``MAX_FAILURES`` failures of the
+        partition in this batch, the input being applied and every one after it are left out
+        unapplied (``TooManyFailures``) and the next pass ends it."""
         failed = self.shards.pop(partition)
         refused = self._refused[partition]
         poisoned = self._poisoned[partition]
         failure = failure_of(error)
+        self._failures[partition] += 1
         applying, firing = failed.engine.applying, failed.engine.firing
         del failed  # (nothing of the discarded shard is kept: see ``Failure``)
         if applying is not None:
@@ -293,7 +308,7 @@ class JourneyRole:
             extra={"partition": partition, "error": f"{failure.reason}: {failure.detail}"},
         )
         left_out: dict[Position, tuple[Message, Failure]] = {}
-        for _ in range(MAX_REBUILDS):
+        for _ in range(MAX_FAILURES + 2):
             shard = self._load(partition)
             # a poisoned person the replay builds again (its state never saved, or changed
             # since) must not fail the input that moves the watermark past its deadline
@@ -308,8 +323,18 @@ class JourneyRole:
                 except MemoryError:  # the worker's, not a record's: stops the batch
                     raise
                 except Exception as exc:  # the error policy
+                    self._failures[partition] += 1
                     applying, firing = shard.engine.applying, shard.engine.firing
-                    if applying is not None and applying not in refused:
+                    if self._failures[partition] > MAX_FAILURES:
+                        # systematic: this input and every one after it are left out unapplied
+                        unacked = list(self._unacked[partition].items())
+                        at = next(i for i, (p, _) in enumerate(unacked) if p == position)
+                        named = applying is not None or firing is not None  # (not this input)
+                        own = _too_many(partition) if named else failure_of(exc)
+                        left_out[position] = (message, own)
+                        for later, held in unacked[at + 1 :]:
+                            left_out.setdefault(later, (held, _too_many(partition)))
+                    elif applying is not None and applying not in refused:
                         refused[applying] = failure_of(exc)
                     elif firing is not None and "p:" + firing not in poisoned:
                         poisoned["p:" + firing] = failure_of(exc)
@@ -318,9 +343,10 @@ class JourneyRole:
                     break
             else:
                 break
-        else:
+        else:  # (a failure that is not deterministic: the worker stops, nothing acknowledged)
             raise RuntimeError(
-                f"journey partition {partition}: still failing after {MAX_REBUILDS} rebuilds"
+                f"journey partition {partition}: still failing after {MAX_FAILURES + 2} rebuild "
+                f"passes (records failing at random?): see {RUNBOOK}"
             ) from error
         shard.engine.quarantined = set()  # (a person back after its drop is a new one)
         self.shards[partition] = shard
@@ -503,6 +529,7 @@ class JourneyRole:
         )
         for partition, step in steps.items():
             self._written(partition, step.records)
+            self._failures.pop(partition, None)
         consumer = self.app.consumer
         done: Tally[str] = Tally()
         unacked = self._unacked
@@ -633,6 +660,17 @@ class _Metrics:
         for histogram, amounts in self._latencies.items():
             observe_many(histogram, amounts)
         self._latencies.clear()
+
+
+def _too_many(partition: int) -> Failure:
+    """Why an input record went to the dead letters unapplied (``MAX_FAILURES``)."""
+    return Failure(
+        "TooManyFailures",
+        f"not applied: more than {MAX_FAILURES} records of journey partition {partition} "
+        "failed in one batch; this one may be valid: produce it again once the cause is fixed "
+        f"({RUNBOOK})",
+        "",
+    )
 
 
 def _merge(first: Step, then: Step) -> Step:

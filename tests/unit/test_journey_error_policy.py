@@ -229,3 +229,38 @@ def test_a_memory_error_is_the_workers_failure_not_the_records() -> None:
     with pytest.raises(MemoryError):
         run(role, message)
     assert sender.letters == [] and not message.acked  # read again after the restart
+
+
+def test_a_systematic_failure_costs_a_bounded_number_of_rebuilds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every other record raising: after MAX_FAILURES of them the partition's remaining input
+    of the batch goes to the dead letters unapplied (TooManyFailures), instead of one rebuild
+    (the partition's state read again) per failure; the worker keeps going."""
+    from streams.journeys import MAX_FAILURES
+
+    role, _, sender = make_role()
+    run(role, touchpoint(role, "a", T0, "alice"))
+    loads = 0
+    load = role._load
+
+    def counted(partition: int) -> Any:
+        nonlocal loads
+        loads += 1
+        return load(partition)
+
+    monkeypatch.setattr(role, "_load", counted)
+    batch = []
+    for i in range(3 * MAX_FAILURES):
+        batch.append(poison_forward(role, f"p-{i}", T0 + 10 * i + 1))
+        batch.append(touchpoint(role, f"v-{i}", T0 + 10 * i + 2, f"c{i}"))
+    run(role, *batch)
+    assert loads <= MAX_FAILURES + 2, loads
+    reasons = [h[dl.REASON] for _, _, h in sender.letters]
+    assert reasons.count("TooManyFailures") > MAX_FAILURES, reasons
+    assert all(message.acked for message in batch)
+    assert any(
+        "docs/runbooks/journey-records-failing.md" in h[dl.DETAIL] for *_, h in sender.letters
+    )
+    run(role, touchpoint(role, "later", T0 + 100 * MAX_FAILURES, "zed"))  # the next batch: as usual
+    assert "c:zed" in role.shards[0].engine.persons
