@@ -9,6 +9,7 @@ changed. However many browsers watch, ClickHouse answers one set of queries per 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import logging
 import time
 import urllib.error
@@ -17,11 +18,11 @@ import urllib.request
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import UTC, datetime
-from functools import cache
 from typing import Any
 
 import orjson
 from aiohttp import web
+from pydantic import ValidationError
 
 from pipeline.settings import Settings
 from streams.monitoring import alertmanager_credentials, basic_auth_header
@@ -66,6 +67,35 @@ def _link_fields(name: str, value: object) -> dict[str, str | None]:
     return {f"{name}_url": url, f"{name}_text": None if url else text}
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is not followed (urllib would send the credentials on to wherever it
+    points): it is raised as the ``HTTPError`` of the 3xx answer."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` without any ``user:password@``: what a status text may show."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "(the configured URL)"
+    if "@" not in parts.netloc:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def _hide_userinfo(text: str, url: str) -> str:
+    """``text`` (an error quoting ``url``, say) with the URL's userinfo taken out."""
+    netloc = url.split("://", 1)[-1].split("/", 1)[0]
+    userinfo = netloc.rpartition("@")[0]
+    return text.replace(userinfo + "@", "").replace(userinfo, "[redacted]") if userinfo else text
+
+
 def fetch_alerts(
     alertmanager_url: str,
     grafana_url: str | None = None,
@@ -75,18 +105,24 @@ def fetch_alerts(
 ) -> list[dict[str, Any]]:
     """The alerts firing now (not silenced or inhibited), newest first, as the page shows them.
 
-    ``auth``: basic-auth user and password (Alertmanager's web config asks for them). Links
+    ``auth``: basic-auth user and password (Alertmanager's web config asks for them). A
+    redirect is not followed (raised as the 3xx ``HTTPError``): the credentials go only to
+    ``alertmanager_url``. A ``user:password@`` in the URL is sent as basic auth (when ``auth``
+    is None), never as part of the address. Links
     (runbook, dashboard) are passed on only when they are absolute http(s) URLs; anything else
     is given as text (``runbook_text``, ``dashboard_text``) with no URL.
     """
+    parts = urllib.parse.urlsplit(alertmanager_url)
+    if auth is None and parts.username is not None:  # http://user:password@host: basic auth
+        auth = (urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
     url = (
-        alertmanager_url.rstrip("/")
+        without_userinfo(alertmanager_url).rstrip("/")
         + "/api/v2/alerts?active=true&silenced=false&inhibited=false&unprocessed=false"
     )
     request = urllib.request.Request(url)  # noqa: S310 - operator URL
     if auth is not None:
         request.add_header("Authorization", basic_auth_header(*auth))
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+    with _OPENER.open(request, timeout=timeout_s) as response:
         alerts = orjson.loads(response.read())
     shown = []
     for alert in alerts:
@@ -109,14 +145,11 @@ def fetch_alerts(
     return shown
 
 
-@cache
-def _settings() -> Settings:
-    return Settings()
-
-
-def _credentials_from_settings() -> tuple[str, str] | None:
-    """The process's settings (``JW_ALERTMANAGER_*``), when the feed was given no credentials."""
-    return alertmanager_credentials(_settings())
+def _credentials_for(url: str | None) -> tuple[str, str] | None:
+    """The process's settings (``JW_ALERTMANAGER_*``) for the Alertmanager at ``url``, when the
+    feed was given no credentials: whether the local run's password may be sent (loopback
+    only) is decided on ``url``, the address actually called, not on the settings' own."""
+    return alertmanager_credentials(Settings().model_copy(update={"alertmanager_url": url}))
 
 
 class LiveFeed:
@@ -138,7 +171,9 @@ class LiveFeed:
     ) -> None:
         self._compute = compute
         # asked before each fetch: the local run's password file appears after the sink starts
-        self.alertmanager_auth = alertmanager_auth or _credentials_from_settings
+        self.alertmanager_auth = alertmanager_auth or (
+            lambda: _credentials_for(self.alertmanager_url)
+        )
         self._pool = pool
         self.refresh_s = refresh_s
         self.alertmanager_url = alertmanager_url
@@ -188,25 +223,42 @@ class LiveFeed:
                 self._changed = asyncio.Event()
 
     def _alerts(self) -> tuple[list[dict[str, Any]] | None, str]:
-        if not self.alertmanager_url:
+        url = self.alertmanager_url
+        if not url:
             return None, "not configured (set JW_ALERTMANAGER_URL)"
+        alerts, status = self._fetch(url)
+        return alerts, _hide_userinfo(status, url)  # no user:password@ of the URL on the page
+
+    def _fetch(self, url: str) -> tuple[list[dict[str, Any]] | None, str]:
+        shown = without_userinfo(url)
         try:
             auth = self.alertmanager_auth()
-        except OSError as exc:
+        except ValidationError as exc:  # its text may quote a setting's value: names only
+            names = ", ".join(
+                sorted({f"JW_{e['loc'][0]}".upper() for e in exc.errors() if e["loc"]})
+            )
+            return None, f"cannot read the Alertmanager credentials: invalid settings {names}"
+        except (OSError, ValueError) as exc:
             return None, f"cannot read the Alertmanager password: {exc}"
         try:
-            return fetch_alerts(self.alertmanager_url, self.grafana_url, auth=auth), "ok"
+            return fetch_alerts(url, self.grafana_url, auth=auth), "ok"
         except urllib.error.HTTPError as exc:
             if exc.code in (401, 403):
                 return None, (
-                    f"Alertmanager at {self.alertmanager_url} refused "
+                    f"Alertmanager at {shown} refused "
                     + ("the credentials" if auth else "a request without credentials")
                     + f" (HTTP {exc.code}): set JW_ALERTMANAGER_PASSWORD or "
                     "JW_ALERTMANAGER_PASSWORD_FILE"
                 )
-            return None, f"Alertmanager at {self.alertmanager_url} answered HTTP {exc.code}"
-        except (OSError, ValueError, urllib.error.URLError) as exc:
-            return None, f"Alertmanager at {self.alertmanager_url} unreachable: {exc}"
+            if 300 <= exc.code < 400:
+                return None, (
+                    f"Alertmanager at {shown} redirected (HTTP {exc.code}); not followed, "
+                    "the credentials go only to JW_ALERTMANAGER_URL: set it to the address "
+                    "that answers"
+                )
+            return None, f"Alertmanager at {shown} answered HTTP {exc.code}"
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError: OSError
+            return None, f"Alertmanager at {shown} unreachable: {type(exc).__name__}: {exc}"
 
     async def current(self) -> bytes:
         """The newest snapshot, recomputed first when it is older than one refresh."""

@@ -51,6 +51,7 @@ from sinks.metrics import (
 from streams.app import Readiness
 from streams.live import LiveFeed
 from streams.mapexport import FONT_FILES, font_path, map_bytes
+from streams.monitoring import alertmanager_credentials
 from streams.supervisor import RUN_STATUS_FILE, live_summary, read_status, restarts_by_process
 from streams.topics import BY_PERSON, DLQ, EXPERIENCE_MOMENTS, JOURNEY_EVENTS, JOURNEYS_DLQ
 
@@ -162,6 +163,7 @@ class SinkRole:
             settings.live_refresh_s,
             settings.alertmanager_url,
             settings.grafana_url,
+            alertmanager_auth=lambda: alertmanager_credentials(settings),
         )
         self.writer = ClickHouseWriter(
             self.client,

@@ -182,3 +182,101 @@ def test_a_password_file_setting_is_read(tmp_path: Path) -> None:
     assert alertmanager_credentials(local) == ("journeywatch", "local")
     remote = Settings(data_dir=tmp_path, alertmanager_url="http://alertmanager.example:9093")
     assert alertmanager_credentials(remote) is None
+
+
+class _Recorder:
+    """A loopback HTTP server answering every GET with ``status`` (and ``location``),
+    recording each request's Authorization header."""
+
+    def __init__(self, status: int = 200, location: str | None = None) -> None:
+        import http.server
+        import threading
+
+        seen = self.seen = []  # type: list[str | None]
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                seen.append(self.headers.get("Authorization"))
+                self.send_response(status)
+                if location:
+                    self.send_header("Location", location)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"[]")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _feed(url: str | None, auth: Any = None) -> Any:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streams.live import LiveFeed
+
+    return LiveFeed(dict, ThreadPoolExecutor(1), 1.0, url, alertmanager_auth=auth)
+
+
+def test_the_live_feed_never_follows_a_redirect_with_the_credentials() -> None:
+    elsewhere = _Recorder()
+    redirecting = _Recorder(302, f"{elsewhere.url}/api/v2/alerts")
+    try:
+        alerts, status = _feed(redirecting.url, lambda: ("journeywatch", "pw-secret"))._alerts()
+        assert alerts is None and "redirected (HTTP 302)" in status, status
+        assert len(redirecting.seen) == 1 and redirecting.seen[0] is not None
+        assert elsewhere.seen == []  # neither the credentials nor the request went on
+        assert _feed(elsewhere.url, lambda: None)._alerts() == ([], "ok")
+    finally:
+        redirecting.close()
+        elsewhere.close()
+
+
+def test_the_live_feeds_status_never_shows_the_urls_user_and_password() -> None:
+    for url in (
+        "http://am-user:am-secret@127.0.0.1:1",  # unreachable
+        "http://am-user:am-secret@127.0.0.1:notaport",  # invalid
+    ):
+        alerts, status = _feed(url, lambda: None)._alerts()
+        assert alerts is None and "am-secret" not in status and "am-user" not in status, status
+    refusing = _Recorder(401)
+    try:
+        url = refusing.url.replace("//", "//am-user:am-secret@")
+        alerts, status = _feed(url, lambda: None)._alerts()
+        assert "HTTP 401" in status and "am-secret" not in status, status
+        # the URL's user and password went as basic auth, not as part of the address
+        from streams.monitoring import basic_auth_header
+
+        assert refusing.seen == [basic_auth_header("am-user", "am-secret")]
+    finally:
+        refusing.close()
+
+
+def test_the_local_password_is_sent_only_to_a_loopback_url_the_feed_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without credentials given, the feed reads the settings; the local run's password goes
+    only to a loopback Alertmanager, decided on the URL the feed calls (the settings' own
+    JW_ALERTMANAGER_URL may differ); invalid settings are a status on the page, not a crash."""
+    from streams.monitoring import PASSWORD_FILE, ensure_password, monitoring_dir
+
+    for name in list(os.environ):
+        if name.startswith("JW_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("JW_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("JW_ALERTMANAGER_URL", "http://127.0.0.1:9093")  # loopback
+    password = ensure_password(monitoring_dir(Settings()) / PASSWORD_FILE)
+    assert _feed("http://alertmanager.example:9093").alertmanager_auth() is None
+    assert _feed("http://127.0.0.1:9093").alertmanager_auth()[1] == password
+    monkeypatch.setenv("JW_PARTITIONS", "zero")
+    alerts, status = _feed("http://127.0.0.1:1")._alerts()
+    assert alerts is None and "invalid settings JW_PARTITIONS" in status, status
+    # the sink passes its own settings' credentials: sent to its own (same) URL
+    source = (Path(__file__).parents[2] / "streams" / "sink.py").read_text()
+    assert "alertmanager_auth=lambda: alertmanager_credentials(settings)" in source
