@@ -121,7 +121,6 @@ class Collector:
         self.topic = settings.topic(RAW)
         self.producer: AIOKafkaProducer | None = None  # set once connected
         self._connecting: asyncio.Task[None] | None = None
-        self._client_options: dict[str, Any] = {}  # set by start(): configuration errors fail it
         self.requests = LabelCache(COLLECTOR_REQUESTS)
         self.events = LabelCache(COLLECTOR_EVENTS)
 
@@ -146,7 +145,7 @@ class Collector:
 
         The client options are built here: a configuration error (SASL without a user, say)
         raises ``TopicSetupError`` and the process fails at startup, naming it."""
-        self._client_options = kafka_connection(self.settings)
+        kafka_connection(self.settings)  # fails here, naming the setting, when unusable
         self._connecting = asyncio.create_task(self._connect(), name="producer-connect")
 
     async def _connect(self) -> None:
@@ -155,7 +154,7 @@ class Collector:
             producer: AIOKafkaProducer | None = None
             try:
                 producer = AIOKafkaProducer(
-                    **self._client_options,
+                    **kafka_connection(self.settings),
                     acks="all",
                     linger_ms=2,
                     enable_idempotence=False,
