@@ -52,6 +52,17 @@ class Step(NamedTuple):
     done: list[Any]  # input tokens that may be acknowledged once the rest is done
 
 
+class _Join:
+    """The input token of a message carrying several touches (a ``handoff``): it may be
+    acknowledged only once every one of them is applied here or has left in a message, not when
+    the first (or the latest) of them does. Each touch's entry in ``JourneyShard._tokens`` holds
+    the same join; ``left`` counts the touches still waiting."""
+
+    def __init__(self, token: Any, left: int) -> None:
+        self.token = token
+        self.left = left
+
+
 def anchor_key(person_id: str) -> str:
     """The identifier key whose partition a person lives in."""
     if person_id.startswith("c:"):
@@ -161,7 +172,7 @@ class JourneyShard:
             for event_id in applied:
                 waiting = tokens.pop(event_id, None)
                 if waiting:
-                    self._done += waiting
+                    self._settle(waiting)
             applied.clear()
         records: dict[str, bytes | None] = {}
         persons = self.engine.dirty | self._dirty_persons
@@ -181,11 +192,44 @@ class JourneyShard:
     @property
     def held(self) -> int:
         """Input not yet acknowledgeable: held for the watermark, parked or on a local hop."""
-        return sum(len(t) for t in self._tokens.values())
+        joins: set[int] = set()
+        count = 0
+        for waiting in self._tokens.values():
+            for token in waiting:
+                if isinstance(token, _Join):
+                    if id(token) in joins:
+                        continue
+                    joins.add(id(token))
+                count += 1
+        return count
 
     def _wait(self, touch: Touch, token: Any) -> None:
         if token is not None:
             self._tokens.setdefault(touch.event_id, []).append(token)
+
+    def _wait_all(self, touches: list[Touch], token: Any) -> None:
+        """``token`` waits for every one of ``touches`` (see ``_Join``)."""
+        if token is None:
+            return
+        event_ids = list(dict.fromkeys([t.event_id for t in touches]))
+        if len(event_ids) == 1:
+            self._tokens.setdefault(event_ids[0], []).append(token)
+            return
+        join = _Join(token, len(event_ids))
+        for event_id in event_ids:
+            self._tokens.setdefault(event_id, []).append(join)
+
+    def _settle(self, waiting: list[Any]) -> None:
+        """The tokens that waited for a touch now applied here or gone in a message: those
+        that waited only for it may be acknowledged, a join once its last touch settles."""
+        done = self._done
+        for token in waiting:
+            if isinstance(token, _Join):
+                token.left -= 1
+                if token.left == 0:
+                    done.append(token.token)
+            else:
+                done.append(token)
 
     # --- records -------------------------------------------------------------------------------
     def _person_record(self, person: str) -> bytes | None:
@@ -269,8 +313,10 @@ class JourneyShard:
         refused = self.refused
         if refused and touch.event_id in refused:
             tokens = self._tokens.pop(touch.event_id, [])
-            self.refusals.append((touch, tokens))
-            self._done += tokens
+            # the input records that carried only this touch (a hand-off carrying others too
+            # waits for them: acknowledged with its last one)
+            self.refusals.append((touch, [t for t in tokens if not isinstance(t, _Join)]))
+            self._settle(tokens)
             return
         self._outputs += self.engine.submit(self._strip_foreign(person, touch))
 
@@ -290,7 +336,7 @@ class JourneyShard:
         for touch in carried:
             waiting = tokens.pop(touch[0], None)
             if waiting:
-                self._done += waiting
+                self._settle(waiting)
 
     def _follow(self, person: str) -> str:
         """Where a person went: an anonymous person merged into another leaves an alias on its
@@ -540,19 +586,21 @@ class JourneyShard:
         self._reroute(stay)
 
     def _on_handoff(self, data: dict[str, Any], token: Any) -> None:
-        """Merge what the home handed over; ``token`` waits for its last touch (acknowledged
-        once that is applied, so a crash before that replays the hand-off)."""
+        """Merge what the home handed over; ``token`` waits for every touch it carries
+        (acknowledged once each is applied here or has left in a message, so a crash before
+        that replays the hand-off). Waiting only for the latest one lost the others: it can
+        leave again (another identifier to link) while they are still held for the watermark."""
         target = data["person"]
         touches = [_touch(t) for t in data["touches"]]
-        # the touch the message's token waits for (not one refused by the error policy, which
-        # would release the token while the others are still held)
+        # the latest touch, by which a redelivery is recognised (not one refused by the error
+        # policy: never applied)
         refused = self.refused
         kept = [t for t in touches if t.event_id not in refused] if refused else touches
         last = max(kept or touches, key=lambda t: (t.at, t.event_id))
         moved = self._follow(target)
         if moved != target or not self._here(anchor_key(target)):
             # the person itself moved meanwhile: the hand-off follows it
-            self._wait(last, token)
+            self._wait_all(touches, token)
             self._send(anchor_key(moved), data | {"person": moved, "awaits": None})
             if self.awaiting.get(target) == data["awaits"]:
                 self.awaiting.pop(target, None)
@@ -563,6 +611,13 @@ class JourneyShard:
             if data["awaits"] is not None and self.awaiting.get(target) == data["awaits"]:
                 self.awaiting.pop(target)
                 self._dirty_persons.add(target)
+            # The inputs still waiting for its touches are released: a hand-off on a hop within
+            # this partition (a redelivered link answered by a redirect to a person anchored
+            # here) has no token of its own, and the input that sent it waits for its touches.
+            tokens = self._tokens
+            for touch in touches:
+                if touch.event_id in tokens and self.engine.has_applied(target, touch.event_id):
+                    self._settle(tokens.pop(touch.event_id))
             self._release(target)
             if token is not None:
                 self._done.append(token)
@@ -584,7 +639,7 @@ class JourneyShard:
         self._dirty_persons.add(target)
         if data["awaits"] is not None and self.awaiting.get(target) == data["awaits"]:
             self.awaiting.pop(target)
-        self._wait(last, token)
+        self._wait_all(touches, token)
         for touch in touches:
             keys = _keys(touch)
             customer = _customer_of(keys)
