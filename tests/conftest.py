@@ -1,14 +1,23 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from streams.broker import EmbeddedBroker
 from tests.helpers import ClickHouse, free_port
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+# In CI (CI=true) the property tests draw the same examples on every run, so a submission's
+# result does not depend on the draw; locally they draw new ones each run and keep exploring
+# (a failure prints the example to pin with @example).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture()
