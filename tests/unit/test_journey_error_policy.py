@@ -158,18 +158,13 @@ def poisoned_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
     import streams.journeys as journeys
     from pipeline.engine import JourneyEngine
 
-    try:
+    class PoisonedDeadlines(JourneyEngine):
+        def _on_deadline(self, due: int, person_id: str, journey_id: str, out: Any) -> None:
+            person = self.persons.get(person_id)
+            if person is not None and person.last_activity % 1000 == 666:
+                raise ZeroDivisionError(f"poisoned deadline of {person_id}")
+            super()._on_deadline(due, person_id, journey_id, out)
 
-        class PoisonedDeadlines(JourneyEngine):
-            def _on_deadline(self, due: int, person_id: str, journey_id: str, out: Any) -> None:
-                person = self.persons.get(person_id)
-                if person is not None and person.last_activity % 1000 == 666:
-                    raise ZeroDivisionError(f"poisoned deadline of {person_id}")
-                super()._on_deadline(due, person_id, journey_id, out)
-
-        PoisonedDeadlines(CATALOG)
-    except TypeError:  # the compiled engine cannot be subclassed here
-        pytest.skip("needs the plain engine (JW_COMPILED=0)")
     monkeypatch.setattr(journeys, "JourneyEngine", PoisonedDeadlines)
 
 
@@ -177,6 +172,7 @@ def kinds(sender: FakeSender) -> list[tuple[str, str]]:
     return [(h[dl.KIND], h[dl.REASON]) for _, _, h in sender.letters]
 
 
+@pytest.mark.plain_engine
 @pytest.mark.usefixtures("poisoned_deadlines")
 def test_a_poisoned_person_back_with_a_healthy_state_is_kept_at_the_next_rebuild() -> None:
     role, app, sender = make_role()
@@ -203,6 +199,7 @@ def test_a_new_corrupt_value_under_a_key_dead_lettered_before_is_dead_lettered_t
     assert b"\xfe corrupt again" in [v for _, v, _ in sender.letters]
 
 
+@pytest.mark.plain_engine
 @pytest.mark.usefixtures("poisoned_deadlines")
 def test_a_person_poisoned_within_one_batch_costs_no_valid_record() -> None:
     """x is created and its deadline raises in the same batch (never saved): the replay must
