@@ -365,9 +365,7 @@ class EmbeddedRuntime:
             child.log_file = None
         uptime = now - child.started_at
         pid = child.process.pid if child.process else "?"
-        child.last_exit = {"code": code, "description": describe_exit(code), "at": utc_now()}
-        delay = child.history.crashed(now, uptime)
-        self._status_dirty = True
+        delay = self._crashed(child, now, code, describe_exit(code))
         if delay is None:
             message = (
                 f"the {child.name} process crashed {child.history.recent} times within "
@@ -375,21 +373,32 @@ class EmbeddedRuntime:
                 f"last with {describe_exit(code)}"
             )
             if child.essential:
-                child.state = "gave up"
                 raise RuntimeErrorExit(
                     f"{message}; journeywatch run stops. Last lines of {child.log_path} "
                     f"(this run):\n{_tail(child.log_path)}"
                 )
-            child.state = "gave up"
             self.say(f"journeywatch: {message}; not restarting it, the run goes on without it.")
             return
-        child.state = "restarting"
-        child.restarts += 1
-        child.restart_at = now + delay
         self.say(
             f"journeywatch: {child.name} (pid {pid}) exited with {describe_exit(code)} after "
             f"{uptime:.1f} s; restart {child.restarts} in {delay:g} s (log: {child.log_path})"
         )
+
+    def _crashed(
+        self, record: Child, now: float, code: int | None, description: str
+    ) -> float | None:
+        """Record an exit of ``record`` (a child or the simulator): the delay before it starts
+        again, or None when it is in a crash loop (its state is then "gave up")."""
+        record.last_exit = {"code": code, "description": description, "at": utc_now()}
+        delay = record.history.crashed(now, now - record.started_at)
+        self._status_dirty = True
+        if delay is None:
+            record.state = "gave up"
+            return None
+        record.state = "restarting"
+        record.restarts += 1
+        record.restart_at = now + delay
+        return delay
 
     def _check_broker(self) -> None:
         process = self.broker._process if self.broker else None  # no public poll()
@@ -418,20 +427,14 @@ class EmbeddedRuntime:
             return
         error = self.simulator.error
         self.simulator.stop()
-        record.last_exit = {"code": None, "description": f"{error!r}", "at": utc_now()}
-        delay = record.history.crashed(now, now - record.started_at)
-        self._status_dirty = True
+        delay = self._crashed(record, now, None, f"{error!r}")
         if delay is None:
-            record.state = "gave up"
             self.say(
                 f"journeywatch: the simulator failed {record.history.recent} times within "
                 f"{self.policy.window_s:g} s, the last with {error!r}; not restarting it, "
                 "the run goes on without simulated traffic."
             )
             return
-        record.state = "restarting"
-        record.restarts += 1
-        record.restart_at = now + delay
         self.say(
             f"journeywatch: the simulator stopped ({error!r}); restart {record.restarts} in "
             f"{delay:g} s"
