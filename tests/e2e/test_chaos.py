@@ -27,6 +27,7 @@ import http.client
 import json
 import os
 import signal
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -150,6 +151,17 @@ def up_again(tmp_path: Path, name: str, old_pid: int) -> bool:
 
 def kill(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
+
+
+def wait_until_running(run: subprocess.Popen[bytes], tmp_path: Path, output: Path) -> None:
+    """Until the run's status file says it is running (fails at once, quoting its output, if
+    the run exits first)."""
+    wait_until(
+        lambda: status_of(tmp_path).get("state") == "running" or run.poll() is not None,
+        150,
+        "the run to be up",
+    )
+    assert run.poll() is None, output.read_text()
 
 
 def test_children_killed_mid_stream_lose_no_acknowledged_event(tmp_path: Path) -> None:
@@ -337,12 +349,7 @@ def test_a_crash_looping_child_stops_the_run_with_this_runs_log(tmp_path: Path) 
     (logs / "worker-0.log").write_text("Traceback: an error of an earlier run\n")
     output = tmp_path / "run.out"
     with journeywatch_run(env, output) as run:
-        wait_until(
-            lambda: status_of(tmp_path).get("state") == "running" or run.poll() is not None,
-            150,
-            "the run to be up",
-        )
-        assert run.poll() is None, output.read_text()
+        wait_until_running(run, tmp_path, output)
         broker_pid = status_of(tmp_path)["broker"]["pid"]
         killed: list[int] = []
 
@@ -378,12 +385,7 @@ def test_the_embedded_broker_dying_stops_the_run_saying_why(tmp_path: Path) -> N
     env, _ = run_env(tmp_path)
     output = tmp_path / "run.out"
     with journeywatch_run(env, output) as run:
-        wait_until(
-            lambda: status_of(tmp_path).get("state") == "running" or run.poll() is not None,
-            150,
-            "the run to be up",
-        )
-        assert run.poll() is None, output.read_text()
+        wait_until_running(run, tmp_path, output)
         children = [c.pid for c in psutil.Process(run.pid).children()]
         kill(status_of(tmp_path)["broker"]["pid"])
         assert run.wait(90) == 1
