@@ -11,10 +11,19 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.contract import Channel, OutcomeStatus
 
@@ -94,16 +103,77 @@ class JourneyDefinition(_Strict):
         return self
 
 
+# A session (a visit, a call, a chat) ends after this long without activity on its channel,
+# measured from the end of its latest touchpoint (``occurred_at`` + ``duration_ms``).
+DEFAULT_SESSION_GAP_MS: Final[dict[str, int]] = {
+    "web": 30 * 60_000,
+    "app": 30 * 60_000,
+    "chat": 30 * 60_000,
+    "email": 24 * 3_600_000,
+    "social": 24 * 3_600_000,
+    "call_center": 15 * 60_000,
+    "store": 2 * 3_600_000,
+}
+_CHANNELS: Final = tuple(channel.value for channel in Channel)
+
+
+def _per_channel(value: dict[str, int]) -> dict[str, int]:
+    unknown = sorted(set(value) - set(_CHANNELS))
+    if unknown:
+        raise ValueError(
+            f"unknown channel {', '.join(map(repr, unknown))} (channels: {', '.join(_CHANNELS)})"
+        )
+    return value
+
+
 class DetectorSettings(_Strict):
     call_queue_wait: DurationMs = 300_000
     store_queue_wait: DurationMs = 600_000
+    # per channel, a queue wait longer than this is a long_wait (any channel; call_center and
+    # store default to call_queue_wait and store_queue_wait)
+    queue_wait: dict[str, DurationMs] = Field(default_factory=dict)
+    session_gap: dict[str, DurationMs] = Field(default_factory=lambda: dict(DEFAULT_SESSION_GAP_MS))
     slow_page: DurationMs = 5_000
+    low_csat_at_most: int = Field(default=2, ge=1, le=4)  # CSAT 1-5
+    nps_detractor_at_most: int = Field(default=6, ge=0, le=9)  # NPS 0-10
+    negative_sentiment_at_most: float = Field(default=-0.3, ge=-1.0, lt=0.0)  # sentiment -1..1
     repeat_contact_within: DurationMs = 7 * 86_400_000
     channel_switch_within: DurationMs = 1_800_000
     repeated_attempts: int = Field(default=3, ge=2)
     repeated_attempts_within: DurationMs = 120_000
     churn_after: DurationMs = 60 * 86_400_000
     max_customers_per_identifier: int = Field(default=3, ge=1)
+    _queue_waits: dict[str, int] = PrivateAttr(default_factory=dict)
+
+    @field_validator("session_gap")
+    @classmethod
+    def _every_channel_has_a_gap(cls, value: dict[str, int]) -> dict[str, int]:
+        """Channels not named keep their default gap."""
+        return {**DEFAULT_SESSION_GAP_MS, **_per_channel(value)}
+
+    @field_validator("queue_wait")
+    @classmethod
+    def _known_channels(cls, value: dict[str, int]) -> dict[str, int]:
+        return _per_channel(value)
+
+    @model_validator(mode="after")
+    def _one_queue_wait_per_channel(self) -> DetectorSettings:
+        for channel, legacy in (("call_center", "call_queue_wait"), ("store", "store_queue_wait")):
+            if channel in self.queue_wait and legacy in self.model_fields_set:
+                raise ValueError(
+                    f"queue_wait.{channel} and {legacy} both set the {channel} queue wait: keep one"
+                )
+        self._queue_waits = {
+            "call_center": self.call_queue_wait,
+            "store": self.store_queue_wait,
+            **self.queue_wait,
+        }
+        return self
+
+    @property
+    def queue_waits(self) -> dict[str, int]:
+        """The long-wait threshold of each channel that has one."""
+        return self._queue_waits
 
 
 class JourneyCatalog(_Strict):

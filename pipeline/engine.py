@@ -38,15 +38,7 @@ GOAL: Final = -1
 SEQ_BITS: Final = 40  # deadline keys: due << SEQ_BITS | sequence number (unique while queued)
 SEQ_MASK: Final = (1 << SEQ_BITS) - 1
 ASSISTED: Final = frozenset({"call_center", "chat", "email"})
-SESSION_GAP_MS: Final = {
-    "web": 30 * 60_000,
-    "app": 30 * 60_000,
-    "chat": 30 * 60_000,
-    "email": 24 * 3_600_000,
-    "social": 24 * 3_600_000,
-    "call_center": 15 * 60_000,
-    "store": 2 * 3_600_000,
-}
+SESSION_GAP_MS: Final = 30 * 60_000  # a channel's session gap when the journeys file has none
 RECENT_IDS: Final = 64
 _RESPONDING: Final = ASSISTED | {"store"}
 CHANNELS: Final = ("web", "app", "call_center", "store", "chat", "email", "social")
@@ -271,14 +263,17 @@ class PersonState:
 
     def __init__(self) -> None:
         self.journeys: list[JourneyState] = []
-        # per channel: the session's last activity and its hint (call id, visit id)
+        # per channel: when the session's activity ends so far (the latest end of its
+        # touchpoints: occurred_at + duration_ms) and its name (call id, visit id), once a
+        # touchpoint gave one. (States saved before held the latest touchpoint's start here:
+        # read as its end, the same thing for a touchpoint without a duration.)
         self.session_at: dict[str, int] = {}
         self.session_hint: dict[str, str | None] = {}
         # markers of the last RECENT_IDS event ids applied, packed; serialized as ints
         self.recent = b""
         self.failure_at: int | None = None  # the last failure, when one is pending
         self.failure_channel = ""
-        self.contact_at: int | None = None  # the last assisted contact
+        self.contact_at: int | None = None  # start of the last assisted contact (session)
         self.contact_issue = ""
         self.complaint_at: int | None = None
         self.attempt_step = ""  # "touchpoint/action" of the latest step, repeated how often
@@ -695,19 +690,45 @@ class JourneyEngine:
         self._schedule_churn(person_id, person)
 
     def _session(self, person: PersonState, touch: Touch) -> bool:
+        """Whether ``touch`` starts a new session (contact) on its channel.
+
+        A session spans from its first touchpoint to the end of its last (``duration_ms``, or
+        ``wait_ms`` when longer: a queue touchpoint stamped when the wait began), however long:
+        the channel's gap is measured from that end. A call id or a visit id
+        (``session_hint``) names it: the same name continues it at any distance, another name
+        starts a new one; a touchpoint without a name (or a named one in a session that had
+        none yet) continues it within the gap and starts a new one after it."""
         channel = touch.channel
-        last_at = person.session_at.get(channel)
-        if last_at is None:
-            new = True
-        elif touch.session_hint is not None:
-            # A call id or a visit id names the session: one call is one session, however
-            # long its queue.
-            new = touch.session_hint != person.session_hint.get(channel)
+        at = touch.at
+        spent = touch.duration_ms or 0
+        wait = touch.wait_ms
+        if wait is not None and wait > spent:
+            spent = wait
+        end = at + spent
+        hint = touch.session_hint or None
+        sessions = person.session_at
+        last_end = sessions.get(channel)
+        if last_end is None:
+            sessions[channel] = end
+            person.session_hint[channel] = hint
+            return True
+        current = person.session_hint.get(channel)
+        if hint is not None and current is not None:
+            new = hint != current
         else:
-            new = touch.at - last_at > SESSION_GAP_MS.get(channel, 30 * 60_000)
-        if last_at is None or touch.at >= last_at:
-            person.session_at[channel] = touch.at
-            person.session_hint[channel] = touch.session_hint
+            new = at - last_end > self.detectors.session_gap.get(channel, SESSION_GAP_MS)
+        if new:
+            # A late touchpoint (older than what this person did since: touchpoints are
+            # applied in event-time order unless late) of an earlier session leaves the
+            # current session as it is.
+            if at >= person.last_activity:
+                sessions[channel] = end
+                person.session_hint[channel] = hint
+        else:
+            if end > last_end:
+                sessions[channel] = end
+            if current is None and hint is not None:
+                person.session_hint[channel] = hint
         return new
 
     def _negative_kinds(self, person: PersonState, touch: Touch, new_session: bool) -> list[str]:
@@ -720,28 +741,29 @@ class JourneyEngine:
             queue = touch.channel == "call_center" and touch.touchpoint.startswith("queue.")
             kinds.append("call_abandoned" if queue else "abandoned")
         wait = touch.wait_ms
-        if wait is not None and (
-            (touch.channel == "call_center" and wait > d.call_queue_wait)
-            or (touch.channel == "store" and wait > d.store_queue_wait)
-        ):
-            kinds.append("long_wait")
+        if wait is not None:
+            limit = d.queue_waits.get(touch.channel)
+            if limit is not None and wait > limit:
+                kinds.append("long_wait")
         if (
             touch.duration_ms is not None
             and touch.channel in ("web", "app")
             and (touch.action == "view" and touch.duration_ms > d.slow_page)
         ):
             kinds.append("slow_page")
-        if touch.csat is not None and touch.csat <= 2:
+        if touch.csat is not None and touch.csat <= d.low_csat_at_most:
             kinds.append("low_csat")
-        if touch.nps is not None and touch.nps <= 6:
+        if touch.nps is not None and touch.nps <= d.nps_detractor_at_most:
             kinds.append("nps_detractor")
-        if touch.sentiment is not None and touch.sentiment <= -0.3:
+        if touch.sentiment is not None and touch.sentiment <= d.negative_sentiment_at_most:
             kinds.append("negative_sentiment")
         if touch.action == "complain" or touch.touchpoint.endswith(".complaint"):
             kinds.append("complaint")
         if touch.action == "transfer":
             kinds.append("transfer")
         if touch.channel in ASSISTED and new_session:
+            # judged once per contact, at its first touchpoint (_session: a contact is one
+            # session however long it lasts)
             issue = touch.issue or ""
             contact_at = person.contact_at
             if (
@@ -750,8 +772,9 @@ class JourneyEngine:
                 and (not issue or not person.contact_issue or issue == person.contact_issue)
             ):
                 kinds.append("repeat_contact")
-            person.contact_at = touch.at
-            person.contact_issue = issue
+            if contact_at is None or touch.at >= contact_at:  # not a late, older contact
+                person.contact_at = touch.at
+                person.contact_issue = issue
         failed_at = person.failure_at
         if (
             failed_at is not None
@@ -814,7 +837,9 @@ class JourneyEngine:
                 journey.channel = touch.channel
             journey.active_at = max(journey.active_at, touch.at)
             journey.channels |= CHANNEL_BIT.get(touch.channel, 0)
-            if touch.channel in ASSISTED and new_session:
+            # once per contact: at its first touchpoint, or at the first of its touchpoints that
+            # this journey sees (a journey that a contact started part-way has had none yet)
+            if touch.channel in ASSISTED and (new_session or not journey.contacts):
                 journey.contacts += 1
             touched.append(journey)
         if not touched and negatives:
