@@ -238,8 +238,18 @@ def _call(
         nps = survey.randint(0, 6) if csat <= 2 else survey.choice((6, 7, 8, 9, 9, 10, 10))
         if nps <= 6:
             moments.append("nps_detractor")
-    in_call("agent.talk", "resolve", csat=csat, nps=nps)
+    # The agent talks for 2 to 25 minutes (duration_ms), then wraps the call up: many calls
+    # last longer than the call centre's 15-minute session gap, and the wrap-up leg of half
+    # of them carries no call id. Each is still one contact (no repeat_contact, first-contact
+    # resolution kept). Drawn from the call's own generator, like the survey.
+    talk = survey.randint(2 * MINUTE, 25 * MINUTE)
+    in_call("agent.talk", "resolve", csat=csat, nps=nps, duration_ms=talk)
     p.journey("support_case", person, "converted", "diagnosis", *moments, started_at=opened)
+    p.at += talk + survey.randint(30 * SECOND, 3 * MINUTE)
+    wrap_up = {"customer_id": p.customer, "attributes": {"issue": issue}}
+    if survey.random() < 0.5:
+        wrap_up["session_hint"] = hint
+    p.touch("call_center", "call.wrap_up", "wrap_up", **wrap_up)
 
 
 def _support_seeker(p: _Persona) -> None:

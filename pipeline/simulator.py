@@ -203,7 +203,8 @@ def scripted_touches(
                         action,
                         "error" if rng.random() < error_rate else "ok",
                         identifiers=identifiers,
-                        session_hint=f"s{persona}-{index}" if channel == "call_center" else None,
+                        # one call id for the persona's call (a call is one contact)
+                        session_hint=f"s{persona}" if channel == "call_center" else None,
                         duration_ms=rng.randint(100, 6_000) if channel in ("web", "app") else None,
                         wait_ms=rng.choice((30_000, 900_000))
                         if touchpoint == "queue.wait"
