@@ -91,10 +91,19 @@ class Output(NamedTuple):
     """One fact the engine emits. ``output_id`` is deterministic: consumers deduplicate on it.
 
     ``type`` is one of: ``journey`` (name: started, stage_reached, converted, dropped_off,
-    resumed, merged), ``negative_moment`` (name: its kind), ``moment_of_truth`` (name: the
-    MOT; detail.passed), ``score`` (name: peak_end), ``kpi`` (name: conversion, csat, nps,
-    first_contact_resolution, complaint_response, ltv_increment, churn_risk), ``identity``
-    (name: merged, identifier_blocked).
+    resumed, merged, dropoff_retracted), ``negative_moment`` (name: its kind),
+    ``moment_of_truth`` (name: the MOT; detail.passed), ``score`` (name: peak_end), ``kpi``
+    (name: conversion, csat, nps, first_contact_resolution, complaint_response,
+    ltv_increment, churn_risk), ``identity`` (name: merged, identifier_blocked).
+
+    One outcome per journey, revised at most once: a journey ends ``converted``,
+    ``dropped_off`` or ``merged``. A drop-off is reported once, at the stage's deadline; when
+    touchpoints within the definition's ``resume_within`` then convert the journey, the engine
+    emits ``dropoff_retracted`` (key ``dropoff_retracted:<journey_id>``; at, stage and channel
+    those of the drop-off; detail: ``retracts``, the drop-off's output_id, and the converting
+    touchpoint's ``converted_event_id`` and ``converted_at``) just before ``converted``.
+    A journey that resumes and stalls again keeps its one drop-off (no second drop-off, no
+    retraction); ``resumed`` alone revises nothing.
     """
 
     type: str
@@ -158,6 +167,9 @@ class JourneyState:
         "channels",
         "contacts",
         "definition",
+        "dropoff_at",
+        "dropoff_channel",
+        "dropoff_stage",
         "dropped_at",
         "end",
         "journey_id",
@@ -184,6 +196,9 @@ class JourneyState:
         contacts: int = 0,
         negatives: int = 0,
         channel: str = "",
+        dropoff_at: int = 0,
+        dropoff_stage: int = -1,
+        dropoff_channel: str = "",
     ) -> None:
         self.journey_id = journey_id
         self.definition = definition
@@ -198,6 +213,13 @@ class JourneyState:
         self.contacts = contacts  # assisted-channel sessions (first-contact resolution)
         self.negatives = negatives
         self.channel = channel  # channel of its latest progress (labels a drop-off)
+        # The drop-off reported for it (0: none), with its stage and channel as reported: a
+        # conversion retracts exactly that drop-off (same at, stage, channel), however far the
+        # journey moved after resuming. dropoff_stage -1: unknown (state saved before these
+        # fields; the current stage stands in).
+        self.dropoff_at = dropoff_at
+        self.dropoff_stage = dropoff_stage
+        self.dropoff_channel = dropoff_channel
         self.pending_due = 0  # earliest deadline queued for it (not persisted; re-derived)
 
     def to_list(self) -> list[Any]:
@@ -215,10 +237,20 @@ class JourneyState:
             self.contacts,
             self.negatives,
             self.channel,
+            self.dropoff_at,
+            self.dropoff_stage,
+            self.dropoff_channel,
         ]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> JourneyState:
+        if len(data) > 13:
+            dropoff_at, dropoff_stage, dropoff_channel = data[13], data[14], data[15]
+        elif data[6] and not data[5]:  # saved before the drop-off fields, dropped: as reported
+            channel = data[12] if len(data) > 12 else ""
+            dropoff_at, dropoff_stage, dropoff_channel = data[6], data[2], channel
+        else:  # saved before them, resumed (or never dropped): when, not where
+            dropoff_at, dropoff_stage, dropoff_channel = data[6], -1, ""
         return cls(
             data[0],
             data[1],
@@ -233,6 +265,9 @@ class JourneyState:
             data[10],
             data[11],
             data[12] if len(data) > 12 else "",
+            dropoff_at,
+            dropoff_stage,
+            dropoff_channel,
         )
 
 
@@ -936,6 +971,37 @@ class JourneyEngine:
         touch: Touch,
         out: list[Output],
     ) -> None:
+        if journey.dropoff_at:
+            # Its drop-off was reported, then touchpoints within resume_within converted it:
+            # one revision, with the drop-off's own at, stage and channel (so the per-minute
+            # rollups net it out in the key it was counted in) and the drop-off's output_id
+            # (so the sink deletes exactly that row). Key per journey: emitted once.
+            index = journey.definition
+            stage_index = journey.dropoff_stage if journey.dropoff_stage >= 0 else journey.stage
+            out.append(
+                _new(
+                    Output,
+                    (
+                        "journey",
+                        "dropoff_retracted",
+                        f"dropoff_retracted:{journey.journey_id}",
+                        journey.dropoff_at,
+                        person_id,
+                        self._names[index],
+                        journey.journey_id,
+                        self._stage_names[index][stage_index],
+                        journey.dropoff_channel or None,
+                        None,
+                        touch.event_id,
+                        None,
+                        (
+                            ("retracts", _short_hash(f"dropped_off:{journey.journey_id}")),
+                            ("converted_at", touch.at),
+                            ("converted_event_id", touch.event_id),
+                        ),
+                    ),
+                )
+            )
         self._journey_out("converted", person_id, journey, touch, out)
         seconds = (touch.at - journey.started_at) / 1000
         self._emit(out, "kpi", "conversion", person_id, journey, touch, seconds, ())
@@ -1001,11 +1067,13 @@ class JourneyEngine:
         definition = self.definitions[journey.definition]
         if journey.status == "active":
             journey.status = "dropped"
-            already_dropped = journey.dropped_at > 0
             journey.dropped_at = due
             self._schedule(person_id, journey)
-            if already_dropped:
+            if journey.dropoff_at:
                 return  # resumed, then stalled again: a drop-off is reported once per journey
+            journey.dropoff_at = due
+            journey.dropoff_stage = journey.stage
+            journey.dropoff_channel = journey.channel
             stage = definition.stages[journey.stage].name
             out.append(
                 _new(

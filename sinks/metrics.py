@@ -76,6 +76,14 @@ JOURNEYS_DROPPED_OFF = Counter(
     "Journeys that stopped progressing at a stage for longer than it allows.",
     ["journey", "stage", "channel"],
 )
+# A counter only goes up: a drop-off that later touchpoints convert (the engine's
+# dropoff_retracted) is counted here, with the labels of the drop-off it retracts, and net
+# drop-offs are dropped_off - dropoffs_retracted (docs/streaming-topology.md, metrics).
+JOURNEYS_DROPOFFS_RETRACTED = Counter(
+    "jw_journeys_dropoffs_retracted_total",
+    "Drop-offs retracted because the journey then converted (labels: the drop-off's).",
+    ["journey", "stage", "channel"],
+)
 NEGATIVE_MOMENTS = Counter(
     "jw_negative_moments_total", "Negative moments by kind.", ["kind", "channel", "journey"]
 )

@@ -57,6 +57,7 @@ from sinks.metrics import (
     JOURNEY_INPUTS_DONE,
     JOURNEY_STAGE_ENTERED,
     JOURNEYS_CONVERTED,
+    JOURNEYS_DROPOFFS_RETRACTED,
     JOURNEYS_DROPPED_OFF,
     JOURNEYS_STARTED,
     LATE_EVENTS,
@@ -609,6 +610,7 @@ class _Metrics:
         self.entered = LabelCache(JOURNEY_STAGE_ENTERED)
         self.converted = LabelCache(JOURNEYS_CONVERTED)
         self.dropped = LabelCache(JOURNEYS_DROPPED_OFF)
+        self.retracted = LabelCache(JOURNEYS_DROPOFFS_RETRACTED)
         self.negative = LabelCache(NEGATIVE_MOMENTS)
         self.truth = LabelCache(MOMENTS_OF_TRUTH)
         self.latency = LabelCache(OUTPUT_LATENCY)
@@ -623,7 +625,7 @@ class _Metrics:
             for channel in Channel:
                 self.started.get(definition.name, channel.value)
                 for stage in definition.stages:
-                    for cache in (self.entered, self.converted, self.dropped):
+                    for cache in (self.entered, self.converted, self.dropped, self.retracted):
                         cache.get(definition.name, stage.name, channel.value)
 
     def observe(self, o: Output, now: float) -> None:
@@ -644,6 +646,9 @@ class _Metrics:
                 counts[self.dropped.get(journey, stage, channel)] += 1
                 self._latencies[DROPOFF_DELAY].append(max(0.0, now - o.at / 1000))
                 return
+            elif o.name == "dropoff_retracted":
+                counts[self.retracted.get(journey, stage, channel)] += 1
+                return  # at is the drop-off's: not a latency
         elif o.type == "negative_moment":
             counts[self.negative.get(o.name, channel, journey)] += 1
         elif o.type == "moment_of_truth":

@@ -170,6 +170,7 @@ class SinkRole:
             settings.clickhouse_database,
             on_result=_record_write,
             distributed=settings.clickhouse_cluster is not None,
+            cluster=settings.clickhouse_cluster,
         )
 
     def migrate(self) -> None:

@@ -112,11 +112,17 @@ def live_snapshot(
         f"FROM {db}.journey_rollup_1m WHERE {with_baseline} "
         "GROUP BY journey, stage, name, current"
     ).result_rows:
+        # a retracted drop-off (the journey then converted) leaves the drop-offs: the
+        # retraction is in the drop-off's own minute, journey, stage and channel
+        if name == "dropoff_retracted":
+            name, count = "dropped_off", -int(count)
         flow[(journey, stage, name, bool(is_current))] += int(count)
     drops_per_minute: list[int] = [0] * window_minutes
     for minute, count in client.query(
-        f"SELECT minute, uniqExactMerge(outputs) FROM {db}.journey_rollup_1m "
-        f"WHERE {window} AND name = 'dropped_off' GROUP BY minute"
+        f"SELECT minute, uniqExactMergeIf(outputs, name = 'dropped_off') "
+        "- uniqExactMergeIf(outputs, name = 'dropoff_retracted') "
+        f"FROM {db}.journey_rollup_1m "
+        f"WHERE {window} AND name IN ('dropped_off', 'dropoff_retracted') GROUP BY minute"
     ).result_rows:
         drops_per_minute[index[minute.replace(tzinfo=UTC)]] = int(count)
 

@@ -73,6 +73,13 @@ _VIEW_RE = re.compile(
 )
 
 
+_REPLACE_VIEW_RE = re.compile(
+    r"^CREATE OR REPLACE VIEW (?P<name>\w+\.\w+)\s+AS\s+(?P<select>.*)$", re.S
+)
+_ALTER_RE = re.compile(r"^ALTER TABLE (?P<table>\w+\.\w+)\s+(?P<rest>.*)$", re.S)
+_DROP_VIEW_RE = re.compile(r"^DROP VIEW IF EXISTS (?P<name>\w+\.\w+)\s*$")
+
+
 def _view_variant(view: re.Match[str], cluster: str, db: str) -> str:
     """A view on every node. A materialized view is fired by inserts into the shard's local
     table and writes the shard's local table; a plain view reads the Distributed tables."""
@@ -89,11 +96,25 @@ def cluster_variant(statement: str, cluster: str, db: str, shard_by: str) -> lis
     a Distributed table over them, so writers and analysts keep using the same name.
 
     Rows that must collapse together (one ``event_id``) must share a shard: migrations say
-    how with a ``-- shard_by: <expression>`` comment (default ``rand()``).
+    how with a ``-- shard_by: <expression>`` comment (default ``rand()``). ``ALTER TABLE``
+    runs on the local tables and the Distributed ones; ``CREATE OR REPLACE VIEW`` and
+    ``DROP VIEW IF EXISTS`` on every node; an ``INSERT ... SELECT`` (a backfill) runs once,
+    through the Distributed tables.
     """
     view = _VIEW_RE.match(statement)
     if view is not None:
         return [_view_variant(view, cluster, db)]
+    on = f"ON CLUSTER '{cluster}'"
+    replace = _REPLACE_VIEW_RE.match(statement)
+    if replace is not None:  # a plain view: it reads the Distributed tables
+        return [f"CREATE OR REPLACE VIEW {replace['name']} {on} AS\n{replace['select']}"]
+    alter = _ALTER_RE.match(statement)
+    if alter is not None:  # the shards' local tables, then the Distributed table over them
+        table, rest = alter["table"], alter["rest"]
+        return [f"ALTER TABLE {table}_local {on} {rest}", f"ALTER TABLE {table} {on} {rest}"]
+    drop = _DROP_VIEW_RE.match(statement)
+    if drop is not None:
+        return [f"DROP VIEW IF EXISTS {drop['name']} {on}"]
     match = _CREATE_RE.match(statement)
     if match is None:
         if statement.startswith(("CREATE", "ALTER", "DROP")) and " ON CLUSTER " not in statement:

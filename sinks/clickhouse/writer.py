@@ -8,6 +8,13 @@ Idempotence has two layers:
 * every insert carries ``insert_deduplication_token`` derived from table, topic, partition and
   offset range, so a retried insert whose first attempt did land is dropped by ClickHouse, in
   the table and in the materialized views it feeds (tests/integration/test_writer_failures.py).
+
+One outcome per journey: after writing ``journey_events`` rows, the writer deletes (a lightweight
+``DELETE``) every ``dropped_off`` row that a stored ``dropoff_retracted`` revises: the one a
+retraction of the batch names (``detail.retracts``), and a drop-off of the batch whose journey's
+retraction is stored already (a drop-off re-emitted after a worker's crash, or arriving from
+another partition after its retraction). It runs for the whole batch, written now or skipped as
+written before, so a crash between the insert and the delete is repaired by the redelivery.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from clickhouse_connect.driver.client import Client
 
 log = logging.getLogger(__name__)
@@ -45,6 +53,7 @@ class ClickHouseWriter:
         max_backoff_s: float = 10.0,
         on_result: Callable[[str, int, float, bool], None] | None = None,
         distributed: bool = False,
+        cluster: str | None = None,
     ) -> None:
         self._client = client
         self._db = database
@@ -63,6 +72,8 @@ class ClickHouseWriter:
         }
         if distributed:
             self._insert_settings["distributed_foreground_insert"] = 1
+        # a lightweight DELETE runs on the shards' local tables (not through Distributed)
+        self._delete_on = f"{{table}}_local ON CLUSTER '{cluster}'" if cluster else "{table}"
 
     def forget_positions(self) -> None:
         """Drop cached high-water marks (after a rebalance another sink may have written)."""
@@ -92,6 +103,7 @@ class ClickHouseWriter:
             if offset > high_water
         ]
         if not fresh:
+            self._settle_retractions(table, columns, batch)
             return 0
         first = batch.offsets[len(batch.offsets) - len(fresh)]
         last = batch.offsets[-1]
@@ -113,7 +125,49 @@ class ClickHouseWriter:
             if self._on_result:
                 self._on_result(table, len(fresh), time.perf_counter() - started, ok)
         self._high_water[(table, batch.topic, batch.topic_id, batch.partition)] = last
+        self._settle_retractions(table, columns, batch)
         return len(fresh)
+
+    def _settle_retractions(
+        self, table: str, columns: Sequence[str], batch: PartitionBatch
+    ) -> None:
+        """Delete the ``dropped_off`` rows that stored retractions revise (module docstring)."""
+        if table != "journey_events":
+            return
+        name_at, journey_at = columns.index("name"), columns.index("journey_id")
+        output_at, detail_at = columns.index("output_id"), columns.index("detail")
+        doomed: set[str] = set()
+        drops: dict[str, str] = {}  # journey_id → the batch's drop-off output_id
+        for row in batch.rows:
+            if row[name_at] == "dropoff_retracted":
+                retracts = orjson.loads(row[detail_at] or "{}").get("retracts")
+                if retracts:
+                    doomed.add(str(retracts))
+            elif row[name_at] == "dropped_off":
+                drops[str(row[journey_at])] = str(row[output_at])
+        if drops:
+            retracted = self._with_retries(
+                lambda: (
+                    self._client.query(
+                        f"SELECT DISTINCT journey_id FROM {self._db}.{table} "
+                        "WHERE name = 'dropoff_retracted' AND journey_id IN {ids:Array(String)}",
+                        parameters={"ids": sorted(drops)},
+                    ).result_rows
+                ),
+                what=f"read the retractions in {table}",
+            )
+            doomed.update(drops[str(row[0])] for row in retracted if str(row[0]) in drops)
+        if not doomed:
+            return
+        target = f"{self._db}." + self._delete_on.format(table=table)
+        self._with_retries(
+            lambda: self._client.command(
+                f"DELETE FROM {target} WHERE name = 'dropped_off' "
+                "AND output_id IN {ids:Array(String)}",
+                parameters={"ids": sorted(doomed)},
+            ),
+            what=f"delete {len(doomed)} retracted drop-offs from {table}",
+        )
 
     def _with_retries(self, action: Callable[[], Any], what: str) -> Any:
         delay = self._backoff_s

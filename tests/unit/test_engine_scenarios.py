@@ -83,6 +83,7 @@ def test_activity_after_a_drop_off_resumes_and_can_still_convert_without_a_secon
         "dropped_off",
         "resumed",
         "stage_reached",
+        "dropoff_retracted",
         "converted",
     ]
 
