@@ -157,6 +157,18 @@ def dashboard(
 
 
 RATE = "[$__rate_interval]"
+
+
+def dropoffs_per_minute(selector: str, by: str = "") -> str:
+    """Drop-offs per minute net of those retracted (a journey reported dropped off that late
+    touchpoints then converted; jw_journeys_dropoffs_retracted_total, same labels), as the
+    alert rules count them. A segment with no retraction yet has no such series: 0 instead."""
+    group = f"sum by ({by}) " if by else "sum"
+    dropped = f"{group}(rate(jw_journeys_dropped_off_total{{{selector}}}{RATE}))"
+    retracted = f"{group}(rate(jw_journeys_dropoffs_retracted_total{{{selector}}}{RATE}))"
+    return f"({dropped} - ({retracted} or 0 * {dropped})) * 60"
+
+
 JOURNEY_VAR = variable(
     "journey", "Journey", "label_values(jw_journey_stage_entered_total, journey)", False
 )
@@ -205,7 +217,7 @@ def ops() -> dict[str, Any]:
         panel(
             "stat",
             "Drop-offs per minute",
-            [prom(f"sum(rate(jw_journeys_dropped_off_total{{{channel}}}{RATE})) * 60")],
+            [prom(dropoffs_per_minute(channel))],
             width=4,
             height=4,
             unit="short",
@@ -412,13 +424,7 @@ def journey() -> dict[str, Any]:
         panel(
             "timeseries",
             "Drop-offs per minute by stage",
-            [
-                prom(
-                    "sum by (stage) "
-                    f"(rate(jw_journeys_dropped_off_total{{{selector}}}{RATE})) * 60",
-                    "{{stage}}",
-                )
-            ],
+            [prom(dropoffs_per_minute(selector, "stage"), "{{stage}}")],
             width=8,
         ),
         panel(
@@ -550,10 +556,7 @@ def oncall() -> dict[str, Any]:
                 prom(
                     f"sum(rate(jw_journey_stage_entered_total{{{segment}}}{RATE})) * 60", "entered"
                 ),
-                prom(
-                    f"sum(rate(jw_journeys_dropped_off_total{{{segment}}}{RATE})) * 60",
-                    "dropped off",
-                ),
+                prom(dropoffs_per_minute(segment), "dropped off"),
             ],
             width=8,
             description="Few entries make a noisy ratio: the alert needs at least 30.",
