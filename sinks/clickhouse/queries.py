@@ -13,7 +13,8 @@ def _counts(client: Client, sql: str) -> dict[str, int]:
 
 
 def pipeline_stats(client: Client, database: str) -> dict[str, Any]:
-    """Row counts of the fact tables, touchpoints by channel and failures by reason."""
+    """Row counts of the fact tables, touchpoints by channel, failed events by reason and the
+    records the journey agent could not apply (``journey_errors``) by kind."""
     by_channel = _counts(
         client, f"SELECT channel, count() FROM {database}.touchpoints GROUP BY channel"
     )
@@ -25,6 +26,9 @@ def pipeline_stats(client: Client, database: str) -> dict[str, Any]:
         f"SELECT name, uniqExact(output_id) FROM {database}.journey_events "
         "WHERE type = 'journey' GROUP BY name",
     )
+    journey_errors = _counts(
+        client, f"SELECT kind, count() FROM {database}.journey_errors GROUP BY kind"
+    )
     latest = client.query(f"SELECT max(occurred_at) FROM {database}.touchpoints").result_rows[0][0]
     return {
         "touchpoints": sum(by_channel.values()),
@@ -32,6 +36,8 @@ def pipeline_stats(client: Client, database: str) -> dict[str, Any]:
         "touchpoints_by_channel": by_channel,
         "failed_events_by_reason": by_reason,
         "journey_events_by_name": journey_events,
+        "journey_errors": sum(journey_errors.values()),
+        "journey_errors_by_kind": journey_errors,
         "latest_occurred_at": latest.isoformat() + "Z" if by_channel else None,
     }
 

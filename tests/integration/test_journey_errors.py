@@ -154,6 +154,10 @@ def test_a_worker_dead_letters_what_raises_and_finds_the_truth_for_the_rest(
             return rows.get((("table", "journey_errors"),), 0) >= len(letters)
 
         wait_until(stored, 60, "the sink to store journeys.dlq in journey_errors", 0.5)
+        # the status API counts them too, by kind
+        stats = topology.stats()
+        assert stats["journey_errors_by_kind"] == {"touchpoint": 2, "handoff": 3, "state": 2}
+        assert stats["journey_errors"] == 7
     finally:
         producer.close()
         topology.stop()
