@@ -395,7 +395,12 @@ class JourneyEngine:
         self.persons: dict[str, PersonState] = {}
         self.counters = EngineCounters()
         self.watermark = -(2**62)
-        self.max_event_time = -(2**62)
+        self.max_event_time = -(2**62)  # (each touch counts at most at its received_at)
+        # the watermark the input alone allows (highest event time minus the lateness, or the
+        # idle advance), and the upper bound the partition's peers allow (pipeline/shard.py:
+        # watermark alignment); the watermark is the lower of the two. Unbounded by default.
+        self.candidate = -(2**62)
+        self.bound = 2**62
         self._last_input_wall: int | None = None
         # held touches in event-time order: entries (at, event_id, seq, touch, keys). Most
         # arrive in order and go to the deque (no heap work); the others to the heap.
@@ -437,9 +442,13 @@ class JourneyEngine:
         self._seq += 1
         entry = (touch.at, touch.event_id, self._seq, touch, _keys(touch))
         self._queue(entry)
-        if touch.at > self.max_event_time:
-            self.max_event_time = touch.at
-            return self.advance(self.max_event_time - self.lateness)
+        latest = touch.at
+        received = touch.received_at
+        if received is not None and received < latest:
+            latest = received  # a fast device clock does not move the watermark past ours
+        if latest > self.max_event_time:
+            self.max_event_time = latest
+            return self._to_candidate(latest - self.lateness)
         return []
 
     def submit_batch(self, touches: list[Touch], wall_ms: int | None = None) -> list[Output]:
@@ -458,12 +467,15 @@ class JourneyEngine:
                 continue
             seq += 1
             self._queue((at, touch.event_id, seq, touch, keys))
+            received = touch.received_at
+            if received is not None and received < at:
+                at = received  # (as in ``submit``)
             if at > latest:
                 latest = at
         self._seq = seq
         if latest > self.max_event_time:
             self.max_event_time = latest
-            out += self.advance(latest - self.lateness)
+            out += self._to_candidate(latest - self.lateness)
         return out
 
     def _queue(self, entry: Pending) -> None:
@@ -506,7 +518,17 @@ class JourneyEngine:
         idle = wall_ms - self._last_input_wall
         if idle < self.idle_after:
             return []
-        return self.advance(self.max_event_time - self.lateness + idle)
+        return self._to_candidate(self.max_event_time - self.lateness + idle)
+
+    def _to_candidate(self, candidate: int) -> list[Output]:
+        """Raise the candidate watermark to ``candidate`` and advance within ``bound``."""
+        if candidate > self.candidate:
+            self.candidate = candidate
+        return self.advance(min(self.candidate, self.bound))
+
+    def release(self) -> list[Output]:
+        """Advance as far as the candidate and the bound now allow (``bound`` was raised)."""
+        return self.advance(min(self.candidate, self.bound))
 
     def advance(self, watermark: int) -> list[Output]:
         """Apply every held event and fire every deadline up to ``watermark``, in time order."""
