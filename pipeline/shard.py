@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -43,6 +43,13 @@ from pipeline.touch import Touch
 
 CUSTOMER_PREFIX = "customer_id:"
 MAX_HOPS = 16
+NEVER: Final = -(2**62)  # an event time before any other (the watermark of a new engine)
+FOREVER: Final = 2**62  # an event time after any other (no bound)
+# A touch in a hand-off message is a positional list of its fields up to ``issue``: workers of
+# the previous version construct ``Touch(*fields)`` and know no more. ``received_at`` travels
+# beside the touches (``received``), so every version reads every message.
+WIRE_FIELDS: Final = 17
+HEARTBEAT_MS: Final = 2_000  # a frontier is sent at least this often, changed or not
 
 
 class Step(NamedTuple):
@@ -50,6 +57,19 @@ class Step(NamedTuple):
     sends: list[tuple[str, bytes]]  # (key, value) for the hand-off topic
     records: dict[str, bytes | None]  # state records to save (None: delete)
     done: list[Any]  # input tokens that may be acknowledged once the rest is done
+    # (partition, value) for the hand-off topic, after ``sends``: frontiers (watermark alignment)
+    notices: list[tuple[int, bytes]]
+
+
+class _Sent:
+    """A hand-off message sent to another partition and not yet known to be absorbed there
+    (its touches submitted to the engine, or gone on from there and absorbed further on)."""
+
+    def __init__(self, to: int, at: int, inputs: list[int]) -> None:
+        self.to = to
+        self.at = at  # the earliest event time of the touches it carries
+        self.offset = -1  # in the destination's hand-off partition, once produced (an upper bound)
+        self.inputs = inputs  # offsets of this partition's hand-off input waiting for it
 
 
 class _Join:
@@ -83,21 +103,36 @@ def _customer_of(keys: list[str]) -> str | None:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, Touch):
+        return list(value[:WIRE_FIELDS])
     if isinstance(value, tuple):
         return list(value)
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
-def _touch(data: list[Any]) -> Touch:
+def _touch(data: list[Any], received: Any = None) -> Touch:
     data[7] = tuple(tuple(pair) for pair in data[7])
-    return Touch(*data)
+    touch = Touch(*data)
+    if isinstance(received, int) and len(data) <= WIRE_FIELDS:
+        return touch._replace(received_at=received)
+    return touch
+
+
+def _received(touches: list[Any]) -> list[int | None] | None:
+    """The ``received_at`` of touches about to travel (None when none has one)."""
+    found = [t.received_at if isinstance(t, Touch) else None for t in touches]
+    return found if any(r is not None for r in found) else None
 
 
 class JourneyShard:
     """The engine of one partition plus the identity hand-off protocol."""
 
     def __init__(
-        self, engine: JourneyEngine, partition: int, partition_of: Callable[[str], int]
+        self,
+        engine: JourneyEngine,
+        partition: int,
+        partition_of: Callable[[str], int],
+        partitions: int = 0,
     ) -> None:
         self.engine = engine
         engine.applied = []
@@ -117,7 +152,8 @@ class JourneyShard:
         self._done: list[Any] = []
         self._dirty_persons: set[str] = set()
         self._dirty_ids: set[str] = set()
-        self._local: deque[tuple[bytes, Any]] = deque()  # messages to this same partition
+        # messages to this same partition, with the earliest event time they carry
+        self._local: deque[tuple[bytes, int]] = deque()
         # told the event ids each drain found applied (duplicates included), when set (tests)
         self.on_applied: Callable[[list[str]], None] | None = None
         # The error policy (streams/journeys.py): touches whose application raised, never
@@ -125,45 +161,268 @@ class JourneyShard:
         # waited for it (acknowledged with the rest once its dead letter is out).
         self.refused: set[str] = set()
         self.refusals: list[tuple[Touch, list[Any]]] = []
+        # Watermark alignment (docs/streaming-topology.md, "Time"), when ``partitions`` is given
+        # (0: off, the engine's watermark follows its own input alone).
+        self.partitions = partitions
+        self.peers: dict[int, int] = {}  # partition → the last frontier it sent here
+        self._their: dict[int, int] = {}  # partition → the candidate part of that frontier
+        # the candidate part of our frontier never goes back, across restarts too: the highest
+        # our peers say we told them (a restarted partition learns it from their answers)
+        self._floor = NEVER
+        self._outstanding: dict[int, deque[_Sent]] = {}  # by destination, in production order
+        self._unplaced: list[_Sent] = []  # sent since the adapter last said where (``produced``)
+        self._origins: dict[str, list[int]] = {}  # event id → hand-off input offsets waiting
+        self._open: dict[int, int] = {}  # hand-off input offset → its touches not absorbed yet
+        self._next_input = 0  # past the highest hand-off input offset seen (or committed)
+        self._told: dict[int, tuple[int, int, int, int]] = {}  # partition → what it was told
+        self._told_at = NEVER
+        self._hello: set[int] = set()  # peers that asked for our frontier (they restarted)
+        self._first_wall: int | None = None
+        # the highest event time of this partition's own input (at most its received_at), and
+        # since when (wall clock, noticed by ``tick``) it has not moved: a partition whose
+        # touchpoints all go on to other partitions still promises its candidate from them
+        self._seen = NEVER
+        self._seen_ticked = NEVER
+        self._seen_since = NEVER
+        self._input_candidate = NEVER
+        self._quiet = False  # no touch ever, idle since start: our candidate holds nobody back
+        self._notices: list[tuple[int, bytes]] = []
+        self.taken = 0  # touches taken out of the engine with a person handed to another partition
+        if partitions > 1:
+            engine.bound = NEVER  # until every other partition has been heard from
 
     # --- input ---------------------------------------------------------------------------------
     def touch(self, touch: Touch, token: Any) -> None:
         """A touchpoint from ``touchpoints.by_person`` (keyed by its first identifier)."""
+        at = touch.at
+        received = touch.received_at
+        if received is not None and received < at:
+            at = received
+        if at > self._seen:  # (the input's own candidate: touches forwarded count too)
+            self._seen = at
         self._wait(touch, token)
         self._route(touch, None)
 
-    def message(self, raw: bytes, token: Any) -> None:
-        """A message from the hand-off topic."""
+    def message(self, raw: bytes, token: Any, offset: int = -1) -> None:
+        """A message from the hand-off topic (``offset``: its offset in this partition, for
+        watermark alignment; -1 for a message on a hop within this partition)."""
         self.messages += 1
         data = orjson.loads(raw)
         kind = data["kind"]
+        if kind == "frontier":
+            self._on_frontier(data)
+            if token is not None:
+                self._done.append(token)
+            return
+        if offset >= 0 and self.partitions:
+            self._note(data, offset)
         # The message's token waits for the touch it carries: acknowledged once that touch is
         # applied here or has left in a message to another partition (a local hop keeps it).
         if kind == "forward":
-            touch = _touch(data["touch"])
+            touch = _touch(data["touch"], data.get("received"))
             self._wait(touch, token)
             self._route(touch, data["person"])
         elif kind == "link":
-            touch = _touch(data["touch"])
+            touch = _touch(data["touch"], data.get("received"))
             self._wait(touch, token)
             self._on_link(data["key"], data["person"], touch, data["awaits"])
         elif kind == "handoff":
             self._on_handoff(data, token)
         elif kind == "redirect":
-            touch = _touch(data["touch"])
+            touch = _touch(data["touch"], data.get("received"))
             self._wait(touch, token)
             self._on_redirect(data["person"], data["to"], touch, data["awaits"])
         else:
             raise ValueError(f"unknown hand-off message kind {kind!r}")
 
     def tick(self, wall_ms: int) -> None:
+        if not self.partitions:
+            self._outputs += self.engine.tick(wall_ms)
+            return
+        if self._first_wall is None:
+            self._first_wall = wall_ms
+        self._rebound()
         self._outputs += self.engine.tick(wall_ms)
+        engine = self.engine
+        if self._seen != self._seen_ticked:
+            self._seen_ticked, self._seen_since = self._seen, wall_ms
+        if self._seen > NEVER:  # as the engine's own candidate, idle advance included
+            idle = wall_ms - self._seen_since
+            candidate = self._seen - engine.lateness + (idle if idle >= engine.idle_after else 0)
+            if candidate > self._input_candidate:
+                self._input_candidate = candidate
+        self._quiet = (
+            engine.max_event_time == NEVER
+            and self._seen == NEVER
+            and wall_ms - self._first_wall >= engine.idle_after
+        )
+        self._tell(wall_ms)
+
+    # --- watermark alignment --------------------------------------------------------------------
+    def resume(self, committed: int) -> None:
+        """Where this partition's hand-off input is committed: everything before it was
+        absorbed (or sent on) by an earlier owner, and is reported processed."""
+        if committed > self._next_input:
+            self._next_input = committed
+
+    def produced(self, offsets: list[int]) -> None:
+        """The adapter's answer for the hand-off messages (``sends``) of the steps drained
+        since the last call: the offset each was written at, in order. (Exact offsets: an
+        upper bound, such as the last offset of the batch, can make two partitions wait for
+        each other's next message.)"""
+        for sent, offset in zip(self._unplaced, offsets, strict=False):
+            sent.offset = offset
+        self._unplaced = []
+
+    @property
+    def frontier(self) -> int:
+        """No touch this partition sends from now on is earlier than this, unless it came
+        late to this partition: the lower of its candidate watermark and every touch it holds
+        outside the engine (parked, on a local hop) or has sent and not seen absorbed."""
+        held = self._held()
+        candidate = self._candidate()
+        return held if held < candidate else candidate
+
+    def _candidate(self) -> int:
+        if self._quiet:
+            return FOREVER
+        return max(self.engine.candidate, self._input_candidate, self._floor)
+
+    @property
+    def processed(self) -> int:
+        """Every hand-off input record before this offset is absorbed (its touches are in the
+        engine here, or went on and were absorbed where they went) but those still ``open``.
+        (Not a low-water mark: a record open here must not hold back the report of a later one
+        that its own relay waits for, or two partitions wait for each other.)"""
+        return self._next_input
+
+    @property
+    def outstanding(self) -> int:
+        return sum(len(queue) for queue in self._outstanding.values())
+
+    def _held(self) -> int:
+        low = FOREVER
+        for touches in self.parked.values():
+            for touch in touches:
+                if touch.at < low:
+                    low = touch.at
+        for _, at in self._local:
+            if at < low:
+                low = at
+        for queue in self._outstanding.values():
+            for sent in queue:
+                if sent.at < low:
+                    low = sent.at
+        return low
+
+    def _lower(self, at: int) -> None:
+        """A touch is now held outside the engine: the watermark stays before it."""
+        if self.partitions and at < self.engine.bound:
+            self.engine.bound = at
+
+    def _rebound(self) -> None:
+        """The engine's bound: what this partition holds outside the engine and the last
+        frontier of every other partition (none heard yet from one: the watermark waits)."""
+        bound = self._held()
+        if len(self.peers) < self.partitions - 1:
+            bound = NEVER
+        else:
+            for frontier in self.peers.values():
+                if frontier < bound:
+                    bound = frontier
+        self.engine.bound = bound
+        self._outputs += self.engine.release()
+
+    def _tell(self, wall_ms: int) -> None:
+        """Send this partition's frontier to every other partition when it changed, when one
+        asked for it, and at least every ``HEARTBEAT_MS``."""
+        frontier, processed = self.frontier, self.processed
+        candidate = self._candidate()
+        still = sorted(self._open)
+        now = (frontier, processed, len(still), still[0] if still else -1)
+        beat = wall_ms - self._told_at >= HEARTBEAT_MS
+        if beat:
+            self._told_at = wall_ms
+        hello = len(self.peers) < self.partitions - 1
+        for partition in range(self.partitions):
+            if partition == self.partition:
+                continue
+            if not beat and self._told.get(partition) == now and partition not in self._hello:
+                continue
+            message: dict[str, Any] = {
+                "kind": "frontier",
+                "from": self.partition,
+                "frontier": frontier,
+                "candidate": candidate,
+                "processed": processed,
+                "open": still,
+            }
+            if partition in self._their:
+                message["yours"] = self._their[partition]
+            if hello:
+                message["hello"] = True
+            self._notices.append((partition, orjson.dumps(message)))
+            self._told[partition] = now
+        self._hello.clear()
+
+    def _on_frontier(self, data: dict[str, Any]) -> None:
+        sender = int(data["from"])
+        if sender == self.partition or not self.partitions:
+            return
+        if "frontier" in data:
+            self.peers[sender] = int(data["frontier"])
+            self._their[sender] = int(data["candidate"])
+        yours = data.get("yours")
+        if isinstance(yours, int) and yours > self._floor:
+            self._floor = yours
+        processed = int(data["processed"])
+        still = set(data.get("open") or ())
+        queue = self._outstanding.get(sender)
+        if queue:
+            kept: deque[_Sent] = deque()
+            for sent in queue:
+                if 0 <= sent.offset < processed and sent.offset not in still:
+                    for offset in sent.inputs:
+                        self._close(offset)
+                else:
+                    kept.append(sent)
+            self._outstanding[sender] = kept
+        if data.get("hello"):
+            self._hello.add(sender)
+        self._rebound()
+
+    def _note(self, data: dict[str, Any], offset: int) -> None:
+        """A hand-off input record: open until each touch it carries is absorbed."""
+        if offset >= self._next_input:
+            self._next_input = offset + 1
+        carried = data.get("touches") or [data["touch"]]
+        origins, opened = self._origins, self._open
+        opened[offset] = opened.get(offset, 0) + len(carried)
+        for touch in carried:
+            origins.setdefault(str(touch[0]), []).append(offset)
+
+    def _absorbed(self, event_id: str) -> None:
+        """A touch is in the engine here (or refused): its hand-off inputs are done with it."""
+        if self._origins:
+            offsets = self._origins.pop(event_id, None)
+            if offsets:
+                for offset in offsets:
+                    self._close(offset)
+
+    def _close(self, offset: int) -> None:
+        left = self._open.get(offset, 0) - 1
+        if left > 0:
+            self._open[offset] = left
+        else:
+            self._open.pop(offset, None)
 
     def drain(self) -> Step:
         """What this partition must now do, in order (see the module documentation)."""
         while self._local:
-            raw, token = self._local.popleft()
-            self.message(raw, token)
+            raw, _ = self._local.popleft()
+            self.message(raw, None)
+        if self.partitions:
+            self._rebound()
         applied = self.engine.applied
         if applied:
             if self.on_applied is not None:
@@ -185,8 +444,8 @@ class JourneyShard:
         self._dirty_persons = set()
         self._dirty_ids = set()
         self.graph.changed = set()
-        step = Step(self._outputs, self._sends, records, self._done)
-        self._outputs, self._sends, self._done = [], [], []
+        step = Step(self._outputs, self._sends, records, self._done, self._notices)
+        self._outputs, self._sends, self._done, self._notices = [], [], [], []
         return step
 
     @property
@@ -310,6 +569,8 @@ class JourneyShard:
 
     def _submit(self, person: str, touch: Touch) -> None:
         """Hand a touch of ``person`` (anchored here) to the engine's watermark."""
+        if self._origins:
+            self._absorbed(touch.event_id)
         refused = self.refused
         if refused and touch.event_id in refused:
             tokens = self._tokens.pop(touch.event_id, [])
@@ -325,18 +586,37 @@ class JourneyShard:
         return self.partition_of(key) == self.partition
 
     def _send(self, key: str, body: dict[str, Any]) -> None:
+        carried = body.get("touches") or [body["touch"]]
+        if "received" not in body:
+            received = _received(carried)
+            if received is not None:
+                body["received"] = received if "touches" in body else received[0]
         raw = orjson.dumps(body, default=_plain)
+        at = min(int(touch[1]) for touch in carried)
         if self._here(key):
-            self._local.append((raw, None))
+            self._local.append((raw, at))
+            self._lower(at)
             return
         self._sends.append((key, raw))
         # the touches it carries are safe once the broker has it: their input may be acknowledged
         tokens = self._tokens
-        carried = body.get("touches") or [body["touch"]]
         for touch in carried:
             waiting = tokens.pop(touch[0], None)
             if waiting:
                 self._settle(waiting)
+        if self.partitions:
+            # outstanding until the destination says it absorbed it; the hand-off inputs that
+            # brought its touches here wait for that too
+            inputs: list[int] = []
+            if self._origins:
+                for touch in carried:
+                    offsets = self._origins.pop(str(touch[0]), None)
+                    if offsets:
+                        inputs += offsets
+            sent = _Sent(self.partition_of(key), at, inputs)
+            self._outstanding.setdefault(sent.to, deque()).append(sent)
+            self._unplaced.append(sent)
+            self._lower(at)
 
     def _follow(self, person: str) -> str:
         """Where a person went: an anonymous person merged into another leaves an alias on its
@@ -409,6 +689,7 @@ class JourneyShard:
             return
         if person in self.awaiting:
             self.parked.setdefault(person, []).append(touch)
+            self._lower(touch.at)
             return
         key = self._needs_link(person, keys)
         if key is not None:
@@ -435,6 +716,9 @@ class JourneyShard:
     ) -> tuple[list[Any] | None, list[str], list[Touch]]:
         """Remove a person anchored here, with its held and parked touches (they travel on)."""
         record, members, held = self.engine.extract(person, also)
+        # (touches out of the engine: counted in no frontier before, so they may reach their
+        # destination behind its watermark; docs/streaming-topology.md, "Time")
+        self.taken += len(held)
         held += self.parked.pop(person, [])
         self.awaiting.pop(person, None)
         self.foreign.pop(person, None)
@@ -591,7 +875,8 @@ class JourneyShard:
         that replays the hand-off). Waiting only for the latest one lost the others: it can
         leave again (another identifier to link) while they are still held for the watermark."""
         target = data["person"]
-        touches = [_touch(t) for t in data["touches"]]
+        received = data.get("received") or [None] * len(data["touches"])
+        touches = [_touch(t, r) for t, r in zip(data["touches"], received, strict=False)]
         # the latest touch, by which a redelivery is recognised (not one refused by the error
         # policy: never applied)
         refused = self.refused
@@ -618,6 +903,7 @@ class JourneyShard:
             for touch in touches:
                 if touch.event_id in tokens and self.engine.has_applied(target, touch.event_id):
                     self._settle(tokens.pop(touch.event_id))
+                self._absorbed(touch.event_id)  # (in the engine since the first delivery)
             self._release(target)
             if token is not None:
                 self._done.append(token)

@@ -30,6 +30,10 @@ class Touch(NamedTuple):
     revenue: float | None = None
     currency: str | None = None
     issue: str | None = None  # attributes.issue: what a contact is about (repeat contacts)
+    # when the platform received it, epoch milliseconds (the collector's clock): a touch moves
+    # its partition's watermark at most up to here, so a fast device clock cannot. Last, with a
+    # default: hand-off messages carry touches as positional lists (pipeline/shard.py).
+    received_at: int | None = None
 
     @classmethod
     def from_canonical(cls, data: dict[str, Any]) -> Touch:
@@ -42,7 +46,7 @@ class Touch(NamedTuple):
         revenue = get("revenue")
         fields = (
             data["event_id"],
-            int(datetime.fromisoformat(data["occurred_at"]).timestamp() * 1000),
+            _millis(data["occurred_at"]),
             data["channel"],
             data["touchpoint"],
             data["action"],
@@ -58,6 +62,7 @@ class Touch(NamedTuple):
             float(revenue) if revenue is not None else None,
             get("currency"),
             str(issue) if issue is not None else None,
+            _millis(received) if (received := get("received_at")) else None,
         )
         return _new(cls, fields)  # every field given: NamedTuple's Python __new__ skipped
 
@@ -85,4 +90,10 @@ class Touch(NamedTuple):
             revenue=float(event.revenue) if event.revenue is not None else None,
             currency=event.currency,
             issue=str(issue) if issue is not None else None,
+            received_at=int(event.received_at.timestamp() * 1000),
         )
+
+
+def _millis(text: str) -> int:
+    """An ISO 8601 time of the canonical JSON as epoch milliseconds."""
+    return int(datetime.fromisoformat(text).timestamp() * 1000)

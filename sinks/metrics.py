@@ -144,6 +144,12 @@ JOURNEY_INPUTS_DONE = Counter(
 CONSUMER_LAG = Gauge(
     "jw_consumer_lag", "Records not yet processed, per topic and partition.", ["topic", "partition"]
 )
+WATERMARK_ALIGNMENT_LAG = Gauge(
+    "jw_watermark_alignment_lag_seconds",
+    "Event time by which watermark alignment holds a partition's watermark behind what its own "
+    "input allows (a peer partition behind, or a touch in flight).",
+    ["partition"],
+)
 COLLECTOR_REQUESTS = Counter(
     "jw_collector_requests_total", "HTTP requests to POST /v1/events by status code.", ["status"]
 )

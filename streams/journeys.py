@@ -38,7 +38,7 @@ from typing import Any
 
 import faust
 import orjson
-from faust.types import Message
+from faust.types import TP, Message
 
 from pipeline.contract import Channel
 from pipeline.deadletter import Failure, failure_headers, failure_of
@@ -65,6 +65,7 @@ from sinks.metrics import (
     NEGATIVE_MOMENTS,
     OUTPUT_LATENCY,
     SWEEP_SECONDS,
+    WATERMARK_ALIGNMENT_LAG,
     LabelCache,
     observe_many,
 )
@@ -249,7 +250,7 @@ class JourneyRole:
                 if message.topic == by_person:
                     shard.touch(touch, message)
                 else:
-                    shard.message(raw, message)
+                    shard.message(raw, message, message.offset)
             except MemoryError:  # the worker's, not a record's: stops the batch
                 raise
             except Exception as exc:  # a record's failure is data: the error policy
@@ -264,7 +265,7 @@ class JourneyRole:
         if message.topic == self.by_person:
             shard.touch(touch_of(raw), message)
         else:
-            shard.message(raw, message)
+            shard.message(raw, message, message.offset)
 
     def _drain(self, partition: int) -> Step:
         """The partition's step, with what a rebuild did and the touches refused since."""
@@ -351,7 +352,7 @@ class JourneyRole:
             ) from error
         shard.engine.quarantined = set()  # (a person back after its drop is a new one)
         self.shards[partition] = shard
-        step = Step([], [], {}, [])
+        step = Step([], [], {}, [], [])
         for done in steps:
             step = _merge(step, done)
         for key, failure in poisoned.items():
@@ -454,8 +455,14 @@ class JourneyRole:
             idle_after_ms=int(self.settings.idle_after_s * 1000),
         )
         partitions = self.partitions
-        shard = JourneyShard(engine, partition, lambda key: kafka_partition(key, partitions))
+        shard = JourneyShard(
+            engine, partition, lambda key: kafka_partition(key, partitions), partitions
+        )
         shard.refused = set(self._refused[partition])
+        # hand-off input before the committed offset was absorbed by an earlier owner (watermark
+        # alignment: reported processed, so its senders stop waiting for it)
+        committed = getattr(self.app.consumer, "_committed_offset", {})
+        shard.resume(committed.get(TP(self.handoff, partition)) or 0)
         prefix = f"{partition}|".encode()
         started = time.perf_counter()
         # Faust's RocksDB store lists only the partition databases it has opened; after a
@@ -504,7 +511,10 @@ class JourneyRole:
         now = time.time()
         journey_events, moments, observe = self.journey_events, self.moments, self._metrics.observe
         handoffs: Tally[str] = Tally()
-        for step in steps.values():
+        written: Tally[int] = Tally()  # hand-off records added per partition of the topic
+        placed: dict[int, list[tuple[int, int]]] = {}  # per step: (partition, index) per send
+        for partition, step in steps.items():
+            places = placed[partition] = []
             for output in step.outputs:
                 topic = journey_events if output.type in JOURNEY_OUTPUT_TYPES else moments
                 key = output.journey_id or output.person_id
@@ -514,10 +524,29 @@ class JourneyRole:
                 handoffs[_kind(message)] += 1
                 target = kafka_partition(route, self.partitions)
                 sender.add(self.handoff, target, route.encode(), message)
+                places.append((target, written[target]))
+                written[target] += 1
+            # frontiers after the sends: a partition reads what we sent before what we say later
+            for target, message in step.notices:
+                handoffs["frontier"] += 1
+                sender.add(self.handoff, target, None, message)
+                written[target] += 1
         self._metrics.flush()
         for kind, count in handoffs.items():
             HANDOFF_MESSAGES.labels(kind).inc(count)
-        await sender.send()
+        last = await sender.send()
+        # each hand-off message's offset (a partition's records keep the order they were added
+        # in, and its last one is at ``last``): the shards wait for their destinations to
+        # report them absorbed (watermark alignment)
+        for partition, places in placed.items():
+            shard = self.shards.get(partition)
+            if shard is not None and places:
+                shard.produced(
+                    [
+                        last[TP(self.handoff, target)] - (written[target] - 1 - index)
+                        for target, index in places
+                    ]
+                )
         await self._state.write(
             {
                 partition: [
@@ -573,9 +602,14 @@ class JourneyRole:
     def _refresh_gauges(self) -> None:
         active: Tally[tuple[str, str]] = Tally()
         late = 0
-        for shard in self.shards.values():
+        for partition, shard in self.shards.items():
             engine = shard.engine
             late += engine.counters.late_events
+            # how far alignment holds the watermark behind what its own input allows
+            behind = (
+                max(0, engine.candidate - engine.watermark) if engine.watermark > -(2**62) else 0
+            )
+            WATERMARK_ALIGNMENT_LAG.labels(str(partition)).set(behind / 1000)
             for person in engine.persons.values():
                 for journey in person.journeys:
                     if journey.status == "active":
@@ -685,12 +719,13 @@ def _merge(first: Step, then: Step) -> Step:
         first.sends + then.sends,
         first.records | then.records,
         first.done + then.done,
+        first.notices + then.notices,
     )
 
 
 def _kind(value: bytes) -> str:
     head = value[:24]
-    for kind in ("forward", "link", "handoff", "redirect"):
+    for kind in ("forward", "link", "handoff", "redirect", "frontier"):
         if kind.encode() in head:
             return kind
     return "other"
