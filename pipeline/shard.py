@@ -23,9 +23,18 @@ that it reaches the partition that must act on it:
 * ``redirect``: the identifier belongs to a known customer and the asking person is anonymous:
   the anonymous person moves to the customer (its partition sends the ``handoff``).
 
+A fifth message, ``frontier``, keeps the partitions' watermarks aligned: each partition tells
+every other one (by explicit partition, not by key) the earliest event time it may still send
+(its *frontier*: its candidate watermark, the touches it holds outside its engine and those it
+has sent and not yet seen absorbed) and which of its hand-off input records it has absorbed; a
+partition's engine watermark never passes its peers' last frontiers, so a touch parked for a
+link or forwarded from another partition is never passed while in flight
+(docs/streaming-topology.md, "Time", has the argument and what it does not cover).
+
 Everything here is pure and deterministic; an adapter (streams/journeys.py) delivers the messages,
 saves the changed records and acknowledges input. ``drain`` says what to do, in order: deliver
-``outputs`` and ``sends``, save ``records``, then acknowledge ``done`` (at-least-once: a crash
+``outputs``, ``sends`` and then ``notices`` (the frontiers), tell ``produced`` the offsets the
+sends were written at, save ``records``, then acknowledge ``done`` (at-least-once: a crash
 anywhere replays input, which the engine recognises by event id, and every output carries a
 deterministic id).
 """

@@ -13,7 +13,9 @@ stay unacknowledged, so Faust commits only up to the oldest of them and a restar
 them again; the engine recognises what it has already applied by event id.
 
 A timer (``sweep_interval_s``) drives each partition's watermark with the wall clock when it is
-idle, so drop-offs fire on time without traffic, and refreshes the operational gauges.
+idle, so drop-offs fire on time without traffic, sends each partition's frontier to the others
+(watermark alignment, pipeline/shard.py: after that step's hand-off messages, each shard told
+the offsets its messages were written at) and refreshes the operational gauges.
 
 The error policy: a record whose application raises (a touchpoint, a hand-off message, a saved
 state record) does not stop the worker. It goes to ``journeys.dlq`` with the reason, a short
