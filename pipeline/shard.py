@@ -58,7 +58,6 @@ FOREVER: Final = 2**62  # an event time after any other (no bound)
 # the previous version construct ``Touch(*fields)`` and know no more. ``received_at`` travels
 # beside the touches (``received``), so every version reads every message.
 WIRE_FIELDS: Final = 17
-HEARTBEAT_MS: Final = 2_000  # a frontier is sent at least this often, changed or not
 
 
 class Step(NamedTuple):
@@ -184,9 +183,10 @@ class JourneyShard:
         self._open: dict[int, int] = {}  # hand-off input offset → its touches not absorbed yet
         self._next_input = 0  # past the highest hand-off input offset seen (or committed)
         self._told: dict[int, tuple[int, int, int, int]] = {}  # partition → what it was told
-        self._told_at = NEVER
+        self._inputs = 0  # input records handled (frontiers not counted)
+        self._inputs_ticked = -1
+        self._active_wall = NEVER  # the wall clock when ``tick`` last found new input
         self._hello: set[int] = set()  # peers that asked for our frontier (they restarted)
-        self._first_wall: int | None = None
         # the highest event time of this partition's own input (at most its received_at), and
         # since when (wall clock, noticed by ``tick``) it has not moved: a partition whose
         # touchpoints all go on to other partitions still promises its candidate from them
@@ -194,7 +194,9 @@ class JourneyShard:
         self._seen_ticked = NEVER
         self._seen_since = NEVER
         self._input_candidate = NEVER
-        self._quiet = False  # no touch ever, idle since start: our candidate holds nobody back
+        # idle (no input for ``idle_after``) and holding nothing outside the engine: this
+        # partition holds nobody back (its frontier is unlimited) until its next input
+        self._quiet = False
         self._notices: list[tuple[int, bytes]] = []
         self.taken = 0  # touches taken out of the engine with a person handed to another partition
         if partitions > 1:
@@ -209,6 +211,7 @@ class JourneyShard:
             at = received
         if at > self._seen:  # (the input's own candidate: touches forwarded count too)
             self._seen = at
+        self._inputs += 1
         self._wait(touch, token)
         self._route(touch, None)
 
@@ -225,6 +228,7 @@ class JourneyShard:
             return
         if offset >= 0 and self.partitions:
             self._note(data, offset)
+            self._inputs += 1
         # The message's token waits for the touch it carries: acknowledged once that touch is
         # applied here or has left in a message to another partition (a local hop keeps it).
         if kind == "forward":
@@ -248,8 +252,8 @@ class JourneyShard:
         if not self.partitions:
             self._outputs += self.engine.tick(wall_ms)
             return
-        if self._first_wall is None:
-            self._first_wall = wall_ms
+        if self._inputs != self._inputs_ticked:
+            self._inputs_ticked, self._active_wall = self._inputs, wall_ms
         self._rebound()
         self._outputs += self.engine.tick(wall_ms)
         engine = self.engine
@@ -261,11 +265,11 @@ class JourneyShard:
             if candidate > self._input_candidate:
                 self._input_candidate = candidate
         self._quiet = (
-            engine.max_event_time == NEVER
-            and self._seen == NEVER
-            and wall_ms - self._first_wall >= engine.idle_after
+            wall_ms - self._active_wall >= engine.idle_after
+            and not self._open
+            and self._held() == FOREVER
         )
-        self._tell(wall_ms)
+        self._tell()
 
     # --- watermark alignment --------------------------------------------------------------------
     def resume(self, committed: int) -> None:
@@ -288,13 +292,13 @@ class JourneyShard:
         """No touch this partition sends from now on is earlier than this, unless it came
         late to this partition: the lower of its candidate watermark and every touch it holds
         outside the engine (parked, on a local hop) or has sent and not seen absorbed."""
+        if self._quiet:
+            return FOREVER
         held = self._held()
         candidate = self._candidate()
         return held if held < candidate else candidate
 
     def _candidate(self) -> int:
-        if self._quiet:
-            return FOREVER
         return max(self.engine.candidate, self._input_candidate, self._floor)
 
     @property
@@ -342,21 +346,19 @@ class JourneyShard:
         self.engine.bound = bound
         self._outputs += self.engine.release()
 
-    def _tell(self, wall_ms: int) -> None:
-        """Send this partition's frontier to every other partition when it changed, when one
-        asked for it, and at least every ``HEARTBEAT_MS``."""
+    def _tell(self) -> None:
+        """Send this partition's frontier to every other partition when it changed and when
+        one asked for it (it restarted). Nothing while nothing changes: a quiet partition's
+        frontier is unlimited, so idle partitions go silent."""
         frontier, processed = self.frontier, self.processed
         candidate = self._candidate()
         still = sorted(self._open)
-        now = (frontier, processed, len(still), still[0] if still else -1)
-        beat = wall_ms - self._told_at >= HEARTBEAT_MS
-        if beat:
-            self._told_at = wall_ms
+        now = (frontier, processed, len(still), hash(tuple(still)))
         hello = len(self.peers) < self.partitions - 1
         for partition in range(self.partitions):
             if partition == self.partition:
                 continue
-            if not beat and self._told.get(partition) == now and partition not in self._hello:
+            if self._told.get(partition) == now and partition not in self._hello:
                 continue
             message: dict[str, Any] = {
                 "kind": "frontier",

@@ -652,7 +652,10 @@ def settled(cluster: Cluster) -> bool:
     events=st.integers(20, 160),
     partitions=st.integers(2, 5),
     delivery=st.integers(0, 10**9),
-    window_ms=st.sampled_from([1_000, 20_000, 300_000, ALL_AT_ONCE]),
+    # (a window is also the wall-clock time between sweeps here: a partition without input for
+    # a window longer than the idle time holds nobody back, and the touches after it are
+    # protected by the lateness alone, as before alignment: docs/streaming-topology.md)
+    window_ms=st.sampled_from([1_000, 20_000, ALL_AT_ONCE]),
     speeds=SPEEDS,
 )
 def test_aligned_watermarks_never_pass_a_touch_in_flight(
