@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from pipeline.engine import JourneyEngine, Output
+from sinks.clickhouse import migrations
 from sinks.clickhouse.migrations import apply_migrations
 from sinks.clickhouse.rows import OUTPUT_COLUMNS, output_row
 from sinks.clickhouse.writer import ClickHouseWriter, PartitionBatch
@@ -75,6 +76,12 @@ def write(client: Any, db: str, outputs: list[Output]) -> None:
         writer.write(table, OUTPUT_COLUMNS, PartitionBatch(f"{table}.out", "t", 0, offsets, rows))
 
 
+def _outcomes(client: Any, db: str) -> dict[str, str]:
+    """journey_id -> outcome, as the ``journeys`` view has it."""
+    rows = client.query(f"SELECT journey_id, outcome FROM {db}.journeys").result_rows
+    return {str(journey_id): str(outcome) for journey_id, outcome in rows}
+
+
 def test_one_terminal_outcome_per_journey_and_every_reader_agrees(clickhouse: ClickHouse) -> None:
     client, db = clickhouse
     apply_migrations(client, db, retention_days=3650)
@@ -98,11 +105,11 @@ def test_one_terminal_outcome_per_journey_and_every_reader_agrees(clickhouse: Cl
     ]
 
     # the journeys view equals journey_events FINAL, journey by journey
-    view = dict(client.query(f"SELECT journey_id, outcome FROM {db}.journeys").result_rows)
+    view = _outcomes(client, db)
     assert view == {journey_id: n[0] for journey_id, n in outcome.items()}
 
     # the per-minute flow nets the retracted drop-off out, in the key it was counted in
-    flow = Counter()
+    flow: Counter[tuple[Any, ...]] = Counter()
     for minute, journey, stage, channel, name, n in client.query(
         f"SELECT minute, journey, stage, channel, name, journeys FROM {db}.journey_flow_1m "
         "WHERE name IN ('converted', 'dropped_off')"
@@ -137,12 +144,9 @@ def test_the_migration_ranks_journeys_written_before_it(clickhouse: ClickHouse) 
     """Journeys in the tables before 0008: the backfill ranks their outcomes, so a journey the
     old code reported dropped off and then converted shows converted (not by event time)."""
     client, db = clickhouse
-    migrations = __import__("sinks.clickhouse.migrations", fromlist=["load_migrations"])
-    everything = migrations.load_migrations()
-    before = [m for m in everything if m.version < 8]
-    migrations_of = migrations.load_migrations
-    try:
-        migrations.load_migrations = lambda: before
+    before = [m for m in migrations.load_migrations() if m.version < 8]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(migrations, "load_migrations", lambda: before)
         apply_migrations(client, db, retention_days=3650)
         outputs = [o for o in scenario() if o.name != "dropoff_retracted"]
         rows = [
@@ -150,12 +154,10 @@ def test_the_migration_ranks_journeys_written_before_it(clickhouse: ClickHouse) 
             for n, o in enumerate(o for o in outputs if o.type in JOURNEY_OUTPUT_TYPES)
         ]
         client.insert(f"{db}.journey_events", rows, column_names=list(OUTPUT_COLUMNS))
-        old = dict(client.query(f"SELECT journey_id, outcome FROM {db}.journeys").result_rows)
-    finally:
-        migrations.load_migrations = migrations_of
-    late = next(o.journey_id for o in outputs if o.name == "converted" and o.at > T0 + H)
+        old = _outcomes(client, db)
+    late = next(o.journey_id or "" for o in outputs if o.name == "converted" and o.at > T0 + H)
     assert old[late] == "dropped_off"  # the old view: the latest event time, the drop-off's
     apply_migrations(client, db, retention_days=3650)
-    new = dict(client.query(f"SELECT journey_id, outcome FROM {db}.journeys").result_rows)
+    new = _outcomes(client, db)
     assert new[late] == "converted"
     assert Counter(new.values()) == Counter({"converted": 2, "dropped_off": 2})
