@@ -51,6 +51,7 @@ from pipeline.engine import JourneyEngine, Output, blocked_output
 from pipeline.touch import Touch
 
 CUSTOMER_PREFIX = "customer_id:"
+_CARRYING = frozenset({"forward", "link", "handoff", "redirect"})  # messages with touches
 MAX_HOPS = 16
 NEVER: Final = -(2**62)  # an event time before any other (the watermark of a new engine)
 FOREVER: Final = 2**62  # an event time after any other (no bound)
@@ -226,6 +227,8 @@ class JourneyShard:
             if token is not None:
                 self._done.append(token)
             return
+        if kind not in _CARRYING:
+            raise ValueError(f"unknown hand-off message kind {kind!r}")
         if offset >= 0 and self.partitions:
             self._note(data, offset)
             self._inputs += 1
@@ -241,12 +244,10 @@ class JourneyShard:
             self._on_link(data["key"], data["person"], touch, data["awaits"])
         elif kind == "handoff":
             self._on_handoff(data, token)
-        elif kind == "redirect":
+        else:  # redirect
             touch = _touch(data["touch"], data.get("received"))
             self._wait(touch, token)
             self._on_redirect(data["person"], data["to"], touch, data["awaits"])
-        else:
-            raise ValueError(f"unknown hand-off message kind {kind!r}")
 
     def tick(self, wall_ms: int) -> None:
         if not self.partitions:

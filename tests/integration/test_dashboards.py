@@ -4,7 +4,8 @@ simulated hours through the journey engine: each one runs and returns data."""
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -20,10 +21,28 @@ SEGMENT = {"journey": "online_purchase", "stage": "payment", "channel": "web"}
 ALL = {"journey": "online_purchase", "stage": ".*", "channel": ".*"}
 
 
+def answered_complaint(start: int) -> list[dict[str, Any]]:
+    """A complaint by e-mail at 10:00 that an agent resolves on the phone at 10:40: the morning
+    may hold none (the complaint-response panel must have one to show)."""
+
+    def at(minutes: int) -> str:
+        return datetime.fromtimestamp(start / 1000 + 10 * 3600 + minutes * 60, UTC).isoformat()
+
+    who = {"customer_id": "dashboards-complainer"}
+    return [
+        {"event_id": "complaint-1", "occurred_at": at(0), "channel": "email",
+         "touchpoint": "support.contact", "action": "complain", **who},
+        {"event_id": "answer-1", "occurred_at": at(40), "channel": "call_center",
+         "touchpoint": "agent.talk", "action": "resolve", "session_hint": "call-d1", **who},
+    ]  # fmt: skip
+
+
 def test_every_clickhouse_panel_returns_data(clickhouse: ClickHouse) -> None:
     client, db = clickhouse
     start = int(DAY.timestamp() * 1000)
-    fill(client, db, morning(start))
+    events = morning(start) + answered_complaint(start)
+    events.sort(key=lambda e: e["occurred_at"])
+    fill(client, db, events)
     queries = clickhouse_queries()
     assert len(queries) > 20
     empty = []
