@@ -128,6 +128,11 @@ LATE_EVENTS = Counter(
     "jw_late_events_total",
     "Touchpoints that arrived after the watermark had passed them (applied on arrival).",
 )
+TOUCHES_TAKEN = Counter(
+    "jw_touches_taken_total",
+    "Touchpoints held in a partition's engine that left with a person handed to another "
+    "partition: the ones watermark alignment does not cover (each may arrive late there).",
+)
 JOURNEY_INPUT_OFFSET = Gauge(
     "jw_journey_input_offset",
     "Offset after the last record the journey agent has processed, per input partition "

@@ -67,6 +67,7 @@ from sinks.metrics import (
     NEGATIVE_MOMENTS,
     OUTPUT_LATENCY,
     SWEEP_SECONDS,
+    TOUCHES_TAKEN,
     WATERMARK_ALIGNMENT_LAG,
     LabelCache,
     observe_many,
@@ -130,6 +131,7 @@ class JourneyRole:
         self.lock = asyncio.Lock()
         self._last_gauges = 0.0
         self._late_seen = 0
+        self._taken_seen = 0
         self.by_person = settings.topic(BY_PERSON)
         self.handoff = settings.topic(HANDOFF)
         self.journey_events = settings.topic(JOURNEY_EVENTS)
@@ -534,6 +536,7 @@ class JourneyRole:
                 sender.add(self.handoff, target, None, message)
                 written[target] += 1
         self._metrics.flush()
+        self._count_late()
         for kind, count in handoffs.items():
             HANDOFF_MESSAGES.labels(kind).inc(count)
         last = await sender.send()
@@ -601,12 +604,22 @@ class JourneyRole:
         assigned = self.app.assignor.assigned_actives()
         return sorted({tp.partition for tp in assigned if tp.topic == self.by_person})
 
+    def _count_late(self) -> None:
+        """jw_late_events_total, brought up to date with every step (before its input is
+        acknowledged: a reader that sees the input processed sees its late touchpoints)."""
+        late = sum(shard.engine.counters.late_events for shard in self.shards.values())
+        if late > self._late_seen:
+            LATE_EVENTS.inc(late - self._late_seen)
+        self._late_seen = late
+        taken = sum(shard.taken for shard in self.shards.values())
+        if taken > self._taken_seen:
+            TOUCHES_TAKEN.inc(taken - self._taken_seen)
+        self._taken_seen = taken
+
     def _refresh_gauges(self) -> None:
         active: Tally[tuple[str, str]] = Tally()
-        late = 0
         for partition, shard in self.shards.items():
             engine = shard.engine
-            late += engine.counters.late_events
             # how far alignment holds the watermark behind what its own input allows
             behind = (
                 max(0, engine.candidate - engine.watermark) if engine.watermark > -(2**62) else 0
@@ -622,9 +635,6 @@ class JourneyRole:
                 ACTIVE_JOURNEYS.labels(definition.name, stage.name).set(
                     active.get((definition.name, stage.name), 0)
                 )
-        if late > self._late_seen:
-            LATE_EVENTS.inc(late - self._late_seen)
-        self._late_seen = late
         consumer = self.app.consumer
         committed = getattr(consumer, "_committed_offset", {})
         changelogs = self.app.tables.changelog_topics  # read on recovery, never committed

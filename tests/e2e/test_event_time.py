@@ -10,7 +10,7 @@ watermarks that never pass a touchpoint in flight (docs/streaming-topology.md, "
 truth. Each time, from ClickHouse: every journey's outcome, stage and negative moments equal the
 simulator's truth, one terminal outcome per journey, the ``journeys`` view equal to
 ``journey_events``, first-contact resolution equal to the truth; all at once, no touchpoint
-counted late either.
+late but those alignment does not cover (taken out of an engine with a person).
 """
 
 from __future__ import annotations
@@ -97,12 +97,14 @@ def found(chdb: Path) -> tuple[Counter[tuple[Any, ...]], Counter[tuple[Any, ...]
     return outcomes, moments
 
 
-def late_touchpoints(topology: Topology) -> int:
-    late = 0.0
+def counted(topology: Topology, name: str) -> int:
+    """A counter added up over the workers (late touchpoints and touches taken out of an
+    engine are counted with each step, before its input is acknowledged)."""
+    total = 0.0
     for index in topology.workers:
         _, body = http_get(f"http://127.0.0.1:{topology.port + index}/metrics")
-        late += sum(metric_values(body.decode(), "jw_late_events_total").values())
-    return int(late)
+        total += sum(metric_values(body.decode(), name).values())
+    return int(total)
 
 
 @pytest.mark.parametrize("speed", [PACED, None], ids=["paced", "all-at-once"])
@@ -125,7 +127,8 @@ def test_a_day_gives_its_truth_at_any_speed_with_the_default_lateness(
         wait_until(topology.balanced, 120, "two workers sharing the partitions", 0.5)
         send(topology, events, speed)
         wait_until(topology.drained, 180, "every touchpoint and hand-off processed", 0.5)
-        late = late_touchpoints(topology)
+        late = counted(topology, "jw_late_events_total")
+        taken = counted(topology, "jw_touches_taken_total")
         # then every watermark past every deadline (a minute ago by the wall clock)
         assert topology.post(clock_events(int(time.time() * 1000) - 60_000)) == 202
         with_outcomes = sum(truth.values())
@@ -167,8 +170,10 @@ def test_a_day_gives_its_truth_at_any_speed_with_the_default_lateness(
     assert (int(fcr[0][0]), int(fcr[0][1] or 0)) == (len(resolved), first)
     if speed is None:
         # Under load no partition is idle, and alignment holds every watermark behind every
-        # touchpoint in flight. Paced, the night's quiet lets partitions go idle, and the
-        # touchpoint that ends an idle spell is protected by the lateness only (a hand-off's
-        # few milliseconds are seconds of event time at 3,000x; at live pace, nothing):
-        # docs/streaming-topology.md, "Time". The outcomes above are exact either way.
-        assert late == 0, f"{late} touchpoints applied after the watermark had passed them"
+        # touchpoint in flight, but those held in an engine that leave with a person handed
+        # to another partition (jw_touches_taken_total). Paced, the night's quiet lets
+        # partitions go idle, and the touchpoint that ends an idle spell is protected by the
+        # lateness only (a hand-off's few milliseconds are seconds of event time at 3,000x;
+        # at live pace, nothing): docs/streaming-topology.md, "Time". The outcomes above are
+        # exact either way.
+        assert late <= taken, f"{late} touchpoints late, {taken} taken out of an engine"
