@@ -7,6 +7,8 @@ what is wrong, so an operator can fix a typo without reading a stack trace.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -48,10 +50,39 @@ DurationMs = Annotated[int, BeforeValidator(parse_duration_ms), Field(gt=0)]
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 
 
+def _one_or_more(value: Any) -> Any:
+    """``renamed_from: cart`` is ``renamed_from: [cart]``."""
+    return (value,) if isinstance(value, str) else value
+
+
+# Earlier names of a journey or a stage: in-flight journeys saved under one of them continue
+# under this one (docs/journey-engine.md, "Editing journeys").
+FormerNames = Annotated[tuple[Name, ...], BeforeValidator(_one_or_more)]
+
+
 def _require_unique(what: str, names: list[str]) -> None:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ValueError(f"{what} names must be unique, repeated: {', '.join(duplicates)}")
+
+
+def _check_former_names(what: str, entries: list[tuple[str, tuple[str, ...]]]) -> None:
+    """A former name is not a current one, and belongs to one of them only."""
+    current = {name for name, _ in entries}
+    claimed: dict[str, str] = {}
+    for name, former in entries:
+        for old in former:
+            if old in current:
+                raise ValueError(
+                    f"{what} {name}: renamed_from {old}, but {old} is still a {what}: "
+                    f"remove it from renamed_from (its journeys stay where they are)"
+                )
+            if old in claimed:
+                raise ValueError(
+                    f"{what}s {claimed[old]} and {name} are both renamed_from {old}: "
+                    f"name it under one of them"
+                )
+            claimed[old] = name
 
 
 class _Strict(BaseModel):
@@ -80,6 +111,7 @@ class Stage(_Strict):
     name: Name
     match: tuple[Pattern, ...] = Field(min_length=1)
     timeout: DurationMs
+    renamed_from: FormerNames = ()
 
 
 class MomentOfTruth(_Strict):
@@ -96,11 +128,28 @@ class JourneyDefinition(_Strict):
     resume_within: DurationMs = 7 * 86_400_000
     first_contact_resolution: bool = False
     moments_of_truth: tuple[MomentOfTruth, ...] = ()
+    renamed_from: FormerNames = ()
+    _version: str = PrivateAttr(default="")
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> JourneyDefinition:
         _require_unique("stage", [stage.name for stage in self.stages])
+        _check_former_names("stage", [(stage.name, stage.renamed_from) for stage in self.stages])
+        # what decides outcomes, not how it is written (description, former names, key order)
+        shape = self.model_dump(mode="json", exclude={"description", "renamed_from"})
+        for stage in shape["stages"]:
+            del stage["renamed_from"]
+        self._version = hashlib.blake2b(
+            json.dumps(shape, sort_keys=True).encode(), digest_size=6
+        ).hexdigest()
         return self
+
+    @property
+    def version(self) -> str:
+        """A short hash of what decides this journey's outcomes (stages, matches, time-outs,
+        goal, resume_within, moments of truth, first-contact resolution): outputs carry it,
+        so an analyst tells results under one definition from those under an edited one."""
+        return self._version
 
 
 # A session (a visit, a call, a chat) ends after this long without activity on its channel,
@@ -186,6 +235,7 @@ class JourneyCatalog(_Strict):
     @model_validator(mode="after")
     def _unique_journey_names(self) -> JourneyCatalog:
         _require_unique("journey", [journey.name for journey in self.journeys])
+        _check_former_names("journey", [(j.name, j.renamed_from) for j in self.journeys])
         return self
 
 

@@ -157,9 +157,89 @@ def blocked_output(identifier: str, at: int, person_id: str, event_id: str) -> O
     )
 
 
+# Why a journey in saved state has no place in the current definitions: it ends ``retired``
+JOURNEY_REMOVED: Final = "journey_removed"
+STAGE_REMOVED: Final = "stage_removed"
+STATE_VERSION: Final = 2  # a person record's first item (version 1 had none: journeys first)
+
+
+class StateNames:
+    """How saved state refers to journeys and stages: by name (docs/journey-engine.md,
+    "Editing journeys").
+
+    Decoding resolves a saved name against the current definitions, an earlier name through
+    ``renamed_from``; state saved before names (version 1) holds positions in the file it was
+    saved with, read as positions in the current one (so upgrade before editing the file). A
+    journey whose journey or stage no longer resolves is retired. ``changes`` counts, per line,
+    what decoding did differently from the saved state (the worker logs it after recovery)."""
+
+    def __init__(self, definitions: tuple[JourneyDefinition, ...]) -> None:
+        self.names: tuple[str, ...] = tuple(d.name for d in definitions)
+        self.stage_names: tuple[tuple[str, ...], ...] = tuple(
+            tuple(stage.name for stage in d.stages) for d in definitions
+        )
+        self.journey_index: dict[str, int] = {}
+        self.stage_index: list[dict[str, int]] = []
+        for index, definition in enumerate(definitions):
+            for name in (definition.name, *definition.renamed_from):
+                self.journey_index[name] = index
+            stages: dict[str, int] = {}
+            for position, stage in enumerate(definition.stages):
+                for name in (stage.name, *stage.renamed_from):
+                    stages[name] = position
+            self.stage_index.append(stages)
+        self.changes: dict[str, int] = {}
+
+    def _note(self, change: str) -> None:
+        self.changes[change] = self.changes.get(change, 0) + 1
+
+    def resolve(self, journey: Any, stage: Any) -> tuple[int, int, str, str, str]:
+        """``(definition, stage, reason, journey name, stage name)`` of a saved journey; the
+        positions are -1 and ``reason`` says why when it no longer resolves ("" when it does)."""
+        if isinstance(journey, int):  # version 1: positions
+            if 0 <= journey < len(self.names):
+                stages = self.stage_names[journey]
+                if isinstance(stage, int) and 0 <= stage < len(stages):
+                    return journey, stage, "", self.names[journey], stages[stage]
+                self._note(
+                    f"{self.names[journey]}: a stage at position {stage} (state saved "
+                    "before names) is not in the file: its in-flight journeys end retired"
+                )
+                return journey, -1, STAGE_REMOVED, self.names[journey], str(stage)
+            self._note(
+                f"a journey at position {journey} (state saved before names) is not in "
+                "the file: its in-flight journeys end retired"
+            )
+            return -1, -1, JOURNEY_REMOVED, str(journey), str(stage)
+        index = self.journey_index.get(journey, -1)
+        if index < 0:
+            self._note(f"{journey}: removed from the file: its in-flight journeys end retired")
+            return -1, -1, JOURNEY_REMOVED, journey, stage
+        name = self.names[index]
+        position = self.stage_index[index].get(stage, -1)
+        if position < 0:
+            self._note(f"{name}.{stage}: removed from the file: its in-flight journeys end retired")
+            return index, -1, STAGE_REMOVED, name, stage
+        if name != journey or self.stage_names[index][position] != stage:
+            self._note(
+                f"{journey}.{stage}: continues as {name}.{self.stage_names[index][position]}"
+            )
+        return index, position, "", name, self.stage_names[index][position]
+
+    def stage_name(self, definition: int, stage: Any) -> str:
+        """A drop-off's stage as saved: a name, or (version 1) a position; "" when unknown."""
+        if isinstance(stage, str):
+            return stage
+        stages = self.stage_names[definition]
+        return stages[stage] if isinstance(stage, int) and 0 <= stage < len(stages) else ""
+
+
 class JourneyState:
     """One journey of a person. (A plain class with its own ``__init__``, not a dataclass:
-    compiled, a dataclass's generated ``__init__`` stays interpreted.)"""
+    compiled, a dataclass's generated ``__init__`` stays interpreted.)
+
+    ``definition`` and ``stage`` are positions in the current definitions (fast to use); saved
+    state names them (``StateNames``)."""
 
     __slots__ = (
         "active_at",
@@ -197,7 +277,7 @@ class JourneyState:
         negatives: int = 0,
         channel: str = "",
         dropoff_at: int = 0,
-        dropoff_stage: int = -1,
+        dropoff_stage: str = "",
         dropoff_channel: str = "",
     ) -> None:
         self.journey_id = journey_id
@@ -213,20 +293,21 @@ class JourneyState:
         self.contacts = contacts  # assisted-channel sessions (first-contact resolution)
         self.negatives = negatives
         self.channel = channel  # channel of its latest progress (labels a drop-off)
-        # The drop-off reported for it (0: none), with its stage and channel as reported: a
-        # conversion retracts exactly that drop-off (same at, stage, channel), however far the
-        # journey moved after resuming. dropoff_stage -1: unknown (state saved before these
-        # fields; the current stage stands in).
+        # The drop-off reported for it (0: none), with its stage (name) and channel as
+        # reported: a conversion retracts exactly that drop-off (same at, stage, channel),
+        # however far the journey moved after resuming, and whatever the file now calls the
+        # stage. dropoff_stage "": unknown (state saved before these fields; the current stage
+        # stands in).
         self.dropoff_at = dropoff_at
         self.dropoff_stage = dropoff_stage
         self.dropoff_channel = dropoff_channel
         self.pending_due = 0  # earliest deadline queued for it (not persisted; re-derived)
 
-    def to_list(self) -> list[Any]:
+    def to_list(self, names: StateNames) -> list[Any]:
         return [
             self.journey_id,
-            self.definition,
-            self.stage,
+            names.names[self.definition],
+            names.stage_names[self.definition][self.stage],
             self.started_at,
             self.active_at,
             self.status == "active",
@@ -243,18 +324,28 @@ class JourneyState:
         ]
 
     @classmethod
-    def from_list(cls, data: list[Any]) -> JourneyState:
+    def from_list(cls, data: list[Any], names: StateNames) -> JourneyState | RetiredJourney | None:
+        """A saved journey (any version); ``RetiredJourney`` when its journey or stage is gone
+        and it is active, None when it is gone and dropped off (its drop-off stands)."""
+        definition, stage, reason, journey_name, stage_name = names.resolve(data[1], data[2])
+        if reason:
+            if not data[5]:
+                return None
+            return RetiredJourney(
+                reason, journey_name, stage_name, [data[0], journey_name, stage_name, *data[3:]]
+            )
         if len(data) > 13:
-            dropoff_at, dropoff_stage, dropoff_channel = data[13], data[14], data[15]
+            dropoff_at, dropoff_channel = data[13], data[15]
+            dropoff_stage = names.stage_name(definition, data[14])
         elif data[6] and not data[5]:  # saved before the drop-off fields, dropped: as reported
             channel = data[12] if len(data) > 12 else ""
-            dropoff_at, dropoff_stage, dropoff_channel = data[6], data[2], channel
+            dropoff_at, dropoff_stage, dropoff_channel = data[6], stage_name, channel
         else:  # saved before them, resumed (or never dropped): when, not where
-            dropoff_at, dropoff_stage, dropoff_channel = data[6], -1, ""
+            dropoff_at, dropoff_stage, dropoff_channel = data[6], "", ""
         return cls(
             data[0],
-            data[1],
-            data[2],
+            definition,
+            stage,
             data[3],
             data[4],
             "active" if data[5] else "dropped",
@@ -269,6 +360,28 @@ class JourneyState:
             dropoff_stage,
             dropoff_channel,
         )
+
+
+class RetiredJourney:
+    """An in-flight journey whose journey or stage the definitions no longer have: it ends
+    ``retired`` at its last activity (the engine queues that as a deadline), and is saved as it
+    was read (by name) until then, so a restart before it fires retires it again."""
+
+    __slots__ = ("data", "journey", "reason", "stage")
+
+    def __init__(self, reason: str, journey: str, stage: str, data: list[Any]) -> None:
+        self.reason = reason
+        self.journey = journey
+        self.stage = stage
+        self.data = data
+
+    @property
+    def journey_id(self) -> str:
+        return str(self.data[0])
+
+    @property
+    def due(self) -> int:
+        return int(self.data[4])
 
 
 class PersonState:
@@ -292,12 +405,14 @@ class PersonState:
         "journeys",
         "last_activity",
         "recent",
+        "retired",
         "session_at",
         "session_hint",
     )
 
     def __init__(self) -> None:
         self.journeys: list[JourneyState] = []
+        self.retired: list[RetiredJourney] | None = None  # ending ``retired`` (StateNames)
         # per channel: when the session's activity ends so far (the latest end of its
         # touchpoints: occurred_at + duration_ms) and its name (call id, visit id), once a
         # touchpoint gave one. (States saved before held the latest touchpoint's start here:
@@ -318,13 +433,18 @@ class PersonState:
         self.churn_flagged = False
         self.churn_due = 0  # churn deadline queued (not persisted; re-derived)
 
-    def to_bytes(self) -> bytes:
-        return orjson.dumps(self.to_list())
+    def to_bytes(self, names: StateNames) -> bytes:
+        return orjson.dumps(self.to_list(names))
 
-    def to_list(self) -> list[Any]:
+    def to_list(self, names: StateNames) -> list[Any]:
+        """Version 2: the version, then the fields; journeys by name (``StateNames``)."""
         hints = self.session_hint
+        journeys = [j.to_list(names) for j in self.journeys]
+        if self.retired:
+            journeys += [r.data for r in self.retired]
         return [
-            [j.to_list() for j in self.journeys],
+            STATE_VERSION,
+            journeys,
             {channel: [at, hints.get(channel)] for channel, at in self.session_at.items()},
             [
                 int.from_bytes(self.recent[i : i + MARKER_SIZE], "little")
@@ -341,13 +461,23 @@ class PersonState:
         ]
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> PersonState:
-        return cls.from_list(orjson.loads(raw))
+    def from_bytes(cls, raw: bytes, names: StateNames) -> PersonState:
+        return cls.from_list(orjson.loads(raw), names)
 
     @classmethod
-    def from_list(cls, data: list[Any]) -> PersonState:
+    def from_list(cls, data: list[Any], names: StateNames) -> PersonState:
+        """Any saved version (1: no version item; 2: journeys by name)."""
+        if data and isinstance(data[0], int):
+            data = data[1:]
         state = cls()
-        state.journeys = [JourneyState.from_list(j) for j in data[0]]
+        for saved in data[0]:
+            journey = JourneyState.from_list(saved, names)
+            if isinstance(journey, JourneyState):
+                state.journeys.append(journey)
+            elif journey is not None:
+                if state.retired is None:
+                    state.retired = []
+                state.retired.append(journey)
         for channel, (at, hint) in data[1].items():
             state.session_at[channel] = at
             state.session_hint[channel] = hint
@@ -388,6 +518,11 @@ class JourneyEngine:
             tuple(stage.timeout for stage in d.stages) for d in self.definitions
         )
         self._resume_within: tuple[int, ...] = tuple(d.resume_within for d in self.definitions)
+        self._versions: tuple[tuple[tuple[str, Any], ...], ...] = tuple(
+            (("definition_version", d.version),) for d in self.definitions
+        )
+        # how saved state names journeys and stages; what decoding it changed (worker's log)
+        self.state_names = StateNames(self.definitions)
         self.detectors = catalog.detectors
         self.lateness = allowed_lateness_ms
         self.idle_after = idle_after_ms
@@ -583,16 +718,24 @@ class JourneyEngine:
 
     def snapshot(self) -> dict[str, bytes]:
         """Serialized state per person, for a key-value store."""
-        return {person: state.to_bytes() for person, state in self.persons.items()}
+        names = self.state_names
+        return {person: state.to_bytes(names) for person, state in self.persons.items()}
 
     def restore(self, snapshot: dict[str, bytes]) -> None:
         """Load person states and re-derive their deadlines."""
         for person, raw in snapshot.items():
-            state = PersonState.from_bytes(raw)
+            state = PersonState.from_bytes(raw, self.state_names)
             self.persons[person] = state
-            for journey in state.journeys:
-                self._schedule(person, journey)
-            self._schedule_churn(person, state)
+            self._schedule_all(person, state)
+
+    def _schedule_all(self, person_id: str, state: PersonState) -> None:
+        """Queue every deadline of a loaded person (deadlines are not saved: re-derived)."""
+        for journey in state.journeys:
+            self._schedule(person_id, journey)
+        if state.retired:
+            for retired in state.retired:
+                self._push(retired.due, person_id, retired.journey_id)
+        self._schedule_churn(person_id, state)
 
     # --- hand-over between partitions (pipeline/shard.py) ---------------------------------------
     def person_record(self, person_id: str) -> list[Any] | None:
@@ -601,16 +744,14 @@ class JourneyEngine:
         members = self.identity.members.get(person_id)
         if state is None and not members:
             return None
-        return [state.to_list() if state else None, sorted(members or ())]
+        return [state.to_list(self.state_names) if state else None, sorted(members or ())]
 
     def load_person(self, person_id: str, record: list[Any]) -> None:
         """The inverse of ``person_record`` (recovery): state, identifiers and deadlines."""
         if record[0] is not None:
-            state = PersonState.from_list(record[0])
+            state = PersonState.from_list(record[0], self.state_names)
             self.persons[person_id] = state
-            for journey in state.journeys:
-                self._schedule(person_id, journey)
-            self._schedule_churn(person_id, state)
+            self._schedule_all(person_id, state)
         for identifier in record[1]:
             self.identity.own(identifier, person_id)
 
@@ -662,7 +803,7 @@ class JourneyEngine:
         if record is not None and record[0] is not None:
             if source in self.persons:  # handed over twice: keep what is here
                 return out
-            self.persons[source] = PersonState.from_list(record[0])
+            self.persons[source] = PersonState.from_list(record[0], self.state_names)
         self._merge_person(source, target, at, event_id, out)
         return out
 
@@ -999,7 +1140,7 @@ class JourneyEngine:
             # rollups net it out in the key it was counted in) and the drop-off's output_id
             # (so the sink deletes exactly that row). Key per journey: emitted once.
             index = journey.definition
-            stage_index = journey.dropoff_stage if journey.dropoff_stage >= 0 else journey.stage
+            stage = journey.dropoff_stage or self._stage_names[index][journey.stage]
             out.append(
                 _new(
                     Output,
@@ -1011,7 +1152,7 @@ class JourneyEngine:
                         person_id,
                         self._names[index],
                         journey.journey_id,
-                        self._stage_names[index][stage_index],
+                        stage,
                         journey.dropoff_channel or None,
                         None,
                         touch.event_id,
@@ -1078,6 +1219,8 @@ class JourneyEngine:
             return
         journey = next((j for j in person.journeys if j.journey_id == journey_id), None)
         if journey is None:
+            if person.retired:
+                self._retire(due, person_id, person, journey_id, out)
             return
         if journey.pending_due == due:
             journey.pending_due = 0
@@ -1093,10 +1236,10 @@ class JourneyEngine:
             self._schedule(person_id, journey)
             if journey.dropoff_at:
                 return  # resumed, then stalled again: a drop-off is reported once per journey
-            journey.dropoff_at = due
-            journey.dropoff_stage = journey.stage
-            journey.dropoff_channel = journey.channel
             stage = definition.stages[journey.stage].name
+            journey.dropoff_at = due
+            journey.dropoff_stage = stage
+            journey.dropoff_channel = journey.channel
             out.append(
                 _new(
                     Output,
@@ -1113,13 +1256,50 @@ class JourneyEngine:
                         None,
                         None,
                         None,
-                        (("negative_moments", journey.negatives),),
+                        (
+                            ("negative_moments", journey.negatives),
+                            ("definition_version", definition.version),
+                        ),
                     ),
                 )
             )
             self._score(person_id, journey, due, "dropped_off", out)
         else:
             person.journeys.remove(journey)  # no longer resumable: forget it
+
+    def _retire(
+        self, due: int, person_id: str, person: PersonState, journey_id: str, out: list[Output]
+    ) -> None:
+        """End an in-flight journey the definitions no longer have (``RetiredJourney``): not a
+        drop-off (nobody stopped), an outcome of its own, at its last activity."""
+        retired = person.retired or []
+        found = next((r for r in retired if r.journey_id == journey_id), None)
+        if found is None or found.due != due:
+            return
+        retired.remove(found)
+        if not retired:
+            person.retired = None
+        data = found.data
+        out.append(
+            _new(
+                Output,
+                (
+                    "journey",
+                    "retired",
+                    f"retired:{journey_id}",
+                    due,
+                    person_id,
+                    found.journey,
+                    journey_id,
+                    found.stage,
+                    data[12] if len(data) > 12 and data[12] else None,
+                    None,
+                    None,
+                    None,
+                    (("reason", found.reason), ("negative_moments", data[11])),
+                ),
+            )
+        )
 
     def _on_churn_deadline(
         self, due: int, person_id: str, person: PersonState, out: list[Output]
@@ -1171,11 +1351,16 @@ class JourneyEngine:
         moved.churn_due = 0
         for journey in moved.journeys:
             journey.pending_due = 0
+        if moved.retired:
+            for retired in moved.retired:
+                self._push(retired.due, target, retired.journey_id)
         person = self.persons.get(target)
         if person is None:
             self.persons[target] = moved
             person = moved
         else:
+            if moved.retired:
+                person.retired = (person.retired or []) + moved.retired
             person.recent = (person.recent + moved.recent)[-RECENT_IDS * MARKER_SIZE :]
             person.last_activity = max(person.last_activity, moved.last_activity)
             for journey in moved.journeys:
@@ -1226,7 +1411,8 @@ class JourneyEngine:
         self, name: str, person_id: str, journey: JourneyState, touch: Touch, out: list[Output]
     ) -> None:
         key = f"{name}:{journey.journey_id}:{touch.event_id}"
-        self._output(out, "journey", name, key, person_id, journey, touch, None, ())
+        detail = self._versions[journey.definition]
+        self._output(out, "journey", name, key, person_id, journey, touch, None, detail)
 
     def _emit(
         self,

@@ -84,6 +84,12 @@ JOURNEYS_DROPOFFS_RETRACTED = Counter(
     "Drop-offs retracted because the journey then converted (labels: the drop-off's).",
     ["journey", "stage", "channel"],
 )
+JOURNEYS_RETIRED = Counter(
+    "jw_journeys_retired_total",
+    "In-flight journeys ended because the journeys file no longer has their journey or stage "
+    "(reason: journey_removed, stage_removed; docs/journey-engine.md, editing journeys).",
+    ["journey", "stage", "reason"],
+)
 NEGATIVE_MOMENTS = Counter(
     "jw_negative_moments_total", "Negative moments by kind.", ["kind", "channel", "journey"]
 )

@@ -427,6 +427,33 @@ def journeys_check(file: Path | None) -> None:
     click.echo(f"{path or 'built-in definitions'}: version {catalog.version}, valid")
 
 
+@journeys.command("diff")
+@click.argument("old", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.argument("new", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+def journeys_diff(old: Path, new: Path) -> None:
+    """What a worker started with NEW does to the journeys in flight under OLD (the rules:
+    docs/journey-engine.md, "Editing journeys"). Run it before deploying an edited file."""
+    from pipeline.definitions import DefinitionError, load_catalog
+    from pipeline.edits import changes
+
+    try:
+        before, after = load_catalog(old), load_catalog(new)
+    except DefinitionError as exc:
+        raise click.ClickException(str(exc)) from exc
+    found = changes(before, after)
+    for change in found:
+        click.echo(str(change))
+    if not found:
+        click.echo("no change to in-flight journeys")
+        return
+    retiring = sum(1 for change in found if change.retires)
+    click.echo(
+        f"{retiring} of these end in-flight journeys retired"
+        if retiring
+        else "no in-flight journey ends retired"
+    )
+
+
 @main.command()
 @click.option("--rate", type=float, default=100.0, show_default=True, help="Events per second.")
 @click.option("--count", type=int, default=None, help="Stop after this many events.")

@@ -61,6 +61,7 @@ from sinks.metrics import (
     JOURNEYS_CONVERTED,
     JOURNEYS_DROPOFFS_RETRACTED,
     JOURNEYS_DROPPED_OFF,
+    JOURNEYS_RETIRED,
     JOURNEYS_STARTED,
     LATE_EVENTS,
     MOMENTS_OF_TRUTH,
@@ -498,6 +499,14 @@ class JourneyRole:
             shard.discard(key)  # (deleted from the table with the next save)
         for key, value, error in letters:
             self._letter_state(partition, key, value, error)
+        changes = engine.state_names.changes
+        if changes:  # the journeys file was edited since this state was saved
+            log.warning(
+                "journey definitions changed since this partition's state was saved: in-flight "
+                "journeys follow the rules of docs/journey-engine.md (editing journeys)",
+                extra={"partition": partition, "journeys": dict(sorted(changes.items()))},
+            )
+            changes.clear()
         log.info(
             "journey partition loaded",
             extra={
@@ -657,6 +666,7 @@ class _Metrics:
         self.converted = LabelCache(JOURNEYS_CONVERTED)
         self.dropped = LabelCache(JOURNEYS_DROPPED_OFF)
         self.retracted = LabelCache(JOURNEYS_DROPOFFS_RETRACTED)
+        self.retired = LabelCache(JOURNEYS_RETIRED)
         self.negative = LabelCache(NEGATIVE_MOMENTS)
         self.truth = LabelCache(MOMENTS_OF_TRUTH)
         self.latency = LabelCache(OUTPUT_LATENCY)
@@ -695,6 +705,10 @@ class _Metrics:
             elif o.name == "dropoff_retracted":
                 counts[self.retracted.get(journey, stage, channel)] += 1
                 return  # at is the drop-off's: not a latency
+            elif o.name == "retired":
+                reason = str(dict(o.detail).get("reason", ""))
+                counts[self.retired.get(journey, stage, reason)] += 1
+                return  # at is the journey's last activity: not a latency
         elif o.type == "negative_moment":
             counts[self.negative.get(o.name, channel, journey)] += 1
         elif o.type == "moment_of_truth":

@@ -161,3 +161,39 @@ def test_the_migration_ranks_journeys_written_before_it(clickhouse: ClickHouse) 
     new = _outcomes(client, db)
     assert new[late] == "converted"
     assert Counter(new.values()) == Counter({"converted": 2, "dropped_off": 2})
+
+
+def test_a_journey_retired_by_an_edit_is_retired_in_every_reader(clickhouse: ClickHouse) -> None:
+    """The outputs of a worker started with an edited journeys file (tests/unit/
+    test_journey_edits.py): retired journeys show ``retired`` in the journeys view, once, never
+    as active or dropped off; the others as journey_events has them."""
+    from tests.unit.test_journey_edits import AFTER, BEFORE, EDITED, restart
+
+    client, db = clickhouse
+    apply_migrations(client, db, retention_days=3650)
+    released = JourneyEngine(CATALOG, allowed_lateness_ms=0)
+    before = [o for t in BEFORE for o in released.submit(t)]
+    before += released.advance(T0)  # what the released file reported before the restart
+    after, _ = restart(BEFORE, AFTER, EDITED)
+    outputs = before + after
+    rows = [
+        output_row(o.as_dict(), "edit", "t", 0, n)
+        for n, o in enumerate(o for o in outputs if o.type in JOURNEY_OUTPUT_TYPES)
+    ]
+    client.insert(f"{db}.journey_events", rows, column_names=list(OUTPUT_COLUMNS))
+    view = _outcomes(client, db)
+    retired = {o.journey_id or "" for o in after if o.name == "retired"}
+    assert len(retired) == 2 and {view[j] for j in retired} == {"retired"}
+    terminal = {
+        o.journey_id or "": o.name
+        for o in outputs
+        if o.name in ("converted", "dropped_off", "retired")
+    }
+    assert {j: view[j] for j in terminal} == terminal
+    assert Counter(view.values())["active"] == 0
+    (version,) = client.query(
+        f"SELECT DISTINCT JSONExtractString(detail, 'definition_version') FROM {db}.journey_events "
+        "WHERE name = 'dropped_off' AND journey = 'online_purchase' AND at > {t:DateTime64(3)}",
+        parameters={"t": (T0 + 1) / 1000},
+    ).result_rows[0]
+    assert version == EDITED.journeys[0].version

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -104,36 +105,50 @@ def test_the_retraction_names_the_drop_off_stage_even_when_the_journey_moved_on(
 
 def test_the_drop_off_survives_a_snapshot_and_state_saved_by_the_previous_code_decodes() -> None:
     engine = JourneyEngine(CATALOG, allowed_lateness_ms=0)
+    names = engine.state_names
     engine.submit(touch(0, "cart.add", action="add", device="saved", channel="app"))
     engine.advance(T0 + CART_TIMEOUT + 1 * M)
-    (person,) = [PersonState.from_bytes(raw) for raw in engine.snapshot().values()]
+    (person,) = [PersonState.from_bytes(raw, names) for raw in engine.snapshot().values()]
     (journey,) = person.journeys
     assert (journey.dropoff_at, journey.dropoff_stage, journey.dropoff_channel) == (
         T0 + CART_TIMEOUT,
-        2,
+        "cart",
         "app",
     )
-    assert JourneyState.from_list(journey.to_list()).to_list() == journey.to_list()
-    # the shape saved before the drop-off fields: 13 items (and 12, before the channel)
-    old = journey.to_list()[:13]
-    decoded = JourneyState.from_list(old)
+    saved = journey.to_list(names)
+    assert saved[1:3] == ["online_purchase", "cart"]  # by name
+    again = JourneyState.from_list(saved, names)
+    assert isinstance(again, JourneyState) and again.to_list(names) == saved
+
+    def decode(data: list[Any]) -> JourneyState:
+        decoded = JourneyState.from_list(data, names)
+        assert isinstance(decoded, JourneyState)
+        return decoded
+
+    # version 1 (positions), in the shape saved before the drop-off fields: 13 items (and 12,
+    # before the channel)
+    old = [saved[0], 0, 2, *saved[3:13]]
+    decoded = decode(old)
+    assert (decoded.definition, decoded.stage) == (0, 2)
     assert (decoded.dropoff_at, decoded.dropoff_stage, decoded.dropoff_channel) == (
         T0 + CART_TIMEOUT,
-        2,
+        "cart",
         "app",
     )
-    assert JourneyState.from_list(old[:12]).dropoff_stage == 2
+    assert decode(old[:12]).dropoff_stage == "cart"
+    # version 1 with the drop-off fields: the drop-off's stage as a position
+    assert decode([*old, T0 + CART_TIMEOUT, 2, "app"]).dropoff_stage == "cart"
     resumed = list(old)
     resumed[5] = True  # active again after resuming: the drop-off's stage is not known
-    decoded = JourneyState.from_list(resumed)
-    assert (decoded.dropoff_at, decoded.dropoff_stage) == (T0 + CART_TIMEOUT, -1)
-    never = JourneyState.from_list([*old[:5], True, 0, *old[7:]])
+    decoded = decode(resumed)
+    assert (decoded.dropoff_at, decoded.dropoff_stage) == (T0 + CART_TIMEOUT, "")
+    never = decode([*old[:5], True, 0, *old[7:]])
     assert never.dropoff_at == 0
     # a journey restored from the old shape still retracts its drop-off when it converts
     restored = JourneyEngine(CATALOG, allowed_lateness_ms=0)
     restored.identity = engine.identity
-    person.journeys = [JourneyState.from_list(resumed)]
-    restored.restore({pid: person.to_bytes() for pid in engine.snapshot()})
+    person.journeys = [decode(resumed)]
+    restored.restore({pid: person.to_bytes(names) for pid in engine.snapshot()})
     out = restored.submit(touch(3 * H, "checkout.confirmation", device="saved"))
     retraction = named(out, "journey", "dropoff_retracted")
     assert len(retraction) == 1 and retraction[0].at == T0 + CART_TIMEOUT

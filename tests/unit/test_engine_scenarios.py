@@ -301,7 +301,10 @@ def test_state_survives_a_snapshot_and_restore_exactly() -> None:
     first = JourneyEngine(CATALOG, allowed_lateness_ms=0)
     got = [o for t in touches for o in first.submit(t)]
     snapshot = first.snapshot()
-    assert all(PersonState.from_bytes(raw).to_bytes() == raw for raw in snapshot.values())
+    names = first.state_names
+    assert all(
+        PersonState.from_bytes(raw, names).to_bytes(names) == raw for raw in snapshot.values()
+    )
     second = JourneyEngine(CATALOG, allowed_lateness_ms=0)
     second.identity = first.identity  # the identity graph has its own table
     second.restore(snapshot)

@@ -235,11 +235,12 @@ def test_a_person_state_saved_before_sessions_followed_contacts_still_loads() ->
         T0,
         False,
     ]
-    state = PersonState.from_list(old)
+    names = JourneyEngine(CATALOG).state_names
+    state = PersonState.from_list(old, names)
     assert state.session_at == {"call_center": T0, "web": T0 - 1 * H}
     assert state.session_hint == {"call_center": "c1", "web": None}
     assert (state.contact_at, state.contact_issue) == (T0, "billing")
-    assert PersonState.from_list(state.to_list()).to_list() == state.to_list()
+    assert PersonState.from_list(state.to_list(names), names).to_list(names) == state.to_list(names)
 
     def continued(*touches: Touch) -> list[Output]:
         engine = JourneyEngine(CATALOG, allowed_lateness_ms=0)
