@@ -173,7 +173,10 @@ class StateNames:
     journey whose journey or stage no longer resolves is retired. ``changes`` counts, per line,
     what decoding did differently from the saved state (the worker logs it after recovery)."""
 
-    def __init__(self, definitions: tuple[JourneyDefinition, ...]) -> None:
+    def __init__(self, definitions: tuple[JourneyDefinition, ...], write_version: int = 2) -> None:
+        # version 1 written on request: the rolling restart that upgrades from a release that
+        # reads nothing else (Settings.state_write_version)
+        self.positions = write_version == 1
         self.names: tuple[str, ...] = tuple(d.name for d in definitions)
         self.stage_names: tuple[tuple[str, ...], ...] = tuple(
             tuple(stage.name for stage in d.stages) for d in definitions
@@ -225,6 +228,10 @@ class StateNames:
                 f"{journey}.{stage}: continues as {name}.{self.stage_names[index][position]}"
             )
         return index, position, "", name, self.stage_names[index][position]
+
+    def stage_position(self, definition: int, stage: str) -> int:
+        """A drop-off's stage as version 1 saves it: its position, -1 when unknown."""
+        return self.stage_index[definition].get(stage, -1) if stage else -1
 
     def stage_name(self, definition: int, stage: Any) -> str:
         """A drop-off's stage as saved: a name, or (version 1) a position; "" when unknown."""
@@ -304,10 +311,11 @@ class JourneyState:
         self.pending_due = 0  # earliest deadline queued for it (not persisted; re-derived)
 
     def to_list(self, names: StateNames) -> list[Any]:
+        positions = names.positions  # version 1
         return [
             self.journey_id,
-            names.names[self.definition],
-            names.stage_names[self.definition][self.stage],
+            self.definition if positions else names.names[self.definition],
+            self.stage if positions else names.stage_names[self.definition][self.stage],
             self.started_at,
             self.active_at,
             self.status == "active",
@@ -319,7 +327,9 @@ class JourneyState:
             self.negatives,
             self.channel,
             self.dropoff_at,
-            self.dropoff_stage,
+            names.stage_position(self.definition, self.dropoff_stage)
+            if positions
+            else self.dropoff_stage,
             self.dropoff_channel,
         ]
 
@@ -440,9 +450,9 @@ class PersonState:
         """Version 2: the version, then the fields; journeys by name (``StateNames``)."""
         hints = self.session_hint
         journeys = [j.to_list(names) for j in self.journeys]
-        if self.retired:
+        if self.retired:  # (by name in version 1 too: only an edited file retires a journey)
             journeys += [r.data for r in self.retired]
-        return [
+        saved = [
             STATE_VERSION,
             journeys,
             {channel: [at, hints.get(channel)] for channel, at in self.session_at.items()},
@@ -459,6 +469,7 @@ class PersonState:
             self.last_activity,
             self.churn_flagged,
         ]
+        return saved[1:] if names.positions else saved
 
     @classmethod
     def from_bytes(cls, raw: bytes, names: StateNames) -> PersonState:
@@ -505,7 +516,11 @@ class JourneyEngine:
     """One engine per partition of persons. Feed it ``submit``; advance it with ``tick``."""
 
     def __init__(
-        self, catalog: JourneyCatalog, allowed_lateness_ms: int = 60_000, idle_after_ms: int = 5_000
+        self,
+        catalog: JourneyCatalog,
+        allowed_lateness_ms: int = 60_000,
+        idle_after_ms: int = 5_000,
+        state_write_version: int = STATE_VERSION,
     ) -> None:
         self.catalog = catalog
         self.definitions: tuple[JourneyDefinition, ...] = catalog.journeys
@@ -522,7 +537,7 @@ class JourneyEngine:
             (("definition_version", d.version),) for d in self.definitions
         )
         # how saved state names journeys and stages; what decoding it changed (worker's log)
-        self.state_names = StateNames(self.definitions)
+        self.state_names = StateNames(self.definitions, state_write_version)
         self.detectors = catalog.detectors
         self.lateness = allowed_lateness_ms
         self.idle_after = idle_after_ms

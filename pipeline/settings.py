@@ -139,6 +139,17 @@ class Settings(BaseSettings):
         "(it bounds the event-to-output latency). Raise it to replay history faster than real "
         "time.",
     )
+    state_write_version: int = Field(
+        default=2,
+        ge=1,
+        le=2,
+        description="The format journey workers write their saved state and hand-off records "
+        "in. 2: journeys and stages by name (survives edits of the journeys file). 1: the "
+        "format of releases before it (by position), which those releases can read: set 1 "
+        "for the rolling restart that upgrades workers from such a release, then unset it in "
+        "a second rolling restart once every worker runs the new code; do not edit the "
+        "journeys file in between (docs/operations/upgrades.md).",
+    )
     idle_after_s: float = Field(
         default=0.5,
         gt=0,

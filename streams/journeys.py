@@ -458,6 +458,7 @@ class JourneyRole:
             self.catalog,
             allowed_lateness_ms=int(self.settings.allowed_lateness_s * 1000),
             idle_after_ms=int(self.settings.idle_after_s * 1000),
+            state_write_version=self.settings.state_write_version,
         )
         partitions = self.partitions
         shard = JourneyShard(

@@ -13,7 +13,12 @@ a directory, and every earlier one must keep passing.
 from __future__ import annotations
 
 import base64
+import io
 import json
+import os
+import subprocess
+import sys
+import tarfile
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -94,3 +99,71 @@ def test_the_new_code_takes_over_from_a_released_version(release: Path) -> None:
     }
     assert differ == {}, differ
     assert len(expected["outcomes"]) > 50, "too few journeys decided: the test proves little"
+
+
+RELEASED_READER = """
+import base64, json, sys
+import pipeline
+from pipeline.definitions import load_catalog
+from pipeline.engine import JourneyEngine
+job = json.load(sys.stdin)
+engine = JourneyEngine(load_catalog(), allowed_lateness_ms=0)
+engine.restore({k: base64.b64decode(v) for k, v in job["snapshot"].items()})
+out = [o.as_dict() for o in engine.advance(job["until"])]
+print(json.dumps({"module": pipeline.__file__, "outputs": out}))
+"""
+
+
+def _facts(outputs: Iterable[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    keys = ("type", "name", "person_id", "journey", "journey_id", "stage", "at", "value")
+    return sorted(tuple(o[k] for k in keys) for o in outputs if o["type"] in ("journey", "score"))
+
+
+@pytest.mark.parametrize("release", RELEASES, ids=lambda p: p.name)
+def test_state_written_as_version_1_is_read_by_the_released_code(
+    release: Path, tmp_path: Path
+) -> None:
+    """The other half of a rolling upgrade: while old and new workers share the partitions
+    (``JW_STATE_WRITE_VERSION=1``), what a new worker saves or hands off is read by the
+    released code, taken from git history and run as it was: same deadlines, same outcomes."""
+    from pipeline.engine import JourneyEngine
+    from tests.helpers import REPO
+    from tests.unit.journeys import CATALOG, T0, D, H, M, touch
+
+    commit = release.name.removeprefix("released-")
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", commit, "pipeline"], capture_output=True, check=True
+    )
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(tmp_path, filter="data")
+    engine = JourneyEngine(CATALOG, allowed_lateness_ms=0, state_write_version=1)
+    for item in (
+        touch(0, "cart.add", action="add", device="dropped"),  # its drop-off fields are saved
+        touch(170 * M, "home.view", device="browsing"),
+        touch(175 * M, "checkout.payment", action="submit", device="paying", csat=2),
+        touch(2 * H, "ivr.menu", channel="call_center", device="calling", session_hint="c1"),
+        touch(121 * M, "queue.wait", channel="call_center", device="calling", wait_ms=400_000),
+    ):
+        engine.submit(item)
+    engine.advance(T0 + 3 * H)
+    snapshot = engine.snapshot()
+    until = T0 + 10 * D
+    job = {"snapshot": {k: base64.b64encode(v).decode() for k, v in snapshot.items()}}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"JW_COMPILED": "0"}
+    result = subprocess.run(
+        [sys.executable, "-c", RELEASED_READER],
+        input=json.dumps(job | {"until": until}),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    released = json.loads(result.stdout)
+    assert Path(released["module"]).is_relative_to(tmp_path)  # the released code, not ours
+    new = JourneyEngine(CATALOG, allowed_lateness_ms=0)
+    new.restore(snapshot)
+    ours = [o.as_dict() for o in new.advance(until)]
+    assert _facts(released["outputs"]) == _facts(ours)
+    assert sum(1 for o in ours if o["name"] == "dropped_off") == 3
