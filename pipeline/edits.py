@@ -13,7 +13,9 @@ with an edited file reads it with these rules:
   stage names it in ``renamed_from``, then they continue there;
 * a journey removed: its in-flight journeys end ``retired`` (reason ``journey_removed``) at
   their last activity, not dropped off; journeys already dropped off keep their drop-off;
-* a journey added: it starts with its next matching touchpoint; nothing in flight changes.
+* a journey added: it starts with its next matching touchpoint; nothing in flight changes;
+* state saved under a newer file (a higher ``version``) than the worker's: what the worker does
+  not know is kept untouched (a rolling restart with an edited file).
 
 ``changes`` lists what will happen, for ``journeywatch journeys diff`` and the worker's log.
 """
@@ -79,6 +81,17 @@ def changes(old: JourneyCatalog, new: JourneyCatalog) -> list[Change]:
             out.append(
                 Change(after.name, None, "added", "added: starts with its next matching touchpoint")
             )
+    if out and new.version <= old.version:
+        out.append(
+            Change(
+                "version",
+                None,
+                "version",
+                f"not raised ({old.version} -> {new.version}): raise it with every edit, so "
+                "that during a rolling restart a worker still on the old file keeps the "
+                "journeys it does not know untouched instead of retiring them",
+            )
+        )
     return out
 
 

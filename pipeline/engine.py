@@ -170,13 +170,22 @@ class StateNames:
     Decoding resolves a saved name against the current definitions, an earlier name through
     ``renamed_from``; state saved before names (version 1) holds positions in the file it was
     saved with, read as positions in the current one (so upgrade before editing the file). A
-    journey whose journey or stage no longer resolves is retired. ``changes`` counts, per line,
-    what decoding did differently from the saved state (the worker logs it after recovery)."""
+    journey whose journey or stage no longer resolves is retired, unless the state was saved
+    under a newer journeys file (a higher ``version``: a rolling restart with an edited file, this
+    worker not yet restarted): then it is kept as saved, untouched, for a worker with that file.
+    ``changes`` counts, per line, what decoding did differently from the saved state (the worker
+    logs it after recovery)."""
 
-    def __init__(self, definitions: tuple[JourneyDefinition, ...], write_version: int = 2) -> None:
+    def __init__(
+        self,
+        definitions: tuple[JourneyDefinition, ...],
+        write_version: int = 2,
+        catalog_version: int = 0,
+    ) -> None:
         # version 1 written on request: the rolling restart that upgrades from a release that
         # reads nothing else (Settings.state_write_version)
         self.positions = write_version == 1
+        self.catalog_version = catalog_version  # the journeys file's ``version``
         self.names: tuple[str, ...] = tuple(d.name for d in definitions)
         self.stage_names: tuple[tuple[str, ...], ...] = tuple(
             tuple(stage.name for stage in d.stages) for d in definitions
@@ -196,9 +205,17 @@ class StateNames:
     def _note(self, change: str) -> None:
         self.changes[change] = self.changes.get(change, 0) + 1
 
-    def resolve(self, journey: Any, stage: Any) -> tuple[int, int, str, str, str]:
+    def resolve(
+        self, journey: Any, stage: Any, newer: bool = False
+    ) -> tuple[int, int, str, str, str]:
         """``(definition, stage, reason, journey name, stage name)`` of a saved journey; the
-        positions are -1 and ``reason`` says why when it no longer resolves ("" when it does)."""
+        positions are -1 and ``reason`` says why when it no longer resolves ("" when it does).
+        ``newer``: saved under a newer journeys file (what does not resolve is kept dormant)."""
+        ending = (
+            "saved under a newer journeys file: kept untouched for a worker with that file"
+            if newer
+            else "its in-flight journeys end retired"
+        )
         if isinstance(journey, int):  # version 1: positions
             if 0 <= journey < len(self.names):
                 stages = self.stage_names[journey]
@@ -206,28 +223,27 @@ class StateNames:
                     return journey, stage, "", self.names[journey], stages[stage]
                 self._note(
                     f"{self.names[journey]}: a stage at position {stage} (state saved "
-                    "before names) is not in the file: its in-flight journeys end retired"
+                    f"before names) is not in the file: {ending}"
                 )
                 return journey, -1, STAGE_REMOVED, self.names[journey], str(stage)
             self._note(
                 f"a journey at position {journey} (state saved before names) is not in "
-                "the file: its in-flight journeys end retired"
+                f"the file: {ending}"
             )
             return -1, -1, JOURNEY_REMOVED, str(journey), str(stage)
         index = self.journey_index.get(journey, -1)
         if index < 0:
-            self._note(f"{journey}: removed from the file: its in-flight journeys end retired")
+            self._note(f"{journey}: not in the file: {ending}")
             return -1, -1, JOURNEY_REMOVED, journey, stage
         name = self.names[index]
         position = self.stage_index[index].get(stage, -1)
         if position < 0:
-            self._note(f"{name}.{stage}: removed from the file: its in-flight journeys end retired")
+            self._note(f"{name}.{stage}: not in the file: {ending}")
             return index, -1, STAGE_REMOVED, name, stage
-        if name != journey or self.stage_names[index][position] != stage:
-            self._note(
-                f"{journey}.{stage}: continues as {name}.{self.stage_names[index][position]}"
-            )
-        return index, position, "", name, self.stage_names[index][position]
+        now = self.stage_names[index][position]
+        if name != journey or now != stage:
+            self._note(f"{journey}.{stage}: continues as {name}.{now}")
+        return index, position, "", name, now
 
     def stage_position(self, definition: int, stage: str) -> int:
         """A drop-off's stage as version 1 saves it: its position, -1 when unknown."""
@@ -334,11 +350,16 @@ class JourneyState:
         ]
 
     @classmethod
-    def from_list(cls, data: list[Any], names: StateNames) -> JourneyState | RetiredJourney | None:
+    def from_list(
+        cls, data: list[Any], names: StateNames, newer: bool = False
+    ) -> JourneyState | RetiredJourney | None:
         """A saved journey (any version); ``RetiredJourney`` when its journey or stage is gone
-        and it is active, None when it is gone and dropped off (its drop-off stands)."""
-        definition, stage, reason, journey_name, stage_name = names.resolve(data[1], data[2])
+        and it is active (dormant, kept as saved, when ``newer``: saved under a newer journeys
+        file), None when it is gone and dropped off (its drop-off stands)."""
+        definition, stage, reason, journey_name, stage_name = names.resolve(data[1], data[2], newer)
         if reason:
+            if newer:
+                return RetiredJourney("", journey_name, stage_name, data)
             if not data[5]:
                 return None
             return RetiredJourney(
@@ -375,7 +396,9 @@ class JourneyState:
 class RetiredJourney:
     """An in-flight journey whose journey or stage the definitions no longer have: it ends
     ``retired`` at its last activity (the engine queues that as a deadline), and is saved as it
-    was read (by name) until then, so a restart before it fires retires it again."""
+    was read (by name) until then, so a restart before it fires retires it again. Dormant
+    (``reason`` ""): saved under a newer journeys file than this worker's; kept as saved, no
+    deadline, for a worker with that file."""
 
     __slots__ = ("data", "journey", "reason", "stage")
 
@@ -393,6 +416,10 @@ class RetiredJourney:
     def due(self) -> int:
         return int(self.data[4])
 
+    @property
+    def dormant(self) -> bool:
+        return not self.reason
+
 
 class PersonState:
     """What the engine keeps of one person (see ``JourneyState`` on why not a dataclass).
@@ -405,6 +432,7 @@ class PersonState:
         "attempt_at",
         "attempt_count",
         "attempt_step",
+        "catalog_version",
         "churn_due",
         "churn_flagged",
         "complaint_at",
@@ -423,6 +451,9 @@ class PersonState:
     def __init__(self) -> None:
         self.journeys: list[JourneyState] = []
         self.retired: list[RetiredJourney] | None = None  # ending ``retired`` (StateNames)
+        # the journeys file version it was saved under, when newer than this worker's (it holds
+        # dormant journeys: saved back under that version); 0 otherwise
+        self.catalog_version = 0
         # per channel: when the session's activity ends so far (the latest end of its
         # touchpoints: occurred_at + duration_ms) and its name (call id, visit id), once a
         # touchpoint gave one. (States saved before held the latest touchpoint's start here:
@@ -447,13 +478,15 @@ class PersonState:
         return orjson.dumps(self.to_list(names))
 
     def to_list(self, names: StateNames) -> list[Any]:
-        """Version 2: the version, then the fields; journeys by name (``StateNames``)."""
+        """Version 2: the version, the journeys file's version, then the fields; journeys by
+        name (``StateNames``)."""
         hints = self.session_hint
         journeys = [j.to_list(names) for j in self.journeys]
         if self.retired:  # (by name in version 1 too: only an edited file retires a journey)
             journeys += [r.data for r in self.retired]
         saved = [
             STATE_VERSION,
+            max(names.catalog_version, self.catalog_version),
             journeys,
             {channel: [at, hints.get(channel)] for channel, at in self.session_at.items()},
             [
@@ -469,7 +502,7 @@ class PersonState:
             self.last_activity,
             self.churn_flagged,
         ]
-        return saved[1:] if names.positions else saved
+        return saved[2:] if names.positions else saved
 
     @classmethod
     def from_bytes(cls, raw: bytes, names: StateNames) -> PersonState:
@@ -478,11 +511,15 @@ class PersonState:
     @classmethod
     def from_list(cls, data: list[Any], names: StateNames) -> PersonState:
         """Any saved version (1: no version item; 2: journeys by name)."""
+        catalog = 0
         if data and isinstance(data[0], int):
-            data = data[1:]
+            catalog, data = data[1], data[2:]
+        newer = catalog > names.catalog_version
         state = cls()
+        if newer:
+            state.catalog_version = catalog
         for saved in data[0]:
-            journey = JourneyState.from_list(saved, names)
+            journey = JourneyState.from_list(saved, names, newer)
             if isinstance(journey, JourneyState):
                 state.journeys.append(journey)
             elif journey is not None:
@@ -537,7 +574,7 @@ class JourneyEngine:
             (("definition_version", d.version),) for d in self.definitions
         )
         # how saved state names journeys and stages; what decoding it changed (worker's log)
-        self.state_names = StateNames(self.definitions, state_write_version)
+        self.state_names = StateNames(self.definitions, state_write_version, catalog.version)
         self.detectors = catalog.detectors
         self.lateness = allowed_lateness_ms
         self.idle_after = idle_after_ms
@@ -749,7 +786,8 @@ class JourneyEngine:
             self._schedule(person_id, journey)
         if state.retired:
             for retired in state.retired:
-                self._push(retired.due, person_id, retired.journey_id)
+                if not retired.dormant:
+                    self._push(retired.due, person_id, retired.journey_id)
         self._schedule_churn(person_id, state)
 
     # --- hand-over between partitions (pipeline/shard.py) ---------------------------------------
@@ -1368,7 +1406,8 @@ class JourneyEngine:
             journey.pending_due = 0
         if moved.retired:
             for retired in moved.retired:
-                self._push(retired.due, target, retired.journey_id)
+                if not retired.dormant:
+                    self._push(retired.due, target, retired.journey_id)
         person = self.persons.get(target)
         if person is None:
             self.persons[target] = moved
@@ -1376,6 +1415,7 @@ class JourneyEngine:
         else:
             if moved.retired:
                 person.retired = (person.retired or []) + moved.retired
+                person.catalog_version = max(person.catalog_version, moved.catalog_version)
             person.recent = (person.recent + moved.recent)[-RECENT_IDS * MARKER_SIZE :]
             person.last_activity = max(person.last_activity, moved.last_activity)
             for journey in moved.journeys:

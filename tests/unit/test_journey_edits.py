@@ -132,8 +132,8 @@ def test_what_decoding_changed_is_counted_for_the_workers_log() -> None:
     engine.restore(old.snapshot())
     assert engine.state_names.changes == {
         "online_purchase.payment: continues as online_purchase.checkout": 1,
-        "app_onboarding: removed from the file: its in-flight journeys end retired": 2,
-        "support_case.diagnosis: removed from the file: its in-flight journeys end retired": 1,
+        "app_onboarding: not in the file: its in-flight journeys end retired": 2,
+        "support_case.diagnosis: not in the file: its in-flight journeys end retired": 1,
     }
 
 
@@ -188,8 +188,9 @@ def test_state_saved_before_names_is_read_by_position() -> None:
     names = engine.state_names
     (raw,) = engine.snapshot().values()
     state = PersonState.from_bytes(raw, names).to_list(names)
-    assert state[0] == 2 and state[1][0][1:3] == ["online_purchase", "cart"]
-    version1 = [[[j[0], 0, 2, *j[3:13]] for j in state[1]], *state[2:]]
+    # the format's version, the journeys file's, then the journeys by name
+    assert state[:2] == [2, CATALOG.version] and state[2][0][1:3] == ["online_purchase", "cart"]
+    version1 = [[[j[0], 0, 2, *j[3:13]] for j in state[2]], *state[3:]]
     restored = JourneyEngine(CATALOG, allowed_lateness_ms=0)
     restored.restore({"p": PersonState.from_list(version1, names).to_bytes(names)})
     out = restored.advance(T0 + 1 * D)
@@ -213,6 +214,9 @@ def test_journeys_diff_says_what_happens_to_in_flight_journeys(tmp_path: Path) -
         "to keep them, name diagnosis in the renamed_from of the stage that takes them",
         "app_onboarding: removed: its in-flight journeys end retired (journey_removed); those "
         "already dropped off keep their drop-off",
+        "version: not raised (3 -> 3): raise it with every edit, so that during a rolling "
+        "restart a worker still on the old file keeps the journeys it does not know untouched "
+        "instead of retiring them",
     ]
     assert changes(CATALOG, CATALOG) == []
     from streams.cli import main
@@ -254,3 +258,26 @@ def test_the_version_follows_what_decides_outcomes_not_how_it_is_written() -> No
     changed = JourneyCatalog.model_validate(data)
     assert changed.journeys[0].version != CATALOG.journeys[0].version
     assert changed.journeys[2].version == CATALOG.journeys[2].version
+
+
+def test_a_worker_with_an_older_file_keeps_what_a_newer_file_saved_untouched() -> None:
+    """A rolling restart with an edited file (its version raised): a partition saved by a
+    worker with the new file and read by one not yet restarted keeps the journeys that worker
+    does not know, dormant, saved back as they were, until a worker with the new file reads
+    them: nothing is retired by the older file."""
+    data = edited()
+    data["version"] = CATALOG.version + 1
+    newer = JourneyCatalog.model_validate(data)
+    first = JourneyEngine(newer, allowed_lateness_ms=0)
+    first.submit(touch(0, "checkout.payment", action="submit", device="payer"))
+    older = JourneyEngine(CATALOG, allowed_lateness_ms=0)
+    older.identity = first.identity
+    older.restore(first.snapshot())
+    assert any("saved under a newer journeys file" in c for c in older.state_names.changes)
+    assert older.advance(T0 + 5 * D) == []  # not retired, not dropped off: untouched
+    back = JourneyEngine(newer, allowed_lateness_ms=0)
+    back.restore(older.snapshot())
+    out = back.advance(T0 + 5 * D)
+    assert [(o.name, o.stage, o.at) for o in named(out, "journey")] == [
+        ("dropped_off", "checkout", T0 + 30 * M)
+    ]
