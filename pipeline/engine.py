@@ -860,6 +860,10 @@ class JourneyEngine:
         self._merge_person(source, target, at, event_id, out)
         return out
 
+    def has(self, person_id: str, key: str) -> bool:
+        """Whether ``person_id`` has state here or a touch carrying ``key`` is held here."""
+        return person_id in self.persons or bool(self._held_by_key.get(key))
+
     def has_applied(self, person_id: str, event_id: str) -> bool:
         """Whether ``person_id`` recently applied ``event_id`` (a redelivered hand-off)."""
         person = self.persons.get(person_id)

@@ -767,9 +767,19 @@ class JourneyShard:
             self._route(touch, customer)
 
     # --- the protocol ---------------------------------------------------------------------------
-    def _on_link(self, key: str, target: str, touch: Touch, awaits: str) -> None:
+    def _on_link(self, key: str, target: str, touch: Touch, awaits: str | None) -> None:
         """At the home of ``key``: it is wanted by ``target``."""
         graph = self.graph
+        moved = self._follow(target)
+        if moved != target:
+            # The asking person was merged into another since it asked (a link relayed from
+            # another home, or waiting behind this partition's input): the identifier is wanted
+            # by the person it is now. Acting for the old one would give the identifier to a
+            # person that no longer exists and ask the other person's home to merge the person
+            # it was merged into back into it: two anonymous persons whose anchors alias each
+            # other, and every hand-off for either bounces between their homes. (Its awaited
+            # link was dropped when it moved: the answer releases nothing of the other's.)
+            target, awaits = moved, None
         alias = self.aliases.get(key)
         current = self._follow(alias) if alias is not None else graph.owner.get(key)
         answer: dict[str, Any] = {
@@ -786,6 +796,14 @@ class JourneyShard:
             answer["foreign"] = [key]
         elif current == target:
             answer["identifiers"] = [key]
+        elif current is None and self._yields(target, "a:" + key, key):
+            # Nobody owns it yet, but this identifier's own anonymous person is here (state,
+            # or touches carrying it held, not applied yet) and sorts first: it keeps the
+            # identifier and the asking person moves to it (below)
+            self._give(key, "a:" + key)
+            body = {"kind": "redirect", "person": target, "to": "a:" + key, "touch": touch}
+            self._send(anchor_key(target), body | {"awaits": awaits})
+            return
         elif current is None:
             # Nobody owns it yet, but touches carrying it may be held here, not applied yet:
             # they were this identifier's anonymous person's, so they go along.
@@ -808,6 +826,15 @@ class JourneyShard:
             body = {"kind": "redirect", "person": target, "to": current, "touch": touch}
             self._send(anchor_key(target), body | {"awaits": awaits})
             return
+        elif target.startswith("a:") and current < target:
+            # Two anonymous persons: the one whose id sorts first takes the other, whichever
+            # asked (here, ``current``: the asking person moves to it, as to a customer). Two
+            # homes asked at the same time to merge each other's person (a link relayed while
+            # the other merge was under way) then agree on the direction, and every alias chain
+            # leads to a smaller id: it never loops.
+            body = {"kind": "redirect", "person": target, "to": current, "touch": touch}
+            self._send(anchor_key(target), body | {"awaits": awaits})
+            return
         elif self._here(anchor_key(current)):
             record, members, taken = self._take(current)
             held, stay = self._claimed(taken)
@@ -826,16 +853,31 @@ class JourneyShard:
             return
         else:  # an anonymous person anchored elsewhere owns it: ask there
             self._give(key, target)
-            body = {
+            relay: dict[str, Any] = {
                 "kind": "link",
                 "key": anchor_key(current),
                 "person": target,
                 "touch": touch,
                 "awaits": awaits,
             }
-            self._send(anchor_key(current), body)
+            self._send(anchor_key(current), relay)
             return
         self._send(anchor_key(target), answer)
+
+    def _yields(self, target: str, anonymous: str, key: str) -> bool:
+        """Whether the asking anonymous person ``target`` moves to ``anonymous`` (the person
+        of ``key``, anchored here) rather than take it: two anonymous persons merge into the
+        one whose id sorts first (``_on_link``)."""
+        return (
+            target.startswith("a:")
+            and anonymous < target
+            and not key.startswith(CUSTOMER_PREFIX)
+            and (
+                anonymous in self.parked
+                or anonymous in self.awaiting
+                or self.engine.has(anonymous, key)
+            )
+        )
 
     def _give(self, key: str, person: str) -> None:
         """``key`` (homed here) now belongs to ``person``."""
@@ -848,14 +890,25 @@ class JourneyShard:
             self.graph.owner.pop(key, None)
         self._dirty_ids.add(key)
 
-    def _on_redirect(self, person: str, to: str, touch: Touch, awaits: str) -> None:
-        """At an anonymous person's partition: it belongs to customer ``to``; move it there."""
+    def _on_redirect(self, person: str, to: str, touch: Touch, awaits: str | None) -> None:
+        """At an anonymous person's partition: it belongs to ``to`` (a customer, or an
+        anonymous person whose id sorts first); move it there."""
+        moved = self._follow(person)
+        if moved != person:
+            # It was merged into another person meanwhile (a customer, or an anonymous person
+            # that sorts first): moving it again would overwrite where it went.
+            if awaits is not None and self.awaiting.get(person) == awaits:
+                self.awaiting.pop(person)
+                self._dirty_persons.add(person)
+            # its touch is the person's it is now, linked from there like any other
+            self._route(touch, moved)
+            return
         if anchor_key(person) in self.graph.blocked:
             # The person of a blocked identifier (a kiosk's anonymous visits) never moves to a
             # customer: only this touch goes, as in one process (a blocked identifier is not
             # used to resolve, so the touch is the customer's and the kiosk's person stays).
             self._send(anchor_key(to), {"kind": "forward", "person": to, "touch": touch})
-            if self.awaiting.get(person) == awaits:
+            if awaits is not None and self.awaiting.get(person) == awaits:
                 self.awaiting.pop(person)
                 self._dirty_persons.add(person)
             self._release(person)
