@@ -281,7 +281,7 @@ def run() -> str:
         "Command: `make bench` (suite `benchmarks/accuracy.py`): a `DaySimulator` day "
         f"(seed {SEED}, {PERSONAS:,} personas, {len(events):,} events, all four incident "
         "scenarios) produced to `touchpoints.raw` as the collector keys it, through two workers "
-        "and the sink into chdb, three ways: paced "
+        "and the sink into chdb, with the default settings (0.5 s lateness), three ways: paced "
         f"{SPEED:,} times faster than event time; all at once as fast as the broker takes it; "
         f"paced with the store feed {LATE_FEED_MS // 60_000} minutes of event time late. Then "
         "only ClickHouse is read. Outcomes and moments compare as multisets keyed by journey "
