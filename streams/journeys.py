@@ -461,8 +461,12 @@ class JourneyRole:
             state_write_version=self.settings.state_write_version,
         )
         partitions = self.partitions
+        # Writing the released format (the first restart of an upgrade): as the release,
+        # without watermark alignment, whose frontier messages released workers cannot read
+        # (docs/operations/upgrades.md).
+        aligned = partitions if self.settings.state_write_version > 1 else 0
         shard = JourneyShard(
-            engine, partition, lambda key: kafka_partition(key, partitions), partitions
+            engine, partition, lambda key: kafka_partition(key, partitions), aligned
         )
         shard.refused = set(self._refused[partition])
         # hand-off input before the committed offset was absorbed by an earlier owner (watermark

@@ -6,6 +6,7 @@ Shared by the topology and the alerting tests.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -144,9 +145,25 @@ class Topology:
     def stats(self) -> dict[str, Any]:
         return http_json(f"http://127.0.0.1:{self.status_port}/api/v1/stats") or {}
 
-    def start(self, index: int) -> None:
+    def start(
+        self, index: int, code: Path | None = None, settings: dict[str, object] | None = None
+    ) -> None:
+        """Start worker ``index``: this checkout's code, or (``code``) another checkout's (a
+        released version, plain Python); ``settings`` override this topology's."""
         log = self.tmp / f"worker-{index}.log"
-        self.workers[index] = start_cli(["worker", "--index", str(index)], self.env, log)
+        env = self.env | {f"JW_{k.upper()}": str(v) for k, v in (settings or {}).items()}
+        if code is None:
+            self.workers[index] = start_cli(["worker", "--index", str(index)], env, log)
+            return
+        released = {k: v for k, v in env.items() if k != "PYTHONPATH"} | {"JW_COMPILED": "0"}
+        with open(log, "ab") as handle:
+            self.workers[index] = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker", "--index", str(index)],
+                env=released,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                cwd=code,
+            )
 
     def retire(self, index: int) -> None:
         """Stop worker ``index`` as an operator scaling in would (SIGTERM)."""

@@ -238,12 +238,11 @@ def test_valid_events_with_worker_crashes_keep_every_invariant_but_one(
     """With crashes, every invariant above but one terminal outcome per journey. Known open,
     so ``make fuzz`` runs it and ``make test`` deselects it (marker ``open_defect``):
 
-    - a hand-off loop after crashes (two anonymous persons' homes alias each other:
-      docs/streaming-topology.md), which this fuzzing finds within 30 examples (a redirect of
-      a shared e-mail's person bouncing between two partitions);
+    - a hand-off loop after crashes: since the merge direction (docs/streaming-topology.md)
+      about one run in 2,000 (a forward to a customer bouncing between two partitions; before,
+      within 30 runs);
     - one terminal outcome per journey (issue #21): a crash loses state the outputs already
       reflect; the replay, with hand-off messages interleaved differently, can decide a
       journey otherwise (a drop-off, then a conversion without the drop-off behind it to
-      retract), e.g. ``--hypothesis-seed=18141911048255576218742534219986794371``. Not
-      asserted until the loop is fixed."""
+      retract): one run in 2,000 with it asserted. Not asserted until the loop is fixed."""
     check(events, partitions, delivery, crash_rate=0.05, one_outcome=False)
