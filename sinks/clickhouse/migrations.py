@@ -34,8 +34,7 @@ class Migration:
     def statements(self, cluster: str | None = None, **params: object) -> list[str]:
         """The statements to run; with ``cluster``, their replicated, sharded variant."""
         rendered: list[str] = []
-        for block in self.sql.split(";"):
-            lines = block.splitlines()
+        for lines in _blocks(self.sql):
             shard_by = next(
                 (
                     line.split("shard_by:", 1)[1].strip()
@@ -53,6 +52,22 @@ class Migration:
             else:
                 rendered.append(text)
         return rendered
+
+
+def _blocks(sql: str) -> list[list[str]]:
+    """A migration's statements, as lines: split at each ``;`` outside ``--`` comments (a
+    comment may hold one: it ends no statement)."""
+    blocks: list[list[str]] = [[]]
+    for line in sql.splitlines():
+        if line.strip().startswith("--"):
+            blocks[-1].append(line)
+            continue
+        *ended, rest = line.split(";")
+        for part in ended:
+            blocks[-1].append(part)
+            blocks.append([])
+        blocks[-1].append(rest)
+    return blocks
 
 
 class MigrationError(RuntimeError):

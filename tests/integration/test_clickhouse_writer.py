@@ -12,6 +12,7 @@ from pipeline.contract import Rejection, TouchpointEvent, decode_touchpoint
 from pipeline.deadletter import dead_letter_headers
 from pipeline.simulator import SimpleTrafficSource
 from sinks.clickhouse.migrations import (
+    Migration,
     MigrationError,
     apply_migrations,
     bookkeeping_statements,
@@ -183,3 +184,19 @@ def test_the_cluster_variant_is_valid_clickhouse_sql(clickhouse: ClickHouse) -> 
         s for m in load_migrations() for s in m.statements(db="journeywatch", retention_days=30)
     ]
     assert not any("ON CLUSTER" in s or "_local" in s for s in plain)
+
+
+def test_a_semicolon_in_a_comment_ends_no_statement() -> None:
+    migration = Migration(
+        99,
+        "comments",
+        "-- first: a table; then a view\n-- shard_by: cityHash64(id)\n"
+        "CREATE TABLE IF NOT EXISTS {db}.t (id String) ENGINE = MergeTree ORDER BY id;\n"
+        "-- the view; reads t\nCREATE OR REPLACE VIEW {db}.v AS SELECT id FROM {db}.t; ;",
+    )
+    assert migration.statements(db="d") == [
+        "CREATE TABLE IF NOT EXISTS d.t (id String) ENGINE = MergeTree ORDER BY id",
+        "CREATE OR REPLACE VIEW d.v AS SELECT id FROM d.t",
+    ]
+    clustered = migration.statements("c", db="d")
+    assert "cityHash64(id)" in clustered[1] and len(clustered) == 3
