@@ -2,22 +2,19 @@
 collector acknowledged is lost; a child that crash-loops stops the run, naming it.
 
 A simulated day (with its ground truth) goes in through the collector as a client would send
-it: batches, each as soon as it is due at 6,000 times real time (70 hours of events in about
-45 s), retried on 503, on refused or reset connections and on time-outs with the same event ids.
-Meanwhile the sink, then the worker, then the collector are killed with SIGKILL. Afterwards every
-event answered 202 is in ClickHouse exactly once, the journey outcomes are the truth, and the run
+it, two ways: batches each as soon as it is due at 6,000 times real time (70 hours of events in
+about 45 s, 12 hours of lateness), and all at once with the default lateness (0.5 s); retried on
+503, on refused or reset connections and on time-outs with the same event ids. Meanwhile the
+sink, then the worker, then the collector are killed with SIGKILL. Afterwards every event
+answered 202 is in ClickHouse exactly once, the journey outcomes are the truth, and the run
 reports each restart (status file, /metrics, the live API).
 
-The client waits out the worker's restart before it goes on, as test_topology's chaos test does,
-and the pace matters: sent unpaced, a few outcomes can differ from the truth although every
-acknowledged event is stored once. The restarted worker reads a backlog in large fetches, a
-partition's watermark runs ahead of touchpoints forwarded to it through the hand-off topic, and
-those are applied late, out of order (jw_late_events_total ~370 after the restart). Seen here,
-unpaced (the day in ~1.5 s), 510 journeys: three kills with the wait, lateness 12 h: 2 of 5 runs
-differed (1 to 5 journeys); the worker killed alone without the wait, lateness 36 h: 2 of 2 (the
-'error' moment of 2 journeys lost); with the wait: 0 of 2; no kill: 0 of 2. Paced as here, three
-kills: 0 of 7. Live, a worker restarting under traffic with a backlog longer than the lateness
-is exposed to the same (docs/operations/embedded-run.md).
+The client waits out the worker's restart before it goes on, as test_topology's chaos test
+does. Before watermark alignment, sent unpaced, a few outcomes could differ from the truth
+although every acknowledged event was stored once (2 of 5 runs, 1 to 5 journeys of 510): the
+restarted worker read a backlog in large fetches and a partition's watermark ran ahead of
+touchpoints forwarded to it through the hand-off topic. With alignment, all at once with the
+default lateness: 6 of 6 runs exact (2026-12-07).
 """
 
 from __future__ import annotations
@@ -41,6 +38,7 @@ import pytest
 from kafka import TopicPartition
 
 from pipeline.scenario import DaySimulator, default_incidents
+from pipeline.settings import Settings
 from streams.offsets import committed_offsets, confirmed_end_offsets, group_lag
 from streams.topics import BY_PERSON, HANDOFF, RAW
 from tests.e2e.stack import PARTITIONS, clock_events, day_start
@@ -164,13 +162,18 @@ def wait_until_running(run: subprocess.Popen[bytes], tmp_path: Path, output: Pat
     assert run.poll() is None, output.read_text()
 
 
-def test_children_killed_mid_stream_lose_no_acknowledged_event(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "speed", [SPEED, None], ids=["paced-12h-lateness", "full-speed-default-lateness"]
+)
+def test_children_killed_mid_stream_lose_no_acknowledged_event(
+    tmp_path: Path, speed: float | None
+) -> None:
     # A simulated day, paced as tests/e2e/test_topology.py paces it (a day in about 30 s, with
-    # 12 hours of lateness): sent faster, each second of a restart is hours of event time and
-    # what comes out depends on how the restarted worker's reads of its two inputs interleave
-    # (docs/streaming-topology.md, "Replaying history faster than real time"). Within that pace
-    # the client sends each batch as soon as it is due, and retries at once.
-    env, ports = run_env(tmp_path, allowed_lateness_s=12 * 3600)
+    # 12 hours of lateness), and all at once with the default lateness (watermark alignment
+    # keeps what a restarted worker reads in order: docs/streaming-topology.md, "Time"). The
+    # client sends each batch as soon as it is due, and retries at once.
+    lateness = 12 * 3600 if speed else Settings.model_fields["allowed_lateness_s"].default
+    env, ports = run_env(tmp_path, allowed_lateness_s=lateness)
     start = day_start()
     simulator = DaySimulator(29, start, 500, default_incidents(start))
     events = simulator.generate()
@@ -192,7 +195,7 @@ def test_children_killed_mid_stream_lose_no_acknowledged_event(tmp_path: Path) -
         paused = 0.0  # the wait for the worker's restart: the pace resumes after it
 
         def due(event: dict[str, Any]) -> float:
-            return (_at(event) - first) / SPEED
+            return (_at(event) - first) / speed if speed else 0.0
 
         for n in range(0, len(events), BATCH):
             progress = n / len(events)
