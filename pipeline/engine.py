@@ -561,11 +561,11 @@ class JourneyEngine:
     ) -> None:
         self.catalog = catalog
         self.definitions: tuple[JourneyDefinition, ...] = catalog.journeys
+        # how saved state names journeys and stages; what decoding it changed (worker's log)
+        self.state_names = StateNames(self.definitions, state_write_version, catalog.version)
         # what the hot path reads of the definitions, as plain tuples
-        self._names: tuple[str, ...] = tuple(d.name for d in self.definitions)
-        self._stage_names: tuple[tuple[str, ...], ...] = tuple(
-            tuple(stage.name for stage in d.stages) for d in self.definitions
-        )
+        self._names: tuple[str, ...] = self.state_names.names
+        self._stage_names: tuple[tuple[str, ...], ...] = self.state_names.stage_names
         self._timeouts: tuple[tuple[int, ...], ...] = tuple(
             tuple(stage.timeout for stage in d.stages) for d in self.definitions
         )
@@ -573,8 +573,6 @@ class JourneyEngine:
         self._versions: tuple[tuple[tuple[str, Any], ...], ...] = tuple(
             (("definition_version", d.version),) for d in self.definitions
         )
-        # how saved state names journeys and stages; what decoding it changed (worker's log)
-        self.state_names = StateNames(self.definitions, state_write_version, catalog.version)
         self.detectors = catalog.detectors
         self.lateness = allowed_lateness_ms
         self.idle_after = idle_after_ms

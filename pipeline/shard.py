@@ -801,8 +801,7 @@ class JourneyShard:
             # or touches carrying it held, not applied yet) and sorts first: it keeps the
             # identifier and the asking person moves to it (below)
             self._give(key, "a:" + key)
-            body = {"kind": "redirect", "person": target, "to": "a:" + key, "touch": touch}
-            self._send(anchor_key(target), body | {"awaits": awaits})
+            self._redirect(target, "a:" + key, touch, awaits)
             return
         elif current is None:
             # Nobody owns it yet, but touches carrying it may be held here, not applied yet:
@@ -823,8 +822,7 @@ class JourneyShard:
             answer["foreign"] = [key]
         elif current.startswith("c:"):
             # the asking person is anonymous and the identifier is a customer's: move it there
-            body = {"kind": "redirect", "person": target, "to": current, "touch": touch}
-            self._send(anchor_key(target), body | {"awaits": awaits})
+            self._redirect(target, current, touch, awaits)
             return
         elif target.startswith("a:") and current < target:
             # Two anonymous persons: the one whose id sorts first takes the other, whichever
@@ -832,8 +830,7 @@ class JourneyShard:
             # homes asked at the same time to merge each other's person (a link relayed while
             # the other merge was under way) then agree on the direction, and every alias chain
             # leads to a smaller id: it never loops.
-            body = {"kind": "redirect", "person": target, "to": current, "touch": touch}
-            self._send(anchor_key(target), body | {"awaits": awaits})
+            self._redirect(target, current, touch, awaits)
             return
         elif self._here(anchor_key(current)):
             record, members, taken = self._take(current)
@@ -863,6 +860,17 @@ class JourneyShard:
             self._send(anchor_key(current), relay)
             return
         self._send(anchor_key(target), answer)
+
+    def _redirect(self, person: str, to: str, touch: Touch, awaits: str | None) -> None:
+        """Tell ``person``'s partition that it belongs to ``to`` (``_on_redirect``)."""
+        body = {"kind": "redirect", "person": person, "to": to, "touch": touch, "awaits": awaits}
+        self._send(anchor_key(person), body)
+
+    def _answered(self, person: str, awaits: str | None) -> None:
+        """The link ``person`` waits for (``awaits``) is answered: its parked touches may go."""
+        if awaits is not None and self.awaiting.get(person) == awaits:
+            self.awaiting.pop(person)
+            self._dirty_persons.add(person)
 
     def _yields(self, target: str, anonymous: str, key: str) -> bool:
         """Whether the asking anonymous person ``target`` moves to ``anonymous`` (the person
@@ -897,9 +905,7 @@ class JourneyShard:
         if moved != person:
             # It was merged into another person meanwhile (a customer, or an anonymous person
             # that sorts first): moving it again would overwrite where it went.
-            if awaits is not None and self.awaiting.get(person) == awaits:
-                self.awaiting.pop(person)
-                self._dirty_persons.add(person)
+            self._answered(person, awaits)
             # its touch is the person's it is now, linked from there like any other
             self._route(touch, moved)
             return
@@ -908,9 +914,7 @@ class JourneyShard:
             # customer: only this touch goes, as in one process (a blocked identifier is not
             # used to resolve, so the touch is the customer's and the kiosk's person stays).
             self._send(anchor_key(to), {"kind": "forward", "person": to, "touch": touch})
-            if awaits is not None and self.awaiting.get(person) == awaits:
-                self.awaiting.pop(person)
-                self._dirty_persons.add(person)
+            self._answered(person, awaits)
             self._release(person)
             return
         record, members, taken = self._take(person)
@@ -958,9 +962,7 @@ class JourneyShard:
         if self.engine.has_applied(target, last.event_id):
             # delivered again after a crash: the first delivery merged it and applied its
             # touches already (merging again would bring back journeys that have ended)
-            if data["awaits"] is not None and self.awaiting.get(target) == data["awaits"]:
-                self.awaiting.pop(target)
-                self._dirty_persons.add(target)
+            self._answered(target, data["awaits"])
             # The inputs still waiting for its touches are released: a hand-off on a hop within
             # this partition (a redelivered link answered by a redirect to a person anchored
             # here) has no token of its own, and the input that sent it waits for its touches.
