@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import random
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -93,16 +95,37 @@ def jw_env(**settings: object) -> dict[str, str]:
     return env
 
 
-def start_python(args: list[str], env: dict[str, str] | None, log: Path) -> subprocess.Popen[bytes]:
-    """``python ARGS`` in the repository, its output appended to ``log``."""
+def start_python(
+    args: list[str], env: dict[str, str] | None, log: Path, cwd: Path = REPO
+) -> subprocess.Popen[bytes]:
+    """``python ARGS`` in the repository (or ``cwd``), its output appended to ``log``."""
     with open(log, "ab") as handle:  # the child has its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, *args], env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO
+            [sys.executable, *args], env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd
         )
 
 
-def start_cli(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return start_python(["-m", "streams.cli", *args], env, log)
+def start_cli(
+    args: list[str], env: dict[str, str], log: Path, cwd: Path = REPO
+) -> subprocess.Popen[bytes]:
+    return start_python(["-m", "streams.cli", *args], env, log, cwd)
+
+
+def extract_release(commit: str, into: Path, *paths: str) -> Path:
+    """The code of an earlier commit (``paths`` of it, or all), from git history, in ``into``:
+    run from there with ``released_env``, it is that version as it was released."""
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", commit, *paths], capture_output=True, check=True
+    )
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return into
+
+
+def released_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for code run from ``extract_release``'s directory: its own modules (the
+    working directory first on the path), plain Python (it has no compiled build)."""
+    return {k: v for k, v in env.items() if k != "PYTHONPATH"} | {"JW_COMPILED": "0"}
 
 
 def run_cli(

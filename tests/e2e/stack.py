@@ -6,7 +6,6 @@ Shared by the topology and the alerting tests.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +28,7 @@ from tests.helpers import (
     http_json,
     jw_env,
     metric_values,
+    released_env,
     start_cli,
     stop_process,
     wait_until,
@@ -152,18 +152,11 @@ class Topology:
         released version, plain Python); ``settings`` override this topology's."""
         log = self.tmp / f"worker-{index}.log"
         env = self.env | {f"JW_{k.upper()}": str(v) for k, v in (settings or {}).items()}
+        args = ["worker", "--index", str(index)]
         if code is None:
-            self.workers[index] = start_cli(["worker", "--index", str(index)], env, log)
-            return
-        released = {k: v for k, v in env.items() if k != "PYTHONPATH"} | {"JW_COMPILED": "0"}
-        with open(log, "ab") as handle:
-            self.workers[index] = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", "--index", str(index)],
-                env=released,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                cwd=code,
-            )
+            self.workers[index] = start_cli(args, env, log)
+        else:
+            self.workers[index] = start_cli(args, released_env(env), log, cwd=code)
 
     def retire(self, index: int) -> None:
         """Stop worker ``index`` as an operator scaling in would (SIGTERM)."""

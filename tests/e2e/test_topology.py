@@ -12,12 +12,9 @@ stops one: the outcomes must still be exactly the truth.
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import re
 import signal
-import subprocess
-import tarfile
 import time
 from collections import Counter
 from datetime import datetime, timedelta
@@ -51,6 +48,7 @@ from tests.e2e.stack import (
 )
 from tests.helpers import (
     REPO,
+    extract_release,
     http_get,
     metric_values,
     query_chdb,
@@ -222,13 +220,7 @@ def test_a_rolling_upgrade_from_the_release_changes_no_outcome(
     ground truth exactly, each once, and nothing was dead-lettered."""
     golden = sorted((REPO / "tests" / "golden").glob("released-*"))
     commit = golden[-1].name.removeprefix("released-")
-    code = tmp_path / "released"
-    code.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", commit], capture_output=True, check=True
-    )
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(code, filter="data")
+    code = extract_release(commit, tmp_path / "released")
     outcomes, truth, _ = run_day(broker, tmp_path, seed=34, released=code)
     assert outcomes == truth, (outcomes - truth, truth - outcomes)
 

@@ -13,12 +13,10 @@ a directory, and every earlier one must keep passing.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -127,15 +125,10 @@ def test_state_written_as_version_1_is_read_by_the_released_code(
     (``JW_STATE_WRITE_VERSION=1``), what a new worker saves or hands off is read by the
     released code, taken from git history and run as it was: same deadlines, same outcomes."""
     from pipeline.engine import JourneyEngine
-    from tests.helpers import REPO
+    from tests.helpers import extract_release, released_env
     from tests.unit.journeys import CATALOG, T0, D, H, M, touch
 
-    commit = release.name.removeprefix("released-")
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", commit, "pipeline"], capture_output=True, check=True
-    )
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(tmp_path, filter="data")
+    extract_release(release.name.removeprefix("released-"), tmp_path, "pipeline")
     engine = JourneyEngine(CATALOG, allowed_lateness_ms=0, state_write_version=1)
     for item in (
         touch(0, "cart.add", action="add", device="dropped"),  # its drop-off fields are saved
@@ -149,7 +142,7 @@ def test_state_written_as_version_1_is_read_by_the_released_code(
     snapshot = engine.snapshot()
     until = T0 + 10 * D
     job = {"snapshot": {k: base64.b64encode(v).decode() for k, v in snapshot.items()}}
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"JW_COMPILED": "0"}
+    env = released_env(dict(os.environ))
     result = subprocess.run(
         [sys.executable, "-c", RELEASED_READER],
         input=json.dumps(job | {"until": until}),
