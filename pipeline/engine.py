@@ -144,6 +144,22 @@ class Output(NamedTuple):
         }
 
 
+def drop_off_hold(
+    definition: JourneyDefinition, channel_lateness_ms: dict[str, int], lateness_ms: int
+) -> int:
+    """How long a journey's drop-off waits after the watermark passes its deadline: the
+    lateness of the latest channel that can move the journey on (any stage or the goal; a
+    pattern without ``channel`` matches every channel), beyond the lateness itself."""
+    if not channel_lateness_ms:
+        return 0
+    latest = 0
+    patterns = [p for stage in definition.stages for p in stage.match] + list(definition.goal)
+    for pattern in patterns:
+        for channel in pattern.channel or channel_lateness_ms:
+            latest = max(latest, channel_lateness_ms.get(channel, 0))
+    return max(0, latest - lateness_ms)
+
+
 def blocked_output(identifier: str, at: int, person_id: str, event_id: str) -> Output:
     """An identifier seen with too many customers is no longer used to stitch (reported once)."""
     return Output(
@@ -558,6 +574,7 @@ class JourneyEngine:
         allowed_lateness_ms: int = 60_000,
         idle_after_ms: int = 5_000,
         state_write_version: int = STATE_VERSION,
+        channel_lateness_ms: dict[str, int] | None = None,
     ) -> None:
         self.catalog = catalog
         self.definitions: tuple[JourneyDefinition, ...] = catalog.journeys
@@ -570,6 +587,14 @@ class JourneyEngine:
             tuple(stage.timeout for stage in d.stages) for d in self.definitions
         )
         self._resume_within: tuple[int, ...] = tuple(d.resume_within for d in self.definitions)
+        # per journey: how long a drop-off waits after the watermark passes its deadline, so
+        # that touchpoints of a channel later than the lateness (a store or contact-centre
+        # feed: ``channel_lateness_ms``) still reach the journey before it is reported
+        self._hold: tuple[int, ...] = tuple(
+            drop_off_hold(d, channel_lateness_ms or {}, allowed_lateness_ms)
+            for d in self.definitions
+        )
+        self._holding = any(self._hold)
         self._versions: tuple[tuple[tuple[str, Any], ...], ...] = tuple(
             (("definition_version", d.version),) for d in self.definitions
         )
@@ -919,12 +944,17 @@ class JourneyEngine:
             person_id = resolution.person_id
             self.dirty.add(person_id)
             for source in resolution.merged:
+                if self._holding:
+                    self._overdue_of(source, touch.at, out)
+                    self._overdue_of(person_id, touch.at, out)
                 self._merge_person(source, person_id, touch.at, touch.event_id, out)
             for identifier in resolution.blocked:
                 out.append(blocked_output(identifier, touch.at, person_id, touch.event_id))
         person = self.persons.get(person_id)
         if person is None:
             person = self.persons[person_id] = PersonState()
+        elif self._holding:
+            self._overdue(person_id, person, touch.at, out)
         marker = _marker(touch.event_id)
         recent = person.recent
         if _seen(recent, marker):
@@ -1238,9 +1268,31 @@ class JourneyEngine:
         person.journeys.remove(journey)
 
     def _due(self, journey: JourneyState) -> int:
+        """When the journey's deadline fires: an active journey's drop-off deadline plus the
+        journey's hold; a dropped one's end of ``resume_within``."""
+        index = journey.definition
         if journey.status == "active":
-            return journey.active_at + self._timeouts[journey.definition][journey.stage]
-        return journey.dropped_at + self._resume_within[journey.definition]
+            return journey.active_at + self._timeouts[index][journey.stage] + self._hold[index]
+        return journey.dropped_at + self._resume_within[index]
+
+    def _overdue_of(self, person_id: str, at: int, out: list[Output]) -> None:
+        person = self.persons.get(person_id)
+        if person is not None:
+            self._overdue(person_id, person, at, out)
+
+    def _overdue(self, person_id: str, person: PersonState, at: int, out: list[Output]) -> None:
+        """Before a touchpoint at ``at`` is applied: drop off the person's journeys whose
+        deadline lies before it but has not fired, held for a late channel (``_hold``). In
+        event time the deadline came first, as it does without a hold."""
+        for journey in person.journeys:
+            if journey.status != "active":
+                continue
+            index = journey.definition
+            if not self._hold[index]:
+                continue
+            deadline = journey.active_at + self._timeouts[index][journey.stage]
+            if at > deadline:
+                self._drop(person_id, journey, deadline, out)
 
     def _schedule(self, person_id: str, journey: JourneyState) -> None:
         """Queue the journey's deadline, unless an earlier one is queued already: that one,
@@ -1284,43 +1336,48 @@ class JourneyEngine:
             if expected > due and not journey.pending_due:
                 self._schedule(person_id, journey)
             return
-        definition = self.definitions[journey.definition]
         if journey.status == "active":
-            journey.status = "dropped"
-            journey.dropped_at = due
-            self._schedule(person_id, journey)
-            if journey.dropoff_at:
-                return  # resumed, then stalled again: a drop-off is reported once per journey
-            stage = definition.stages[journey.stage].name
-            journey.dropoff_at = due
-            journey.dropoff_stage = stage
-            journey.dropoff_channel = journey.channel
-            out.append(
-                _new(
-                    Output,
-                    (
-                        "journey",
-                        "dropped_off",
-                        f"dropped_off:{journey_id}",
-                        due,
-                        person_id,
-                        definition.name,
-                        journey_id,
-                        stage,
-                        journey.channel or None,
-                        None,
-                        None,
-                        None,
-                        (
-                            ("negative_moments", journey.negatives),
-                            ("definition_version", definition.version),
-                        ),
-                    ),
-                )
-            )
-            self._score(person_id, journey, due, "dropped_off", out)
+            self._drop(person_id, journey, due - self._hold[journey.definition], out)
         else:
             person.journeys.remove(journey)  # no longer resumable: forget it
+
+    def _drop(self, person_id: str, journey: JourneyState, due: int, out: list[Output]) -> None:
+        """The journey passed its stage's deadline ``due``: dropped (reported once per journey)."""
+        definition = self.definitions[journey.definition]
+        journey_id = journey.journey_id
+        journey.status = "dropped"
+        journey.dropped_at = due
+        self._schedule(person_id, journey)
+        if journey.dropoff_at:
+            return  # resumed, then stalled again: a drop-off is reported once per journey
+        stage = definition.stages[journey.stage].name
+        journey.dropoff_at = due
+        journey.dropoff_stage = stage
+        journey.dropoff_channel = journey.channel
+        out.append(
+            _new(
+                Output,
+                (
+                    "journey",
+                    "dropped_off",
+                    f"dropped_off:{journey_id}",
+                    due,
+                    person_id,
+                    definition.name,
+                    journey_id,
+                    stage,
+                    journey.channel or None,
+                    None,
+                    None,
+                    None,
+                    (
+                        ("negative_moments", journey.negatives),
+                        ("definition_version", definition.version),
+                    ),
+                ),
+            )
+        )
+        self._score(person_id, journey, due, "dropped_off", out)
 
     def _retire(
         self, due: int, person_id: str, person: PersonState, journey_id: str, out: list[Output]

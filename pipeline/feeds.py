@@ -1,4 +1,5 @@
-"""Mapping contact-centre and store exports to touchpoint events.
+"""Mapping contact-centre and store exports (and touchpoints in the event contract) to
+touchpoint events.
 
 Each export row becomes one event, or a :class:`RowError` that names the column and the
 problem. Event ids are derived from the row's content, so importing the same file twice
@@ -217,8 +218,34 @@ def map_store_row(
         return bad.error
 
 
+def map_touchpoint(
+    row: Row, pii_key: bytes, country_code: str = "", known: dict[str, dict[str, str]] | None = None
+) -> dict[str, Any] | RowError:
+    """One touchpoint in journeywatch's own event contract (docs/event-contract.md), as the
+    collector takes it: ``email`` and ``phone`` are hashed here and never stored raw; the
+    contract's validation follows. ``source`` defaults to ``import``."""
+    event = dict(row)
+    try:
+        email = event.pop("email", None)
+        if email is not None:
+            if not isinstance(email, str) or "@" not in email:
+                raise _Bad("email", "must be an e-mail address")
+            event["email_hash"] = hash_email(email, pii_key)
+        phone = event.pop("phone", None)
+        if phone is not None:
+            if not isinstance(phone, str) or sum(ch.isdigit() for ch in phone) < 6:
+                raise _Bad("phone", "must be a phone number")
+            event["phone_hash"] = hash_phone(phone, pii_key, country_code)
+    except _Bad as bad:
+        return bad.error
+    event.pop("received_at", None)  # when journeywatch received it: now, not the export's
+    event.setdefault("source", "import")
+    return event
+
+
 Mapper = Callable[[Row, bytes, str, dict[str, dict[str, str]] | None], dict[str, Any] | RowError]
 FEEDS: Final[dict[str, Mapper]] = {
     "contact-center": map_call_leg,
     "store": map_store_row,
+    "touchpoints": map_touchpoint,
 }

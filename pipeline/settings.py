@@ -139,6 +139,17 @@ class Settings(BaseSettings):
         "(it bounds the event-to-output latency). Raise it to replay history faster than real "
         "time.",
     )
+    channel_lateness_s: dict[Channel, float] = Field(
+        default_factory=dict,
+        description="Per channel, how late (event time) its touchpoints may reach journeywatch "
+        "beyond `JW_ALLOWED_LATENESS_S`, as a JSON object in seconds, e.g. "
+        '`{"store": 86400, "call_center": 3600}` for a point-of-sale export imported daily and '
+        "a contact-centre feed sent hourly. A journey that such a channel can move on waits "
+        "that much longer before it is reported dropped off, so the late touchpoints still "
+        "reach it in time; without it the drop-off is reported and then retracted when a late "
+        "touchpoint converts the journey. Channels not named: the lateness alone "
+        '(docs/streaming-topology.md, "Late channels").',
+    )
     state_write_version: int = Field(
         default=2,
         ge=1,
@@ -325,6 +336,14 @@ class Settings(BaseSettings):
         "out (`repeated`): a broker outage does not flood them.",
     )
 
+    @field_validator("channel_lateness_s")
+    @classmethod
+    def _lateness_not_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        for channel, seconds in value.items():
+            if seconds < 0:
+                raise ValueError(f"channel_lateness_s.{channel}: {seconds} is negative")
+        return value
+
     @field_validator("clickhouse_dsn")
     @classmethod
     def _known_dsn(cls, value: str) -> str:
@@ -400,6 +419,10 @@ def to_environment(settings: Settings) -> dict[str, str]:
                     }
                     for source, key in settings.collector_api_keys.items()
                 }
+            )
+        elif name == "channel_lateness_s":
+            value = json.dumps(
+                {channel.value: seconds for channel, seconds in settings.channel_lateness_s.items()}
             )
         env[f"JW_{name.upper()}"] = str(value)
     return env

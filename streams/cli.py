@@ -97,9 +97,10 @@ def collector() -> None:
 @main.command("import")
 @click.option(
     "--kind",
-    type=click.Choice(["contact-center", "store"]),
+    type=click.Choice(["contact-center", "store", "touchpoints"]),
     required=True,
-    help="Which export the files are.",
+    help="Which export the files are (touchpoints: JSON Lines in the event contract, as the "
+    "collector takes them).",
 )
 @click.option(
     "--format",
@@ -116,7 +117,8 @@ def collector() -> None:
 def import_(
     kind: str, fmt: str | None, dry_run: bool, errors_out: Path | None, files: tuple[Path, ...]
 ) -> None:
-    """Import contact-centre or store exports (CSV or JSON Lines) into touchpoints.raw."""
+    """Import contact-centre or store exports (CSV or JSON Lines), or touchpoints in the
+    event contract (JSON Lines), into touchpoints.raw."""
     from streams.importer import import_file
 
     settings = _settings()

@@ -85,7 +85,8 @@ def import_file(
             "JW_PII_HASH_KEY is not set: imports hash e-mail and phone with it"
         )
     key = settings.pii_hash_key.get_secret_value().encode()
-    fmt = fmt or ("jsonl" if path.suffix in (".jsonl", ".ndjson", ".json") else "csv")
+    jsonl = kind == "touchpoints" or path.suffix in (".jsonl", ".ndjson", ".json")
+    fmt = fmt or ("jsonl" if jsonl else "csv")
     report = ImportReport(path)
     producer = None
     if send is None and not dry_run:

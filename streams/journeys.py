@@ -459,6 +459,10 @@ class JourneyRole:
             allowed_lateness_ms=int(self.settings.allowed_lateness_s * 1000),
             idle_after_ms=int(self.settings.idle_after_s * 1000),
             state_write_version=self.settings.state_write_version,
+            channel_lateness_ms={
+                channel.value: int(seconds * 1000)
+                for channel, seconds in self.settings.channel_lateness_s.items()
+            },
         )
         partitions = self.partitions
         # Writing the released format (the first restart of an upgrade): as the release,

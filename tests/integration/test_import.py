@@ -115,3 +115,43 @@ def test_a_row_older_than_the_retention_is_refused_by_file_and_line(tmp_path: Pa
     for line in (2, 3):
         assert f"{calls}:{line}: too_old (field occurred_at)" in result.stderr
     assert f"{calls}:4" not in result.stderr
+
+
+def test_touchpoints_in_the_contract_import_as_the_collector_takes_them(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """``--kind touchpoints``: JSON Lines in the event contract (an export of another tool
+    already mapped, a backfill): e-mail and phone hashed with the key, the contract checked by
+    file, line and field, the rest produced."""
+    ensure_topics(Settings(broker_url=broker.url, partitions=2))
+    at = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    good = {"event_id": "t1", "occurred_at": at, "channel": "store", "touchpoint": "store.visit"}
+    lines = [
+        orjson.dumps({**good, "action": "enter", "email": "Ann@Example.com", "source": "pos"}),
+        orjson.dumps(
+            {
+                **good,
+                "event_id": "t2",
+                "action": "enter",
+                "channel": "fax",
+                "phone": "+44 20 7946 0958",
+            }
+        ),
+        orjson.dumps({**good, "event_id": "t3", "action": "enter", "email": "no-at-sign"}),
+        orjson.dumps({**good, "event_id": "t4", "action": "pay", "loyalty_id": "L1"}),
+    ]
+    path = tmp_path / "backfill.json"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    env = jw_env(broker_url=broker.url, pii_hash_key="import-key")
+    result = run_import(["--kind", "touchpoints", str(path)], env)
+    assert result.returncode == 0, result.stderr
+    assert "2 events imported, 2 lines rejected" in result.stdout, result.stdout
+    assert f"{path}:2: invalid_field (field channel)" in result.stderr, result.stderr
+    assert f"{path}:3: email: must be an e-mail address" in result.stderr
+    records = {
+        r["event_id"]: r for r in (orjson.loads(x.value) for x in read_topic(broker.url, RAW))
+    }
+    assert set(records) == {"t1", "t4"}
+    assert "email" not in records["t1"] and len(records["t1"]["email_hash"]) >= 16
+    assert b"example.com" not in orjson.dumps(records["t1"]).lower()
+    assert (records["t1"]["source"], records["t4"]["source"]) == ("pos", "import")
