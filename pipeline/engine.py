@@ -730,6 +730,20 @@ class JourneyEngine:
             return []
         return self._to_candidate(self.max_event_time - self.lateness + idle)
 
+    @property
+    def holds(self) -> dict[str, int]:
+        """Per journey, how long its drop-offs wait for late channels (ms)."""
+        return dict(zip(self._names, self._hold, strict=True))
+
+    def reach(self, at: int) -> list[Output]:
+        """Event time has reached ``at`` on this partition's input without a touchpoint
+        (a backfill's end, ``journeywatch import --end-of-backfill``): the watermark moves as
+        a touchpoint at ``at`` would have moved it, and the idle advance goes on from there."""
+        if at <= self.max_event_time:
+            return []
+        self.max_event_time = at
+        return self._to_candidate(at - self.lateness)
+
     def _to_candidate(self, candidate: int) -> list[Output]:
         """Raise the candidate watermark to ``candidate`` and advance within ``bound``."""
         if candidate > self.candidate:

@@ -130,6 +130,12 @@ JOURNEY_ERRORS = Counter(
     "touchpoint, handoff (an identity hand-off message), state (a saved state record).",
     ["kind"],
 )
+DROPOFF_HOLD = Gauge(
+    "jw_dropoff_hold_seconds",
+    "How long a journey's drop-offs wait after the watermark passes their deadline, for "
+    "touchpoints of a late channel (JW_CHANNEL_LATENESS_S); 0: reported at once",
+    ["journey"],
+)
 LATE_EVENTS = Counter(
     "jw_late_events_total",
     "Touchpoints that arrived after the watermark had passed them (applied on arrival).",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,15 +111,27 @@ def collector() -> None:
 )
 @click.option("--dry-run", is_flag=True, help="Check the files; produce nothing.")
 @click.option("--errors-out", type=click.Path(path_type=Path), help="Write the error report here.")
+@click.option(
+    "--end-of-backfill",
+    is_flag=True,
+    help="The last import of a backfill: once the workers have ingested it, move their event "
+    "time to now, so that journeys still waiting on a time-out resolve at once "
+    "(docs/feeds.md, 'Backfills').",
+)
 @click.argument(
     "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
 def import_(
-    kind: str, fmt: str | None, dry_run: bool, errors_out: Path | None, files: tuple[Path, ...]
+    kind: str,
+    fmt: str | None,
+    dry_run: bool,
+    errors_out: Path | None,
+    end_of_backfill: bool,
+    files: tuple[Path, ...],
 ) -> None:
     """Import contact-centre or store exports (CSV or JSON Lines), or touchpoints in the
     event contract (JSON Lines), into touchpoints.raw."""
-    from streams.importer import import_file
+    from streams.importer import end_backfill, import_file
 
     settings = _settings()
     if settings.broker_url is None and not dry_run:
@@ -135,6 +147,14 @@ def import_(
     imported = sum(r.imported for r in reports)
     verb = "valid" if dry_run else "imported"
     click.echo(f"{imported} events {verb}, {len(errors)} lines rejected")
+    if end_of_backfill and not dry_run:
+        offsets: dict[int, int] = {}
+        for report in reports:
+            for partition, offset in report.offsets.items():
+                offsets[partition] = max(offset, offsets.get(partition, -1))
+        at = end_backfill(settings, offsets)
+        when = datetime.fromtimestamp(at / 1000, UTC).isoformat(timespec="seconds")
+        click.echo(f"end of backfill: the workers' event time moves to {when}")
     if imported == 0 and errors:
         sys.exit(1)
 

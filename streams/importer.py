@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,12 +18,14 @@ from typing import Any
 
 import click
 import orjson
+from kafka import TopicPartition
 
 from pipeline.contract import TouchpointEvent, validate_touchpoint
 from pipeline.feeds import FEEDS, RowError
 from pipeline.settings import Settings
+from streams.offsets import committed_offsets
 from streams.producer import raw_producer
-from streams.topics import RAW
+from streams.topics import BY_PERSON, RAW
 
 
 @dataclass
@@ -30,6 +33,8 @@ class ImportReport:
     file: Path
     imported: int = 0
     errors: list[str] = field(default_factory=list)
+    # per partition of touchpoints.raw, the offset of the last event produced there
+    offsets: dict[int, int] = field(default_factory=dict)
 
     @property
     def rejected(self) -> int:
@@ -93,9 +98,16 @@ def import_file(
         producer = raw_producer(settings)
         topic = settings.topic(RAW)
 
+        offsets = report.offsets
+
+        def produced(metadata: Any) -> None:  # (the producer's I/O thread, one at a time)
+            if metadata.offset > offsets.get(metadata.partition, -1):
+                offsets[metadata.partition] = metadata.offset
+
         def send(event: TouchpointEvent) -> None:
             assert producer is not None
-            producer.send(topic, key=event.person_key().encode(), value=event.to_json())
+            future = producer.send(topic, key=event.person_key().encode(), value=event.to_json())
+            future.add_callback(produced)
 
     received_at = datetime.now(UTC)
     known: dict[str, dict[str, str]] = {}  # call or visit id → its caller's identifiers
@@ -125,3 +137,65 @@ def import_file(
         producer.flush()
         producer.close()
     return report
+
+
+CONTROL_HEADER = "jw-control"  # a control record in touchpoints.by_person, not a touchpoint
+
+
+def end_backfill(
+    settings: Settings,
+    offsets: dict[int, int],
+    timeout_s: float = 600.0,
+    progress: bool = True,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> int:
+    """Tell the journey workers that a backfill has ended: once the ingest has taken every
+    event produced (``offsets``: per partition of ``touchpoints.raw``, the last one), one
+    control record per partition of ``touchpoints.by_person``, after those events, moves
+    that partition's event time to the wall clock (minus the lateness), as live traffic
+    would: journeys still waiting on a time-out resolve now instead of hours of wall clock
+    later. Returns the event time announced (epoch ms). Raises ``click.ClickException`` when
+    the ingest does not catch up within ``timeout_s`` (the workers are not running?)."""
+    raw = settings.topic(RAW)
+    group = settings.topic("journeywatch")
+    deadline = time.monotonic() + timeout_s
+    with click.progressbar(
+        length=len(offsets),
+        label="waiting for the workers to ingest the import",
+        file=None if progress else io.StringIO(),
+    ) as bar:
+        done: set[int] = set()
+        while True:
+            committed = committed_offsets(settings, group)
+            for partition, last in offsets.items():
+                taken = committed.get(TopicPartition(raw, partition), 0) > last
+                if taken and partition not in done:
+                    done.add(partition)
+                    bar.update(1)
+            if len(done) == len(offsets):
+                break
+            if time.monotonic() > deadline:
+                raise click.ClickException(
+                    f"the workers have not ingested the import after {timeout_s:.0f} s "
+                    f"({len(offsets) - len(done)} of {len(offsets)} partitions of {raw} behind): "
+                    "are `journeywatch worker` processes running? The events are in Kafka; "
+                    "run `journeywatch import --end-of-backfill` with an empty file later"
+                )
+            time.sleep(0.5)  # polling the broker's committed offsets
+    at = int(now().timestamp() * 1000)
+    by_person = settings.topic(BY_PERSON)
+    producer = raw_producer(settings)
+    try:
+        partitions = sorted(producer.partitions_for(by_person))
+        body = orjson.dumps({"advance_to": at})
+        for partition in partitions:
+            producer.send(
+                by_person,
+                value=body,
+                partition=partition,
+                headers=[(CONTROL_HEADER, b"advance")],
+            )
+        producer.flush()
+    finally:
+        producer.close()
+    return at

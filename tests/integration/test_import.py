@@ -6,11 +6,13 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import click
 import orjson
 import pytest
 
 from pipeline.settings import Settings
 from streams.broker import EmbeddedBroker
+from streams.importer import end_backfill, import_file
 from streams.topics import RAW, ensure_topics
 from tests.helpers import jw_env, read_topic, run_cli
 
@@ -155,3 +157,35 @@ def test_touchpoints_in_the_contract_import_as_the_collector_takes_them(
     assert "email" not in records["t1"] and len(records["t1"]["email_hash"]) >= 16
     assert b"example.com" not in orjson.dumps(records["t1"]).lower()
     assert (records["t1"]["source"], records["t4"]["source"]) == ("pos", "import")
+
+
+def test_the_end_of_a_backfill_waits_for_the_workers_and_says_so_when_none_runs(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """``--end-of-backfill`` moves the workers' event time only after they have ingested the
+    import; with no worker consuming, it fails naming what to check, the events produced."""
+    ensure_topics(Settings(broker_url=broker.url, partitions=2))
+    at = (datetime.now(UTC) - timedelta(days=3)).isoformat()
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(
+        orjson.dumps(
+            {
+                "event_id": "h1",
+                "occurred_at": at,
+                "channel": "web",
+                "touchpoint": "home.view",
+                "action": "view",
+                "device_id": "d1",
+            }
+        )
+        + b"\n"
+    )
+    env = jw_env(broker_url=broker.url, pii_hash_key="import-key")
+    settings = Settings(broker_url=broker.url, pii_hash_key="import-key", partitions=2)
+    report = import_file(path, "touchpoints", settings, progress=False)
+    assert report.imported == 1 and sum(1 for _ in report.offsets) == 1
+    with pytest.raises(click.ClickException, match="journeywatch worker` processes running"):
+        end_backfill(settings, report.offsets, timeout_s=1.0, progress=False)
+    assert [orjson.loads(r.value)["event_id"] for r in read_topic(broker.url, RAW)] == ["h1"]
+    result = run_import(["--kind", "touchpoints", "--dry-run", "--end-of-backfill", str(path)], env)
+    assert result.returncode == 0 and "end of backfill" not in result.stdout  # a dry run: no
