@@ -7,6 +7,8 @@ Every password is random. What it writes, all mode 0600 under ``deploy/compose-s
 
 * ``compose.env``: the variables docker-compose.yml reads (passwords of each Kafka role, each
   ClickHouse user, Grafana's admin, the PII hash key); add ``JW_COLLECTOR_API_KEYS`` yourself;
+* ``web-admin-token``, ``web-read-token``: the sink's admin and read-only API tokens (sign in
+  to the live page with one; ``Authorization: Bearer`` for the API);
 * ``monitoring-password``: the basic-auth password of Prometheus and Alertmanager (user
   ``journeywatch``), read by Prometheus (to reach Alertmanager), Grafana and the sink;
 * ``monitoring-web.yml``: their ``--web.config.file`` (the bcrypt hash of that password);
@@ -81,6 +83,11 @@ def generate(directory: Path = SECRETS) -> dict[str, str]:
         )
     _write(env_file, "\n".join(lines) + "\n")
 
+    for role in ("admin", "read"):  # the sink's API tokens (sign-in for its pages and API)
+        token = directory / f"web-{role}-token"
+        if not token.exists() or not token.read_text().strip():
+            _write(token, secrets.token_urlsafe(32))
+        token.chmod(0o600)
     password = values["MONITORING_PASSWORD"]
     _write(directory / "monitoring-password", password)
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(10)).decode()

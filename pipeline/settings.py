@@ -112,6 +112,35 @@ class Settings(BaseSettings):
         default=0.5, gt=0, description="Longest a sink waits to fill a batch before writing."
     )
 
+    # --- Data protection: retention, personal data in free text --------------------------
+    # (docs/operations/retention.md, docs/collector.md "Personal data in free text")
+    journey_retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Days of journey events, experience moments and journey states (tables "
+        "`journey_events`, `experience_moments`, `journey_state_agg`) kept in ClickHouse (TTL, "
+        "set at every sink start). Unset: `touchpoint_retention_days`.",
+    )
+    dead_letter_retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Days of refused events and failed journey records (tables `failed_events`, "
+        "`journey_errors`) kept in ClickHouse (TTL). Unset: `touchpoint_retention_days`.",
+    )
+    rollup_retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Days of the per-minute and per-hour rollups (no identifiers in them) kept "
+        "in ClickHouse (TTL); may be longer than the rest. Unset: `touchpoint_retention_days`.",
+    )
+    free_text_pii: Literal["redact", "hash", "off"] = Field(
+        default="redact",
+        description="E-mail addresses and phone numbers in free text (attribute values and "
+        "names, `session_hint`, `source`) at the collector and the importer: `redact` "
+        "(`[redacted-email]`, `[redacted-phone]`), `hash` (`[email:<keyed hash>]`, as "
+        "`email_hash`), or `off`.",
+    )
+
     # --- Processing ------------------------------------------------------------------------
     ingest_batch_size: int = Field(
         default=1000,
@@ -253,6 +282,74 @@ class Settings(BaseSettings):
         description="First port of the workers' /metrics, /livez, /readyz (one port each).",
     )
 
+    # --- Sign-in for the sink's pages and API (docs/operations/security.md) ------------------
+    web_auth: Literal["tokens", "proxy", "off"] = Field(
+        default="tokens",
+        description="How the sink's pages and `/api/v1` are protected. `tokens`: an API token "
+        "(`Authorization: Bearer`) or a browser session from the sign-in page (`/signin`). "
+        "`proxy`: also a single sign-on proxy in front (oauth2-proxy), whose user header is "
+        "trusted from `web_trusted_proxies` only. `off`: no sign-in at all (everyone is "
+        "admin): only behind something else that signs people in. Without tokens the sink "
+        "refuses a non-loopback `web_host`; on loopback it generates an admin token into "
+        "data_dir/web-admin.token (mode 0600).",
+    )
+    web_admin_token: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="API token of the admin role (reads everything, and may change or erase "
+        "data). At least 16 characters; 32 random ones recommended. Never logged.",
+    )
+    web_admin_token_file: Path | None = Field(
+        default=None,
+        description="File holding `web_admin_token` (a mounted secret), instead of it.",
+    )
+    web_read_token: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="API token of the read-only role (pages and read APIs; 403 on admin "
+        "endpoints). At least 16 characters.",
+    )
+    web_read_token_file: Path | None = Field(
+        default=None,
+        description="File holding `web_read_token` (a mounted secret), instead of it.",
+    )
+    web_trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description='With `web_auth` proxy: the addresses (JSON list, e.g. `["10.0.0.7", '
+        '"10.1.0.0/16"]`) of the proxies whose `web_proxy_user_header` is believed. The '
+        "header from any other address is ignored.",
+    )
+    web_proxy_user_header: str = Field(
+        default="X-Forwarded-User",
+        pattern=r"^[A-Za-z0-9-]+$",
+        description="Header naming the signed-in user, set by the trusted proxy "
+        "(oauth2-proxy: `X-Forwarded-User` with `--pass-user-headers`, or "
+        "`X-Auth-Request-User` with `--set-xauthrequest`).",
+    )
+    web_proxy_admins: list[str] = Field(
+        default_factory=list,
+        description="Users (as the proxy names them) given the admin role; every other user "
+        'the proxy signs in is read-only. `["*"]`: everyone.',
+    )
+    web_session_hours: float = Field(
+        default=12.0,
+        gt=0,
+        le=24 * 30,
+        description="How long a browser session from the sign-in page lasts.",
+    )
+    web_cookie_secure: bool = Field(
+        default=True,
+        description="Session cookies are `Secure` (sent over HTTPS only; browsers also send "
+        "them to http://127.0.0.1 and localhost). Set false only to serve the pages over "
+        "plain HTTP to other machines, which exposes the cookie on the network.",
+    )
+    web_protect_health: bool = Field(
+        default=False,
+        description="`/metrics`, `/livez` and `/readyz` of the sink also need a token (any "
+        "role): give Prometheus `authorization: {credentials_file: ...}`. Unset: open, for "
+        "probes and scrapers (they show no customer data).",
+    )
+
     # --- HTTP collector ----------------------------------------------------------------
     collector_port: int = Field(default=8090, description="Port of `journeywatch collector`.")
     collector_api_keys: dict[str, ApiKey] = Field(
@@ -362,6 +459,17 @@ class Settings(BaseSettings):
         once (refused as ``too_old`` at the collector, the importer and the ingest)."""
         return timedelta(days=self.touchpoint_retention_days)
 
+    def retention_days(self) -> dict[str, int]:
+        """Days kept in ClickHouse, per kind of data: ``touchpoints``, ``journeys``,
+        ``dead_letters``, ``rollups`` (sinks/clickhouse/retention.py names each one's tables)."""
+        default = self.touchpoint_retention_days
+        return {
+            "touchpoints": default,
+            "journeys": self.journey_retention_days or default,
+            "dead_letters": self.dead_letter_retention_days or default,
+            "rollups": self.rollup_retention_days or default,
+        }
+
     @property
     def embedded_broker(self) -> bool:
         return self.broker_url is None
@@ -420,6 +528,8 @@ def to_environment(settings: Settings) -> dict[str, str]:
                     for source, key in settings.collector_api_keys.items()
                 }
             )
+        elif isinstance(value, list):  # JSON, as pydantic-settings reads lists
+            value = json.dumps(value)
         elif name == "channel_lateness_s":
             value = json.dumps(
                 {channel.value: seconds for channel, seconds in settings.channel_lateness_s.items()}

@@ -10,7 +10,7 @@ Both serve ``/livez``, ``/readyz`` and ``/metrics`` on their Faust web server.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import faust
 
@@ -18,6 +18,10 @@ from pipeline.settings import Settings
 from sinks.metrics import set_worker_info
 from streams import web
 from streams.topics import faust_broker_url, kafka_client_options
+from streams.webauth import add_security_headers, guard
+
+if TYPE_CHECKING:
+    from streams.webauth import WebAccess
 
 Role = Literal["worker", "sink"]
 
@@ -33,7 +37,11 @@ class Readiness:
         return bool(self.checks) and all(self.checks.values())
 
 
-def create_app(settings: Settings, role: Role, index: int = 0) -> tuple[faust.App, Readiness]:
+def create_app(
+    settings: Settings, role: Role, index: int = 0, access: WebAccess | None = None
+) -> tuple[faust.App, Readiness]:
+    """The Faust app of a process; ``access``: the sign-in rules its web server enforces
+    (the sink's; streams/webauth.py). Every response carries the security headers."""
     app_id = settings.topic("journeywatch" if role == "worker" else "journeywatch-sink")
     port = settings.worker_web_port + index if role == "worker" else settings.status_port
     datadir = settings.local_state_dir(role, index)
@@ -65,8 +73,10 @@ def create_app(settings: Settings, role: Role, index: int = 0) -> tuple[faust.Ap
         web_bind=settings.web_host,
         web_port=port,
         web_in_thread=False,
+        web_application_options={"middlewares": [guard(access)] if access else []},
         datadir=str(datadir),
     )
+    cast("Any", app.web).web_app.on_response_prepare.append(add_security_headers)
     use_fetch_max_wait(app, settings.consumer_fetch_max_wait_ms)
     readiness = Readiness(checks={"partitions_assigned": False})
 

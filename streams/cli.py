@@ -70,7 +70,26 @@ def sink() -> None:
     settings = _settings()
     if settings.broker_url is None:
         raise click.ClickException("JW_BROKER_URL is not set: the sink needs a Kafka broker")
-    run_sink(settings)
+    run_sink(_signed_in_settings(settings))
+
+
+def _signed_in_settings(settings: Settings) -> Settings:
+    """The sink's settings with its sign-in checked: a refusal says what to set; on loopback
+    without a token, one is generated (its file named, never its value)."""
+    from streams.webauth import generated_token_path, startup_problem, with_generated_token
+
+    problem = startup_problem(settings)
+    if problem:
+        raise click.ClickException(problem)
+    signed = with_generated_token(settings)
+    if signed is not settings:
+        click.echo(
+            f"journeywatch sink: sign in at http://{settings.web_host}:{settings.status_port}"
+            f"/signin with the admin token in {generated_token_path(settings)} "
+            "(JW_WEB_ADMIN_TOKEN was not set)",
+            err=True,
+        )
+    return signed
 
 
 @main.command()
@@ -280,14 +299,29 @@ def _map_from_api(api: str, request: Any) -> dict[str, Any]:
     query = urllib.parse.urlencode({k: v for k, v in fields.items() if v})
     url = f"{api.rstrip('/')}/api/v1/map/{urllib.parse.quote(request.journey)}?{query}"
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - user's URL
+        asked = urllib.request.Request(url, headers=_api_headers())  # noqa: S310 - user's URL
+        with urllib.request.urlopen(asked, timeout=60) as response:  # noqa: S310 - user's URL
             return dict(json.loads(response.read()))
     except urllib.error.HTTPError as exc:
         if exc.code == 400:
             raise MapRequestError(json.loads(exc.read())["error"]) from exc
-        raise click.ClickException(f"{url}: HTTP {exc.code}") from exc
+        raise click.ClickException(f"{url}: HTTP {exc.code}{_sign_in_hint(exc.code)}") from exc
     except OSError as exc:
         raise click.ClickException(f"cannot reach journeywatch at {api}: {exc}") from exc
+
+
+def _api_headers() -> dict[str, str]:
+    """The sink's API wants a token: the one of these settings (or of the local run)."""
+    from streams.webauth import client_token
+
+    token = client_token(_settings())
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _sign_in_hint(status: int) -> str:
+    if status in (401, 403):
+        return " (set JW_WEB_READ_TOKEN or JW_WEB_ADMIN_TOKEN to a token of that sink)"
+    return ""
 
 
 @main.group()
@@ -381,21 +415,27 @@ def _stored_via_clickhouse(settings: Any) -> Any:
 
 
 def _stored_via_api(api: str) -> Any:
+    import urllib.error
     import urllib.request
 
     if not api.startswith(("http://", "https://")):
         raise click.BadParameter("must be an http(s) URL", param_hint="--api")
+    headers = _api_headers()
 
     def stored(ids: list[str]) -> set[str]:
         request = urllib.request.Request(  # noqa: S310 - http(s), checked above
             f"{api.rstrip('/')}/api/v1/touchpoints/stored",
             data=json.dumps({"event_ids": ids}).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **headers},
             method="POST",
         )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - http(s)
                 return set(json.loads(response.read())["stored"])
+        except urllib.error.HTTPError as exc:
+            raise click.ClickException(
+                f"journeywatch at {api} answered HTTP {exc.code}{_sign_in_hint(exc.code)}"
+            ) from exc
         except OSError as exc:
             raise click.ClickException(f"cannot ask journeywatch at {api}: {exc}") from exc
 

@@ -89,10 +89,12 @@ def run_worker(settings: Settings, index: int = 0) -> NoReturn:
 
 def run_sink(settings: Settings) -> NoReturn:
     from streams.sink import SinkRole
+    from streams.webauth import WebAccess
 
+    access = WebAccess.from_settings(settings)
     topic_ids = ensure_topics(settings)
-    app, readiness = create_app(settings, "sink")
-    role = SinkRole(app, settings, readiness, topic_ids)
+    app, readiness = create_app(settings, "sink", access=access)
+    role = SinkRole(app, settings, readiness, topic_ids, access)
     role.migrate()
     role.register()
     _run_worker(app, settings)

@@ -51,6 +51,13 @@ from streams.supervisor import (
     write_status,
 )
 from streams.topics import ensure_topics
+from streams.webauth import (
+    client_token,
+    configured_tokens,
+    generated_token_path,
+    startup_problem,
+    with_generated_token,
+)
 
 
 class RuntimeErrorExit(RuntimeError):
@@ -112,9 +119,13 @@ class Child:
     restart_at: float | None = None  # monotonic, while restarting
 
 
-def http_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
+def http_json(url: str, timeout: float = 2.0, token: str | None = None) -> tuple[int, Any]:
+    """GET ``url`` (with the sink's API ``token`` when given): the status and JSON body."""
+    request = urllib.request.Request(url)  # noqa: S310 - loopback
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - loopback
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as exc:
         return exc.code, None
@@ -175,6 +186,7 @@ class EmbeddedRuntime:
             "simulator", [], None, "", Path(), CrashHistory(self.policy), essential=False
         )
         self._status_dirty = False
+        self.api_token: str | None = None  # what the run's own requests to the sink send
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -188,8 +200,12 @@ class EmbeddedRuntime:
                 + "; ".join(busy)
                 + ". Stop that process, or choose other ports with these settings."
             )
+        problem = startup_problem(self.settings)
+        if problem:
+            raise RuntimeErrorExit(problem)
         self._lock_data_dir(self.settings.data_dir)
-        settings = ensure_demo_api_key(ensure_pii_key(self.settings))
+        settings = with_generated_token(ensure_demo_api_key(ensure_pii_key(self.settings)))
+        self.api_token = client_token(settings)
         self.log_dir = settings.data_dir / "logs"
         self.log_dir.mkdir(exist_ok=True)
         # One log file per process per run: the last lines shown when a process fails are
@@ -348,7 +364,7 @@ class EmbeddedRuntime:
             code = child.process.poll()
             if code is None:
                 if child.state == "starting" and (
-                    not child.ready_url or http_json(child.ready_url, 1.0)[0] == 200
+                    not child.ready_url or http_json(child.ready_url, 1.0, self.api_token)[0] == 200
                 ):
                     child.state = "running"
                     self._status_dirty = True
@@ -500,6 +516,7 @@ class EmbeddedRuntime:
         return "\n".join(
             [
                 "journeywatch is running.",
+                f"  Sign in       {base}/signin {self._sign_in_hint()}",
                 f"  Live page     {base}/  (JSON: {base}/api/v1/live)",
                 f"  Journey map   {base}/map",
                 f"  Stats (JSON)  {base}/api/v1/stats",
@@ -528,6 +545,27 @@ class EmbeddedRuntime:
             ]
         )
 
+    def _sign_in_hint(self) -> str:
+        """How to sign in (where the token is, never the token itself)."""
+        s = self.settings
+        if s.web_auth == "off":
+            return "(no sign-in: JW_WEB_AUTH=off)"
+        if s.web_auth == "proxy":
+            return "(through your sign-on proxy; API tokens as configured)"
+        configured = configured_tokens(s)
+        if s.web_admin_token is None and s.web_admin_token_file is None and configured:
+            return "with JW_WEB_READ_TOKEN (read-only; no admin token configured)"
+        if s.web_admin_token_file is not None:
+            return f"with the admin token in {s.web_admin_token_file}"
+        if generated_token_path(s).exists() and configured.get("admin") == (
+            generated_token_path(s).read_text().strip()
+        ):
+            return (
+                f"with the admin token in {generated_token_path(s)} (generated; APIs: "
+                f'-H "Authorization: Bearer $(cat {generated_token_path(s)})")'
+            )
+        return "with JW_WEB_ADMIN_TOKEN (or JW_WEB_READ_TOKEN)"
+
     # --- run ------------------------------------------------------------------------------
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         self._stop.set()
@@ -541,7 +579,7 @@ class EmbeddedRuntime:
             self.supervise()
             if time.monotonic() - last_report >= report_every_s:
                 last_report = time.monotonic()
-                status, stats = http_json(stats_url)
+                status, stats = http_json(stats_url, token=self.api_token)
                 if status == 200 and stats:
                     rows = int(stats["touchpoints"])
                     grown = "" if previous is None else f" (+{rows - previous:,})"

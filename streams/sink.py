@@ -9,6 +9,7 @@ same batch: consumption stops (backpressure) and memory stays bounded by one bat
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import os
 from collections import defaultdict
@@ -54,6 +55,7 @@ from streams.mapexport import FONT_FILES, font_path, map_bytes
 from streams.monitoring import alertmanager_credentials
 from streams.supervisor import RUN_STATUS_FILE, live_summary, read_status, restarts_by_process
 from streams.topics import BY_PERSON, DLQ, EXPERIENCE_MOMENTS, JOURNEY_EVENTS, JOURNEYS_DLQ
+from streams.webauth import WebAccess, register_signin
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +141,15 @@ class SinkRole:
     """Owns the ClickHouse client of this process and the sink agents."""
 
     def __init__(
-        self, app: faust.App, settings: Settings, readiness: Readiness, topic_ids: dict[str, str]
+        self,
+        app: faust.App,
+        settings: Settings,
+        readiness: Readiness,
+        topic_ids: dict[str, str],
+        access: WebAccess,
     ) -> None:
         self.app = app
+        self.access = access  # its guard is the app's middleware (streams/app.py)
         self.topic_ids = topic_ids
         self.settings = settings
         self.readiness = readiness
@@ -239,6 +247,14 @@ class SinkRole:
         async def live_page(view: faust.web.View, request: faust.web.Request) -> faust.web.Response:
             return view.html(_LIVE_PAGE)
 
+        async def script(view: faust.web.View, request: faust.web.Request, name: str) -> Any:
+            if name not in _SCRIPTS:
+                return view.json({"error": f"no script {name!r}"}, status=404)
+            return view.bytes(_SCRIPTS[name], content_type="text/javascript")
+
+        self.app.page("/static/{name}")(script)
+        register_signin(self.app, self.access)
+
         self._register_map_pages()
         self._register_lookup()
 
@@ -294,9 +310,11 @@ class SinkRole:
     def _register_map_pages(self) -> None:
         """The live journey map (/map/<journey>) and its API (/api/v1/map/<journey>)."""
         catalog = self.catalog
-        journeys = orjson.dumps(
-            [{"name": j.name, "description": j.description} for j in catalog.journeys]
-        ).decode()
+        journeys = html.escape(  # an attribute's value: read by map.js, never run
+            orjson.dumps(
+                [{"name": j.name, "description": j.description} for j in catalog.journeys]
+            ).decode()
+        )
         page = (
             _load_page("map.html").replace("__JOURNEYS__", journeys).replace("__MAP_CSS__", MAP_CSS)
         )
@@ -404,3 +422,5 @@ def _load_page(name: str) -> str:
 
 
 _LIVE_PAGE = _load_page("live.html")
+# the pages' scripts (a content security policy without inline script: streams/webauth.py)
+_SCRIPTS = {name: _load_page(name).encode() for name in ("live.js", "map.js")}

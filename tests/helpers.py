@@ -61,9 +61,20 @@ def wait_until(
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 
 
-def http_get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
+# The sink's API tokens every test stack gets (jw_env): its pages and API need sign-in.
+WEB_ADMIN_TOKEN = "test-web-admin-token-0123456789"
+WEB_READ_TOKEN = "test-web-read-token-0123456789"
+
+
+def http_get(
+    url: str, timeout: float = 3.0, token: str | None = WEB_READ_TOKEN
+) -> tuple[int, bytes]:
+    """GET ``url``; the sink's read-only test token goes along (``token=None``: anonymous)."""
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -71,8 +82,8 @@ def http_get(url: str, timeout: float = 3.0) -> tuple[int, bytes]:
         return 0, b""
 
 
-def http_json(url: str) -> Any:
-    status, body = http_get(url)
+def http_json(url: str, token: str | None = WEB_READ_TOKEN) -> Any:
+    status, body = http_get(url, token=token)
     return json.loads(body) if status == 200 else None
 
 
@@ -89,8 +100,11 @@ def metric_values(text: str, name: str) -> dict[tuple[tuple[str, str], ...], flo
 
 
 def jw_env(**settings: object) -> dict[str, str]:
+    """The environment of a journeywatch process with these settings (``None``: unset), the
+    sink's test tokens included unless given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("JW_")}
-    env.update({f"JW_{k.upper()}": str(v) for k, v in settings.items()})
+    tokens = {"web_admin_token": WEB_ADMIN_TOKEN, "web_read_token": WEB_READ_TOKEN}
+    env.update({f"JW_{k.upper()}": str(v) for k, v in (tokens | settings).items() if v is not None})
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -45,6 +45,7 @@ from tests.e2e.stack import PARTITIONS, clock_events, day_start
 from tests.e2e.test_run import journeywatch_run
 from tests.e2e.test_topology import found, truth_of
 from tests.helpers import (
+    WEB_READ_TOKEN,
     free_port,
     http_get,
     http_json,
@@ -241,7 +242,10 @@ def test_children_killed_mid_stream_lose_no_acknowledged_event(
                 request = urllib.request.Request(
                     f"{base}/api/v1/touchpoints/stored",
                     data=json.dumps({"event_ids": wanted[i : i + 5000]}).encode(),
-                    headers={"Content-Type": "application/json"},
+                    headers={
+                        "Content-Type": "application/json",
+                        "Authorization": f"Bearer {WEB_READ_TOKEN}",
+                    },
                     method="POST",
                 )
                 try:

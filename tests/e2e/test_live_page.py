@@ -17,10 +17,18 @@ from streams.broker import EmbeddedBroker
 from streams.monitoring import USERNAME, basic_auth_header, binaries, http_call, web_config
 from streams.offsets import group_lag
 from streams.topics import EXPERIENCE_MOMENTS, JOURNEY_EVENTS
-from tests.browser import chromium
+from tests.browser import chromium, sign_in
 from tests.conftest import ARTIFACTS
 from tests.e2e.stack import Topology, day_start, produce_day
-from tests.helpers import free_port, http_get, http_json, run_cli, stop_process, wait_until
+from tests.helpers import (
+    WEB_READ_TOKEN,
+    free_port,
+    http_get,
+    http_json,
+    run_cli,
+    stop_process,
+    wait_until,
+)
 from tests.live_figures import (
     HOUR,
     comparable,
@@ -110,7 +118,7 @@ def test_the_live_page_shows_clickhouse_updates_by_push_and_lists_alerts(
         )
         with chromium() as browser:
             page = browser.page
-            page.goto(base + "/")
+            sign_in(page, base, WEB_READ_TOKEN)  # the context's other pages share the cookie
             first = traffic_of(events[:cut], WINDOW)
 
             def page_traffic() -> dict[str, Any]:
@@ -355,7 +363,7 @@ def test_alert_links_are_links_only_when_they_are_http(
                 dialog.dismiss()
 
             page.on("dialog", on_dialog)
-            page.goto(base + "/")
+            sign_in(page, base, WEB_READ_TOKEN)
             script = page.locator('[data-alert="ScriptRunbook"]')
             script.wait_for(timeout=10_000)
             https = page.locator('[data-alert="HttpsRunbook"]')

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import stat
 import subprocess
 import sys
 import urllib.request
@@ -58,8 +59,16 @@ def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None
         data_dir=tmp_path / "var",
         clickhouse_dsn=f"chdb://{tmp_path / 'clickhouse'}",
         simulate_rate=200,
+        web_admin_token=None,  # as `make run` starts: the run generates its admin token
+        web_read_token=None,
     )
     base = f"http://127.0.0.1:{status_port}"
+    token_file = tmp_path / "var" / "web-admin.token"
+
+    def api(path: str) -> Any:
+        """The sink's API, with the admin token the run generated."""
+        return http_json(f"{base}{path}", token=token_file.read_text().strip())
+
     with journeywatch_run(env, tmp_path / "run.out") as run:
 
         def ready() -> bool:
@@ -73,23 +82,30 @@ def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None
             60,
             "the worker's /readyz",
         )
-        assert http_get(f"{base}/livez")[0] == 200
-        status, page = http_get(f"{base}/")
-        assert status == 200 and b"journeywatch" in page
+        assert http_get(f"{base}/livez", token=None)[0] == 200
+        # sign-in on: the generated admin token (0600) opens the pages, nothing else does
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        token = token_file.read_text().strip()
+        assert len(token) >= 32
+        assert http_get(f"{base}/api/v1/stats", token=None)[0] == 401
+        assert http_get(f"{base}/", token=None)[0] == 200  # urllib followed to the sign-in form
+        status, page = http_get(f"{base}/", token=token)
+        assert status == 200 and b"journeywatch" in page and b"/static/live.js" in page
 
         first = wait_until(
-            lambda: (http_json(f"{base}/api/v1/stats") or {}).get("touchpoints"),
+            lambda: (api("/api/v1/stats") or {}).get("touchpoints"),
             60,
             "the first touchpoints in ClickHouse",
         )
         wait_until(
-            lambda: (http_json(f"{base}/api/v1/stats") or {})["touchpoints"] > first + 100,
+            lambda: (api("/api/v1/stats") or {})["touchpoints"] > first + 100,
             60,
             "the touchpoint count to grow",
         )
         banner = (tmp_path / "run.out").read_text()
         assert f"{base}/" in banner and "Press Ctrl-C to stop." in banner
         assert f"POST http://127.0.0.1:{collector_port}/v1/events" in banner
+        assert f"Sign in       {base}/signin with the admin token in {token_file}" in banner
 
         # An event through the collector, with the demo key the run created, reaches ClickHouse
         # (the simulator sends no chat events, so the chat count is ours alone).
@@ -110,12 +126,7 @@ def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 202
         wait_until(
-            lambda: (
-                (http_json(f"{base}/api/v1/stats") or {})
-                .get("touchpoints_by_channel", {})
-                .get("chat")
-                == 1
-            ),
+            lambda: (api("/api/v1/stats") or {}).get("touchpoints_by_channel", {}).get("chat") == 1,
             60,
             "the collector's event in ClickHouse",
         )
@@ -151,7 +162,7 @@ def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None
         assert http_call(f"http://127.0.0.1:{prometheus_port}/api/v1/targets")[0] == 401
         # the live page reads the local Alertmanager with the run's credentials
         wait_until(
-            lambda: (http_json(f"{base}/api/v1/live") or {}).get("alerts_status") == "ok",
+            lambda: (api("/api/v1/live") or {}).get("alerts_status") == "ok",
             30,
             "the live page to read the local Alertmanager",
         )
@@ -160,7 +171,7 @@ def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None
             child.pid for child in psutil.Process(run.pid).children(recursive=True)
         ]
         assert len(family) >= 7  # run, broker, sink, worker, collector, prometheus, alertmanager
-        kept = int((http_json(f"{base}/api/v1/stats") or {})["touchpoints"])
+        kept = int((api("/api/v1/stats") or {})["touchpoints"])
         run.send_signal(signal.SIGINT)
         assert run.wait(90) == 0
         assert not [
@@ -169,6 +180,8 @@ def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None
             if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
         ]
         assert "Stopped." in (tmp_path / "run.out").read_text()
+        for log in [tmp_path / "run.out", *(tmp_path / "var" / "logs").glob("*.log")]:
+            assert token not in log.read_text(errors="replace"), log
 
     # `make run` again: the embedded broker starts empty; the worker's tables from the first
     # run must not stop it (Faust refuses a table whose changelog is gone), ClickHouse keeps
@@ -181,7 +194,7 @@ def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None
 
         wait_until(ready_again, 120, "the worker's /readyz in the second run")
         wait_until(
-            lambda: (http_json(f"{base}/api/v1/stats") or {}).get("touchpoints", 0) > kept + 100,
+            lambda: (api("/api/v1/stats") or {}).get("touchpoints", 0) > kept + 100,
             60,
             "the touchpoint count to grow in the second run",
         )

@@ -32,6 +32,7 @@ from pipeline.settings import Settings
 from streams.broker import EmbeddedBroker
 from streams.topics import RAW, ensure_topics
 from tests.helpers import (
+    WEB_READ_TOKEN,
     SegmentingProxy,
     free_port,
     http_get,
@@ -583,16 +584,20 @@ def test_the_sinks_lookup_reads_its_body_whole_bounded_and_timed(
         wait_until(ready, 120, "the sink")
         ids = [str(uuid.uuid4()) for _ in range(5_000)]
         body = orjson.dumps({"event_ids": ids})
-        head = f"POST {path} HTTP/1.1\r\nHost: sink\r\nContent-Type: application/json\r\n"
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: sink\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {WEB_READ_TOKEN}\r\n"
+        )
         with SegmentingProxy(("127.0.0.1", status_port), segment=512, gap_s=0.001) as proxy:
             connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=60)
+            bearer = {"Authorization": f"Bearer {WEB_READ_TOKEN}"}
             connection.request(
-                "POST", path, body=body, headers={"Content-Type": "application/json"}
+                "POST", path, body=body, headers={"Content-Type": "application/json", **bearer}
             )
             response = connection.getresponse()
             assert (response.status, orjson.loads(response.read())) == (200, {"stored": []})
             chunks = iter([body[i : i + 4096] for i in range(0, len(body), 4096)])
-            connection.request("POST", path, body=chunks, encode_chunked=True)
+            connection.request("POST", path, body=chunks, headers=bearer, encode_chunked=True)
             response = connection.getresponse()
             assert response.status == 200, response.read()
             connection.close()

@@ -418,3 +418,14 @@ def test_no_deploy_directory_shadows_a_python_package() -> None:
     for path in (REPO / "deploy").iterdir():
         if path.is_dir() and path.name.isidentifier():
             assert importlib.util.find_spec(path.name) is None, f"deploy/{path.name} shadows it"
+
+
+def test_the_sink_signs_people_in_with_tokens_from_secrets(compose: dict[str, Any]) -> None:
+    """Sign-in is on in the stack: the sink reads its admin and read-only tokens from Docker
+    secrets (deploy/compose_secrets.py makes them) and no setting turns it off."""
+    sink = compose["services"]["sink"]
+    env = sink["environment"]
+    assert env["JW_WEB_ADMIN_TOKEN_FILE"] == "/run/secrets/web_admin_token"
+    assert env["JW_WEB_READ_TOKEN_FILE"] == "/run/secrets/web_read_token"
+    assert {"web_admin_token", "web_read_token"} <= set(sink["secrets"])
+    assert "JW_WEB_AUTH" not in COMPOSE.read_text()

@@ -176,3 +176,16 @@ def test_the_sink_reads_alertmanager_with_a_password_from_a_secret(
     assert env["JW_ALERTMANAGER_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == (
         "journeywatch-monitoring"
     )
+
+
+def test_the_sink_signs_people_in_with_tokens_from_a_secret(
+    objects: list[dict[str, Any]],
+) -> None:
+    """Sign-in is on: both API tokens come from the journeywatch-web secret (never a value
+    here), and no setting turns it off."""
+    sink = next(spec for name, spec in pod_specs(objects) if name == "journeywatch-sink")
+    env = {e["name"]: e for e in sink["containers"][0]["env"]}
+    for name, key in (("JW_WEB_ADMIN_TOKEN", "admin-token"), ("JW_WEB_READ_TOKEN", "read-token")):
+        assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "journeywatch-web", "key": key}
+    rendered = yaml.safe_dump_all(objects)
+    assert "JW_WEB_AUTH" not in rendered and "JW_WEB_COOKIE_SECURE" not in rendered
