@@ -1,8 +1,9 @@
 """What the HTTP collector does to each submitted event before it may leave the collector.
 
 Pure: parse the body, check the channel against the API key, replace raw e-mail addresses and
-phone numbers by their keyed hashes, stamp ``received_at`` and ``source``, validate. The
-HTTP and Kafka parts live in ``streams/collector.py``.
+phone numbers by their keyed hashes, and those in free text (attributes, the session hint) as
+``JW_FREE_TEXT_PII`` says, stamp ``received_at`` and ``source``, validate. The HTTP and Kafka
+parts live in ``streams/collector.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import orjson
 
 from pipeline.contract import MAX_EVENT_BYTES, TouchpointEvent, validate_touchpoint
-from pipeline.pii import hash_email, hash_phone
+from pipeline.pii import REDACT, FreeTextScrubber, hash_email, hash_phone
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +67,11 @@ def prepare_event(
     pii_key: bytes,
     phone_country_code: str = "",
     max_age: timedelta | None = None,
+    free_text: FreeTextScrubber = REDACT,
 ) -> TouchpointEvent | ItemError:
     """One submitted event made safe and valid, or the reason it is refused (``max_age``: the
-    oldest event accepted, ``Settings.touchpoint_max_age``)."""
+    oldest event accepted, ``Settings.touchpoint_max_age``; ``free_text``: what becomes of
+    e-mail addresses and phone numbers in free text, ``JW_FREE_TEXT_PII``)."""
     if not isinstance(item, dict):
         return ItemError(index, "not_an_object", "", "each event must be a JSON object")
     channel = item.get("channel")
@@ -89,6 +92,7 @@ def prepare_event(
         if not isinstance(phone, str) or sum(ch.isdigit() for ch in phone) < 6:
             return ItemError(index, "invalid_field", "phone", "must be a phone number")
         item["phone_hash"] = hash_phone(phone, pii_key, phone_country_code)
+    free_text.event(item)
     item["received_at"] = received_at
     item["source"] = source
     size = len(orjson.dumps(item, default=str))

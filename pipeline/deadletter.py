@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Final, NamedTuple
 
 from pipeline.contract import Rejection
+from pipeline.pii import redact_text
 
 REASON: Final = "jw.error.reason"
 FIELD: Final = "jw.error.field"
@@ -31,12 +32,14 @@ STACK_FRAMES: Final = 6
 def dead_letter_headers(
     rejection: Rejection, topic: str, partition: int, offset: int, failed_at: datetime
 ) -> dict[str, str]:
+    # The field and the detail may name an attribute or quote a value, the source is the
+    # producer's: redacted like the value (``pii.redact``), before they are kept.
     return {
         REASON: rejection.reason.value,
-        FIELD: rejection.field,
-        DETAIL: rejection.detail[:1024],
+        FIELD: redact_text(rejection.field),
+        DETAIL: redact_text(rejection.detail[:1024]),
         CHANNEL: rejection.channel,
-        SOURCE: rejection.source,
+        SOURCE: redact_text(rejection.source),
         **_position(topic, partition, offset, failed_at),
     }
 

@@ -3,7 +3,7 @@
 Per-source API keys (constant-time comparison), single events or batches, every good event
 acknowledged (202) only after the broker acknowledged it, every bad one reported with its
 index and field. Raw e-mail addresses and phone numbers are hashed before anything leaves the
-process and are never logged.
+process and are never logged; those in free text are redacted or hashed (``JW_FREE_TEXT_PII``).
 
 The key is checked before any body work; bodies are read whole and bounded, and gzip or
 deflate is inflated by ``streams.httpbody`` (not by aiohttp, whose automatic decompression is
@@ -37,6 +37,7 @@ from pydantic import SecretStr
 
 from pipeline.collect import BodyError, ItemError, parse_body, prepare_event
 from pipeline.contract import TouchpointEvent
+from pipeline.pii import FreeTextScrubber
 from pipeline.settings import Settings
 from sinks.metrics import (
     COLLECTOR_EVENTS,
@@ -110,6 +111,9 @@ class Collector:
             raise ValueError("JW_COLLECTOR_API_KEYS is empty: give every source an API key")
         self.settings = settings
         self.pii_key = settings.pii_hash_key.get_secret_value().encode()
+        self.free_text = FreeTextScrubber(
+            settings.free_text_pii, self.pii_key, settings.phone_default_country_code
+        )
         self.sources = [
             Source(
                 name,
@@ -284,6 +288,7 @@ class Collector:
                 pii_key=self.pii_key,
                 phone_country_code=self.settings.phone_default_country_code,
                 max_age=self.settings.touchpoint_max_age,
+                free_text=self.free_text,
             )
             if isinstance(result, TouchpointEvent):
                 good.append(result)

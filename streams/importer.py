@@ -1,8 +1,9 @@
 """``journeywatch import``: contact-centre and store exports (CSV or JSON Lines) into Kafka.
 
-Bad lines are reported with the file and line and skipped; good ones are validated against
-the event contract and produced to ``touchpoints.raw``. Re-importing a file is harmless:
-event ids are derived from the rows.
+Bad lines are reported with the file and line and skipped; good ones have the e-mail addresses
+and phone numbers of their free text redacted or hashed (``JW_FREE_TEXT_PII``, as at the
+collector), are validated against the event contract and produced to ``touchpoints.raw``.
+Re-importing a file is harmless: event ids are derived from the rows.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from kafka import TopicPartition
 
 from pipeline.contract import TouchpointEvent, validate_touchpoint
 from pipeline.feeds import FEEDS, RowError
+from pipeline.pii import FreeTextScrubber, redact_text
 from pipeline.settings import Settings
 from streams.offsets import committed_offsets
 from streams.producer import raw_producer
@@ -90,6 +92,7 @@ def import_file(
             "JW_PII_HASH_KEY is not set: imports hash e-mail and phone with it"
         )
     key = settings.pii_hash_key.get_secret_value().encode()
+    free_text = FreeTextScrubber(settings.free_text_pii, key, settings.phone_default_country_code)
     jsonl = kind == "touchpoints" or path.suffix in (".jsonl", ".ndjson", ".json")
     fmt = fmt or ("jsonl" if jsonl else "csv")
     report = ImportReport(path)
@@ -119,16 +122,19 @@ def import_file(
         for line, row, position in _rows(path, fmt):
             bar.update(position - done)
             done = position
+            # An error line may quote a value of the row: never an e-mail address or a phone
+            # number (the report is printed and may be kept).
             if isinstance(row, str):
-                report.errors.append(f"{path}:{line}: {row}")
+                report.errors.append(f"{path}:{line}: {redact_text(row)}")
                 continue
             mapped = mapper(row, key, settings.phone_default_country_code, known)
             if isinstance(mapped, RowError):
-                report.errors.append(f"{path}:{line}: {mapped}")
+                report.errors.append(f"{path}:{line}: {redact_text(str(mapped))}")
                 continue
+            free_text.event(mapped)
             result = validate_touchpoint(mapped, received_at, settings.touchpoint_max_age)
             if not isinstance(result, TouchpointEvent):
-                report.errors.append(f"{path}:{line}: {result.describe()}")
+                report.errors.append(f"{path}:{line}: {redact_text(result.describe())}")
                 continue
             if send is not None:
                 send(result)

@@ -1,7 +1,9 @@
 """The ingest agent: raw bytes in, validated events or dead letters out.
 
 Validation happens here, once. Valid events go to ``touchpoints.by_person`` keyed by the
-person's strongest identifier; everything else goes to ``touchpoints.dlq`` with the reason.
+person's strongest identifier, with the e-mail addresses and phone numbers of their free text
+replaced (``JW_FREE_TEXT_PII``); everything else goes to ``touchpoints.dlq`` with the reason
+and its bytes redacted.
 An input record is acknowledged, and its offset may be committed, only once the broker has
 acknowledged what it produced (at-least-once).
 """
@@ -16,7 +18,7 @@ from faust.types import Message
 
 from pipeline.contract import TouchpointEvent, decode_touchpoint
 from pipeline.deadletter import dead_letter_headers
-from pipeline.pii import redact
+from pipeline.pii import REDACT, FreeTextScrubber, redact
 from pipeline.settings import Settings
 from sinks.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED, INGEST_BATCH_SECONDS, LabelCache
 from streams.batching import BatchSender, deliver_in_batches, faust_producer
@@ -36,6 +38,7 @@ def register_ingest(app: faust.App, settings: Settings) -> None:
     sender = BatchSender(faust_producer(app), settings.partitions)
     size = settings.ingest_batch_size
     max_age = settings.touchpoint_max_age + INGEST_AGE_SLACK
+    free_text = _free_text(settings)
 
     async def ingest(messages: list[Message]) -> None:
         # Whole fetches (streams/batching.py), produced as record batches; the broker
@@ -57,6 +60,7 @@ def register_ingest(app: faust.App, settings: Settings) -> None:
         received_at = datetime.fromtimestamp(message.timestamp, UTC)
         result = decode_touchpoint(raw, received_at, max_age)
         if isinstance(result, TouchpointEvent):
+            result = free_text.touchpoint(result)  # produced without the collector, perhaps
             accepted.get(result.channel.value).inc()
             sender.add_keyed(by_person, result.person_key(), result.to_json())
             return
@@ -74,3 +78,14 @@ def register_ingest(app: faust.App, settings: Settings) -> None:
         )
 
     deliver_in_batches(app, [settings.topic(RAW)], ingest)
+
+
+def _free_text(settings: Settings) -> FreeTextScrubber:
+    """E-mail addresses and phone numbers in the free text of events produced to
+    ``touchpoints.raw`` directly (not through the collector or the importer, which did it
+    already: what they wrote holds none) are replaced here, as ``JW_FREE_TEXT_PII`` says;
+    ``hash`` without ``JW_PII_HASH_KEY`` (a worker need not have it) redacts."""
+    if settings.free_text_pii == "hash" and settings.pii_hash_key is None:
+        return REDACT
+    key = settings.pii_hash_key.get_secret_value().encode() if settings.pii_hash_key else b""
+    return FreeTextScrubber(settings.free_text_pii, key, settings.phone_default_country_code)

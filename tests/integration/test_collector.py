@@ -175,6 +175,53 @@ def test_raw_personal_data_never_reaches_the_topic_or_the_log(collector: Running
     assert not any(value in log for value in raw_values)
 
 
+def test_emails_and_phone_numbers_in_free_text_are_redacted_before_the_topic(
+    collector: Running,
+) -> None:
+    """JW_FREE_TEXT_PII=redact (the default): attribute values and names, the session hint.
+    The event is accepted; what the topic holds has neither the address nor the number, and
+    ids, times and prices beside them are kept as sent. An e-mail address in a field that
+    must be a name (outcome_reason) gets the event refused: nothing of it is stored."""
+    note = f"customer {EMAIL} asked to be called on {PHONE} about ORD-2026-000123"
+    sent = event(
+        session_hint="jane.doe@example.com",
+        attributes={
+            "note": note,
+            "callback": "020 7946 0958",
+            EMAIL: "named after an address",
+            "at": "2026-11-23T10:00:00Z",
+            "price": "1,299.00",
+            "order": "ORD-2026-000123",
+            "basket": "123e4567-e89b-12d3-a456-426614174000",
+            "items": 3,
+        },
+    )
+    refused = event(outcome="error", outcome_reason=EMAIL, attributes={"note": note})
+    status, body = post(collector.url, [sent, refused])
+    assert status == 202 and body["accepted"] == 1
+    assert [(e["index"], e["field"]) for e in body["rejected"]] == [(1, "outcome_reason")]
+    records = read_topic(collector.broker.url, RAW)
+    assert len(records) == 1
+    stored = orjson.loads(records[0].value)
+    assert stored["event_id"] == sent["event_id"]
+    assert stored["session_hint"] == "[redacted-email]"
+    assert stored["attributes"] == {
+        "note": "customer [redacted-email] asked to be called on [redacted-phone] about "
+        "ORD-2026-000123",
+        "callback": "[redacted-phone]",
+        "[redacted-email]": "named after an address",
+        "at": "2026-11-23T10:00:00Z",
+        "price": "1,299.00",
+        "order": "ORD-2026-000123",
+        "basket": "123e4567-e89b-12d3-a456-426614174000",
+        "items": 3,
+    }
+    stop_process(collector.process)
+    for value in (EMAIL, EMAIL.lower(), "7946 0958", "7946"):
+        assert value.encode() not in records[0].value
+        assert value not in collector.log.read_text()
+
+
 def test_the_openapi_description_is_valid_and_served(collector: Running) -> None:
     status, body = http_get(f"{collector.url}/openapi.json")
     assert status == 200

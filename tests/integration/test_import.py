@@ -10,6 +10,7 @@ import click
 import orjson
 import pytest
 
+from pipeline.pii import hash_email, hash_phone
 from pipeline.settings import Settings
 from streams.broker import EmbeddedBroker
 from streams.importer import end_backfill, import_file
@@ -189,3 +190,61 @@ def test_the_end_of_a_backfill_waits_for_the_workers_and_says_so_when_none_runs(
     assert [orjson.loads(r.value)["event_id"] for r in read_topic(broker.url, RAW)] == ["h1"]
     result = run_import(["--kind", "touchpoints", "--dry-run", "--end-of-backfill", str(path)], env)
     assert result.returncode == 0 and "end of backfill" not in result.stdout  # a dry run: no
+
+
+def test_emails_and_phone_numbers_in_free_text_are_redacted_or_hashed_at_import(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """As at the collector (JW_FREE_TEXT_PII): a contact-centre export whose issue column and
+    call id hold an address and a number, and touchpoints whose attributes do; with ``hash``,
+    the keyed hashes of the identifier fields. An error line quotes neither."""
+    ensure_topics(Settings(broker_url=broker.url, partitions=2))
+    email, phone = "Jane.Doe@Example.com", "+44 20 7946 0958"
+    calls = tmp_path / "calls.csv"
+    calls.write_text(
+        "call_id,event,timestamp,customer_id,issue\n"
+        f'k1,queued,2026-11-20T09:00:00Z,c1,"refund to {email}, call {phone}, ORD-2026-000123"\n'
+        f"{email},queued,2026-11-20T09:00:00Z,c2,\n"
+        f"k3,queued,{email},c3,\n"
+    )
+    at = (datetime.now(UTC) - timedelta(days=1)).isoformat()
+    touchpoints = tmp_path / "touchpoints.jsonl"
+    touchpoints.write_bytes(
+        orjson.dumps(
+            {
+                "event_id": "t1",
+                "occurred_at": at,
+                "channel": "chat",
+                "touchpoint": "chat.message",
+                "action": "send",
+                "customer_id": "c4",
+                "attributes": {"text": f"mail {email} or ring 020 7946 0958", "n": 1},
+            }
+        )
+        + b"\n"
+    )
+    key = "import-key"
+    result = run_import(
+        ["--kind", "contact-center", str(calls)], jw_env(broker_url=broker.url, pii_hash_key=key)
+    )
+    assert "2 events imported, 1 lines rejected" in result.stdout, result.stdout + result.stderr
+    assert f"{calls}:4: timestamp: '[redacted-email]' is not an ISO 8601 time" in result.stderr
+    env = jw_env(broker_url=broker.url, pii_hash_key=key, free_text_pii="hash")
+    result = run_import(["--kind", "touchpoints", str(touchpoints)], env)
+    assert "1 events imported, 0 lines rejected" in result.stdout, result.stdout + result.stderr
+
+    records = [orjson.loads(r.value) for r in read_topic(broker.url, RAW)]
+    assert len(records) == 3
+    for record in records:
+        text = orjson.dumps(record).lower()
+        assert b"example.com" not in text and b"7946" not in text
+    by_customer = {r["customer_id"]: r for r in records}
+    assert by_customer["c1"]["attributes"]["issue"] == (
+        "refund to [redacted-email], call [redacted-phone], ORD-2026-000123"
+    )
+    assert by_customer["c2"]["session_hint"] == "[redacted-email]"
+    assert by_customer["c4"]["attributes"] == {
+        "text": f"mail [email:{hash_email(email, key.encode())}] or ring "
+        f"[phone:{hash_phone('020 7946 0958', key.encode())}]",
+        "n": 1,
+    }

@@ -58,6 +58,8 @@ def valid_event(rng: random.Random, now: datetime) -> dict[str, Any]:
         event["outcome"], event["outcome_reason"] = "error", "payment_declined"
     if rng.random() < 0.1:
         event["csat"] = rng.randint(1, 5)
+    if rng.random() < 0.05:  # produced without the collector: the ingest redacts it
+        event["attributes"] = {"note": f"mail {RAW_EMAIL} or call +44 20 7946 0958"}
     return event
 
 
@@ -191,3 +193,10 @@ def test_ten_thousand_events_land_exactly_once_with_every_failure_explained(
         "FROM journeywatch.failed_events",
     )
     assert failed == [[100, 0, 0]]
+    redacted = query_chdb(
+        chdb_dir,
+        "SELECT countIf(position(attributes, 'jane.doe') > 0 OR position(attributes, '7946') > 0),"
+        ' countIf(attributes = \'{"note":"mail [redacted-email] or call [redacted-phone]"}\')'
+        " FROM journeywatch.touchpoints",
+    )
+    assert redacted[0][0] == 0 and redacted[0][1] > 300, redacted
