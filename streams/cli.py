@@ -191,6 +191,7 @@ def migrate() -> None:
         settings.clickhouse_database,
         settings.touchpoint_retention_days,
         settings.clickhouse_cluster,
+        retention=settings.retention_days(),
     )
     target = f"{redact_dsn(settings.clickhouse_dsn)} ({settings.clickhouse_database})"
     if applied:

@@ -187,6 +187,7 @@ class SinkRole:
             self.settings.clickhouse_database,
             self.settings.touchpoint_retention_days,
             self.settings.clickhouse_cluster,
+            retention=self.settings.retention_days(),
         )
         self.readiness.checks["clickhouse_migrated"] = True
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 
 from clickhouse_connect.driver.client import Client
+
+from sinks.clickhouse.retention import apply_retention
 
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -184,12 +187,18 @@ def bookkeeping_statements(database: str, cluster: str | None = None) -> list[st
 
 
 def apply_migrations(
-    client: Client, database: str, retention_days: int, cluster: str | None = None
+    client: Client,
+    database: str,
+    retention_days: int,
+    cluster: str | None = None,
+    retention: Mapping[str, int] | None = None,
 ) -> list[Migration]:
     """Bring ``database`` up to date; returns the migrations applied now (none if current).
 
     With ``cluster``, tables are created ``ON CLUSTER`` as replicated ``<table>_local`` tables
     behind Distributed tables of the usual names (docs/operations/clickhouse-cluster.md).
+    Tables are created with ``retention_days``; with ``retention`` (``Settings.retention_days()``)
+    every table's TTL is then set from it, on every call (sinks/clickhouse/retention.py).
     """
     for statement in bookkeeping_statements(database, cluster):
         client.command(statement)
@@ -218,4 +227,6 @@ def apply_migrations(
             column_names=["version", "name", "checksum"],
         )
         done_now.append(migration)
+    if retention is not None:
+        apply_retention(client, database, retention, cluster)
     return done_now
