@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from pipeline import partitioning
@@ -132,6 +132,54 @@ def all_topics(settings: Settings) -> tuple[str, ...]:
     )
 
 
+COMPACTED = {"cleanup.policy": "compact"}
+
+
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Topic configs journeywatch sets when it creates a topic (others: the broker's
+    defaults). The journey state changelog is compacted: it is the workers' state, whose
+    latest record per person must stay however old (a worker that lost its local copy
+    rebuilds from it); with the default ``delete`` policy a customer silent longer than the
+    topic's retention (7 days by default) would be forgotten."""
+    return {changelog_topic(settings.topic("journeywatch"), JOURNEY_STATE_TABLE): COMPACTED}
+
+
+def _check_compacted(admin: KafkaAdminClient, names: list[str]) -> None:
+    """Warn (and try to fix) when a topic that must be compacted exists with another policy:
+    created by an earlier version, or by hand."""
+    if not names:
+        return
+    try:
+        described = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in names],
+            config_filter="all",
+        )
+    except Exception:  # a broker without DescribeConfigs (the embedded one answers nothing)
+        log.debug("cannot read topic configs", exc_info=True)
+        return
+    for name in names:
+        entry = (described.get("topic") or {}).get(name) or {}
+        policy = entry.get("cleanup.policy")
+        value = policy.get("value") if isinstance(policy, dict) else policy
+        if not isinstance(value, str) or "compact" in value:
+            continue
+        try:
+            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs=COMPACTED)])
+            log.warning(
+                "topic was not compacted: cleanup.policy set to compact",
+                extra={"topic": name, "was": value},
+            )
+        except Exception as exc:
+            log.error(
+                "topic must be compacted (cleanup.policy=compact) and could not be changed: "
+                "records of customers silent longer than its retention are lost when a "
+                "worker rebuilds its state. Run: kafka-configs.sh --bootstrap-server <broker> "
+                f"--alter --entity-type topics --entity-name {name} "
+                "--add-config cleanup.policy=compact",
+                extra={"topic": name, "cleanup_policy": value, "error": str(exc)},
+            )
+
+
 def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS) -> dict[str, str]:
     """Create the missing topics and check the others; returns each topic's id.
 
@@ -146,11 +194,18 @@ def ensure_topics(settings: Settings, names: tuple[str, ...] = ALL_TOPICS) -> di
             wanted = list(all_topics(settings))
         existing = set(admin.list_topics())
         missing = [name for name in wanted if name not in existing]
+        configs = topic_configs(settings)
+        _check_compacted(admin, [n for n in wanted if n in existing and n in configs])
         if missing:
             try:
                 admin.create_topics(
                     [
-                        NewTopic(name, settings.partitions, settings.replication_factor)
+                        NewTopic(
+                            name,
+                            settings.partitions,
+                            settings.replication_factor,
+                            topic_configs=configs.get(name, {}),
+                        )
                         for name in missing
                     ]
                 )

@@ -10,7 +10,9 @@ watermarks that never pass a touchpoint in flight (docs/streaming-topology.md, "
 truth. Each time, from ClickHouse: every journey's outcome, stage and negative moments equal the
 simulator's truth, one terminal outcome per journey, the ``journeys`` view equal to
 ``journey_events``, first-contact resolution equal to the truth; all at once, no touchpoint
-late but those alignment does not cover (taken out of an engine with a person).
+late but those alignment does not cover (taken out of an engine with a person). A third way
+sends all but the store's touchpoints, then imports those with ``journeywatch import`` as a
+point-of-sale export would come, a day late: the same truth, no journey revised.
 """
 
 from __future__ import annotations
@@ -21,14 +23,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from pipeline.scenario import DaySimulator, default_incidents
 from pipeline.settings import Settings
 from streams.broker import EmbeddedBroker
 from streams.topics import ensure_topics
-from tests.e2e.stack import PARTITIONS, Topology, clock_events, day_start
-from tests.helpers import http_get, metric_values, query_chdb, wait_until
+from tests.e2e.stack import PARTITIONS, Topology, day_start
+from tests.helpers import http_get, metric_values, query_chdb, run_cli, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -107,30 +110,51 @@ def counted(topology: Topology, name: str) -> int:
     return int(total)
 
 
-@pytest.mark.parametrize("speed", [PACED, None], ids=["paced", "all-at-once"])
+STORE_FEED_LATENESS_S = 3 * 86_400  # the store's export: imported after the whole day
+
+
+@pytest.mark.parametrize(
+    "speed,feed",
+    [(PACED, False), (None, False), (None, True)],
+    ids=["paced", "all-at-once", "store-feed-imported-afterwards"],
+)
 def test_a_day_gives_its_truth_at_any_speed_with_the_default_lateness(
-    broker: EmbeddedBroker, tmp_path: Path, speed: float | None
+    broker: EmbeddedBroker, tmp_path: Path, speed: float | None, feed: bool
 ) -> None:
+    """``feed``: the store's touchpoints are not sent with the rest but imported afterwards
+    with ``journeywatch import``, as a point-of-sale export is, with the store's lateness
+    set (``JW_CHANNEL_LATENESS_S``, docs/journey-engine.md "Late channels")."""
     start = day_start()
     simulator = DaySimulator(SEED, start, PERSONAS, default_incidents(start))
     events = simulator.generate()
     truth, truth_moments = truth_of(simulator)
     ensure_topics(Settings(broker_url=broker.url, partitions=PARTITIONS))
     default = Settings.model_fields["allowed_lateness_s"].default
-    topology = Topology(broker, tmp_path, allowed_lateness_s=default)
+    store = {"channel_lateness_s": f'{{"store": {STORE_FEED_LATENESS_S}}}'} if feed else {}
+    topology = Topology(broker, tmp_path, allowed_lateness_s=default, **store)
     chdb = topology.chdb
+    export = [e for e in events if e["channel"] == "store"] if feed else []
     try:
         topology.start_sink()
         topology.start_collector()
         topology.start(0)
         topology.start(1)
         wait_until(topology.balanced, 120, "two workers sharing the partitions", 0.5)
-        send(topology, events, speed)
+        send(topology, [e for e in events if not feed or e["channel"] != "store"], speed)
         wait_until(topology.drained, 180, "every touchpoint and hand-off processed", 0.5)
         late = counted(topology, "jw_late_events_total")
         taken = counted(topology, "jw_touches_taken_total")
-        # then every watermark past every deadline (a minute ago by the wall clock)
-        assert topology.post(clock_events(int(time.time() * 1000) - 60_000)) == 202
+        # The store's export (feed), or nothing, imported as a backfill's last file: then every
+        # watermark moves to the wall clock, past every deadline of the day (40 days ago).
+        path = tmp_path / "store-export.jsonl"
+        path.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in export))
+        assert len(export) > 50 if feed else not export
+        result = run_cli(
+            ["import", "--kind", "touchpoints", "--end-of-backfill", str(path)], topology.env
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"{len(export)} events imported, 0 lines rejected" in result.stdout
+        assert "end of backfill" in result.stdout
         with_outcomes = sum(truth.values())
 
         def written() -> bool:  # (the sink owns chdb while it runs: its status API)
@@ -141,7 +165,7 @@ def test_a_day_gives_its_truth_at_any_speed_with_the_default_lateness(
             )
 
         wait_until(written, 120, f"{with_outcomes} outcomes in ClickHouse", 1.0)
-        wait_until(topology.drained, 120, "the clock events processed", 0.5)
+        wait_until(topology.drained, 120, "the end of the backfill processed", 0.5)
     finally:
         topology.stop()  # the sink too: chdb is read by this process afterwards
     outcomes, moments = found(chdb)
@@ -153,6 +177,13 @@ def test_a_day_gives_its_truth_at_any_speed_with_the_default_lateness(
         "AND name IN ('converted', 'dropped_off') GROUP BY journey_id HAVING count() > 1",
     )
     assert twice == []
+    if feed:  # the hold waited for the export: nothing reported dropped off was revised
+        revised = query_chdb(
+            chdb,
+            "SELECT count() FROM journeywatch.journey_events FINAL "
+            "WHERE type = 'journey' AND name = 'dropoff_retracted'",
+        )
+        assert int(revised[0][0]) == 0
     view = query_chdb(
         chdb,
         "SELECT journey, person_id, outcome, stage FROM journeywatch.journeys "
@@ -168,7 +199,7 @@ def test_a_day_gives_its_truth_at_any_speed_with_the_default_lateness(
     )
     first = sum("repeat_contact" not in j.negative_moments for j in resolved)
     assert (int(fcr[0][0]), int(fcr[0][1] or 0)) == (len(resolved), first)
-    if speed is None:
+    if speed is None and not feed:
         # Under load no partition is idle, and alignment holds every watermark behind every
         # touchpoint in flight, but those held in an engine that leave with a person handed
         # to another partition (jw_touches_taken_total). Paced, the night's quiet lets
