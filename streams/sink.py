@@ -270,7 +270,9 @@ class SinkRole:
 
     def _register_lookup(self) -> None:
         """``POST /api/v1/touchpoints/stored`` ``{"event_ids": [...]}`` → the ones ClickHouse
-        holds: how ``journeywatch replay raw --api`` asks while this process owns chdb."""
+        holds: how ``journeywatch replay raw --api`` asks while this process owns chdb. A
+        lookup changes nothing: the read-only role may ask (an endpoint that changes or erases
+        data is wrapped in ``webauth.requires("admin")``)."""
         from streams.httpbody import BodyRejected, read_body
 
         role = self

@@ -206,3 +206,16 @@ def test_list_settings_reach_child_processes_as_json(monkeypatch: pytest.MonkeyP
         monkeypatch.setenv(name, value)
     again = Settings()
     assert again.web_trusted_proxies == ["10.0.0.7"] and again.web_proxy_admins == ["ops"]
+
+
+def test_a_read_token_alone_cannot_mint_an_admin_session() -> None:
+    """With only the read-only token configured its holder knows every input of the signing
+    key: a session claiming the admin role is refused however it is signed."""
+    rules = WebAccess.from_settings(Settings(web_read_token=READ))
+    forged = rules.issue_session("admin token", "admin")  # signed with the real key
+    assert rules.read_session(forged) is None
+    assert rules.read_session(rules.issue_session("read token", "read")) is not None
+    # with both tokens the key needs the admin token too
+    both = access()
+    assert both.key != rules.key
+    assert both.read_session(forged) is None
