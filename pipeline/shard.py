@@ -45,20 +45,29 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final, NamedTuple
 
-import orjson
-
+from pipeline.codec import (
+    Forward,
+    Frontier,
+    Handoff,
+    IdentifierRecord,
+    Link,
+    PersonRecord,
+    Redirect,
+    decode_message,
+    decode_record,
+    encode_message,
+    encode_record,
+)
 from pipeline.engine import JourneyEngine, Output, blocked_output
 from pipeline.touch import Touch
 
 CUSTOMER_PREFIX = "customer_id:"
-_CARRYING = frozenset({"forward", "link", "handoff", "redirect"})  # messages with touches
 MAX_HOPS = 16
 NEVER: Final = -(2**62)  # an event time before any other (the watermark of a new engine)
 FOREVER: Final = 2**62  # an event time after any other (no bound)
-# A touch in a hand-off message is a positional list of its fields up to ``issue``: workers of
-# the previous version construct ``Touch(*fields)`` and know no more. ``received_at`` travels
-# beside the touches (``received``), so every version reads every message.
-WIRE_FIELDS: Final = 17
+# Hand-off messages and state records are typed and versioned in pipeline/codec.py (a touch
+# travels as its first 17 fields, which every version reads, its ``received_at`` beside them).
+Carrying = Forward | Link | Redirect | Handoff  # the messages that carry touches
 
 
 class Step(NamedTuple):
@@ -111,26 +120,9 @@ def _customer_of(keys: list[str]) -> str | None:
     return None
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Touch):
-        return list(value[:WIRE_FIELDS])
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"cannot encode {type(value).__name__}")
-
-
-def _touch(data: list[Any], received: Any = None) -> Touch:
-    data[7] = tuple(tuple(pair) for pair in data[7])
-    touch = Touch(*data)
-    if isinstance(received, int) and len(data) <= WIRE_FIELDS:
-        return touch._replace(received_at=received)
-    return touch
-
-
-def _received(touches: list[Any]) -> list[int | None] | None:
-    """The ``received_at`` of touches about to travel (None when none has one)."""
-    found = [t.received_at if isinstance(t, Touch) else None for t in touches]
-    return found if any(r is not None for r in found) else None
+def _carried(message: Carrying) -> list[Touch]:
+    """The touches a hand-off message carries (a ``handoff`` at least one, the others one)."""
+    return message.touches if isinstance(message, Handoff) else [message.touch]
 
 
 class JourneyShard:
@@ -220,34 +212,28 @@ class JourneyShard:
         """A message from the hand-off topic (``offset``: its offset in this partition, for
         watermark alignment; -1 for a message on a hop within this partition)."""
         self.messages += 1
-        data = orjson.loads(raw)
-        kind = data["kind"]
-        if kind == "frontier":
-            self._on_frontier(data)
+        message = decode_message(raw)  # any version this worker reads (ValueError otherwise)
+        if isinstance(message, Frontier):
+            self._on_frontier(message)
             if token is not None:
                 self._done.append(token)
             return
-        if kind not in _CARRYING:
-            raise ValueError(f"unknown hand-off message kind {kind!r}")
         if offset >= 0 and self.partitions:
-            self._note(data, offset)
+            self._note(message, offset)
             self._inputs += 1
         # The message's token waits for the touch it carries: acknowledged once that touch is
         # applied here or has left in a message to another partition (a local hop keeps it).
-        if kind == "forward":
-            touch = _touch(data["touch"], data.get("received"))
-            self._wait(touch, token)
-            self._route(touch, data["person"])
-        elif kind == "link":
-            touch = _touch(data["touch"], data.get("received"))
-            self._wait(touch, token)
-            self._on_link(data["key"], data["person"], touch, data["awaits"])
-        elif kind == "handoff":
-            self._on_handoff(data, token)
+        if isinstance(message, Forward):
+            self._wait(message.touch, token)
+            self._route(message.touch, message.person)
+        elif isinstance(message, Link):
+            self._wait(message.touch, token)
+            self._on_link(message.key, message.person, message.touch, message.awaits)
+        elif isinstance(message, Handoff):
+            self._on_handoff(message, token)
         else:  # redirect
-            touch = _touch(data["touch"], data.get("received"))
-            self._wait(touch, token)
-            self._on_redirect(data["person"], data["to"], touch, data["awaits"])
+            self._wait(message.touch, token)
+            self._on_redirect(message.person, message.to, message.touch, message.awaits)
 
     def tick(self, wall_ms: int) -> None:
         if not self.partitions:
@@ -361,34 +347,31 @@ class JourneyShard:
                 continue
             if self._told.get(partition) == now and partition not in self._hello:
                 continue
-            message: dict[str, Any] = {
-                "kind": "frontier",
-                "from": self.partition,
-                "frontier": frontier,
-                "candidate": candidate,
-                "processed": processed,
-                "open": still,
-            }
-            if partition in self._their:
-                message["yours"] = self._their[partition]
-            if hello:
-                message["hello"] = True
-            self._notices.append((partition, orjson.dumps(message)))
+            message = Frontier(
+                self.partition,
+                frontier,
+                candidate,
+                processed,
+                still,
+                self._their.get(partition),
+                hello,
+            )
+            self._notices.append((partition, encode_message(message)))
             self._told[partition] = now
         self._hello.clear()
 
-    def _on_frontier(self, data: dict[str, Any]) -> None:
-        sender = int(data["from"])
+    def _on_frontier(self, message: Frontier) -> None:
+        sender = message.sender
         if sender == self.partition or not self.partitions:
             return
-        if "frontier" in data:
-            self.peers[sender] = int(data["frontier"])
-            self._their[sender] = int(data["candidate"])
-        yours = data.get("yours")
-        if isinstance(yours, int) and yours > self._floor:
+        if message.frontier is not None and message.candidate is not None:
+            self.peers[sender] = message.frontier
+            self._their[sender] = message.candidate
+        yours = message.yours
+        if yours is not None and yours > self._floor:
             self._floor = yours
-        processed = int(data["processed"])
-        still = set(data.get("open") or ())
+        processed = message.processed
+        still = set(message.open)
         queue = self._outstanding.get(sender)
         if queue:
             kept: deque[_Sent] = deque()
@@ -399,19 +382,19 @@ class JourneyShard:
                 else:
                     kept.append(sent)
             self._outstanding[sender] = kept
-        if data.get("hello"):
+        if message.hello:
             self._hello.add(sender)
         self._rebound()
 
-    def _note(self, data: dict[str, Any], offset: int) -> None:
+    def _note(self, message: Carrying, offset: int) -> None:
         """A hand-off input record: open until each touch it carries is absorbed."""
         if offset >= self._next_input:
             self._next_input = offset + 1
-        carried = data.get("touches") or [data["touch"]]
+        carried = _carried(message)
         origins, opened = self._origins, self._open
         opened[offset] = opened.get(offset, 0) + len(carried)
         for touch in carried:
-            origins.setdefault(str(touch[0]), []).append(offset)
+            origins.setdefault(touch.event_id, []).append(offset)
 
     def _absorbed(self, event_id: str) -> None:
         """A touch is in the engine here (or refused): its hand-off inputs are done with it."""
@@ -509,7 +492,7 @@ class JourneyShard:
         awaiting = self.awaiting.get(person)
         if record is None and not foreign and awaiting is None:
             return None
-        return orjson.dumps([record, sorted(foreign or ()), awaiting])
+        return encode_record(PersonRecord(record, sorted(foreign or ()), awaiting))
 
     def _identifier_record(self, identifier: str) -> bytes | None:
         alias = self.aliases.get(identifier)
@@ -517,7 +500,7 @@ class JourneyShard:
         blocked = identifier in self.graph.blocked
         if alias is None and not seen and not blocked:
             return None
-        return orjson.dumps([alias, sorted(seen or ()), blocked])
+        return encode_record(IdentifierRecord(alias, sorted(seen or ()), blocked))
 
     def load(
         self,
@@ -538,25 +521,23 @@ class JourneyShard:
         self.engine.dirty = set()
 
     def _load_record(self, key: str, raw: bytes) -> None:
-        data = orjson.loads(raw)
-        if key.startswith("p:"):
+        record = decode_record(key, raw)  # any version this worker reads (ValueError otherwise)
+        if isinstance(record, PersonRecord):
             person = key[2:]
-            if data[0] is not None:
-                self.engine.load_person(person, data[0])
-            if data[1]:
-                self.foreign[person] = set(data[1])
-            if data[2] is not None:
-                self.awaiting[person] = str(data[2])
-        elif key.startswith("i:"):
-            identifier = key[2:]
-            if data[0] is not None:
-                self.aliases[identifier] = str(data[0])
-            if data[1]:
-                self.graph.customers_seen[identifier] = set(data[1])
-            if data[2]:
-                self.graph.blocked.add(identifier)
+            if record.record is not None:
+                self.engine.load_person(person, record.record)
+            if record.foreign:
+                self.foreign[person] = set(record.foreign)
+            if record.awaiting is not None:
+                self.awaiting[person] = record.awaiting
         else:
-            raise ValueError(f"not a journey state key: {key!r}")
+            identifier = key[2:]
+            if record.alias is not None:
+                self.aliases[identifier] = record.alias
+            if record.seen:
+                self.graph.customers_seen[identifier] = set(record.seen)
+            if record.blocked:
+                self.graph.blocked.add(identifier)
 
     def discard(self, key: str) -> None:
         """Leave out a saved record (``p:<person>``, ``i:<identifier>``) found poisonous: what
@@ -597,14 +578,10 @@ class JourneyShard:
     def _here(self, key: str) -> bool:
         return self.partition_of(key) == self.partition
 
-    def _send(self, key: str, body: dict[str, Any]) -> None:
-        carried = body.get("touches") or [body["touch"]]
-        if "received" not in body:
-            received = _received(carried)
-            if received is not None:
-                body["received"] = received if "touches" in body else received[0]
-        raw = orjson.dumps(body, default=_plain)
-        at = min(int(touch[1]) for touch in carried)
+    def _send(self, key: str, message: Carrying) -> None:
+        carried = _carried(message)
+        raw = encode_message(message)
+        at = min(touch.at for touch in carried)
         if self._here(key):
             self._local.append((raw, at))
             self._lower(at)
@@ -613,7 +590,7 @@ class JourneyShard:
         # the touches it carries are safe once the broker has it: their input may be acknowledged
         tokens = self._tokens
         for touch in carried:
-            waiting = tokens.pop(touch[0], None)
+            waiting = tokens.pop(touch.event_id, None)
             if waiting:
                 self._settle(waiting)
         if self.partitions:
@@ -622,7 +599,7 @@ class JourneyShard:
             inputs: list[int] = []
             if self._origins:
                 for touch in carried:
-                    offsets = self._origins.pop(str(touch[0]), None)
+                    offsets = self._origins.pop(touch.event_id, None)
                     if offsets:
                         inputs += offsets
             sent = _Sent(self.partition_of(key), at, inputs)
@@ -697,7 +674,7 @@ class JourneyShard:
             person = customer
         anchor = anchor_key(person)
         if not self._here(anchor):
-            self._send(anchor, {"kind": "forward", "person": person, "touch": touch})
+            self._send(anchor, Forward(person, touch))
             return
         if person in self.awaiting:
             self.parked.setdefault(person, []).append(touch)
@@ -712,8 +689,7 @@ class JourneyShard:
     def _link(self, person: str, key: str, touch: Touch) -> None:
         self.awaiting[person] = key
         self._dirty_persons.add(person)
-        body = {"kind": "link", "key": key, "person": person, "touch": touch, "awaits": key}
-        self._send(key, body)
+        self._send(key, Link(key, person, touch, key))
 
     def _release(self, person: str) -> None:
         """Route the touches parked behind a link, in arrival order, until one links again."""
@@ -782,20 +758,11 @@ class JourneyShard:
             target, awaits = moved, None
         alias = self.aliases.get(key)
         current = self._follow(alias) if alias is not None else graph.owner.get(key)
-        answer: dict[str, Any] = {
-            "kind": "handoff",
-            "person": target,
-            "source": None,
-            "record": None,
-            "identifiers": [],
-            "foreign": [],
-            "touches": [touch],
-            "awaits": awaits,
-        }
+        answer = Handoff(target, None, None, [], [], [touch], awaits)
         if key in graph.blocked:
-            answer["foreign"] = [key]
+            answer = answer._replace(foreign=[key])
         elif current == target:
-            answer["identifiers"] = [key]
+            answer = answer._replace(identifiers=[key])
         elif current is None and self._yields(target, "a:" + key, key):
             # Nobody owns it yet, but this identifier's own anonymous person is here (state,
             # or touches carrying it held, not applied yet) and sorts first: it keeps the
@@ -810,16 +777,16 @@ class JourneyShard:
             record, members, taken = self._take(anonymous, also=key)
             held, stay = self._claimed(taken)
             self._give(key, target)
-            answer["identifiers"] = [key]
+            answer = answer._replace(identifiers=[key])
             if held or record is not None:
-                answer |= {"source": anonymous, "record": record, "touches": [*held, touch]}
+                answer = answer._replace(source=anonymous, record=record, touches=[*held, touch])
             self._send(anchor_key(target), answer)
             self._reroute(stay)
             return
         elif current.startswith("c:") and target.startswith("c:"):
             if graph.share(key, current, target):
                 self._outputs.append(blocked_output(key, touch.at, target, touch.event_id))
-            answer["foreign"] = [key]
+            answer = answer._replace(foreign=[key])
         elif current.startswith("c:"):
             # the asking person is anonymous and the identifier is a customer's: move it there
             self._redirect(target, current, touch, awaits)
@@ -839,32 +806,21 @@ class JourneyShard:
                 if self._here(member):
                     self._give(member, target)
             self._give(anchor_key(current), target)
-            answer |= {
-                "source": current,
-                "record": record,
-                "identifiers": members,
-                "touches": [*held, touch],
-            }
+            answer = answer._replace(
+                source=current, record=record, identifiers=members, touches=[*held, touch]
+            )
             self._send(anchor_key(target), answer)
             self._reroute(stay)
             return
         else:  # an anonymous person anchored elsewhere owns it: ask there
             self._give(key, target)
-            relay: dict[str, Any] = {
-                "kind": "link",
-                "key": anchor_key(current),
-                "person": target,
-                "touch": touch,
-                "awaits": awaits,
-            }
-            self._send(anchor_key(current), relay)
+            self._send(anchor_key(current), Link(anchor_key(current), target, touch, awaits))
             return
         self._send(anchor_key(target), answer)
 
     def _redirect(self, person: str, to: str, touch: Touch, awaits: str | None) -> None:
         """Tell ``person``'s partition that it belongs to ``to`` (``_on_redirect``)."""
-        body = {"kind": "redirect", "person": person, "to": to, "touch": touch, "awaits": awaits}
-        self._send(anchor_key(person), body)
+        self._send(anchor_key(person), Redirect(person, to, touch, awaits))
 
     def _answered(self, person: str, awaits: str | None) -> None:
         """The link ``person`` waits for (``awaits``) is answered: its parked touches may go."""
@@ -913,7 +869,7 @@ class JourneyShard:
             # The person of a blocked identifier (a kiosk's anonymous visits) never moves to a
             # customer: only this touch goes, as in one process (a blocked identifier is not
             # used to resolve, so the touch is the customer's and the kiosk's person stays).
-            self._send(anchor_key(to), {"kind": "forward", "person": to, "touch": touch})
+            self._send(anchor_key(to), Forward(to, touch))
             self._answered(person, awaits)
             self._release(person)
             return
@@ -923,29 +879,16 @@ class JourneyShard:
             if self._here(member):
                 self._give(member, to)
         self._give(anchor_key(person), to)
-        self._send(
-            anchor_key(to),
-            {
-                "kind": "handoff",
-                "person": to,
-                "source": person,
-                "record": record,
-                "identifiers": members,
-                "foreign": [],
-                "touches": [*held, touch],
-                "awaits": None,
-            },
-        )
+        self._send(anchor_key(to), Handoff(to, person, record, members, [], [*held, touch], None))
         self._reroute(stay)
 
-    def _on_handoff(self, data: dict[str, Any], token: Any) -> None:
+    def _on_handoff(self, message: Handoff, token: Any) -> None:
         """Merge what the home handed over; ``token`` waits for every touch it carries
         (acknowledged once each is applied here or has left in a message, so a crash before
         that replays the hand-off). Waiting only for the latest one lost the others: it can
         leave again (another identifier to link) while they are still held for the watermark."""
-        target = data["person"]
-        received = data.get("received") or [None] * len(data["touches"])
-        touches = [_touch(t, r) for t, r in zip(data["touches"], received, strict=False)]
+        target = message.person
+        touches = message.touches
         # the latest touch, by which a redelivery is recognised (not one refused by the error
         # policy: never applied)
         refused = self.refused
@@ -955,14 +898,14 @@ class JourneyShard:
         if moved != target or not self._here(anchor_key(target)):
             # the person itself moved meanwhile: the hand-off follows it
             self._wait_all(touches, token)
-            self._send(anchor_key(moved), data | {"person": moved, "awaits": None})
-            if self.awaiting.get(target) == data["awaits"]:
+            self._send(anchor_key(moved), message._replace(person=moved, awaits=None))
+            if self.awaiting.get(target) == message.awaits:
                 self.awaiting.pop(target, None)
             return
         if self.engine.has_applied(target, last.event_id):
             # delivered again after a crash: the first delivery merged it and applied its
             # touches already (merging again would bring back journeys that have ended)
-            self._answered(target, data["awaits"])
+            self._answered(target, message.awaits)
             # The inputs still waiting for its touches are released: a hand-off on a hop within
             # this partition (a redelivered link answered by a redirect to a person anchored
             # here) has no token of its own, and the input that sent it waits for its touches.
@@ -975,22 +918,22 @@ class JourneyShard:
             if token is not None:
                 self._done.append(token)
             return
-        source = data["source"]
+        source, identifiers = message.source, message.identifiers
         merged_before = (
             source is not None
             and source != target
             and source not in self.engine.persons
-            and bool(data["identifiers"])
-            and all(self.graph.owner.get(i) == target for i in data["identifiers"])
+            and bool(identifiers)
+            and all(self.graph.owner.get(i) == target for i in identifiers)
         )
         if not merged_before:  # (a redelivery whose touches were still held: merged already)
             self._outputs += self.engine.absorb(
-                source, target, data["record"], data["identifiers"], last.at, last.event_id
+                source, target, message.record, identifiers, last.at, last.event_id
             )
-        if data["foreign"]:
-            self.foreign.setdefault(target, set()).update(data["foreign"])
+        if message.foreign:
+            self.foreign.setdefault(target, set()).update(message.foreign)
         self._dirty_persons.add(target)
-        if data["awaits"] is not None and self.awaiting.get(target) == data["awaits"]:
+        if message.awaits is not None and self.awaiting.get(target) == message.awaits:
             self.awaiting.pop(target)
         self._wait_all(touches, token)
         for touch in touches:

@@ -42,6 +42,7 @@ import faust
 import orjson
 from faust.types import TP, Message
 
+from pipeline.codec import message_kind
 from pipeline.contract import Channel
 from pipeline.deadletter import Failure, failure_headers, failure_of
 from pipeline.definitions import JourneyCatalog, load_catalog
@@ -543,7 +544,7 @@ class JourneyRole:
                 sender.add_keyed(topic, key, orjson.dumps(output.as_dict()))
                 observe(output, now)
             for route, message in step.sends:
-                handoffs[_kind(message)] += 1
+                handoffs[message_kind(message)] += 1  # (pipeline/codec.py)
                 target = kafka_partition(route, self.partitions)
                 sender.add(self.handoff, target, route.encode(), message)
                 places.append((target, written[target]))
@@ -756,11 +757,3 @@ def _merge(first: Step, then: Step) -> Step:
         first.done + then.done,
         first.notices + then.notices,
     )
-
-
-def _kind(value: bytes) -> str:
-    head = value[:24]
-    for kind in ("forward", "link", "handoff", "redirect", "frontier"):
-        if kind.encode() in head:
-            return kind
-    return "other"
