@@ -267,8 +267,13 @@ class LiveFeed:
             await self.refresh()
         return self.payload
 
-    async def stream(self, request: web.Request) -> web.StreamResponse:
-        """Server-sent events: the snapshot now, then each new one as soon as it exists."""
+    async def stream(
+        self, request: web.Request, allowed: Callable[[], bool] | None = None
+    ) -> web.StreamResponse:
+        """Server-sent events: the snapshot now, then each new one as soon as it exists.
+
+        ``allowed``: asked before every write (a push or a keep-alive); false ends the stream,
+        so a session revoked or expired while the page stays open stops getting figures."""
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -281,7 +286,7 @@ class LiveFeed:
         try:
             await self.current()
             sent = 0
-            while True:
+            while allowed is None or allowed():
                 changed = self._changed  # taken first: a refresh from here on wakes us
                 if self.version != sent and self.payload:
                     sent = self.version
@@ -289,6 +294,8 @@ class LiveFeed:
                 try:
                     await asyncio.wait_for(changed.wait(), KEEPALIVE_S)
                 except TimeoutError:
+                    if allowed is not None and not allowed():
+                        break
                     await response.write(b": keep-alive\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass  # the page was closed

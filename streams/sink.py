@@ -237,7 +237,8 @@ class SinkRole:
 
         @self.app.page("/api/v1/live/stream")
         async def live_stream(view: faust.web.View, request: faust.web.Request) -> Any:
-            return await self.live.stream(cast("Any", request))
+            raw = cast("Any", request)
+            return await self.live.stream(raw, allowed=lambda: self.access.still_allowed(raw))
 
         async def live_refresh() -> None:
             await self.live.tick()

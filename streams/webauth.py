@@ -281,6 +281,20 @@ class WebAccess:
             return self.read_session(cookie)
         return None
 
+    def still_allowed(self, request: Any) -> bool:
+        """Whether ``request``'s credentials still sign it in (asked again during a long
+        answer, the event stream: a session revoked or expired meanwhile ends it)."""
+        return (
+            self.is_open(request.path)
+            or self.principal(
+                request.headers.get("Authorization"),
+                request.cookies.get(SESSION_COOKIE),
+                request.remote,
+                request.headers.get(self.proxy_header),
+            )
+            is not None
+        )
+
     def trusted(self, remote: str | None) -> bool:
         if not remote:
             return False
@@ -317,7 +331,7 @@ class WebAccess:
             now = self.clock()
             if int(issued) < self.not_before or now >= int(expires):
                 return None
-            return Principal(_unb64(user), cast("Role", role), "session", nonce)
+            return Principal(_unb64(user), role, "session", nonce)
         except ValueError:
             return None
 

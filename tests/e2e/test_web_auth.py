@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -286,6 +287,10 @@ def test_sign_in_by_the_page_a_session_cookie_and_csrf(sink: Topology) -> None:
     admin_csrf = call(port, "GET", "/api/v1/auth/session", headers=admin_cookie).json()[
         "csrf_token"
     ]
+    watching = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    watching.request("GET", "/api/v1/live/stream", headers=cookie)  # a page left open
+    open_stream = watching.getresponse()
+    assert open_stream.status == 200 and open_stream.readline().startswith(b"id: ")
     revoked = call(
         port,
         "POST",
@@ -293,8 +298,13 @@ def test_sign_in_by_the_page_a_session_cookie_and_csrf(sink: Topology) -> None:
         headers=admin_cookie | {"X-CSRF-Token": admin_csrf},
     )
     assert revoked.status == 200
+    revoked_at = time.monotonic()
     assert call(port, "GET", "/api/v1/stats", headers=cookie).status == 401
     assert call(port, "GET", "/api/v1/stats", headers=admin_cookie).status == 401
+    # the stream open with a revoked session ends (at its next push or keep-alive, ≤ 15 s)
+    open_stream.read()
+    assert time.monotonic() - revoked_at < 20
+    watching.close()
     assert_no_secret_in_logs(sink, [value, admin_value, csrf, admin_csrf])
 
 
