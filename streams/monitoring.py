@@ -191,12 +191,15 @@ def start_local_monitoring(
     rule_files: list[Path] | None = None,
     alertmanager_config: dict[str, Any] | None = None,
     scrape_interval: str = "5s",
+    scrape_tokens: dict[str, Path] | None = None,
 ) -> LocalMonitoring | None:
     """Start both with generated configs; None when the binaries are not installed.
 
     By default they use the shipped rules and an Alertmanager that shows alerts without
     delivering them; tests pass their own (time-compressed rules, a webhook receiver). Both
-    require basic auth (``LocalMonitoring.username``, ``.password_file``).
+    require basic auth (``LocalMonitoring.username``, ``.password_file``). ``scrape_tokens``:
+    per job, a file with the bearer token its targets want (the sink's, with
+    ``JW_WEB_PROTECT_HEALTH``).
     """
     found = binaries()
     if found is None:
@@ -221,8 +224,17 @@ def start_local_monitoring(
             ]
         },
         "scrape_configs": [
-            {"job_name": job, "static_configs": [{"targets": addresses}]}
+            {
+                "job_name": job,
+                "static_configs": [{"targets": addresses}],
+                **(
+                    {"authorization": {"type": "Bearer", "credentials_file": str(token)}}
+                    if token
+                    else {}
+                ),
+            }
             for job, addresses in targets.items()
+            for token in [(scrape_tokens or {}).get(job)]
         ],
     }
     (directory / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config, sort_keys=False))

@@ -38,7 +38,13 @@ from pydantic import SecretStr
 
 from pipeline.settings import ApiKey, Settings, embedded_profile, to_environment
 from streams.broker import EmbeddedBroker
-from streams.monitoring import LocalMonitoring, binaries, secret_file, start_local_monitoring
+from streams.monitoring import (
+    LocalMonitoring,
+    binaries,
+    secret_file,
+    start_local_monitoring,
+    write_private,
+)
 from streams.process import child_process_options
 from streams.producer import SimulatorThread
 from streams.supervisor import (
@@ -244,6 +250,11 @@ class EmbeddedRuntime:
         )
         self._wait_ready(timeout_s=180.0)
         if settings.local_monitoring:
+            scrape_tokens = {}
+            if settings.web_protect_health and self.api_token:  # the sink's /metrics wants it
+                token_file = settings.data_dir / "monitoring" / "sink-scrape.token"
+                write_private(token_file, self.api_token)
+                scrape_tokens["journeywatch-sink"] = token_file
             self.monitoring = start_local_monitoring(
                 settings.data_dir / "monitoring",
                 {
@@ -256,6 +267,7 @@ class EmbeddedRuntime:
                 settings.prometheus_port,
                 settings.alertmanager_port,
                 self.log_dir,
+                scrape_tokens=scrape_tokens,
             )
             if self.monitoring:
                 self._adopt_monitoring(self.monitoring)

@@ -20,6 +20,7 @@ import orjson
 import pytest
 
 from streams.broker import EmbeddedBroker
+from streams.monitoring import start_local_monitoring
 from streams.webauth import CONTENT_SECURITY_POLICY
 from tests.browser import chromium
 from tests.e2e.stack import Topology
@@ -27,6 +28,7 @@ from tests.helpers import (
     REPO,
     WEB_ADMIN_TOKEN,
     WEB_READ_TOKEN,
+    free_port,
     http_get,
     jw_env,
     run_cli,
@@ -401,6 +403,33 @@ def test_a_trusted_proxys_user_header_counts_from_its_address_only(
         )
         with_csrf = ops | {"X-CSRF-Token": session["csrf_token"]}
         assert call(port, "POST", revoke, headers=with_csrf, source=proxy).status == 200
+
+        # a real Prometheus scrapes the protected /metrics with the token file it is given
+        token_file = tmp_path / "scrape.token"
+        token_file.write_text(WEB_READ_TOKEN)
+        monitoring = start_local_monitoring(
+            tmp_path / "monitoring",
+            {"journeywatch-sink": [f"127.0.0.1:{port}"], "anonymous": [f"127.0.0.1:{port}"]},
+            free_port(),
+            free_port(),
+            tmp_path,
+            scrape_interval="1s",
+            scrape_tokens={"journeywatch-sink": token_file},
+        )
+        assert monitoring is not None, "prometheus is installed by make test"
+        try:
+
+            def scraped() -> bool:
+                data = monitoring.get_json(f"{monitoring.prometheus_url}/api/v1/targets")
+                active = data["data"]["activeTargets"] if data else []
+                health = {t["labels"]["job"]: (t["health"], t["lastError"]) for t in active}
+                return health.get("journeywatch-sink", ("",))[0] == "up" and "401" in str(
+                    health.get("anonymous")
+                )
+
+            wait_until(scraped, 60, "Prometheus scraping the sink's protected /metrics", 0.5)
+        finally:
+            monitoring.stop()
     finally:
         topology.stop()
 
