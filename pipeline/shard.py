@@ -208,6 +208,17 @@ class JourneyShard:
         self._wait(touch, token)
         self._route(touch, None)
 
+    def reach(self, at: int, token: Any) -> None:
+        """Event time on this partition's input has reached ``at`` without a touchpoint: the
+        end of a backfill (``journeywatch import --end-of-backfill`` writes it behind the
+        import's touchpoints). The watermark moves as a touchpoint at ``at`` would move it."""
+        if at > self._seen:
+            self._seen = at
+        self._inputs += 1
+        self._outputs += self.engine.reach(at)
+        if token is not None:
+            self._done.append(token)
+
     def message(self, raw: bytes, token: Any, offset: int = -1) -> None:
         """A message from the hand-off topic (``offset``: its offset in this partition, for
         watermark alignment; -1 for a message on a hop within this partition)."""

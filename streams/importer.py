@@ -27,7 +27,7 @@ from pipeline.pii import FreeTextScrubber, redact_text
 from pipeline.settings import Settings
 from streams.offsets import committed_offsets
 from streams.producer import raw_producer
-from streams.topics import BY_PERSON, RAW
+from streams.topics import BY_PERSON, CONTROL_HEADER, RAW
 
 
 @dataclass
@@ -143,9 +143,6 @@ def import_file(
         producer.flush()
         producer.close()
     return report
-
-
-CONTROL_HEADER = "jw-control"  # a control record in touchpoints.by_person, not a touchpoint
 
 
 def end_backfill(

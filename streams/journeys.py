@@ -34,7 +34,7 @@ import logging
 import time
 from collections import Counter as Tally
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,6 +54,7 @@ from sinks.metrics import (
     ACTIVE_JOURNEYS,
     CONSUMER_LAG,
     DROPOFF_DELAY,
+    DROPOFF_HOLD,
     HANDOFF_MESSAGES,
     JOURNEY_ERRORS,
     JOURNEY_INPUT_OFFSET,
@@ -84,6 +85,7 @@ from streams.batching import (
 )
 from streams.topics import (
     BY_PERSON,
+    CONTROL_HEADER,
     EXPERIENCE_MOMENTS,
     HANDOFF,
     JOURNEY_EVENTS,
@@ -107,6 +109,26 @@ ERROR_KINDS = ("touchpoint", "handoff", "state")
 MAX_FAILURES = 16
 RUNBOOK = "docs/runbooks/journey-records-failing.md"
 Position = tuple[str, int]  # (topic, offset) of an input record within its partition
+
+
+def advance_of(message: Message) -> int | None:
+    """The event time a control record of ``touchpoints.by_person`` announces (header
+    ``jw-control: advance``, ``journeywatch import --end-of-backfill``); None for a touchpoint.
+    Raises ValueError for a control record it cannot read (dead-lettered)."""
+    headers = message.headers
+    if not headers:
+        return None
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    control = next((value for name, value in pairs if name == CONTROL_HEADER), None)
+    if control is None:
+        return None
+    if control != b"advance":
+        raise ValueError(f"unknown control record {control!r} (a newer journeywatch's?)")
+    body = orjson.loads(message.value) if isinstance(message.value, bytes) else None
+    at = body.get("advance_to") if isinstance(body, dict) else None
+    if not isinstance(at, int) or isinstance(at, bool):
+        raise ValueError("an advance control record without an integer advance_to")
+    return at
 
 
 def touch_of(raw: bytes) -> Touch:
@@ -236,6 +258,17 @@ class JourneyRole:
             shard = self._shard(partition)
             touched.add(partition)
             raw = message.value if isinstance(message.value, bytes) else b""
+            if message.topic == by_person and message.headers:
+                try:
+                    reach = advance_of(message)
+                except Exception as exc:  # bad input is data (the error policy)
+                    self._dead_letter(message, "touchpoint", failure_of(exc))
+                    self._dead[partition].append(message)
+                    continue
+                if reach is not None:  # the end of a backfill (streams/importer.py)
+                    self._unacked[partition][(message.topic, message.offset)] = message
+                    shard.reach(reach, message)
+                    continue
             if message.topic == by_person:
                 try:
                     touch = touch_of(raw)
@@ -269,7 +302,11 @@ class JourneyRole:
     def _feed(self, shard: JourneyShard, message: Message) -> None:
         raw = message.value if isinstance(message.value, bytes) else b""
         if message.topic == self.by_person:
-            shard.touch(touch_of(raw), message)
+            reach = advance_of(message)
+            if reach is not None:
+                shard.reach(reach, message)
+            else:
+                shard.touch(touch_of(raw), message)
         else:
             shard.message(raw, message, message.offset)
 
@@ -465,6 +502,8 @@ class JourneyRole:
                 for channel, seconds in self.settings.channel_lateness_s.items()
             },
         )
+        for journey, hold in engine.holds.items():
+            DROPOFF_HOLD.labels(journey).set(hold / 1000)
         partitions = self.partitions
         # Writing the released format (the first restart of an upgrade): as the release,
         # without watermark alignment, whose frontier messages released workers cannot read

@@ -29,6 +29,9 @@ JOURNEYS_DLQ = "journeys.dlq"  # records the journey agent could not apply (stre
 JOURNEY_EVENTS = "journey.events"  # started, stage reached, converted, dropped off, merged …
 EXPERIENCE_MOMENTS = "experience.moments"  # negative moments, moments of truth, scores, KPIs
 JOURNEY_STATE_TABLE = "journey_state"
+# header of a control record in touchpoints.by_person (not a touchpoint): "advance", the end of
+# a backfill (streams/importer.py end_backfill, streams/journeys.py advance_of)
+CONTROL_HEADER = "jw-control"
 
 ALL_TOPICS = (RAW, BY_PERSON, DLQ, HANDOFF, JOURNEY_EVENTS, EXPERIENCE_MOMENTS, JOURNEYS_DLQ)
 

@@ -155,6 +155,12 @@ def test_a_day_gives_its_truth_at_any_speed_with_the_default_lateness(
         assert result.returncode == 0, result.stderr
         assert f"{len(export)} events imported, 0 lines rejected" in result.stdout
         assert "end of backfill" in result.stdout
+        if feed:  # what each journey's drop-offs wait for the store, as the workers report it
+            _, body = http_get(f"http://127.0.0.1:{topology.port}/metrics")
+            values = metric_values(body.decode(), "jw_dropoff_hold_seconds")
+            holds = {dict(labels)["journey"]: value for labels, value in values.items()}
+            assert holds["browse_online_buy_in_store"] == STORE_FEED_LATENESS_S - default
+            assert holds["app_onboarding"] == 0  # names its channels: the store moves it not
         with_outcomes = sum(truth.values())
 
         def written() -> bool:  # (the sink owns chdb while it runs: its status API)

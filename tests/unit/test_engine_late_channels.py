@@ -8,11 +8,15 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import orjson
+import pytest
+from faust.types import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.engine import JourneyEngine, Output, drop_off_hold
 from pipeline.touch import Touch
+from streams.journeys import advance_of
 from tests.unit.journeys import CATALOG, T0, H, M, touch
 from tests.unit.test_engine_properties import canonical, generate
 
@@ -88,10 +92,10 @@ def test_a_journey_waits_for_its_late_channel_and_only_then_drops_off() -> None:
     """Locator on the web, a store visit; the purchase at the till that the store's export
     brings a day later. Without a hold the journey is reported dropped off at the visit's
     time-out (4 h) and then retracted; with it, only converted."""
-    web = touch(T0, "store_locator.search", "web", "search", loyalty="L1")
-    visit = touch(T0 + 1 * H, "store.visit", "store", "enter", loyalty="L1")
-    pay = touch(T0 + 2 * H, "till.purchase", "store", "pay", loyalty="L1")
-    later = [touch(T0 + k * H, "home.view", "web", customer=f"other-{k}") for k in range(2, 29)]
+    web = touch(0, "store_locator.search", "web", "search", loyalty="L1")
+    visit = touch(1 * H, "store.visit", "store", "enter", loyalty="L1")
+    pay = touch(2 * H, "till.purchase", "store", "pay", loyalty="L1")
+    later = [touch(k * H, "home.view", "web", customer=f"other-{k}") for k in range(2, 29)]
     arrival = [web, visit, *later, pay]  # the purchase in the export after a day of traffic
     held = run(arrival, {"store": 30 * H})
     store = "browse_online_buy_in_store"
@@ -112,3 +116,30 @@ def test_the_hold_is_the_latest_channel_that_can_move_the_journey_beyond_the_lat
     assert holds["browse_online_buy_in_store"] == 2 * H - 10 * M
     assert drop_off_hold(by_name["online_purchase"], {}, 10 * M) == 0
     assert drop_off_hold(by_name["online_purchase"], {"store": 5 * M}, 10 * M) == 0
+
+
+def _record(headers: object, value: bytes) -> Message:
+    return Message("touchpoints.by_person", 0, 7, 0.0, 0, headers, None, value, None)  # type: ignore[arg-type]
+
+
+def test_a_backfills_end_resolves_its_last_journeys_at_once() -> None:
+    """``journeywatch import --end-of-backfill``: the control record's event time moves the
+    partition's watermark as a touchpoint would; a malformed one is refused (dead-lettered)."""
+    engine = JourneyEngine(CATALOG, allowed_lateness_ms=LATENESS)
+    engine.submit(touch(0, "cart.add", "web", "add", customer="c1"))  # (at T0)
+    assert not [o for o in engine.advance(T0 + H) if o.name == "dropped_off"]
+    now = T0 + 30 * 24 * H
+    record = _record([("jw-control", b"advance")], orjson.dumps({"advance_to": now}))
+    assert advance_of(record) == now
+    dropped = [o for o in engine.reach(now) if o.name == "dropped_off"]
+    assert [(o.journey, o.person_id) for o in dropped] == [("online_purchase", "c:c1")]
+    assert engine.reach(now - 1) == []  # never back
+    assert advance_of(_record(None, b"{}")) is None  # a touchpoint
+    assert advance_of(_record({"jw-control": b"advance"}, b'{"advance_to": 5}')) == 5
+    for headers, value in (
+        ([("jw-control", b"rewind")], b'{"advance_to": 5}'),
+        ([("jw-control", b"advance")], b'{"advance_to": "soon"}'),
+        ([("jw-control", b"advance")], b"[1]"),
+    ):
+        with pytest.raises(ValueError):
+            advance_of(_record(headers, value))

@@ -26,6 +26,7 @@ _offsets = itertools.count()
 class FakeMessage:
     def __init__(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         self.topic, self.value, self.key = topic, value, key
+        self.headers: list[tuple[str, bytes]] | None = None  # (aiokafka: a list, or None)
         self.partition = 0
         self.offset = next(_offsets)
         self.generation_id = 1
@@ -272,3 +273,26 @@ def test_a_systematic_failure_costs_a_bounded_number_of_rebuilds(
     )
     run(role, touchpoint(role, "later", T0 + 100 * MAX_FAILURES, "zed"))  # the next batch: as usual
     assert "c:zed" in role.shards[0].engine.persons
+
+
+def control(role: JourneyRole, headers: list[tuple[str, bytes]], body: bytes) -> FakeMessage:
+    message = FakeMessage(role.by_person, body)
+    message.headers = headers
+    return message
+
+
+def test_a_backfills_end_moves_the_watermark_and_a_bad_control_record_is_dead_lettered() -> None:
+    """``journeywatch import --end-of-backfill``'s control record: applied and acknowledged
+    (bob's journey, held by nothing but its time-out, drops off); one this worker cannot read
+    goes to journeys.dlq like any bad record, and the rest flows on."""
+    role, _, sender = make_role()
+    first = touchpoint(role, "b1", T0, "bob")
+    run(role, first)
+    bad = control(role, [("jw-control", b"rewind")], orjson.dumps({"advance_to": T0}))
+    end = control(role, [("jw-control", b"advance")], orjson.dumps({"advance_to": T0 + 30 * D}))
+    run(role, bad, end)
+    assert kinds(sender) == [("touchpoint", "ValueError")]
+    assert bad.acked and end.acked and first.acked
+    assert role.shards[0].engine.watermark == T0 + 30 * D
+    bob = role.shards[0].engine.persons.get("c:bob")
+    assert bob is None or not bob.journeys  # dropped off a day in, forgotten after 7 more
