@@ -1,7 +1,8 @@
 """Outcomes that do not depend on when events arrive (issue #21), read back from ClickHouse only.
 
 One simulated day (identities linked across partitions, calls longer than the call-centre gap,
-every incident) goes through the collector into two workers over four partitions and the sink,
+every incident; 2 % of its events delivered twice, as a retrying client does) goes through
+the collector into two workers over four partitions and the sink,
 with the **default** lateness (0.5 s of event time), two ways: paced 3,000 times faster than its
 event time (a second of wall clock is 50 minutes of the day), and all at once, as fast as the
 collector takes it. Either way the partitions run ahead of each other by far more than the
@@ -17,6 +18,7 @@ point-of-sale export would come, a day late: the same truth, no journey revised.
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
 from datetime import datetime
@@ -44,12 +46,26 @@ def _at(event: dict[str, Any]) -> int:
     return int(datetime.fromisoformat(event["occurred_at"]).timestamp() * 1000)
 
 
+def with_retries(events: list[dict[str, Any]], share: float = 0.02) -> list[dict[str, Any]]:
+    """``share`` of the events delivered twice, the copy a few events later (a client that
+    retries a request whose answer it did not get)."""
+    rng = random.Random(SEED)
+    out: list[dict[str, Any]] = []
+    retries: list[tuple[int, dict[str, Any]]] = []
+    for index, event in enumerate(events):
+        out.append(event)
+        if rng.random() < share:
+            retries.append((index + rng.randint(1, 50), event))
+        out += [copy for due, copy in retries if due == index]
+    return out
+
+
 def send(topology: Topology, events: list[dict[str, Any]], speed: float | None) -> None:
     """Through the collector in requests of up to ``BATCH`` events: paced at ``speed`` times
-    event time, or (None) back to back."""
+    event time, or (None) back to back; some delivered twice (``with_retries``)."""
     first, began = _at(events[0]), time.monotonic()
     batch: list[dict[str, Any]] = []
-    for event in events:
+    for event in with_retries(events):
         if speed is not None:
             due = (_at(event) - first) / speed / 1000 - (time.monotonic() - began)
             if due > 0.005 and batch:
