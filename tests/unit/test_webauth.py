@@ -219,3 +219,21 @@ def test_a_read_token_alone_cannot_mint_an_admin_session() -> None:
     both = access()
     assert both.key != rules.key
     assert both.read_session(forged) is None
+
+
+def test_journeywatch_sink_names_the_token_file_never_the_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`journeywatch sink` on loopback without a token generates one and says where it is;
+    on another address it refuses with what to set."""
+    import click
+
+    from streams.cli import _signed_in_settings
+
+    signed = _signed_in_settings(Settings(data_dir=tmp_path))
+    assert signed.web_admin_token is not None
+    said = capsys.readouterr().err
+    assert str(tmp_path / "web-admin.token") in said and "/signin" in said
+    assert signed.web_admin_token.get_secret_value() not in said
+    with pytest.raises(click.ClickException, match="JW_WEB_ADMIN_TOKEN"):
+        _signed_in_settings(Settings(data_dir=tmp_path, web_host="0.0.0.0"))
