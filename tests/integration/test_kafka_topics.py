@@ -61,14 +61,14 @@ def test_a_changelog_left_uncompacted_is_fixed_or_reported_with_the_command(
     policy: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     admin = _Admin(policy, alter_fails=False)
-    _check_compacted(admin, ["jw-state-changelog"])  # type: ignore[arg-type]
+    _check_compacted(admin, ["jw-state-changelog"])
     compacted = "compact" in policy
     assert admin.altered == (
         [] if compacted else [("jw-state-changelog", {"cleanup.policy": "compact"})]
     )
     denied = _Admin(policy, alter_fails=True)
     with caplog.at_level(logging.WARNING, logger="streams.topics"):
-        _check_compacted(denied, ["jw-state-changelog"])  # type: ignore[arg-type]
+        _check_compacted(denied, ["jw-state-changelog"])
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     if compacted:
         assert errors == []
