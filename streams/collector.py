@@ -15,6 +15,8 @@ connected, and whenever the broker does not acknowledge in time, the answer is 5
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import gc
 import hmac
@@ -38,6 +40,7 @@ from pydantic import SecretStr
 from pipeline.collect import BodyError, ItemError, parse_body, prepare_event
 from pipeline.contract import TouchpointEvent
 from pipeline.pii import FreeTextScrubber
+from pipeline.segment import MESSAGE_TYPES, map_message, parse_segment_request
 from pipeline.settings import Settings
 from sinks.metrics import (
     COLLECTOR_EVENTS,
@@ -60,6 +63,11 @@ JSON_TYPES = {"application/json": False, "application/x-ndjson": True}
 PRODUCE_TIMEOUT_S = 10.0  # a produce the broker has not acknowledged by then is a 503
 CONNECT_TIMEOUT_S = 10.0  # one attempt to connect the producer
 RETRY_AFTER_S = 5
+# The Segment-compatible API (docs/sources/segment.md): analytics.js posts text/plain (no CORS
+# preflight), the server libraries application/json.
+SEGMENT_KINDS = ("batch", *MESSAGE_TYPES)
+SEGMENT_CONTENT_TYPES = frozenset({"application/json", "text/plain"})
+SEGMENT_CORS = {"Access-Control-Allow-Origin": "*"}
 # After an answer sent before the body was read (401, 413, 415), what the client still sends
 # is dropped for at most JW_COLLECTOR_BODY_TIMEOUT_S and this many times the body limit.
 DISCARD_LIMITS = 4
@@ -92,6 +100,33 @@ def _unavailable() -> web.Response:
         status=503,
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )
+
+
+def _segment_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
+    """An error as Segment's libraries read it (``code`` and ``message``), with the collector's
+    ``error`` beside them."""
+    return web.json_response(
+        {"success": False, "code": code, "message": message, "error": message, **extra},
+        status=status,
+        headers={**SEGMENT_CORS, **(headers or {})},
+        dumps=lambda o: orjson.dumps(o).decode(),
+    )
+
+
+def _segment_unauthorized() -> web.Response:
+    return _segment_error(
+        401,
+        "unauthorized",
+        "missing or unknown write key: send it as the basic-auth user (or writeKey in the body)",
+        {"WWW-Authenticate": 'Basic realm="journeywatch"'},
+    )
+
+
+_SEGMENT_CODES = {408: "timeout", 413: "too_large", 415: "unsupported_media_type"}
+# A Segment request whose key is only in the body (analytics.js): it is read (bounded) first.
+BODY_KEY = object()
 
 
 def _rejected(exc: BodyRejected) -> web.Response:
@@ -137,6 +172,25 @@ class Collector:
             token = presented.encode("utf-8", "surrogateescape")
         except UnicodeError:
             return None
+        return self.source_of(token)
+
+    def authenticate_segment(self, request: web.Request) -> Source | object | None:
+        """The source of a Segment request: the write key as the basic-auth user (the password
+        is empty), or a collector key as ``/v1/events`` takes it; ``BODY_KEY`` when no key
+        header was sent (analytics.js puts ``writeKey`` in the body); None: a bad key."""
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Basic "):
+            try:
+                credentials = base64.b64decode(header[6:].strip(), validate=True)
+            except (binascii.Error, ValueError):
+                return None
+            return self.source_of(credentials.split(b":", 1)[0])
+        if header or "X-API-Key" in request.headers:
+            return self.authenticate(request)
+        return BODY_KEY
+
+    def source_of(self, token: bytes) -> Source | None:
+        """The source whose key ``token`` is (compared with every key, in constant time)."""
         found = None
         for source in self.sources:  # compare with every key, in constant time each
             if hmac.compare_digest(source.key, token):
@@ -207,8 +261,9 @@ class Collector:
         sends it; otherwise tell it to go on."""
         refused = None
         limit = self.settings.collector_max_body_bytes
-        if self.authenticate(request) is None:
-            refused = _unauthorized()
+        segment = request.path != "/v1/events"
+        if (self.authenticate_segment(request) if segment else self.authenticate(request)) is None:
+            refused = _segment_unauthorized() if segment else _unauthorized()
         elif request.content_length is not None and request.content_length > limit:
             refused = _error(413, f"the body is over {limit} bytes")
         if refused is not None:
@@ -299,8 +354,19 @@ class Collector:
         if not good:
             status = 403 if all(e.reason == "channel_not_allowed" for e in errors) else 400
             return _error(status, "no event was accepted", errors=[e.as_dict() for e in errors])
-        if self.producer is None:  # not connected yet
+        if not await self._deliver(good):
             return _unavailable()
+        return web.json_response(
+            {"accepted": len(good), "rejected": [e.as_dict() for e in errors]},
+            status=202,
+            dumps=lambda o: orjson.dumps(o).decode(),
+        )
+
+    async def _deliver(self, good: list[TouchpointEvent]) -> bool:
+        """Produce ``good`` and wait for the broker's acknowledgement; False: the broker is
+        not connected or did not acknowledge in time (the caller answers 503)."""
+        if self.producer is None:  # not connected yet
+            return False
         try:
             await asyncio.wait_for(self._produce(self.producer, good), PRODUCE_TIMEOUT_S)
         except (TimeoutError, KafkaError) as exc:
@@ -308,11 +374,127 @@ class Collector:
                 "the broker did not acknowledge events",
                 extra={"error": f"{type(exc).__name__}: {exc}", "events": len(good)},
             )
-            return _unavailable()
+            return False
         self.events.get("accepted").inc(len(good))
+        return True
+
+    async def post_segment(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/batch``, ``/v1/track`` ...: the Segment HTTP tracking API."""
+        started = time.perf_counter()
+        response = await self._post_segment(request, request.match_info["kind"])
+        self.requests.get(str(response.status)).inc()
+        COLLECTOR_REQUEST_SECONDS.observe(time.perf_counter() - started)
+        if response.status != 408 and not request.content.is_eof():  # 401, 413, 415
+            return await self._answer_early(request, response)
+        return response
+
+    async def _post_segment(self, request: web.Request, kind: str) -> web.Response:
+        auth = self.authenticate_segment(request)  # before any body work
+        if auth is None:
+            return _segment_unauthorized()
+        if request.content_type not in SEGMENT_CONTENT_TYPES:
+            return _segment_error(
+                415,
+                "unsupported_media_type",
+                f"content type {request.content_type!r} is not accepted: send application/json",
+            )
+        try:
+            encoding = content_encoding(request)
+            if auth is BODY_KEY and encoding is not None:  # never inflate before the key check
+                return _segment_unauthorized()
+            body = await read_decoded_body(
+                request,
+                self.settings.collector_max_body_bytes,
+                self.settings.collector_body_timeout_s,
+                encoding,
+            )
+        except BodyRejected as exc:
+            response = _segment_error(
+                exc.status, _SEGMENT_CODES.get(exc.status, "bad_request"), exc.message
+            )
+            if exc.status == 408:
+                response.force_close()
+            return response
+        try:
+            parsed = parse_segment_request(body, kind)
+        except BodyError as exc:
+            if auth is BODY_KEY:  # nothing is said about the body of an unauthenticated request
+                return _segment_unauthorized()
+            return _segment_error(400, "invalid_request", str(exc))
+        if isinstance(auth, Source):
+            source = auth
+        else:
+            key = parsed.write_key.encode("utf-8", "surrogateescape") if parsed.write_key else b""
+            found = self.source_of(key) if key else None
+            if found is None:
+                return _segment_unauthorized()
+            source = found
+        limit = self.settings.collector_max_batch
+        if len(parsed.messages) > limit:
+            return _segment_error(
+                413, "too_large", f"at most {limit} messages per batch, got {len(parsed.messages)}"
+            )
+        if not parsed.messages:
+            return _segment_error(400, "invalid_request", "batch: no messages in the request")
+        received_at = datetime.now(UTC)
+        good: list[TouchpointEvent] = []
+        errors: list[ItemError] = []
+        skipped = 0
+        for index, message in enumerate(parsed.messages):
+            mapped = map_message(index, message, parsed, received_at)
+            if mapped is None:  # a group call: accepted, nothing to store
+                skipped += 1
+                continue
+            if isinstance(mapped, ItemError):
+                errors.append(mapped)
+                continue
+            result = prepare_event(
+                index,
+                mapped,
+                source=source.name,
+                allowed_channels=source.channels,
+                received_at=received_at,
+                pii_key=self.pii_key,
+                phone_country_code=self.settings.phone_default_country_code,
+                max_age=self.settings.touchpoint_max_age,
+                free_text=self.free_text,
+            )
+            if isinstance(result, TouchpointEvent):
+                good.append(result)
+            elif result.field in ("email", "phone"):  # they came from the traits
+                errors.append(
+                    ItemError(index, result.reason, f"traits.{result.field}", result.detail)
+                )
+            else:
+                errors.append(result)
+        if errors:
+            self.events.get("rejected").inc(len(errors))
+        if errors and not good:
+            status = 403 if all(e.reason == "channel_not_allowed" for e in errors) else 400
+            first = errors[0]
+            where = f" (field {first.field})" if first.field else ""
+            return _segment_error(
+                status,
+                "invalid_request",
+                f"no message was accepted; message {first.index}: {first.reason}{where}: "
+                f"{first.detail}",
+                errors=[e.as_dict() for e in errors],
+            )
+        if good and not await self._deliver(good):
+            return _segment_error(
+                503,
+                "unavailable",
+                "the broker is unavailable, retry later",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
         return web.json_response(
-            {"accepted": len(good), "rejected": [e.as_dict() for e in errors]},
-            status=202,
+            {
+                "success": True,
+                "accepted": len(good),
+                "skipped": skipped,
+                "rejected": [e.as_dict() for e in errors],
+            },
+            headers=SEGMENT_CORS,
             dumps=lambda o: orjson.dumps(o).decode(),
         )
 
@@ -509,6 +691,23 @@ def create_collector_app(settings: Settings) -> web.Application:
     app.router.add_post(
         "/v1/events", collector.post_events, expect_handler=collector.expect_continue
     )
+
+    async def segment_preflight(request: web.Request) -> web.Response:
+        return web.Response(
+            status=204,
+            headers={
+                **SEGMENT_CORS,
+                "Access-Control-Allow-Methods": "POST",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Encoding",
+                "Access-Control-Max-Age": "86400",
+            },
+        )
+
+    segment_path = "/v1/{kind:" + "|".join(SEGMENT_KINDS) + "}"
+    app.router.add_post(
+        segment_path, collector.post_segment, expect_handler=collector.expect_continue
+    )
+    app.router.add_route("OPTIONS", segment_path, segment_preflight)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
