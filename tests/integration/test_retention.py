@@ -121,3 +121,58 @@ def test_on_a_cluster_the_local_tables_are_altered_on_every_node() -> None:
         "ALTER TABLE jw.kpi_rollup_1h_local ON CLUSTER 'c1' MODIFY TTL hour + toIntervalDay(90)"
     ]
     assert retention_statements({}, "jw", days) == []  # tables not created yet: left alone
+
+
+def test_the_journeys_view_keeps_scores_and_retirements_under_the_time_to_live(
+    clickhouse: ClickHouse,
+) -> None:
+    """journey_state_agg's rows from the score and retired views carry their own time
+    (migration 0010): merged under the TTL, the journeys view still has each journey's score
+    and shows a retired journey retired (with last_at = 1970 they expired at the first merge)."""
+    client, db = clickhouse
+    apply_migrations(
+        client, db, 395, retention=_settings(journey_retention_days=30).retention_days()
+    )
+    at = datetime.now(UTC) - timedelta(days=2)
+    columns = ["output_id", "type", "name", "at", "person_id", "journey", "journey_id", "detail"]
+    events = [
+        ["o1", "journey", "started", at, "c:1", "online_purchase", "j1", "{}"],
+        [
+            "o2",
+            "journey",
+            "converted",
+            at + timedelta(hours=1),
+            "c:1",
+            "online_purchase",
+            "j1",
+            "{}",
+        ],
+        ["o3", "journey", "started", at, "c:2", "app_onboarding", "j2", "{}"],
+        [
+            "o4",
+            "journey",
+            "retired",
+            at,
+            "c:2",
+            "app_onboarding",
+            "j2",
+            '{"reason": "journey_removed"}',
+        ],
+    ]
+    client.insert(f"{db}.journey_events", events, column_names=columns)
+    score = [
+        "o5",
+        "score",
+        "peak_end",
+        at + timedelta(hours=1),
+        "c:1",
+        "online_purchase",
+        "j1",
+        '{"outcome": "converted"}',
+    ]
+    client.insert(f"{db}.experience_moments", [[*score, 0.75]], column_names=[*columns, "value"])
+    client.command(f"OPTIMIZE TABLE {db}.journey_state_agg FINAL")
+    rows = client.query(
+        f"SELECT journey_id, outcome, score FROM {db}.journeys ORDER BY journey_id"
+    ).result_rows
+    assert rows == [("j1", "converted", 0.75), ("j2", "retired", None)]
