@@ -143,7 +143,8 @@ def touchpoint_name(name: str) -> str:
     nothing of the name is usable."""
     parts = [s for s in (slug(part) for part in name.split(".")) if s]
     if len(parts) == 1 and "_" in parts[0]:
-        parts = parts[0].split("_", 1)
+        first, rest = parts[0].split("_", 1)
+        parts = [first, rest if rest[0].isalpha() else "n" + rest]
     dotted = ".".join(parts)[:MAX_TOUCHPOINT_CHARS]
     return dotted.rstrip("._")
 
