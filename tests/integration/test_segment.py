@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ from tests.helpers import (
     free_port,
     http_get,
     jw_env,
+    metric_values,
     read_topic,
     start_cli,
     stop_process,
@@ -47,16 +50,14 @@ class Running:
     log: Path
 
 
-@pytest.fixture()
-def collector(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Running]:
-    ensure_topics(Settings(broker_url=broker.url, partitions=2))
+def launch(broker_url: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     port = free_port()
     keys = {
         "web-sdk": {"key": WEB_KEY, "channels": ["web", "app"]},
         "store-feed": {"key": STORE_KEY, "channels": ["store"]},
     }
     env = jw_env(
-        broker_url=broker.url,
+        broker_url=broker_url,
         collector_port=port,
         pii_hash_key=PII_KEY,
         collector_api_keys=json.dumps(keys),
@@ -65,8 +66,13 @@ def collector(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Running]:
         log_level="INFO",
     )
     log = tmp_path / "collector.log"
-    process = start_cli(["collector"], env, log)
-    url = f"http://127.0.0.1:{port}"
+    return start_cli(["collector"], env, log), f"http://127.0.0.1:{port}", log
+
+
+@pytest.fixture()
+def collector(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Running]:
+    ensure_topics(Settings(broker_url=broker.url, partitions=2))
+    process, url, log = launch(broker.url, tmp_path)
 
     def ready() -> bool:
         assert process.poll() is None, log.read_text()
@@ -400,3 +406,44 @@ def test_a_retried_batch_carries_the_same_event_ids(collector: Running) -> None:
         assert {k: v for k, v in a.items() if k not in ("occurred_at", "received_at")} == {
             k: v for k, v in b.items() if k not in ("occurred_at", "received_at")
         }
+
+
+def test_the_sdk_retries_after_a_503_until_the_broker_is_up(tmp_path: Path) -> None:
+    """Back-pressure: with the broker down the collector answers 503 with Retry-After; the
+    SDK keeps the batch, waits that long and sends it again; once the broker is up the
+    events are stored, once each, and the SDK reports no error."""
+    broker = EmbeddedBroker(free_port(), tmp_path / "broker.log")
+    process, url, log = launch(broker.url, tmp_path)
+    try:
+        wait_until(lambda: http_get(f"{url}/livez")[0] == 200, 30, "the collector")
+        with pytest.raises(APIError) as raised:
+            post(WEB_KEY, url, batch=[{"type": "track", "event": "X", "userId": "c-9"}])
+        assert raised.value.status == 503 and raised.value.code == "unavailable"
+        assert raised.value.response.headers["Retry-After"] == "5"
+        errors: list[Exception] = []
+        client = Client(
+            WEB_KEY,
+            host=url,
+            upload_interval=0.1,
+            on_error=lambda error, batch: errors.append(error),
+        )
+        for n in range(3):
+            client.track(user_id="c-9", event="Waited", message_id=f"m-wait-{n}")
+        time.sleep(1.0)  # the first attempt has had its 503
+        broker.start()
+        ensure_topics(Settings(broker_url=broker.url, partitions=2))
+        wait_until(lambda: http_get(f"{url}/readyz")[0] == 200, 60, "ready")
+        started = time.monotonic()
+        client.flush()
+        client.join()
+        assert errors == [] and time.monotonic() - started < 30
+        ids = sorted(orjson.loads(r.value)["event_id"] for r in read_topic(broker.url, RAW))
+        assert ids == ["m-wait-0", "m-wait-1", "m-wait-2"]
+        requests = metric_values(
+            http_get(f"{url}/metrics")[1].decode(), "jw_collector_requests_total"
+        )
+        assert requests[(("status", "503"),)] >= 2  # ours, then the SDK's first attempt
+    finally:
+        stop_process(process)
+        broker.stop()
+    assert WEB_KEY not in log.read_text()
