@@ -65,7 +65,13 @@ CONNECT_TIMEOUT_S = 10.0  # one attempt to connect the producer
 RETRY_AFTER_S = 5
 # The Segment-compatible API (docs/sources/segment.md): analytics.js posts text/plain (no CORS
 # preflight), the server libraries application/json.
-SEGMENT_KINDS = ("batch", *MESSAGE_TYPES)
+# analytics.js posts to /v1/t, /v1/p ... (the type's initial) and batches to /v1/b.
+SEGMENT_PATHS = {
+    "batch": "batch",
+    "b": "batch",
+    **{kind: kind for kind in MESSAGE_TYPES},
+    **{kind[0]: kind for kind in MESSAGE_TYPES},
+}
 SEGMENT_CONTENT_TYPES = frozenset({"application/json", "text/plain"})
 SEGMENT_CORS = {"Access-Control-Allow-Origin": "*"}
 # After an answer sent before the body was read (401, 413, 415), what the client still sends
@@ -381,7 +387,7 @@ class Collector:
     async def post_segment(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/batch``, ``/v1/track`` ...: the Segment HTTP tracking API."""
         started = time.perf_counter()
-        response = await self._post_segment(request, request.match_info["kind"])
+        response = await self._post_segment(request, SEGMENT_PATHS[request.match_info["kind"]])
         self.requests.get(str(response.status)).inc()
         COLLECTOR_REQUEST_SECONDS.observe(time.perf_counter() - started)
         if response.status != 408 and not request.content.is_eof():  # 401, 413, 415
@@ -703,7 +709,7 @@ def create_collector_app(settings: Settings) -> web.Application:
             },
         )
 
-    segment_path = "/v1/{kind:" + "|".join(SEGMENT_KINDS) + "}"
+    segment_path = "/v1/{kind:" + "|".join(SEGMENT_PATHS) + "}"
     app.router.add_post(
         segment_path, collector.post_segment, expect_handler=collector.expect_continue
     )

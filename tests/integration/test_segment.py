@@ -336,10 +336,23 @@ def test_a_bad_write_key_is_a_401_the_sdk_reports(collector: Running) -> None:
     body = orjson.dumps(
         {"writeKey": WEB_KEY, "event": "Body Key", "userId": "c-1", "messageId": "m-body"}
     )
-    assert raw_post(collector.url, "/v1/track", body, key=None, content_type="text/plain")[0] == 200
+    assert raw_post(collector.url, "/v1/t", body, key=None, content_type="text/plain")[0] == 200
     bad = orjson.dumps({"writeKey": "nope-nope-nope-nope", "event": "X", "userId": "c-1"})
     assert raw_post(collector.url, "/v1/track", bad, key=None)[0] == 401
-    assert [e["event_id"] for e in stored(collector)] == ["m-body"]
+    batch = {  # analytics.js batching: /v1/b, text/plain, the key in the body, one sentAt
+        "writeKey": WEB_KEY,
+        "sentAt": datetime.now(UTC).isoformat(),
+        "batch": [{"type": "page", "name": "Home", "anonymousId": "a-1", "messageId": "m-b"}],
+    }
+    status, headers, _ = raw_post(
+        collector.url, "/v1/b", orjson.dumps(batch), key=None, content_type="text/plain"
+    )
+    assert (status, headers.get("Access-Control-Allow-Origin")) == (200, "*")
+    preflight = urllib.request.Request(f"{collector.url}/v1/b", method="OPTIONS")
+    with urllib.request.urlopen(preflight, timeout=10) as response:
+        assert response.status == 204
+        assert "Authorization" in response.headers["Access-Control-Allow-Headers"]
+    assert sorted(e["event_id"] for e in stored(collector)) == ["m-b", "m-body"]
 
 
 def test_malformed_requests_get_400_naming_the_field(collector: Running) -> None:
