@@ -237,8 +237,9 @@ json_values = st.recursive(
     ),
     max_leaves=8,
 )
+# before any sentAt drawn (RECEIVED - 3 h at the earliest): a message is sent after it happened
 times = st.datetimes(
-    min_value=datetime(2026, 1, 1), max_value=datetime(2026, 12, 7, 11), timezones=st.just(UTC)
+    min_value=datetime(2026, 1, 1), max_value=datetime(2026, 12, 7, 9), timezones=st.just(UTC)
 )
 
 
@@ -306,10 +307,24 @@ def valid_messages(draw: st.DrawFn) -> dict[str, Any]:
     return message
 
 
-@given(valid_messages())
-def test_every_valid_message_maps_to_a_valid_touchpoint(message: dict[str, Any]) -> None:
+@given(
+    valid_messages(),
+    st.none() | st.timedeltas(timedelta(0), timedelta(hours=3)),
+    st.booleans(),
+)
+def test_every_valid_message_maps_to_a_valid_touchpoint(
+    message: dict[str, Any], batch_skew: timedelta | None, batch_app: bool
+) -> None:
+    """Through the whole path of a /v1/batch body: the batch's sentAt and context apply to a
+    message without its own."""
     original = copy.deepcopy(message)
-    result = map_message(0, message, SegmentRequest([message]), RECEIVED)
+    body: dict[str, Any] = {"batch": [message]}
+    if batch_skew is not None:
+        body["sentAt"] = (RECEIVED - batch_skew).isoformat()
+    if batch_app:
+        body["context"] = {"app": {"name": "Shop"}}
+    request = parse_segment_request(orjson.dumps(body), "batch")
+    result = map_message(0, request.messages[0], request, RECEIVED)
     if message["type"] == "group":
         assert result is None
         return
@@ -319,10 +334,16 @@ def test_every_valid_message_maps_to_a_valid_touchpoint(message: dict[str, Any])
     assert TOUCHPOINT.match(event.touchpoint) and event.channel.value in ("web", "app")
     if "messageId" in original:
         assert event.event_id == original["messageId"].strip()
-    if message["type"] == "screen":
+    if message["type"] == "screen" or batch_app or original["context"].get("app"):
         assert event.channel.value == "app"
-    expected = occurred_at(original, None, RECEIVED)
-    assert event.occurred_at == expected
+    sent = original.get("sentAt", body.get("sentAt"))
+    if "timestamp" not in original:
+        assert event.occurred_at == RECEIVED
+    elif sent is None:
+        assert event.occurred_at == datetime.fromisoformat(original["timestamp"])
+    else:
+        skew = RECEIVED - datetime.fromisoformat(sent)
+        assert event.occurred_at == datetime.fromisoformat(original["timestamp"]) + skew
     if "userId" in original:
         assert event.customer_id == str(original["userId"]).strip()
     traits = original.get("traits", {})
