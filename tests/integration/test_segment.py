@@ -383,6 +383,11 @@ def test_malformed_requests_get_400_naming_the_field(collector: Running) -> None
     ]
     too_many = [{"type": "track", "event": "X", "userId": "c-1"}] * 51
     assert raw_post(collector.url, "/v1/batch", orjson.dumps({"batch": too_many}))[0] == 413
+    big = orjson.dumps(
+        {"batch": [{"type": "track", "event": "X", "userId": "c", "p": "x" * 210_000}]}
+    )
+    status, _, body = raw_post(collector.url, "/v1/batch", big)
+    assert (status, body["code"]) == (413, "too_large")
     assert raw_post(collector.url, "/v1/batch", b"{}", content_type="text/csv")[0] == 415
     assert [e["event_id"] for e in stored(collector)] == ["m-good"]
 
