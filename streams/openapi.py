@@ -84,6 +84,63 @@ def openapi_document() -> dict[str, Any]:
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
         }
 
+    segment_responses = {
+        "200": response("Accepted (some messages may be listed as rejected)", "SegmentAccepted"),
+        "400": response("Malformed, or no message valid: code and message name it", "SegmentError"),
+        "401": response("Missing or unknown write key", "SegmentError"),
+        "403": response("The key may not send these channels", "SegmentError"),
+        "408": response("The whole body did not arrive in time", "SegmentError"),
+        "413": response("The body or the batch is too large", "SegmentError"),
+        "415": response("Another content type or encoding", "SegmentError"),
+        "503": {
+            **response("The broker is unavailable; retry after Retry-After", "SegmentError"),
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        },
+    }
+    segment_message = {
+        "type": "object",
+        "description": "A Segment message (track, page, screen, identify, alias, group): "
+        "docs/sources/segment.md says what each field becomes",
+        "additionalProperties": True,
+    }
+
+    def segment_operation(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "post": {
+                "operationId": f"segment_{kind}",
+                "summary": f"Segment HTTP tracking API: {kind} (analytics.js: /v1/{kind[0]})",
+                "security": [{"segmentWriteKey": []}, {"bearer": []}, {}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": body},
+                        "text/plain": {"schema": {"type": "string"}},
+                    },
+                },
+                "responses": segment_responses,
+            }
+        }
+
+    segment_paths = {
+        "/v1/batch": segment_operation(
+            "batch",
+            {
+                "type": "object",
+                "properties": {
+                    "batch": {"type": "array", "items": segment_message},
+                    "sentAt": {"type": "string", "format": "date-time"},
+                    "context": {"type": "object"},
+                    "writeKey": {"type": "string"},
+                },
+                "required": ["batch"],
+            },
+        ),
+        **{
+            f"/v1/{kind}": segment_operation(kind, segment_message)
+            for kind in ("track", "page", "screen", "identify", "alias", "group")
+        },
+    }
+
     return {
         "openapi": "3.1.0",
         "info": {
@@ -140,18 +197,51 @@ def openapi_document() -> dict[str, Any]:
                         },
                     },
                 }
-            }
+            },
+            **segment_paths,
         },
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "segmentWriteKey": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "The write key (a collector API key) as the user, no password",
+                },
             },
             "schemas": {
                 **fix_refs(defs),
                 "SubmittedTouchpointEvent": fix_refs(event),
                 "ItemError": error_item,
                 "Error": error,
+                "SegmentAccepted": {
+                    "type": "object",
+                    "properties": {
+                        "success": {"const": True},
+                        "accepted": {"type": "integer"},
+                        "skipped": {"type": "integer"},
+                        "rejected": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/ItemError"},
+                        },
+                    },
+                    "required": ["success"],
+                },
+                "SegmentError": {
+                    "type": "object",
+                    "properties": {
+                        "success": {"const": False},
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "error": {"type": "string"},
+                        "errors": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/ItemError"},
+                        },
+                    },
+                    "required": ["success", "code", "message"],
+                },
                 "Accepted": {
                     "type": "object",
                     "properties": {

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
+from openapi_spec_validator import validate
 from segment.analytics import Client
 from segment.analytics.request import APIError, post
 
@@ -465,3 +466,12 @@ def test_the_sdk_retries_after_a_503_until_the_broker_is_up(tmp_path: Path) -> N
         stop_process(process)
         broker.stop()
     assert WEB_KEY not in log.read_text()
+
+
+def test_the_openapi_description_has_the_segment_api(collector: Running) -> None:
+    status, body = http_get(f"{collector.url}/openapi.json")
+    assert status == 200
+    document = json.loads(body)
+    validate(document)
+    assert {"/v1/batch", "/v1/track", "/v1/identify"} <= set(document["paths"])
+    assert set(document["paths"]["/v1/batch"]["post"]["responses"]) >= {"200", "400", "401", "503"}
