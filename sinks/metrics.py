@@ -168,7 +168,9 @@ WATERMARK_ALIGNMENT_LAG = Gauge(
     ["partition"],
 )
 COLLECTOR_REQUESTS = Counter(
-    "jw_collector_requests_total", "HTTP requests to POST /v1/events by status code.", ["status"]
+    "jw_collector_requests_total",
+    "HTTP requests to POST /v1/events and the Segment API by status code.",
+    ["status"],
 )
 COLLECTOR_EVENTS = Counter(
     "jw_collector_events_total",
