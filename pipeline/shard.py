@@ -620,7 +620,8 @@ class JourneyShard:
 
     def _follow(self, person: str) -> str:
         """Where a person went: an anonymous person merged into another leaves an alias on its
-        anchor identifier, which this partition may hold."""
+        anchor identifier, which this partition may hold. (An alias a crash left against the
+        merge direction is taken back here: below.)"""
         blocked = self.graph.blocked
         for _ in range(MAX_HOPS):
             anchor = anchor_key(person)
@@ -628,6 +629,16 @@ class JourneyShard:
             here = self._here(anchor) and anchor not in blocked
             moved = self.aliases.get(anchor) if here else None
             if moved is None or moved == person:
+                return person
+            if person.startswith("a:") and moved.startswith("a:") and moved > person:
+                # Stale after a crash: an anonymous person merges only into one whose id sorts
+                # first ("merge direction"); an alias to a later one was given while this
+                # person did not exist (``_on_link``, nobody owned the identifier). That it is
+                # asked for now means this home had decided otherwise before a crash lost its
+                # state (a redirect to it, then the replayed link given to the other): the
+                # decision already acted on stands, or the two aliases point at each other and
+                # every hand-off for either bounces between their homes for ever.
+                self._give(anchor, person)
                 return person
             person = moved
         return person

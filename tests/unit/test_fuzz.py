@@ -214,11 +214,13 @@ CASES = sorted((Path(__file__).parent / "fuzz_cases").glob("*.json"))
 
 @pytest.mark.parametrize("case", CASES, ids=lambda p: p.stem)
 def test_the_cases_fuzzing_found_keep_every_invariant(case: Path) -> None:
-    """Inputs the property below once failed on, kept as they were found (events, partitions,
-    delivery seed): each a defect of the identity hand-offs, fixed (docs/streaming-topology.md,
-    "merge direction"). A random search may not meet them again; these run every time."""
+    """Inputs the properties below once failed on, kept as they were found (events, partitions,
+    delivery seed, and the crash rate when it was the crash variant): each a defect of the
+    identity hand-offs, fixed (docs/streaming-topology.md, "merge direction"). A random search
+    may not meet them again; these run every time."""
     found = json.loads(case.read_text())
-    check(found["events"], found["partitions"], found["delivery"], crash_rate=0.0)
+    crash_rate = found.get("crash_rate", 0.0)
+    check(found["events"], found["partitions"], found["delivery"], crash_rate=crash_rate)
 
 
 @FUZZ
