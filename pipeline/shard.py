@@ -620,14 +620,23 @@ class JourneyShard:
 
     def _follow(self, person: str) -> str:
         """Where a person went: an anonymous person merged into another leaves an alias on its
-        anchor identifier, which this partition may hold. (An alias a crash left against the
-        merge direction is taken back here: below.)"""
+        anchor identifier, which this partition may hold, or, merged into a person anchored
+        here too, the anchor owned by that person. (An alias a crash left against the merge
+        direction is taken back here: below.)"""
         blocked = self.graph.blocked
         for _ in range(MAX_HOPS):
             anchor = anchor_key(person)
             # (the person of a blocked identifier never moves: an alias on one is old state)
             here = self._here(anchor) and anchor not in blocked
             moved = self.aliases.get(anchor) if here else None
+            if moved is None and here:
+                # merged into a person anchored here: the anchor is that person's, no alias
+                # (a later-sorting anonymous owner was given it while this person did not
+                # exist: not a merge, below)
+                owner = self.graph.owner.get(anchor)
+                merged = owner is not None and (owner.startswith("c:") or owner < person)
+                if merged and person.startswith("a:"):
+                    moved = owner
             if moved is None or moved == person:
                 return person
             if person.startswith("a:") and moved.startswith("a:") and moved > person:
@@ -884,8 +893,10 @@ class JourneyShard:
             # It was merged into another person meanwhile (a customer, or an anonymous person
             # that sorts first): moving it again would overwrite where it went.
             self._answered(person, awaits)
-            # its touch is the person's it is now, linked from there like any other
+            # its touch is the person's it is now, linked from there like any other, and so
+            # are the touches parked behind its link (left parked, nothing would release them)
             self._route(touch, moved)
+            self._release(person)
             return
         if anchor_key(person) in self.graph.blocked:
             # The person of a blocked identifier (a kiosk's anonymous visits) never moves to a
@@ -923,6 +934,8 @@ class JourneyShard:
             self._send(anchor_key(moved), message._replace(person=moved, awaits=None))
             if self.awaiting.get(target) == message.awaits:
                 self.awaiting.pop(target, None)
+                self._dirty_persons.add(target)
+            self._release(target)  # its parked touches follow it (as in ``_on_redirect``)
             return
         if self.engine.has_applied(target, last.event_id):
             # delivered again after a crash: the first delivery merged it and applied its
