@@ -22,6 +22,7 @@ from typing import Any, Final
 SECOND: Final = 1_000
 MINUTE: Final = 60 * SECOND
 HOUR: Final = 60 * MINUTE
+KIOSKS: Final = 3  # shared store kiosks customers sign in at (_omnichannel_shopper)
 DAY: Final = 24 * HOUR
 
 INCIDENT_KINDS: Final = (
@@ -85,17 +86,28 @@ class _Persona:
     def wait(self, low_ms: int, high_ms: int) -> None:
         self.at += self.rng.randint(low_ms, high_ms)
 
-    def touch(self, channel: str, touchpoint: str, action: str, **fields: Any) -> dict[str, Any]:
+    def touch(
+        self,
+        channel: str,
+        touchpoint: str,
+        action: str,
+        *,
+        rng: random.Random | None = None,
+        at: int | None = None,
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """One touchpoint now (or ``at``), its id drawn from ``rng`` (default the day's)."""
+        rng = rng or self.rng
         event: dict[str, Any] = {
-            "event_id": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
-            "occurred_at": datetime.fromtimestamp(self.at / 1000, UTC).isoformat(),
+            "event_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            "occurred_at": datetime.fromtimestamp((at or self.at) / 1000, UTC).isoformat(),
             "channel": channel,
             "touchpoint": touchpoint,
             "action": action,
             "source": "simulator",
         }
         if channel in ("web", "app") and "duration_ms" not in fields:
-            fields["duration_ms"] = self.rng.randint(150, 3_000)
+            fields["duration_ms"] = rng.randint(150, 3_000)
         event.update({k: v for k, v in fields.items() if v is not None})
         self.events.append(event)
         return event
@@ -246,7 +258,7 @@ def _call(
     in_call("agent.talk", "resolve", csat=csat, nps=nps, duration_ms=talk)
     p.journey("support_case", person, "converted", "diagnosis", *moments, started_at=opened)
     p.at += talk + survey.randint(30 * SECOND, 3 * MINUTE)
-    wrap_up = {"customer_id": p.customer, "attributes": {"issue": issue}}
+    wrap_up: dict[str, Any] = {"customer_id": p.customer, "attributes": {"issue": issue}}
     if survey.random() < 0.5:
         wrap_up["session_hint"] = hint
     p.touch("call_center", "call.wrap_up", "wrap_up", **wrap_up)
@@ -288,6 +300,20 @@ def _omnichannel_shopper(p: _Persona) -> None:
     p.touch(
         "store", "store.visit", "enter", loyalty_id=p.loyalty, session_hint=f"visit-{p.loyalty}"
     )
+    kiosk = p.sim.kiosks
+    if kiosk.random() < 0.5:  # signs in at one of the store's shared kiosks (a second rng:
+        # the rest of the day is what it was without kiosks)
+        p.touch(
+            "store",
+            "product.store_availability",
+            "search",
+            rng=kiosk,
+            at=p.at + MINUTE,
+            customer_id=p.customer,
+            loyalty_id=p.loyalty,
+            device_id=f"kiosk-{kiosk.randint(1, KIOSKS)}",
+            session_hint=f"visit-{p.loyalty}",
+        )
     p.wait(5 * MINUTE, 30 * MINUTE)
     if p.sim.incident_active("store_stockout", p.at):
         p.touch(
@@ -359,6 +385,7 @@ class DaySimulator:
         self, seed: int, start: int, personas: int, incidents: list[Incident] | None = None
     ) -> None:
         self.rng = random.Random(seed)
+        self.kiosks = random.Random(seed + 1)  # shared store kiosks (_omnichannel_shopper)
         self.start = start
         self.personas = personas
         self.incidents = incidents or []
