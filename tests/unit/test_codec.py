@@ -542,4 +542,3 @@ def test_any_record_round_trips(record: Record) -> None:
     raw = encode_record(record)
     assert decode_record(key, raw) == record
     assert orjson.loads(raw)[3] == codec.RECORD_VERSION
-
