@@ -169,6 +169,22 @@ class Collector:
         self.requests = LabelCache(COLLECTOR_REQUESTS)
         self.events = LabelCache(COLLECTOR_EVENTS)
 
+    def _prepare(
+        self, index: int, item: Any, source: Source, received_at: datetime
+    ) -> TouchpointEvent | ItemError:
+        """One submitted event made safe and valid for ``source`` (pipeline/collect.py)."""
+        return prepare_event(
+            index,
+            item,
+            source=source.name,
+            allowed_channels=source.channels,
+            received_at=received_at,
+            pii_key=self.pii_key,
+            phone_country_code=self.settings.phone_default_country_code,
+            max_age=self.settings.touchpoint_max_age,
+            free_text=self.free_text,
+        )
+
     def authenticate(self, request: web.Request) -> Source | None:
         header = request.headers.get("Authorization", "")
         presented = (
@@ -340,17 +356,7 @@ class Collector:
         good: list[TouchpointEvent] = []
         errors: list[ItemError] = []
         for index, item in enumerate(items):
-            result = prepare_event(
-                index,
-                item,
-                source=source.name,
-                allowed_channels=source.channels,
-                received_at=received_at,
-                pii_key=self.pii_key,
-                phone_country_code=self.settings.phone_default_country_code,
-                max_age=self.settings.touchpoint_max_age,
-                free_text=self.free_text,
-            )
+            result = self._prepare(index, item, source, received_at)
             if isinstance(result, TouchpointEvent):
                 good.append(result)
             else:
@@ -454,17 +460,7 @@ class Collector:
             if isinstance(mapped, ItemError):
                 errors.append(mapped)
                 continue
-            result = prepare_event(
-                index,
-                mapped,
-                source=source.name,
-                allowed_channels=source.channels,
-                received_at=received_at,
-                pii_key=self.pii_key,
-                phone_country_code=self.settings.phone_default_country_code,
-                max_age=self.settings.touchpoint_max_age,
-                free_text=self.free_text,
-            )
+            result = self._prepare(index, mapped, source, received_at)
             if isinstance(result, TouchpointEvent):
                 good.append(result)
             elif result.field in ("email", "phone"):  # they came from the traits
