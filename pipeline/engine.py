@@ -957,10 +957,11 @@ class JourneyEngine:
             resolution = identity.resolve_keys(keys)
             person_id = resolution.person_id
             self.dirty.add(person_id)
+            if self._holding and resolution.merged:
+                self._overdue_of(person_id, touch.at, out)
             for source in resolution.merged:
                 if self._holding:
                     self._overdue_of(source, touch.at, out)
-                    self._overdue_of(person_id, touch.at, out)
                 self._merge_person(source, person_id, touch.at, touch.event_id, out)
             for identifier in resolution.blocked:
                 out.append(blocked_output(identifier, touch.at, person_id, touch.event_id))

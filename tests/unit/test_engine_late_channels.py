@@ -18,20 +18,9 @@ from pipeline.engine import JourneyEngine, Output, drop_off_hold
 from pipeline.touch import Touch
 from streams.journeys import advance_of
 from tests.unit.journeys import CATALOG, T0, H, M, touch
-from tests.unit.test_engine_properties import canonical, generate
+from tests.unit.test_engine_properties import LATENESS, canonical, generate, run
 
-LATENESS = 10 * M
 LATE = {"store": 30 * H, "call_center": 6 * H}
-
-
-def run(touches: list[Touch], late: dict[str, int] | None) -> list[Output]:
-    engine = JourneyEngine(CATALOG, allowed_lateness_ms=LATENESS, channel_lateness_ms=late)
-    out: list[Output] = []
-    for item in touches:
-        out += engine.submit(item)
-    out += engine.flush()
-    out += engine.advance(2**62)
-    return out
 
 
 def outcomes(outputs: list[Output]) -> Counter[tuple[object, ...]]:

@@ -30,8 +30,10 @@ def generate(seed: int, personas: int = 12) -> list[tuple[int, Touch]]:
     )
 
 
-def run(touches: list[Touch]) -> list[Output]:
-    engine = JourneyEngine(CATALOG, allowed_lateness_ms=LATENESS)
+def run(touches: list[Touch], channel_lateness_ms: dict[str, int] | None = None) -> list[Output]:
+    engine = JourneyEngine(
+        CATALOG, allowed_lateness_ms=LATENESS, channel_lateness_ms=channel_lateness_ms
+    )
     out: list[Output] = []
     for item in touches:
         out += engine.submit(item)
