@@ -169,6 +169,15 @@ class Collector:
         self.requests = LabelCache(COLLECTOR_REQUESTS)
         self.events = LabelCache(COLLECTOR_EVENTS)
 
+    async def _read_body(self, request: web.Request, encoding: str | None) -> bytes:
+        """The request's body, inflated, within the collector's size and time limits."""
+        return await read_decoded_body(
+            request,
+            self.settings.collector_max_body_bytes,
+            self.settings.collector_body_timeout_s,
+            encoding,
+        )
+
     def _prepare(
         self, index: int, item: Any, source: Source, received_at: datetime
     ) -> TouchpointEvent | ItemError:
@@ -333,12 +342,7 @@ class Collector:
             )
         try:
             encoding = content_encoding(request)
-            body = await read_decoded_body(
-                request,
-                self.settings.collector_max_body_bytes,
-                self.settings.collector_body_timeout_s,
-                encoding,
-            )
+            body = await self._read_body(request, encoding)
         except BodyRejected as exc:
             return _rejected(exc)
         try:
@@ -414,12 +418,7 @@ class Collector:
             encoding = content_encoding(request)
             if auth is BODY_KEY and encoding is not None:  # never inflate before the key check
                 return _segment_unauthorized()
-            body = await read_decoded_body(
-                request,
-                self.settings.collector_max_body_bytes,
-                self.settings.collector_body_timeout_s,
-                encoding,
-            )
+            body = await self._read_body(request, encoding)
         except BodyRejected as exc:
             response = _segment_error(
                 exc.status, _SEGMENT_CODES.get(exc.status, "bad_request"), exc.message
