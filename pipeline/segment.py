@@ -234,27 +234,31 @@ def _event_id(message: dict[str, Any]) -> str | ItemError:
     return text
 
 
-def _revenue(properties: dict[str, Any], event: dict[str, Any]) -> ItemError | None:
+def revenue_of(
+    properties: dict[str, Any], event: dict[str, Any], where: str = "properties"
+) -> ItemError | None:
+    """``revenue`` and ``currency`` of ``properties`` (``where``: their object, named in an
+    error) set on ``event``: rounded to 4 decimals, the currency upper case, USD without one."""
     revenue = properties.get("revenue")
     if revenue is None:
         return None
     if isinstance(revenue, bool) or not isinstance(revenue, str | int | float):
-        return ItemError(-1, "invalid_field", "properties.revenue", "must be a number")
+        return ItemError(-1, "invalid_field", f"{where}.revenue", "must be a number")
     try:
         amount = Decimal(str(revenue)).quantize(Decimal("0.0001"))
     except (InvalidOperation, ValueError):
-        return ItemError(-1, "invalid_field", "properties.revenue", "must be a number")
+        return ItemError(-1, "invalid_field", f"{where}.revenue", "must be a number")
     if not amount.is_finite() or abs(amount) >= Decimal(10) ** 14:
-        return ItemError(-1, "invalid_field", "properties.revenue", "out of range")
+        return ItemError(-1, "invalid_field", f"{where}.revenue", "out of range")
     currency = properties.get("currency", DEFAULT_CURRENCY)
     if not isinstance(currency, str) or not re.fullmatch(r"[A-Za-z]{3}", currency):
-        return ItemError(-1, "invalid_field", "properties.currency", "must be an ISO 4217 code")
+        return ItemError(-1, "invalid_field", f"{where}.currency", "must be an ISO 4217 code")
     event["revenue"] = str(amount)
     event["currency"] = currency.upper()
     return None
 
 
-def _lift(properties: dict[str, Any], event: dict[str, Any]) -> frozenset[str]:
+def lift(properties: dict[str, Any], event: dict[str, Any]) -> frozenset[str]:
     """``action``, ``outcome``, ``outcome_reason`` properties that are valid contract values
     become those fields (and are not repeated as attributes)."""
     lifted = set()
@@ -352,8 +356,8 @@ def _track(
         )
     event["touchpoint"] = touchpoint
     event["action"] = "track"
-    lifted = _lift(properties, event)
-    error = _revenue(properties, event)
+    lifted = lift(properties, event)
+    error = revenue_of(properties, event)
     if error is not None:
         return error
     skip = lifted | ({"revenue", "currency"} if "revenue" in event else frozenset())
