@@ -112,6 +112,35 @@ class Settings(BaseSettings):
         default=0.5, gt=0, description="Longest a sink waits to fill a batch before writing."
     )
 
+    # --- SQL for analysts (`journeywatch sql`, POST /api/v1/sql; docs/analyst-guide.md) -----
+    sql_max_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="Most rows an analyst's query may return (ClickHouse `max_result_rows`, "
+        "`result_overflow_mode=throw`): a larger result is an error that says to add a LIMIT "
+        "or aggregate, never a truncated answer.",
+    )
+    sql_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Longest an analyst's query may run (ClickHouse `max_execution_time`, "
+        "`timeout_overflow_mode=throw`) before it stops with an error.",
+    )
+    sql_max_query_bytes: int = Field(
+        default=65_536,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Longest query text accepted (ClickHouse `max_query_size`; the API's "
+        "request body limit).",
+    )
+    sql_max_result_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes (uncompressed, in ClickHouse) a query's result may hold "
+        "(ClickHouse `max_result_bytes`).",
+    )
+
     # --- Data protection: retention, personal data in free text --------------------------
     # (docs/operations/retention.md, docs/collector.md "Personal data in free text")
     journey_retention_days: int | None = Field(
