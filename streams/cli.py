@@ -116,10 +116,10 @@ def collector() -> None:
 @main.command("import")
 @click.option(
     "--kind",
-    type=click.Choice(["contact-center", "store", "touchpoints"]),
+    type=click.Choice(["contact-center", "store", "touchpoints", "amazon-connect"]),
     required=True,
     help="Which export the files are (touchpoints: JSON Lines in the event contract, as the "
-    "collector takes them).",
+    "collector takes them; amazon-connect: contact records as Firehose writes them).",
 )
 @click.option(
     "--format",

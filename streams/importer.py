@@ -1,14 +1,17 @@
-"""``journeywatch import``: contact-centre and store exports (CSV or JSON Lines) into Kafka.
+"""``journeywatch import``: contact-centre and store exports (CSV or JSON Lines) and Amazon
+Connect contact records (``--kind amazon-connect``, pipeline/connect.py) into Kafka.
 
 Bad lines are reported with the file and line and skipped; good ones have the e-mail addresses
 and phone numbers of their free text redacted or hashed (``JW_FREE_TEXT_PII``, as at the
 collector), are validated against the event contract and produced to ``touchpoints.raw``.
-Re-importing a file is harmless: event ids are derived from the rows.
+Re-importing a file is harmless: event ids are derived from the rows (a contact record's from
+its ContactId and step, so a re-delivered record gives the same events).
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +24,7 @@ import click
 import orjson
 from kafka import TopicPartition
 
+from pipeline.connect import ContactChains, iter_documents, map_contact_record
 from pipeline.contract import TouchpointEvent, validate_touchpoint
 from pipeline.feeds import FEEDS, RowError
 from pipeline.pii import FreeTextScrubber, redact_text
@@ -76,6 +80,29 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | str, int
                 yield number, value, raw.tell()
 
 
+AMAZON_CONNECT = "amazon-connect"
+KINDS = (*FEEDS, AMAZON_CONNECT)
+
+
+def _contact_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | str, int]]:
+    """Amazon Connect contact records as Firehose writes them (JSON Lines, concatenated JSON
+    or a JSON array; gzip-compressed when the name ends in .gz): (line, record or a problem,
+    bytes of the file consumed so far, about). The file is read whole: Firehose's objects
+    are at most its buffer size (128 MiB)."""
+    data = path.read_bytes()
+    size = len(data)
+    if path.name.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            yield 1, f"not a gzip file: {exc}", size
+            return
+    text = data.decode("utf-8", errors="replace")
+    length = max(len(text), 1)
+    for line, record, read in iter_documents(text):
+        yield line, record, size * read // length
+
+
 def import_file(
     path: Path,
     kind: str,
@@ -86,7 +113,6 @@ def import_file(
     progress: bool = True,
     send: Callable[[TouchpointEvent], None] | None = None,
 ) -> ImportReport:
-    mapper = FEEDS[kind]
     if settings.pii_hash_key is None:
         raise click.ClickException(
             "JW_PII_HASH_KEY is not set: imports hash e-mail and phone with it"
@@ -113,13 +139,29 @@ def import_file(
             future.add_callback(produced)
 
     received_at = datetime.now(UTC)
-    known: dict[str, dict[str, str]] = {}  # call or visit id → its caller's identifiers
+    country = settings.phone_default_country_code
+    if kind == AMAZON_CONNECT:  # one contact record → the touchpoints of its contact
+        chains = ContactChains()
+        rows = _contact_records(path)
+
+        def map_row(row: dict[str, Any]) -> list[dict[str, Any]] | RowError:
+            return map_contact_record(row, key, country, chains)
+
+    else:  # one row → one touchpoint
+        mapper = FEEDS[kind]
+        known: dict[str, dict[str, str]] = {}  # call or visit id → its caller's identifiers
+        rows = _rows(path, fmt)
+
+        def map_row(row: dict[str, Any]) -> list[dict[str, Any]] | RowError:
+            mapped = mapper(row, key, country, known)
+            return mapped if isinstance(mapped, RowError) else [mapped]
+
     size = path.stat().st_size
     with click.progressbar(
         length=size, label=f"importing {path.name}", file=None if progress else io.StringIO()
     ) as bar:
         done = 0
-        for line, row, position in _rows(path, fmt):
+        for line, row, position in rows:
             bar.update(position - done)
             done = position
             # An error line may quote a value of the row: never an e-mail address or a phone
@@ -127,18 +169,24 @@ def import_file(
             if isinstance(row, str):
                 report.errors.append(f"{path}:{line}: {redact_text(row)}")
                 continue
-            mapped = mapper(row, key, settings.phone_default_country_code, known)
+            mapped = map_row(row)
             if isinstance(mapped, RowError):
                 report.errors.append(f"{path}:{line}: {redact_text(str(mapped))}")
                 continue
-            free_text.event(mapped)
-            result = validate_touchpoint(mapped, received_at, settings.touchpoint_max_age)
-            if not isinstance(result, TouchpointEvent):
-                report.errors.append(f"{path}:{line}: {redact_text(result.describe())}")
-                continue
-            if send is not None:
-                send(result)
-            report.imported += 1
+            # A row's touchpoints (a contact's) are produced all or none.
+            events: list[TouchpointEvent] = []
+            for item in mapped:
+                free_text.event(item)
+                result = validate_touchpoint(item, received_at, settings.touchpoint_max_age)
+                if not isinstance(result, TouchpointEvent):
+                    report.errors.append(f"{path}:{line}: {redact_text(result.describe())}")
+                    break
+                events.append(result)
+            else:
+                for event in events:
+                    if send is not None:
+                        send(event)
+                    report.imported += 1
     if producer is not None:
         producer.flush()
         producer.close()
