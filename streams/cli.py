@@ -325,6 +325,151 @@ def _sign_in_hint(status: int) -> str:
     return ""
 
 
+# a query may begin with a comment ("-- query: ..."): an argument, not an unknown option
+@main.command("sql", context_settings={"ignore_unknown_options": True})
+@click.argument("query")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="table: aligned columns; csv: a header line, then the rows; json: the API's answer "
+    '({"columns", "rows", "row_count", "elapsed_s"}).',
+)
+@click.option(
+    "--api",
+    metavar="URL",
+    help="Ask this running sink (POST URL/api/v1/sql). Default, with the embedded ClickHouse: "
+    "the local run's sink, http://127.0.0.1:JW_STATUS_PORT.",
+)
+@click.option(
+    "--direct",
+    is_flag=True,
+    help="Open ClickHouse (JW_CLICKHOUSE_DSN) from this process instead, with the same "
+    "read-only limits: the default for a ClickHouse server; for the embedded one, only while "
+    "no sink runs.",
+)
+def sql(query: str, fmt: str, api: str | None, direct: bool) -> None:
+    """Run one read-only QUERY (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN) on journeywatch's
+    ClickHouse, e.g. a ready query of docs/analyst-guide.md; '-' reads it from stdin. Limits:
+    JW_SQL_MAX_ROWS rows, JW_SQL_TIMEOUT_S seconds."""
+    if api and direct:
+        raise click.BadParameter("give --api or --direct, not both", param_hint="--direct")
+    if query == "-":
+        query = sys.stdin.read()
+    settings = _settings()
+    if direct or (api is None and not settings.embedded_clickhouse):
+        answer = _sql_direct(settings, query)
+    else:
+        answer = _sql_via_api(api or f"http://127.0.0.1:{settings.status_port}", query, settings)
+    click.echo(_sql_output(answer, fmt), nl=False)
+    if fmt == "table":
+        rows = answer["row_count"]
+        click.echo(f"{rows:,} row{'' if rows == 1 else 's'} in {answer['elapsed_s']:g} s", err=True)
+
+
+def _sql_direct(settings: Settings, query: str) -> dict[str, Any]:
+    from sinks.clickhouse.client import ClickHouseUnavailable
+    from sinks.clickhouse.sql import SqlError, SqlLimits, read_only_client, run_sql
+
+    limits = SqlLimits.of(settings)
+    try:
+        client = read_only_client(settings.clickhouse_dsn, settings.clickhouse_database, limits)
+    except ClickHouseUnavailable as exc:
+        hint = (
+            " While journeywatch runs, leave out --direct: the query goes through its sink "
+            f"(http://127.0.0.1:{settings.status_port})."
+            if settings.embedded_clickhouse
+            else ""
+        )
+        raise click.ClickException(f"{exc}{hint}") from exc
+    try:
+        return run_sql(client, query, limits)
+    except SqlError as exc:
+        raise click.ClickException(exc.message) from exc
+
+
+def _sql_via_api(api: str, query: str, settings: Settings) -> dict[str, Any]:
+    import urllib.error
+    import urllib.request
+
+    if not api.startswith(("http://", "https://")):
+        raise click.BadParameter("must be an http(s) URL", param_hint="--api")
+    url = f"{api.rstrip('/')}/api/v1/sql"
+    request = urllib.request.Request(  # noqa: S310 - http(s), checked above
+        url,
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json", **_api_headers()},
+        method="POST",
+    )
+    # the sink stops the query at its own time limit; this waits a little longer for it
+    timeout = max(60.0, settings.sql_timeout_s + 30)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            return dict(json.loads(response.read()))
+    except urllib.error.HTTPError as exc:
+        try:
+            message = str(json.loads(exc.read())["error"])
+        except (ValueError, KeyError, TypeError):
+            message = f"HTTP {exc.code}"
+        if exc.code == 401:
+            message = (
+                f"{url}: sign-in needed (HTTP 401): set JW_WEB_READ_TOKEN to the sink's "
+                "read-only token (or JW_WEB_ADMIN_TOKEN); a local `journeywatch run` keeps its "
+                "generated admin token in JW_DATA_DIR/web-admin.token, read by this command "
+                "from the same directory"
+            )
+        elif exc.code == 404:
+            message = f"{url}: HTTP 404: is this a journeywatch sink (JW_STATUS_PORT)?"
+        raise click.ClickException(message) from exc
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot reach journeywatch at {api} ({exc}): start it with `make run` (or "
+            "`journeywatch run`), or give the URL of a running sink with --api"
+            + ("" if settings.embedded_clickhouse else ", or query ClickHouse with --direct")
+        ) from exc
+
+
+def _sql_output(answer: dict[str, Any], fmt: str) -> str:
+    """An answer of ``run_sql`` (or the API) as a table, CSV or JSON."""
+    import csv
+    import io
+
+    if fmt == "json":
+        return json.dumps(answer, ensure_ascii=False) + "\n"
+    names = [str(column["name"]) for column in answer["columns"]]
+
+    def text(value: Any) -> str:
+        if value is None:
+            return "NULL" if fmt == "table" else ""
+        if isinstance(value, list | dict):
+            return json.dumps(value, ensure_ascii=False)
+        return str(value)
+
+    rows = [[text(v) for v in row] for row in answer["rows"]]
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(names)
+        writer.writerows(rows)
+        return out.getvalue()
+    widths = [max([len(n), *(len(r[i]) for r in rows)]) for i, n in enumerate(names)]
+    numeric = [
+        all(isinstance(row[i], int | float) for row in answer["rows"] if row[i] is not None)
+        for i in range(len(names))
+    ]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if right else c.ljust(w)
+            for c, w, right in zip(cells, widths, numeric, strict=True)
+        ).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(names), rule, *(line(r) for r in rows)]) + "\n"
+
+
 @main.group()
 def replay() -> None:
     """Re-process what the pipeline could not use (docs/operations/replay.md)."""

@@ -259,6 +259,7 @@ class SinkRole:
 
         self._register_map_pages()
         self._register_lookup()
+        self._register_sql()
 
     def _register_run_status(self) -> None:
         """Started by `journeywatch run`: what its supervisor reports in the run-status file
@@ -310,6 +311,56 @@ class SinkRole:
                 return self.json({"stored": sorted(stored)})
 
         self.app.page("/api/v1/touchpoints/stored")(StoredTouchpoints)
+
+    def _register_sql(self) -> None:
+        """``POST /api/v1/sql`` ``{"query": "SELECT ..."}`` (or the query as ``text/plain``):
+        an analyst's query, read-only and bounded (sinks/clickhouse/sql.py), on a client of
+        its own, one query at a time in a thread of its own (a slow query holds neither the
+        live page nor the maps). Any signed-in role may ask: it reads, like the maps."""
+        from sinks.clickhouse.sql import SqlError, SqlLimits, read_only_client, run_sql
+        from streams.httpbody import BodyRejected, read_body
+
+        limits = SqlLimits.of(self.settings)
+        client = read_only_client(
+            self.settings.clickhouse_dsn, self.settings.clickhouse_database, limits
+        )
+        pool = ThreadPoolExecutor(1, thread_name_prefix="ch-sql")
+        body_timeout_s = self.settings.collector_body_timeout_s
+        max_body = limits.max_query_bytes + 4096  # the query, JSON-quoted, and its envelope
+
+        class Sql(faust.web.View):
+            async def post(self, request: faust.web.Request) -> faust.web.Response:
+                try:  # the whole body, bounded in size and time
+                    if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+                        raise BodyRejected(415, "send the body without Content-Encoding")
+                    raw = await read_body(cast("Any", request), max_body, body_timeout_s)
+                except BodyRejected as exc:
+                    response = self.json({"error": exc.message}, status=exc.status)
+                    if exc.status in (408, 413):
+                        cast("Any", response).force_close()
+                    return response
+                if cast("Any", request).content_type == "text/plain":
+                    text = raw.decode("utf-8", errors="replace")
+                else:
+                    try:
+                        text = orjson.loads(raw)["query"]
+                        if not isinstance(text, str):
+                            raise TypeError
+                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                        return self.json(
+                            {"error": 'send {"query": "SELECT ..."} (or the query as text/plain)'},
+                            status=400,
+                        )
+                loop = asyncio.get_running_loop()
+                try:
+                    answer = await loop.run_in_executor(pool, run_sql, client, text, limits)
+                except SqlError as exc:
+                    return self.json(exc.body(), status=exc.status)
+                response = self.bytes(orjson.dumps(answer), content_type="application/json")
+                response.headers["Cache-Control"] = "no-store"
+                return response
+
+        self.app.page("/api/v1/sql")(Sql)
 
     def _register_map_pages(self) -> None:
         """The live journey map (/map/<journey>) and its API (/api/v1/map/<journey>)."""
