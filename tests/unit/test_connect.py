@@ -12,6 +12,7 @@ DisconnectReason, TransferCompletedTimestamp, LastUpdateTimestamp, Attributes.
 from __future__ import annotations
 
 import copy
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -520,3 +521,33 @@ def test_event_ids_are_stable_across_redeliveries(
         k: v for k, v in ids_before.items() if k in ids_after
     }
     assert {e["event_id"] for e in before} <= {e["event_id"] for e in after}
+
+
+_records_list = st.lists(
+    st.dictionaries(st.text(max_size=6), st.text(max_size=6) | st.integers(), max_size=3),
+    max_size=5,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_records_list, st.sampled_from(["lines", "concatenated", "array", "pretty"]))
+def test_every_form_firehose_writes_reads_back_the_same_records(
+    items: list[dict[str, Any]], form: str
+) -> None:
+    if form == "lines":
+        text = "".join(json.dumps(r) + "\n" for r in items)
+    elif form == "concatenated":
+        text = "".join(json.dumps(r) for r in items)
+    elif form == "array":
+        text = json.dumps(items)
+    else:
+        text = "".join(json.dumps(r, indent=2) + "\n" for r in items)
+    assert [doc for _, doc, _ in iter_documents(text)] == items
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet='{}[]",:\n 0a\\', max_size=40) | st.text(max_size=40))
+def test_reading_any_text_never_raises(text: str) -> None:
+    for line, doc, read in iter_documents(text):
+        assert 1 <= line <= text.count("\n") + 1 and 0 <= read <= len(text)
+        assert isinstance(doc, dict | str)
