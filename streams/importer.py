@@ -14,6 +14,7 @@ import csv
 import gzip
 import io
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -81,7 +82,6 @@ def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | str, int
 
 
 AMAZON_CONNECT = "amazon-connect"
-KINDS = (*FEEDS, AMAZON_CONNECT)
 
 
 def _contact_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | str, int]]:
@@ -94,7 +94,7 @@ def _contact_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | str, in
     if path.name.endswith(".gz"):
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             yield 1, f"not a gzip file: {exc}", size
             return
     text = data.decode("utf-8", errors="replace")
