@@ -211,6 +211,16 @@ def test_the_api_needs_sign_in_and_the_read_token_is_enough(
             "elapsed_s": pytest.approx(0, abs=5),
         },
     )
+    # a query file as it is (text/plain), unqualified names in journeywatch's database
+    plain = urllib.request.Request(
+        f"http://127.0.0.1:{port}/api/v1/sql",
+        data=b"-- how many\nSELECT count() AS n FROM touchpoints;\n",
+        headers={"Content-Type": "text/plain", "Authorization": f"Bearer {WEB_READ_TOKEN}"},
+        method="POST",
+    )
+    with urllib.request.urlopen(plain, timeout=30) as response:
+        counted = orjson.loads(response.read())
+    assert counted["columns"] == [{"name": "n", "type": "UInt64"}] and counted["rows"][0][0] > 0
     # the CLI without any token (and no run's generated one): 401, and which token to set
     env = {k: v for k, v in stack.env.items() if not k.startswith("JW_WEB_")}
     env["JW_DATA_DIR"] = str(tmp_path / "elsewhere")
