@@ -319,13 +319,22 @@ def _map(
     if enqueued is not None:
         moved_on = connected is not None or next_contact is not None or transferred_on is not None
         abandoned = not moved_on and disconnected is not None
-        left = dequeued or connected or (disconnected if abandoned else None)
+        left, left_field = next(
+            (
+                (time, name)
+                for time, name in (
+                    (dequeued, "Queue.DequeueTimestamp"),
+                    (connected, "Agent.ConnectedToAgentTimestamp"),
+                    (disconnected if abandoned else None, "DisconnectTimestamp"),
+                )
+                if time is not None
+            ),
+            (None, ""),
+        )
         if queue_ms is not None or left is not None:
             if queue_ms is None:
                 assert left is not None
-                queue_ms = _between(
-                    enqueued, left, "Queue.DequeueTimestamp", "Queue.EnqueueTimestamp"
-                )
+                queue_ms = _between(enqueued, left, left_field, "Queue.EnqueueTimestamp")
             fields: dict[str, Any] = {"wait_ms": queue_ms}
             if abandoned:
                 fields["outcome"] = "abandoned"
