@@ -24,7 +24,8 @@ import json
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,6 +43,7 @@ from pipeline.contract import TouchpointEvent
 from pipeline.pii import FreeTextScrubber
 from pipeline.segment import MESSAGE_TYPES, map_message, parse_segment_request
 from pipeline.settings import Settings
+from pipeline.snowplow import map_event, parse_post_body, parse_query
 from sinks.metrics import (
     COLLECTOR_EVENTS,
     COLLECTOR_REQUEST_SECONDS,
@@ -74,6 +76,16 @@ SEGMENT_PATHS = {
 }
 SEGMENT_CONTENT_TYPES = frozenset({"application/json", "text/plain"})
 SEGMENT_CORS = {"Access-Control-Allow-Origin": "*"}
+SEGMENT_RENAMED = {"email": "traits.email", "phone": "traits.phone"}  # where they came from
+# The Snowplow tracker protocol (docs/sources/snowplow.md): the trackers' POST path and the
+# GET pixel, each also under /k/<key>, for a tracker that cannot send a key header.
+SNOWPLOW_POST = "/com.snowplowanalytics.snowplow/tp2"
+SNOWPLOW_PIXEL = "/i"
+SNOWPLOW_KEY_PREFIX = "/k/{key}"
+SNOWPLOW_CONTENT_TYPES = SEGMENT_CONTENT_TYPES  # the JavaScript tracker may send text/plain
+SNOWPLOW_RENAMED = {"email": "uid"}  # an e-mail address as uid becomes the hashed e-mail
+# A transparent 1x1 GIF, the answer to a pixel request.
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 # After an answer sent before the body was read (401, 413, 415), what the client still sends
 # is dropped for at most JW_COLLECTOR_BODY_TIMEOUT_S and this many times the body limit.
 DISCARD_LIMITS = 4
@@ -92,9 +104,11 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
     )
 
 
-def _unauthorized() -> web.Response:
+def _unauthorized(
+    message: str = "missing or unknown API key: send Authorization: Bearer <key>",
+) -> web.Response:
     return web.json_response(
-        {"error": "missing or unknown API key: send Authorization: Bearer <key>"},
+        {"error": message},
         status=401,
         headers={"WWW-Authenticate": 'Bearer realm="journeywatch"'},
     )
@@ -130,9 +144,55 @@ def _segment_unauthorized() -> web.Response:
     )
 
 
+def _snowplow_unauthorized() -> web.Response:
+    return _unauthorized(
+        "missing or unknown API key: put it in the collector URL (<collector>/k/<key>) or "
+        "send Authorization: Bearer <key>"
+    )
+
+
 _SEGMENT_CODES = {408: "timeout", 413: "too_large", 415: "unsupported_media_type"}
 # A Segment request whose key is only in the body (analytics.js): it is read (bounded) first.
 BODY_KEY = object()
+
+
+def _snowplow_cors(request: web.BaseRequest) -> dict[str, str]:
+    """CORS headers for a Snowplow request: the JavaScript tracker sends with credentials
+    (``withCredentials``), which a browser refuses with ``*``: the origin is echoed (no cookie
+    is ever read or set, so credentials grant nothing)."""
+    origin = request.headers.get("Origin")
+    if not origin:
+        return {"Access-Control-Allow-Origin": "*"}
+    return {
+        "Access-Control-Allow-Origin": origin,
+        "Access-Control-Allow-Credentials": "true",
+        "Vary": "Origin",
+    }
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What became of the events of one request (``Collector._accept``)."""
+
+    accepted: int = 0
+    skipped: int = 0
+    errors: list[ItemError] = field(default_factory=list)
+    refused: tuple[int, str] | None = None  # none accepted: the status and why (400 or 403)
+    unavailable: bool = False  # the broker did not acknowledge: 503
+
+    def rejected(self) -> list[dict[str, Any]]:
+        return [e.as_dict() for e in self.errors]
+
+
+def _refusal(errors: list[ItemError], noun: str) -> tuple[int, str]:
+    """The answer when no event of a request was accepted: 403 when every one is on a channel
+    the key may not send, else 400 naming the first error."""
+    status = 403 if all(e.reason == "channel_not_allowed" for e in errors) else 400
+    first = errors[0]
+    where = f" (field {first.field})" if first.field else ""
+    return status, (
+        f"no {noun} was accepted; {noun} {first.index}: {first.reason}{where}: {first.detail}"
+    )
 
 
 def _rejected(exc: BodyRejected) -> web.Response:
@@ -220,6 +280,14 @@ class Collector:
             return self.authenticate(request)
         return BODY_KEY
 
+    def authenticate_snowplow(self, request: web.Request) -> Source | None:
+        """The source of a Snowplow request: the key in the path (``/k/<key>/...``, which a
+        tracker's collector URL can carry), else a key header as ``/v1/events`` takes it."""
+        key = request.match_info.get("key")
+        if key is None:
+            return self.authenticate(request)
+        return self.source_of(key.encode("utf-8", "surrogateescape"))
+
     def source_of(self, token: bytes) -> Source | None:
         """The source whose key ``token`` is (compared with every key, in constant time)."""
         found = None
@@ -292,9 +360,15 @@ class Collector:
         sends it; otherwise tell it to go on."""
         refused = None
         limit = self.settings.collector_max_body_bytes
-        segment = request.path != "/v1/events"
-        if (self.authenticate_segment(request) if segment else self.authenticate(request)) is None:
-            refused = _segment_unauthorized() if segment else _unauthorized()
+        refusal: Callable[[], web.Response]
+        if request.path == "/v1/events":
+            unknown, refusal = self.authenticate(request) is None, _unauthorized
+        elif request.path.endswith(SNOWPLOW_POST):
+            unknown, refusal = self.authenticate_snowplow(request) is None, _snowplow_unauthorized
+        else:
+            unknown, refusal = self.authenticate_segment(request) is None, _segment_unauthorized
+        if unknown:
+            refused = refusal()
         elif request.content_length is not None and request.content_length > limit:
             refused = _error(413, f"the body is over {limit} bytes")
         if refused is not None:
@@ -309,7 +383,13 @@ class Collector:
 
     async def post_events(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        response = await self._post_events(request)
+        return await self._finish(request, started, await self._post_events(request))
+
+    async def _finish(
+        self, request: web.Request, started: float, response: web.StreamResponse
+    ) -> web.StreamResponse:
+        """Count and time the answer; one sent before the body was read (401, 413, 415) goes
+        through ``_answer_early``."""
         self.requests.get(str(response.status)).inc()
         COLLECTOR_REQUEST_SECONDS.observe(time.perf_counter() - started)
         if response.status != 408 and not request.content.is_eof():  # 401, 413, 415
@@ -397,12 +477,8 @@ class Collector:
     async def post_segment(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1/batch``, ``/v1/track`` ...: the Segment HTTP tracking API."""
         started = time.perf_counter()
-        response = await self._post_segment(request, SEGMENT_PATHS[request.match_info["kind"]])
-        self.requests.get(str(response.status)).inc()
-        COLLECTOR_REQUEST_SECONDS.observe(time.perf_counter() - started)
-        if response.status != 408 and not request.content.is_eof():  # 401, 413, 415
-            return await self._answer_early(request, response)
-        return response
+        kind = SEGMENT_PATHS[request.match_info["kind"]]
+        return await self._finish(request, started, await self._post_segment(request, kind))
 
     async def _post_segment(self, request: web.Request, kind: str) -> web.Response:
         auth = self.authenticate_segment(request)  # before any body work
@@ -448,40 +524,20 @@ class Collector:
         if not parsed.messages:
             return _segment_error(400, "invalid_request", "batch: no messages in the request")
         received_at = datetime.now(UTC)
-        good: list[TouchpointEvent] = []
-        errors: list[ItemError] = []
-        skipped = 0
-        for index, message in enumerate(parsed.messages):
-            mapped = map_message(index, message, parsed, received_at)
-            if mapped is None:  # a group call: accepted, nothing to store
-                skipped += 1
-                continue
-            if isinstance(mapped, ItemError):
-                errors.append(mapped)
-                continue
-            result = self._prepare(index, mapped, source, received_at)
-            if isinstance(result, TouchpointEvent):
-                good.append(result)
-            elif result.field in ("email", "phone"):  # they came from the traits
-                errors.append(
-                    ItemError(index, result.reason, f"traits.{result.field}", result.detail)
-                )
-            else:
-                errors.append(result)
-        if errors:
-            self.events.get("rejected").inc(len(errors))
-        if errors and not good:
-            status = 403 if all(e.reason == "channel_not_allowed" for e in errors) else 400
-            first = errors[0]
-            where = f" (field {first.field})" if first.field else ""
-            return _segment_error(
-                status,
-                "invalid_request",
-                f"no message was accepted; message {first.index}: {first.reason}{where}: "
-                f"{first.detail}",
-                errors=[e.as_dict() for e in errors],
-            )
-        if good and not await self._deliver(good):
+        outcome = await self._accept(
+            (
+                (index, map_message(index, message, parsed, received_at))
+                for index, message in enumerate(parsed.messages)
+            ),
+            source,
+            received_at,
+            SEGMENT_RENAMED,
+            "message",
+        )
+        if outcome.refused is not None:
+            status, message = outcome.refused
+            return _segment_error(status, "invalid_request", message, errors=outcome.rejected())
+        if outcome.unavailable:
             return _segment_error(
                 503,
                 "unavailable",
@@ -491,13 +547,136 @@ class Collector:
         return web.json_response(
             {
                 "success": True,
-                "accepted": len(good),
-                "skipped": skipped,
-                "rejected": [e.as_dict() for e in errors],
+                "accepted": outcome.accepted,
+                "skipped": outcome.skipped,
+                "rejected": outcome.rejected(),
             },
             headers=SEGMENT_CORS,
             dumps=lambda o: orjson.dumps(o).decode(),
         )
+
+    async def _accept(
+        self,
+        mapped: Iterable[tuple[int, dict[str, Any] | ItemError | None]],
+        source: Source,
+        received_at: datetime,
+        renamed: Mapping[str, str],
+        noun: str,
+    ) -> Accepted:
+        """Events mapped from another protocol (None: accepted and skipped), each made safe
+        and valid as a ``/v1/events`` event (``_prepare``; ``renamed``: the fields its errors
+        name as the protocol calls them; ``noun``: what the protocol calls an event), then
+        delivered when any is good."""
+        good: list[TouchpointEvent] = []
+        errors: list[ItemError] = []
+        skipped = 0
+        for index, item in mapped:
+            if item is None:
+                skipped += 1
+                continue
+            result = (
+                item
+                if isinstance(item, ItemError)
+                else self._prepare(index, item, source, received_at)
+            )
+            if isinstance(result, TouchpointEvent):
+                good.append(result)
+            elif result.field in renamed:
+                errors.append(ItemError(index, result.reason, renamed[result.field], result.detail))
+            else:
+                errors.append(result)
+        if errors:
+            self.events.get("rejected").inc(len(errors))
+        if errors and not good:
+            return Accepted(skipped=skipped, errors=errors, refused=_refusal(errors, noun))
+        if good and not await self._deliver(good):
+            return Accepted(errors=errors, unavailable=True)
+        return Accepted(len(good), skipped, errors)
+
+    async def post_snowplow(self, request: web.Request) -> web.StreamResponse:
+        """``POST /com.snowplowanalytics.snowplow/tp2``: the Snowplow trackers' batches."""
+        return await self._snowplow(request, self._post_snowplow)
+
+    async def get_pixel(self, request: web.Request) -> web.StreamResponse:
+        """``GET /i``: one tracker payload in the query string, answered with a 1x1 GIF."""
+        return await self._snowplow(request, self._get_pixel)
+
+    async def _snowplow(
+        self, request: web.Request, handle: Callable[[web.Request], Awaitable[web.Response]]
+    ) -> web.StreamResponse:
+        started = time.perf_counter()
+        response = await handle(request)
+        response.headers.update(_snowplow_cors(request))
+        return await self._finish(request, started, response)
+
+    async def _post_snowplow(self, request: web.Request) -> web.Response:
+        source = self.authenticate_snowplow(request)  # before any body work
+        if source is None:
+            return _snowplow_unauthorized()
+        if request.content_type not in SNOWPLOW_CONTENT_TYPES:
+            return _error(
+                415,
+                f"content type {request.content_type!r} is not accepted",
+                accepted=sorted(SNOWPLOW_CONTENT_TYPES),
+            )
+        try:
+            body = await self._read_body(request, content_encoding(request))
+        except BodyRejected as exc:
+            return _rejected(exc)
+        try:
+            payloads = parse_post_body(body)
+        except BodyError as exc:
+            return _error(400, str(exc))
+        answer = await self._store_snowplow(payloads, source)
+        if isinstance(answer, web.Response):
+            return answer
+        return web.json_response(
+            {"accepted": answer.accepted, "skipped": answer.skipped, "rejected": answer.rejected()},
+            dumps=lambda o: orjson.dumps(o).decode(),
+        )
+
+    async def _get_pixel(self, request: web.Request) -> web.Response:
+        source = self.authenticate_snowplow(request)
+        if source is None:
+            return _snowplow_unauthorized()
+        try:
+            payloads = parse_query(request.query)
+        except BodyError as exc:
+            return _error(400, str(exc))
+        answer = await self._store_snowplow(payloads, source)
+        if isinstance(answer, web.Response):
+            return answer
+        return web.Response(
+            body=PIXEL,
+            content_type="image/gif",
+            headers={"Cache-Control": "no-cache, no-store, must-revalidate"},
+        )
+
+    async def _store_snowplow(self, payloads: list[Any], source: Source) -> Accepted | web.Response:
+        """The tracker payloads of a request mapped, prepared and delivered; an error answer
+        when none was accepted or the broker did not acknowledge."""
+        limit = self.settings.collector_max_batch
+        if len(payloads) > limit:
+            return _error(413, f"at most {limit} events per request, got {len(payloads)}")
+        if not payloads:
+            return _error(400, "data: no events in the request")
+        received_at = datetime.now(UTC)
+        outcome = await self._accept(
+            (
+                (index, map_event(index, payload, received_at))
+                for index, payload in enumerate(payloads)
+            ),
+            source,
+            received_at,
+            SNOWPLOW_RENAMED,
+            "event",
+        )
+        if outcome.refused is not None:
+            status, message = outcome.refused
+            return _error(status, message, errors=outcome.rejected())
+        if outcome.unavailable:
+            return _unavailable()
+        return outcome
 
     async def _produce(self, producer: AIOKafkaProducer, events: list[TouchpointEvent]) -> None:
         """One record batch per partition (keyed by person, partitioned as Kafka's default
@@ -709,6 +888,29 @@ def create_collector_app(settings: Settings) -> web.Application:
         segment_path, collector.post_segment, expect_handler=collector.expect_continue
     )
     app.router.add_route("OPTIONS", segment_path, segment_preflight)
+
+    async def snowplow_preflight(request: web.Request) -> web.Response:
+        return web.Response(
+            status=204,
+            headers={
+                **_snowplow_cors(request),
+                "Access-Control-Allow-Methods": "POST, GET",
+                "Access-Control-Allow-Headers": (
+                    "Authorization, X-API-Key, Content-Type, Content-Encoding, SP-Anonymous"
+                ),
+                "Access-Control-Max-Age": "86400",
+            },
+        )
+
+    for prefix in ("", SNOWPLOW_KEY_PREFIX):
+        app.router.add_post(
+            prefix + SNOWPLOW_POST,
+            collector.post_snowplow,
+            expect_handler=collector.expect_continue,
+        )
+        app.router.add_route("OPTIONS", prefix + SNOWPLOW_POST, snowplow_preflight)
+        # no HEAD: it would store the event as a GET does
+        app.router.add_get(prefix + SNOWPLOW_PIXEL, collector.get_pixel, allow_head=False)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

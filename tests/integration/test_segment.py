@@ -72,6 +72,11 @@ def launch(broker_url: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], st
 
 @pytest.fixture()
 def collector(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Running]:
+    yield from running_collector(broker, tmp_path)
+
+
+def running_collector(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Running]:
+    """A collector (``launch``) on ``broker``, its topics made, until the generator ends."""
     ensure_topics(Settings(broker_url=broker.url, partitions=2))
     process, url, log = launch(broker.url, tmp_path)
 

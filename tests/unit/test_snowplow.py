@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.collect import BodyError, ItemError, prepare_event
+from pipeline.collect import BodyError, ItemError
 from pipeline.contract import TouchpointEvent
 from pipeline.pii import hash_email
 from pipeline.snowplow import (
@@ -26,10 +25,8 @@ from pipeline.snowplow import (
     parse_post_body,
     parse_query,
 )
+from tests.unit.test_segment import KEY, RECEIVED, TOUCHPOINT, json_values, prepare, times
 
-KEY = b"unit-test-pii-key"
-RECEIVED = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
-TOUCHPOINT = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 SP = "iglu:com.snowplowanalytics.snowplow"
 UE = f"{SP}/unstruct_event/jsonschema/1-0-0"
 CO = f"{SP}/contexts/jsonschema/1-0-1"
@@ -46,18 +43,6 @@ def b64(value: Any) -> str:
 
 def unstruct(schema: str, data: Any) -> dict[str, Any]:
     return {"schema": UE, "data": {"schema": schema, "data": data}}
-
-
-def prepare(index: int, mapped: dict[str, Any]) -> TouchpointEvent | ItemError:
-    return prepare_event(
-        index,
-        mapped,
-        source="web-tracker",
-        allowed_channels=None,
-        received_at=RECEIVED,
-        pii_key=KEY,
-        max_age=timedelta(days=395),
-    )
 
 
 def event_of(payload: dict[str, Any]) -> TouchpointEvent:
@@ -325,23 +310,6 @@ def test_request_bodies() -> None:
 # --- properties --------------------------------------------------------------------------
 
 ids = st.text(min_size=1, max_size=40).filter(lambda s: s.strip() != "" and "@" not in s)
-scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**63), max_value=2**64 - 1),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=50),
-)
-json_values = st.recursive(
-    scalars,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
-times = st.datetimes(
-    min_value=datetime(2026, 1, 1), max_value=datetime(2026, 12, 7, 9), timezones=st.just(UTC)
-)
 
 
 @st.composite
