@@ -141,6 +141,72 @@ def openapi_document() -> dict[str, Any]:
         },
     }
 
+    snowplow_errors = {
+        "400": response("Malformed, or no event valid: error names the first event and field"),
+        "401": response("Missing or unknown API key (in the path /k/<key>/ or a header)"),
+        "403": response("The key may not send these channels"),
+        "413": response("The body or the batch is too large"),
+        "503": {
+            **response("The broker is unavailable; retry after Retry-After"),
+            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        },
+    }
+    key_in_path = {
+        "name": "key",
+        "in": "path",
+        "required": True,
+        "description": "A collector API key, for a tracker that cannot send a key header",
+        "schema": {"type": "string"},
+    }
+
+    def snowplow_operations(prefix: str, parameters: list[dict[str, Any]]) -> dict[str, Any]:
+        post = {
+            "operationId": f"snowplow_tp2{'_key' if parameters else ''}",
+            "summary": "Snowplow tracker protocol: a batch (docs/sources/snowplow.md)",
+            "parameters": parameters,
+            "security": [] if parameters else [{"bearer": []}, {"apiKey": []}],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "schema": {"type": "string"},
+                                "data": {"type": "array", "items": {"type": "object"}},
+                            },
+                            "required": ["schema", "data"],
+                        }
+                    },
+                    "text/plain": {"schema": {"type": "string"}},
+                },
+            },
+            "responses": {
+                "200": response(
+                    "Accepted (some events may be listed as rejected)", "SnowplowAccepted"
+                ),
+                **snowplow_errors,
+                "415": response("Another content type or encoding"),
+            },
+        }
+        pixel = {
+            "operationId": f"snowplow_pixel{'_key' if parameters else ''}",
+            "summary": "Snowplow tracker protocol: one event in the query string (the pixel)",
+            "parameters": parameters,
+            "security": [] if parameters else [{"bearer": []}, {"apiKey": []}],
+            "responses": {
+                "200": {
+                    "description": "Accepted (or skipped): a 1x1 GIF",
+                    "content": {"image/gif": {"schema": {"type": "string", "format": "binary"}}},
+                },
+                **snowplow_errors,
+            },
+        }
+        return {
+            f"{prefix}/com.snowplowanalytics.snowplow/tp2": {"post": post},
+            f"{prefix}/i": {"get": pixel},
+        }
+
     return {
         "openapi": "3.1.0",
         "info": {
@@ -199,6 +265,8 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             **segment_paths,
+            **snowplow_operations("", []),
+            **snowplow_operations("/k/{key}", [key_in_path]),
         },
         "components": {
             "securitySchemes": {
@@ -241,6 +309,18 @@ def openapi_document() -> dict[str, Any]:
                         },
                     },
                     "required": ["success", "code", "message"],
+                },
+                "SnowplowAccepted": {
+                    "type": "object",
+                    "properties": {
+                        "accepted": {"type": "integer"},
+                        "skipped": {"type": "integer"},
+                        "rejected": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/ItemError"},
+                        },
+                    },
+                    "required": ["accepted", "skipped", "rejected"],
                 },
                 "Accepted": {
                     "type": "object",

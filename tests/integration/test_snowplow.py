@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 import requests
+from openapi_spec_validator import validate
 from snowplow_tracker.emitters import Emitter
 from snowplow_tracker.events.event import Event
 from snowplow_tracker.events.page_view import PageView
@@ -391,3 +392,12 @@ def test_the_tracker_retries_after_a_503_until_the_broker_is_up(tmp_path: Path) 
         stop_process(process)
         broker.stop()
     assert WEB_KEY not in log.read_text()
+
+
+def test_the_openapi_description_has_the_tracker_protocol(collector: Running) -> None:
+    status, body = http_get(f"{collector.url}/openapi.json")
+    assert status == 200
+    document = orjson.loads(body)
+    validate(document)
+    assert {TP2, "/i", f"/k/{{key}}{TP2}", "/k/{key}/i"} <= set(document["paths"])
+    assert set(document["paths"][TP2]["post"]["responses"]) >= {"200", "400", "401", "503"}
