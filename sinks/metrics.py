@@ -169,7 +169,8 @@ WATERMARK_ALIGNMENT_LAG = Gauge(
 )
 COLLECTOR_REQUESTS = Counter(
     "jw_collector_requests_total",
-    "HTTP requests to POST /v1/events and the Segment API by status code.",
+    "HTTP requests to POST /v1/events, the Segment API and the Snowplow tracker protocol by "
+    "status code.",
     ["status"],
 )
 COLLECTOR_EVENTS = Counter(

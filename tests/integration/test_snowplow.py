@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -28,7 +29,15 @@ from pipeline.pii import hash_email
 from pipeline.settings import Settings
 from streams.broker import EmbeddedBroker
 from streams.topics import RAW, ensure_topics
-from tests.helpers import free_port, http_get, metric_values, read_topic, stop_process, wait_until
+from tests.helpers import (
+    free_port,
+    http_get,
+    metric_values,
+    read_http_response,
+    read_topic,
+    stop_process,
+    wait_until,
+)
 from tests.integration.test_segment import (
     EMAIL,
     PHONE,
@@ -345,6 +354,20 @@ def test_a_wrong_key_gets_401_and_nothing_is_stored(collector: Running) -> None:
     plain.flush()
     assert (len(ok.ok), ok.failed) == (1, [])
     assert [e["touchpoint"] for e in stored(collector)] == ["header.key"]
+    # Expect: 100-continue: a bad key in the path is refused before the body is sent
+    body = tp2([{"e": "pv", "eid": "sp-expect", "duid": "d-x", "page": "Expect"}])
+    port = int(collector.url.rsplit(":", 1)[1])
+    for key, expected in (("not-a-key-at-all", b"HTTP/1.1 401 "), (WEB_KEY, b"HTTP/1.1 100 ")):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                f"POST /k/{key}{TP2} HTTP/1.1\r\nHost: c\r\nContent-Type: application/json\r\n"
+                f"Expect: 100-continue\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            )
+            assert sock.recv(65536).startswith(expected)
+            if expected.startswith(b"HTTP/1.1 100 "):
+                sock.sendall(body)
+                assert read_http_response(sock)[0] == 200
+    assert [e["event_id"] for e in stored(collector)][-1] == "sp-expect"
     # the browser's CORS preflight, with credentials (the JavaScript tracker's default)
     origin = "https://shop.example"
     preflight = urllib.request.Request(
