@@ -136,6 +136,22 @@ def extract_release(commit: str, into: Path, *paths: str) -> Path:
     return into
 
 
+def newest_release() -> str:
+    """The commit of the newest release with golden records (tests/golden/released-<commit>),
+    by commit time: the version a rolling upgrade starts from. (An older one stays for the
+    formats it wrote; upgrading from it runs its own defects under today's traffic.)"""
+    commits = [
+        p.name.removeprefix("released-") for p in (REPO / "tests" / "golden").glob("released-*")
+    ]
+    times = subprocess.run(
+        ["git", "-C", str(REPO), "show", "-s", "--format=%ct", *commits],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return max(zip((int(t) for t in times), commits, strict=True))[1]
+
+
 def released_env(env: dict[str, str]) -> dict[str, str]:
     """``env`` for code run from ``extract_release``'s directory: its own modules (the
     working directory first on the path), plain Python (it has no compiled build)."""

@@ -51,6 +51,7 @@ from tests.helpers import (
     extract_release,
     http_get,
     metric_values,
+    newest_release,
     query_chdb,
     read_topic,
     wait_until,
@@ -213,13 +214,13 @@ def run_day(
 def test_a_rolling_upgrade_from_the_release_changes_no_outcome(
     broker: EmbeddedBroker, tmp_path: Path
 ) -> None:
-    """Workers upgraded one by one from the last release (tests/golden/released-*, its code
-    taken from git history and run as it was) under load, as docs/operations/upgrades.md says:
+    """Workers upgraded one by one from the last release (the newest of tests/golden/released-*
+    by commit time, its code taken from git history and run as it was) under load, as
+    docs/operations/upgrades.md says:
     a rolling restart with JW_STATE_WRITE_VERSION=1 (old and new workers share the partitions
     and read each other's state and hand-offs), then one without. The outcomes equal the
     ground truth exactly, each once, and nothing was dead-lettered."""
-    golden = sorted((REPO / "tests" / "golden").glob("released-*"))
-    commit = golden[-1].name.removeprefix("released-")
+    commit = newest_release()
     code = extract_release(commit, tmp_path / "released")
     outcomes, truth, _ = run_day(broker, tmp_path, seed=34, released=code)
     assert outcomes == truth, (outcomes - truth, truth - outcomes)
