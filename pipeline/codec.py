@@ -9,10 +9,14 @@ reads every earlier version (docs/streaming-topology.md, "Records and messages: 
   wrote no ``"v"``: a message without one is version 1. The released decoder reads a message's
   keys by name and ignores the others, so it reads what this codec writes (``"v"``, and the
   touches' ``received`` beside them, are keys it does not know).
-* **State records** (RocksDB and the changelog, keys ``p:<person>`` and ``i:<identifier>``):
-  ``PersonRecord`` and ``IdentifierRecord``. A JSON array of three items, then the version as
-  a fourth; three items (the released code's, and everything saved before this module): version
-  1. The released decoder reads the first three items and ignores the rest.
+* **State records** (RocksDB and the changelog, keys ``p:<person>``, ``i:<identifier>``,
+  ``o:<sequence>`` and ``d:<sequence>``): ``PersonRecord``, ``IdentifierRecord``,
+  ``OutboxRecord`` (a hand-off message saved with the state that decided it, before it is sent)
+  and ``FinishedRecord`` (input records whose effects a step saved); the last two written only
+  once every worker reads them: not with ``JW_STATE_WRITE_VERSION=1``. A JSON array of three
+  items, then the version as a fourth; three items (the released code's, and everything saved
+  before this module): version 1. The released decoder reads the first three items and ignores
+  the rest.
 * **Person state**, inside a person record and a ``handoff``'s ``record``: the engine's own
   codec (``PersonState.to_list``/``from_list`` in pipeline/engine.py, its first item the version
   ``STATE_VERSION``; version 1 had none). It is not repeated here; ``person_state_version``
@@ -47,7 +51,7 @@ PERSON_STATE_VERSION: Final = STATE_VERSION  # the engine's (pipeline/engine.py)
 # ``received_at`` travels beside it.
 WIRE_FIELDS: Final = 17
 MESSAGE_KINDS: Final = ("forward", "link", "redirect", "handoff", "frontier")
-RECORD_KINDS: Final = ("person", "identifier")
+RECORD_KINDS: Final = ("person", "identifier", "outbox", "finished")
 
 _new: Final = tuple.__new__
 _KIND_PREFIX: Final = b'{"kind":"'
@@ -153,7 +157,38 @@ class IdentifierRecord(NamedTuple):
         return "identifier"
 
 
-Record = PersonRecord | IdentifierRecord
+class OutboxRecord(NamedTuple):
+    """``o:<sequence>``: a hand-off message this partition decided to send, saved with the
+    state that decided it and sent only then; deleted once the broker has it. A partition that
+    restarts sends again what its outbox holds (the receivers treat a message twice as once)."""
+
+    route: str  # the key it is sent with (the identifier whose partition must act on it)
+    message: str  # the encoded message (``encode_message``), as text
+    at: int  # the earliest event time of the touches it carries (watermark alignment)
+
+    @property
+    def kind(self) -> str:
+        return "outbox"
+
+
+class FinishedRecord(NamedTuple):
+    """``d:<sequence>``: input records of this partition a step finished (every effect saved
+    with it: its outputs delivered, its state and outbox saved), by offset. Read again after a
+    restart before the consumer's commit passed them (an earlier input still held keeps the
+    commit back), they are acknowledged, not applied again: a replay could decide otherwise
+    (an identifier's owner changed since) and apply a touch to a second person. Deleted once
+    the commit has passed every offset in it."""
+
+    touches: list[int]  # offsets on touchpoints.by_person
+    handoffs: list[int]  # offsets on journeys.handoff
+    step: int  # the sequence number in its key
+
+    @property
+    def kind(self) -> str:
+        return "finished"
+
+
+Record = PersonRecord | IdentifierRecord | OutboxRecord | FinishedRecord
 
 
 # --- touches -------------------------------------------------------------------------------
@@ -420,12 +455,16 @@ def message_kind(raw: bytes) -> str:
 
 
 def decode_record(key: str, raw: bytes) -> Record:
-    """A saved state record (``p:<person>``, ``i:<identifier>``) of any version this worker
-    reads (``ValueError`` otherwise)."""
+    """A saved state record (``p:<person>``, ``i:<identifier>``, ``o:<sequence>``) of any
+    version this worker reads (``ValueError`` otherwise)."""
     if key.startswith("p:"):
         kind = "person"
     elif key.startswith("i:"):
         kind = "identifier"
+    elif key.startswith("o:"):
+        kind = "outbox"
+    elif key.startswith("d:"):
+        kind = "finished"
     else:
         raise ValueError(f"not a journey state key: {key!r}")
     data = orjson.loads(raw)
@@ -443,6 +482,22 @@ def decode_record(key: str, raw: bytes) -> Record:
             _strings(data[1] or [], f"person record {key!r}: foreign identifiers"),
             awaiting,
         )
+    if kind == "outbox":
+        route, message, at = data[0], data[1], data[2]
+        if not isinstance(route, str) or not isinstance(message, str) or type(at) is not int:
+            raise ValueError(f"outbox record {key!r}: not a route, message and time: {raw!r:.80}")
+        return OutboxRecord(route, message, at)
+    if kind == "finished":
+        touches, handoffs, step = data[0], data[1], data[2]
+        if not (
+            isinstance(touches, list)
+            and isinstance(handoffs, list)
+            and all(type(o) is int for o in touches)
+            and all(type(o) is int for o in handoffs)
+            and type(step) is int
+        ):
+            raise ValueError(f"finished record {key!r}: not two lists of offsets: {raw!r:.80}")
+        return FinishedRecord(touches, handoffs, step)
     alias = data[0]
     if alias is not None and not isinstance(alias, str):
         raise ValueError(f"identifier record {key!r}: an alias {alias!r:.80}")

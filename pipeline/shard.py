@@ -33,10 +33,14 @@ link or forwarded from another partition is never passed while in flight
 
 Everything here is pure and deterministic; an adapter (streams/journeys.py) delivers the messages,
 saves the changed records and acknowledges input. ``drain`` says what to do, in order: deliver
-``outputs``, ``sends`` and then ``notices`` (the frontiers), tell ``produced`` the offsets the
-sends were written at, save ``records``, then acknowledge ``done`` (at-least-once: a crash
-anywhere replays input, which the engine recognises by event id, and every output carries a
-deterministic id).
+``outputs``, save ``records`` (the sends among them, in the outbox), deliver ``sends`` and then
+``notices`` (the frontiers), tell ``produced`` the offsets the sends were written at, then
+acknowledge ``done``. At-least-once: a crash anywhere replays input, which the engine recognises
+by event id, and every output carries a deterministic id; a message leaves only once the state
+that decided it is saved, so a replay never decides otherwise after the message has acted, and
+a restart sends again what the outbox holds. (With ``outbox=False``, ``Step.saved_first``
+false: the sends are delivered with the outputs, before the records are saved, as released
+workers do.)
 """
 
 from __future__ import annotations
@@ -46,11 +50,13 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final, NamedTuple
 
 from pipeline.codec import (
+    FinishedRecord,
     Forward,
     Frontier,
     Handoff,
     IdentifierRecord,
     Link,
+    OutboxRecord,
     PersonRecord,
     Redirect,
     decode_message,
@@ -77,6 +83,8 @@ class Step(NamedTuple):
     done: list[Any]  # input tokens that may be acknowledged once the rest is done
     # (partition, value) for the hand-off topic, after ``sends``: frontiers (watermark alignment)
     notices: list[tuple[int, bytes]]
+    # the sends are in ``records`` (the outbox): save the records *before* sending them
+    saved_first: bool = False
 
 
 class _Sent:
@@ -134,6 +142,7 @@ class JourneyShard:
         partition: int,
         partition_of: Callable[[str], int],
         partitions: int = 0,
+        outbox: bool = True,
     ) -> None:
         self.engine = engine
         engine.applied = []
@@ -150,6 +159,25 @@ class JourneyShard:
         self._tokens: dict[str, list[Any]] = {}
         self._outputs: list[Output] = []
         self._sends: list[tuple[str, bytes]] = []
+        self._sends_at: list[int] = []  # the earliest event time each of ``_sends`` carries
+        # The outbox (``OutboxRecord``): each hand-off message is saved with the state that
+        # decided it before it leaves, so a crash cannot lose a decision that has already acted
+        # through a message; a restarted partition sends again what its outbox holds. Off only
+        # while workers that cannot read it share the partitions (JW_STATE_WRITE_VERSION=1).
+        self.outbox = outbox
+        self._outbox_seq = 0  # the next outbox record's sequence number
+        self._resend: list[tuple[int, str, str, bytes, int]] = []  # loaded: (seq, key, route, ..)
+        self._placing: list[str] = []  # outbox keys of sends not yet ``produced``, in order
+        self._delivered: list[str] = []  # outbox keys whose message the broker has: deleted
+        # Finished input (``FinishedRecord``, with the outbox): each step saves the offsets of
+        # the input it finished; read again after a restart, before the commit passed them
+        # (an earlier input held keeps it back), such input is acknowledged, not applied again.
+        # Offsets as codes: ``offset * 2`` on touchpoints.by_person, ``+ 1`` on the hand-off topic.
+        self._finished: set[int] = set()  # loaded: the codes of input finished before a restart
+        self._finished_records: dict[str, tuple[int, int, list[int]]] = {}  # key → highest..
+        self._finished_seq = 0
+        self._inputs_of: dict[int, tuple[Any, int]] = {}  # id(token) → (token, code) in flight
+        self._expired: list[str] = []  # finished records the commit has passed: deleted
         self._done: list[Any] = []
         self._dirty_persons: set[str] = set()
         self._dirty_ids: set[str] = set()
@@ -196,14 +224,17 @@ class JourneyShard:
             engine.bound = NEVER  # until every other partition has been heard from
 
     # --- input ---------------------------------------------------------------------------------
-    def touch(self, touch: Touch, token: Any) -> None:
-        """A touchpoint from ``touchpoints.by_person`` (keyed by its first identifier)."""
+    def touch(self, touch: Touch, token: Any, offset: int = -1) -> None:
+        """A touchpoint from ``touchpoints.by_person`` (keyed by its first identifier), at
+        ``offset`` there (-1: not known, nothing recognised as finished)."""
         at = touch.at
         received = touch.received_at
         if received is not None and received < at:
             at = received
         if at > self._seen:  # (the input's own candidate: touches forwarded count too)
             self._seen = at
+        if offset >= 0 and self.outbox and self._input(token, offset * 2):
+            return
         self._inputs += 1
         self._wait(touch, token)
         self._route(touch, None)
@@ -214,6 +245,8 @@ class JourneyShard:
         import's touchpoints). The watermark moves as a touchpoint at ``at`` would move it."""
         if at > self._seen:
             self._seen = at
+        # (applied again after a restart, finished or not: it is idempotent, and it moves the
+        # watermark of the new engine too)
         self._inputs += 1
         self._outputs += self.engine.reach(at)
         if token is not None:
@@ -223,12 +256,19 @@ class JourneyShard:
         """A message from the hand-off topic (``offset``: its offset in this partition, for
         watermark alignment; -1 for a message on a hop within this partition)."""
         self.messages += 1
+        if offset >= 0 and self._finished and offset * 2 + 1 in self._finished:
+            if offset >= self._next_input:
+                self._next_input = offset + 1
+            self._input(token, offset * 2 + 1)  # finished before a restart: acknowledged
+            return
         message = decode_message(raw)  # any version this worker reads (ValueError otherwise)
         if isinstance(message, Frontier):
             self._on_frontier(message)
             if token is not None:
                 self._done.append(token)
             return
+        if offset >= 0 and self.outbox and token is not None:
+            self._inputs_of[id(token)] = (token, offset * 2 + 1)
         if offset >= 0 and self.partitions:
             self._note(message, offset)
             self._inputs += 1
@@ -245,6 +285,31 @@ class JourneyShard:
         else:  # redirect
             self._wait(message.touch, token)
             self._on_redirect(message.person, message.to, message.touch, message.awaits)
+
+    def _input(self, token: Any, code: int) -> bool:
+        """An input record (``code``: see ``_finished``): True when a step finished it before
+        a restart (it is acknowledged and goes no further); otherwise it is followed until
+        done, so that the step that finishes it saves that."""
+        if token is None:
+            return False
+        if code in self._finished:
+            self._done.append(token)
+            return True
+        self._inputs_of[id(token)] = (token, code)
+        return False
+
+    def committed(self, touches: int, handoffs: int) -> None:
+        """The consumer's committed offsets on this partition of touchpoints.by_person and of
+        the hand-off topic: the finished records wholly before them are deleted (that input is
+        never read again)."""
+        if not self._finished_records:
+            return
+        for key, (top_touch, top_handoff, codes) in list(self._finished_records.items()):
+            if top_touch < touches and top_handoff < handoffs:
+                del self._finished_records[key]
+                self._expired.append(key)
+                if self._finished:
+                    self._finished.difference_update(codes)
 
     def tick(self, wall_ms: int) -> None:
         if not self.partitions:
@@ -284,6 +349,10 @@ class JourneyShard:
         for sent, offset in zip(self._unplaced, offsets, strict=False):
             sent.offset = offset
         self._unplaced = []
+        if self._placing:
+            count = len(offsets)
+            self._delivered += self._placing[:count]
+            del self._placing[:count]
 
     @property
     def frontier(self) -> int:
@@ -450,9 +519,77 @@ class JourneyShard:
         self._dirty_persons = set()
         self._dirty_ids = set()
         self.graph.changed = set()
-        step = Step(self._outputs, self._sends, records, self._done, self._notices)
+        sends = self._sends
+        if self.outbox:
+            sends = self._fill_outbox(records)
+            self._save_finished(records)
+        step = Step(self._outputs, sends, records, self._done, self._notices, self.outbox)
         self._outputs, self._sends, self._done, self._notices = [], [], [], []
+        self._sends_at = []
         return step
+
+    def _save_finished(self, records: dict[str, bytes | None]) -> None:
+        """The input this step finished (its ``done``), saved as a finished record."""
+        for key in self._expired:
+            records[key] = None
+        self._expired = []
+        inputs_of = self._inputs_of
+        if not inputs_of:
+            return
+        touches: list[int] = []
+        handoffs: list[int] = []
+        for token in self._done:
+            entry = inputs_of.pop(id(token), None)
+            if entry is not None:
+                code = entry[1]
+                if code & 1:
+                    handoffs.append(code >> 1)
+                else:
+                    touches.append(code >> 1)
+        if not touches and not handoffs:
+            return
+        seq = self._finished_seq
+        self._finished_seq += 1
+        key = "d:" + str(seq)
+        touches.sort()
+        handoffs.sort()
+        records[key] = encode_record(FinishedRecord(touches, handoffs, seq))
+        codes = [o * 2 for o in touches] + [o * 2 + 1 for o in handoffs]
+        highest = (touches[-1] if touches else -1, handoffs[-1] if handoffs else -1)
+        self._finished_records[key] = (highest[0], highest[1], codes)
+
+    def _fill_outbox(self, records: dict[str, bytes | None]) -> list[tuple[str, bytes]]:
+        """This step's sends, each saved in ``records`` as an outbox record; before them what a
+        restart found in the outbox (sent again), and the outbox records of messages the
+        broker has taken deleted."""
+        for key in self._delivered:
+            records[key] = None
+        self._delivered = []
+        sends: list[tuple[str, bytes]] = []
+        placing: list[str] = []
+        if self._resend:
+            resend = sorted(self._resend)
+            self._resend = []
+            again: list[_Sent] = []
+            for _, key, route, raw, at in resend:
+                sends.append((route, raw))
+                placing.append(key)
+                if self.partitions:
+                    sent = _Sent(self.partition_of(route), at, [])
+                    self._outstanding.setdefault(sent.to, deque()).append(sent)
+                    again.append(sent)
+                    self._lower(at)
+            if again:  # placed before this step's own sends, in the order they go out
+                split = len(self._unplaced) - len(self._sends)
+                self._unplaced[split:split] = again
+        for (route, raw), at in zip(self._sends, self._sends_at, strict=True):
+            key = "o:" + str(self._outbox_seq)
+            self._outbox_seq += 1
+            records[key] = encode_record(OutboxRecord(route, raw.decode(), at))
+            sends.append((route, raw))
+            placing.append(key)
+        self._placing += placing
+        return sends
 
     @property
     def held(self) -> int:
@@ -533,7 +670,20 @@ class JourneyShard:
 
     def _load_record(self, key: str, raw: bytes) -> None:
         record = decode_record(key, raw)  # any version this worker reads (ValueError otherwise)
-        if isinstance(record, PersonRecord):
+        if isinstance(record, FinishedRecord):
+            if record.step >= self._finished_seq:
+                self._finished_seq = record.step + 1
+            codes = [o * 2 for o in record.touches] + [o * 2 + 1 for o in record.handoffs]
+            self._finished.update(codes)
+            top_touch = max(record.touches) if record.touches else -1
+            top_handoff = max(record.handoffs) if record.handoffs else -1
+            self._finished_records[key] = (top_touch, top_handoff, codes)
+        elif isinstance(record, OutboxRecord):
+            seq = int(key[2:])  # (not a number: ValueError, the record left out)
+            if seq >= self._outbox_seq:
+                self._outbox_seq = seq + 1
+            self._resend.append((seq, key, record.route, record.message.encode(), record.at))
+        elif isinstance(record, PersonRecord):
             person = key[2:]
             if record.record is not None:
                 self.engine.load_person(person, record.record)
@@ -570,6 +720,12 @@ class JourneyShard:
             self.graph.customers_seen.pop(name, None)
             self.graph.blocked.discard(name)
             self._dirty_ids.add(name)
+        elif key.startswith("o:"):
+            self._resend = [entry for entry in self._resend if entry[1] != key]
+            self._delivered.append(key)
+        elif key.startswith("d:"):
+            self._finished_records.pop(key, None)
+            self._expired.append(key)
 
     def _submit(self, person: str, touch: Touch) -> None:
         """Hand a touch of ``person`` (anchored here) to the engine's watermark."""
@@ -598,6 +754,7 @@ class JourneyShard:
             self._lower(at)
             return
         self._sends.append((key, raw))
+        self._sends_at.append(at)
         # the touches it carries are safe once the broker has it: their input may be acknowledged
         tokens = self._tokens
         for touch in carried:

@@ -6,9 +6,10 @@ Input: ``touchpoints.by_person`` (keyed by each event's strongest identifier) an
 deterministic ``output_id``.
 
 Delivery is at-least-once without holding anything only in memory: the agent acknowledges an
-input record only once its effects are safe: the outputs and hand-off messages it caused are
-acknowledged by the broker *and* the person records it changed are written to the
-``journey_state`` table (RocksDB, with its changelog topic). Touchpoints held for the watermark
+input record only once its effects are safe: the outputs it caused are acknowledged by the
+broker, then the person records it changed are written to the ``journey_state`` table (RocksDB,
+with its changelog topic), with the hand-off messages it decided (the outbox), and only then are
+those messages sent and acknowledged. Touchpoints held for the watermark
 stay unacknowledged, so Faust commits only up to the oldest of them and a restarted worker reads
 them again; the engine recognises what it has already applied by event id.
 
@@ -287,7 +288,7 @@ class JourneyRole:
             self._unacked[partition][(message.topic, message.offset)] = message
             try:
                 if message.topic == by_person:
-                    shard.touch(touch, message)
+                    shard.touch(touch, message, message.offset)
                 else:
                     shard.message(raw, message, message.offset)
             except MemoryError:  # the worker's, not a record's: stops the batch
@@ -306,7 +307,7 @@ class JourneyRole:
             if reach is not None:
                 shard.reach(reach, message)
             else:
-                shard.touch(touch_of(raw), message)
+                shard.touch(touch_of(raw), message, message.offset)
         else:
             shard.message(raw, message, message.offset)
 
@@ -509,8 +510,14 @@ class JourneyRole:
         # without watermark alignment, whose frontier messages released workers cannot read
         # (docs/operations/upgrades.md).
         aligned = partitions if self.settings.state_write_version > 1 else 0
+        # The outbox (a hand-off message saved with its decision before it leaves) is a record
+        # released workers cannot read: written once every worker is this version.
         shard = JourneyShard(
-            engine, partition, lambda key: kafka_partition(key, partitions), aligned
+            engine,
+            partition,
+            lambda key: kafka_partition(key, partitions),
+            aligned,
+            outbox=self.settings.state_write_version > 1,
         )
         shard.refused = set(self._refused[partition])
         # hand-off input before the committed offset was absorbed by an earlier owner (watermark
@@ -546,6 +553,7 @@ class JourneyRole:
         del failed
         for key in poisoned or ():
             shard.discard(key)  # (deleted from the table with the next save)
+        self._tell_committed(partition, shard)
         for key, value, error in letters:
             self._letter_state(partition, key, value, error)
         changes = engine.state_names.changes
@@ -567,21 +575,61 @@ class JourneyRole:
         return shard
 
     async def _complete(self, steps: dict[int, Step]) -> None:
-        """Deliver outputs and hand-offs, save records, then acknowledge (in that order); each
-        of the first two is one round of record batches for all partitions."""
+        """Deliver outputs, save records, deliver hand-offs, then acknowledge (in that order),
+        each one round of record batches for all partitions. A hand-off message leaves only
+        once the state that decided it is saved (its outbox record among them): a crash cannot
+        lose a decision that has already acted. (A shard without the outbox, while released
+        workers share the partitions, sends with the outputs, before the save, as they do.)"""
         sender = self._sender
         now = time.time()
         journey_events, moments, observe = self.journey_events, self.moments, self._metrics.observe
-        handoffs: Tally[str] = Tally()
-        written: Tally[int] = Tally()  # hand-off records added per partition of the topic
-        placed: dict[int, list[tuple[int, int]]] = {}  # per step: (partition, index) per send
-        for partition, step in steps.items():
-            places = placed[partition] = []
+        for step in steps.values():
             for output in step.outputs:
                 topic = journey_events if output.type in JOURNEY_OUTPUT_TYPES else moments
                 key = output.journey_id or output.person_id
                 sender.add_keyed(topic, key, orjson.dumps(output.as_dict()))
                 observe(output, now)
+        self._metrics.flush()
+        self._count_late()
+        early = {p: step for p, step in steps.items() if not step.saved_first}
+        await self._deliver(early)  # (the outputs with them; only the outputs when none)
+        await self._state.write(
+            {
+                partition: [
+                    ((f"{partition}|{key}").encode(), record)
+                    for key, record in step.records.items()
+                ]
+                for partition, step in steps.items()
+                if step.records
+            }
+        )
+        for partition, step in steps.items():
+            self._written(partition, step.records)
+            self._failures.pop(partition, None)
+        late = {p: step for p, step in steps.items() if step.saved_first}
+        if late:
+            await self._deliver(late)
+        consumer = self.app.consumer
+        done: Tally[str] = Tally()
+        unacked = self._unacked
+        for step in steps.values():
+            for token in step.done:
+                if token is not None:
+                    token.ack(consumer)
+                    done[token.topic] += 1
+                    unacked[token.partition].pop((token.topic, token.offset), None)
+        for topic, count in done.items():
+            self._inputs_done[topic].inc(count)
+
+    async def _deliver(self, steps: dict[int, Step]) -> None:
+        """Send the steps' hand-off messages, then their frontiers (with whatever else is added
+        to the sender), and tell each shard the offsets its messages were written at."""
+        sender = self._sender
+        handoffs: Tally[str] = Tally()
+        written: Tally[int] = Tally()  # hand-off records added per partition of the topic
+        placed: dict[int, list[tuple[int, int]]] = {}  # per step: (partition, index) per send
+        for partition, step in steps.items():
+            places = placed[partition] = []
             for route, message in step.sends:
                 handoffs[message_kind(message)] += 1  # (pipeline/codec.py)
                 target = kafka_partition(route, self.partitions)
@@ -593,8 +641,6 @@ class JourneyRole:
                 handoffs["frontier"] += 1
                 sender.add(self.handoff, target, None, message)
                 written[target] += 1
-        self._metrics.flush()
-        self._count_late()
         for kind, count in handoffs.items():
             HANDOFF_MESSAGES.labels(kind).inc(count)
         last = await sender.send()
@@ -610,30 +656,6 @@ class JourneyRole:
                         for target, index in places
                     ]
                 )
-        await self._state.write(
-            {
-                partition: [
-                    ((f"{partition}|{key}").encode(), record)
-                    for key, record in step.records.items()
-                ]
-                for partition, step in steps.items()
-                if step.records
-            }
-        )
-        for partition, step in steps.items():
-            self._written(partition, step.records)
-            self._failures.pop(partition, None)
-        consumer = self.app.consumer
-        done: Tally[str] = Tally()
-        unacked = self._unacked
-        for step in steps.values():
-            for token in step.done:
-                if token is not None:
-                    token.ack(consumer)
-                    done[token.topic] += 1
-                    unacked[token.partition].pop((token.topic, token.offset), None)
-        for topic, count in done.items():
-            self._inputs_done[topic].inc(count)
 
     # --- the sweep ------------------------------------------------------------------------------
     async def _sweep(self) -> None:
@@ -643,6 +665,7 @@ class JourneyRole:
             steps: dict[int, Step] = {}
             for partition in self._assigned():
                 shard = self._shard(partition)
+                self._tell_committed(partition, shard)
                 try:
                     shard.tick(wall)
                 except MemoryError:  # the worker's, not a record's: stops the batch
@@ -655,6 +678,15 @@ class JourneyRole:
         if time.monotonic() - self._last_gauges >= GAUGE_EVERY_S:
             self._last_gauges = time.monotonic()
             self._refresh_gauges()
+
+    def _tell_committed(self, partition: int, shard: JourneyShard) -> None:
+        """The consumer's committed offsets of the partition's two inputs: the shard forgets
+        the input it finished before them (never read again)."""
+        committed = getattr(self.app.consumer, "_committed_offset", {})
+        shard.committed(
+            committed.get(TP(self.by_person, partition)) or 0,
+            committed.get(TP(self.handoff, partition)) or 0,
+        )
 
     def _assigned(self) -> list[int]:
         if not self.readiness.checks.get("tables_recovered"):
@@ -795,4 +827,5 @@ def _merge(first: Step, then: Step) -> Step:
         first.records | then.records,
         first.done + then.done,
         first.notices + then.notices,
+        first.saved_first or then.saved_first,
     )

@@ -13,8 +13,10 @@ then (redelivered hand-offs). Every hand-off message it sends (``Step.sends`` an
 ``Step.notices``) and every state record it saves (``Step.records``) is captured byte for byte;
 a few of each distinct shape are kept, one file per kind: ``forward.json``, ``link.json``,
 ``redirect.json``, ``handoff.json``, ``frontier.json`` (hand-off messages) and ``person.json``,
-``identifier.json`` (state records, with their keys). tests/unit/test_codec.py decodes them with
-the current codec. Golden files are never regenerated: a new format adds a directory.
+``identifier.json`` and, from the version that saves hand-off messages before sending them,
+``outbox.json`` and ``finished.json`` (state records, with their keys).
+tests/unit/test_codec.py decodes them with the current codec. Golden files are never
+regenerated: a new format adds a directory.
 
 Written only with what every version has had: ``Cluster``, ``JourneyShard``, ``Step``.
 """
@@ -106,6 +108,10 @@ def _record_shape(key: str, raw: bytes) -> tuple[Any, ...]:
             bool(data[1]),
             data[2] is None,
         )
+    if key.startswith("o:"):  # (an outbox record: a hand-off message saved before it is sent)
+        return ("outbox", orjson.loads(data[1])["kind"])
+    if key.startswith("d:"):  # (a finished record: input whose effects a step saved)
+        return ("finished", bool(data[0]), bool(data[1]))
     return ("identifier", data[0] is None, bool(data[1]), bool(data[2]))
 
 
@@ -182,13 +188,15 @@ def generate(out: Path, commit: str) -> None:
         assert samples, f"no {kind} message written"
         body = written | {"kind": kind, "messages": samples}
         (out / f"{kind}.json").write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n")
-    for kind in ("person", "identifier"):
+    for kind in ("person", "identifier", "outbox", "finished"):
         samples_r = [
             {"key": key, "raw": raw.decode()}
             for shape, kept in records.items()
             if shape[0] == kind
             for key, raw in kept
         ]
+        if not samples_r and kind in ("outbox", "finished"):
+            continue  # (a version before the outbox)
         assert samples_r, f"no {kind} record written"
         body = written | {"kind": kind, "records": samples_r}
         (out / f"{kind}.json").write_text(json.dumps(body, indent=1, ensure_ascii=False) + "\n")

@@ -102,8 +102,12 @@ class Cluster:
         max_crashes: int | None = None,
         lateness_ms: int = 60_000,
         speeds: list[float] | None = None,
+        restart_rate: float = 0.0,
     ) -> None:
         self.rng = random.Random(seed)
+        # a rebalance: the partition's owner completed its step (sent, saved, acknowledged)
+        # and another starts from the saved state and the uncommitted input
+        self.restart_rate = restart_rate
         self.partitions = partitions
         self.lateness_ms = lateness_ms
         # how often each partition gets to read (a slow one falls far behind the others)
@@ -125,6 +129,7 @@ class Cluster:
         shard = JourneyShard(engine, partition, partitioner(self.partitions), self.partitions)
         shard.load(self.store[partition].items())
         shard.resume(self.log.committed.get((HANDOFF, partition), 0))
+        self._committed(partition, shard)
         shard.on_applied = self.applied.update
         return shard
 
@@ -147,7 +152,7 @@ class Cluster:
                     token = (topic, partition, offset)
                     if topic == BY_PERSON:
                         assert isinstance(value, Touch)
-                        shard.touch(value, token)
+                        shard.touch(value, token, offset)
                     else:
                         assert isinstance(value, bytes)
                         shard.message(value, token, offset)
@@ -160,6 +165,17 @@ class Cluster:
 
     def _finish(self, partition: int, step: Step) -> None:
         self.outputs += step.outputs
+        # (a step that only read frontiers loses nothing: it is not where a crash is drawn)
+        effects = step.outputs or step.sends or step.records
+        capped = self.max_crashes is not None and self.crashes >= self.max_crashes
+        if step.saved_first:
+            if effects and not capped and self.rng.random() < self.crash_rate:
+                # the outputs out; crashed before the save, or after it (before the sends)
+                if self.rng.random() < 0.5:
+                    self._save(partition, step)
+                self._crash(partition)
+                return
+            self._save(partition, step)
         offsets: list[int] = []
         for key, value in step.sends:
             offsets.append(self.log.append(HANDOFF, key, value))
@@ -176,25 +192,39 @@ class Cluster:
             # back, replays can outgrow any fixed budget without a message ever bouncing.
             sent = self.handoffs if self.max_crashes is None else self.since_crash
             assert sent <= 50 * produced + 1_000, f"hand-off loop: {step.sends[-1]!r}"
-        # (a step that only read frontiers loses nothing: it is not where a crash is drawn)
-        effects = step.outputs or step.sends or step.records
-        capped = self.max_crashes is not None and self.crashes >= self.max_crashes
         if effects and not capped and self.rng.random() < self.crash_rate:
-            # sent, nothing saved or acked
-            self.crashes += 1
-            self.since_crash = 0
-            self.log.rewind(partition)
-            self.shards[partition] = self._start(partition)
+            self._crash(partition)  # sent; saved only if first (the outbox), nothing acked
             return
         self.shards[partition].produced(offsets)
+        if not step.saved_first:
+            self._save(partition, step)
+        for token in step.done:
+            if token is not None:
+                self.log.ack(token)
+        self._committed(partition, self.shards[partition])
+        if effects and not capped and self.rng.random() < self.restart_rate:
+            self._crash(partition)  # a rebalance: everything done, the shard rebuilt
+
+    def _committed(self, partition: int, shard: JourneyShard) -> None:
+        committed = self.log.committed
+        shard.committed(
+            committed.get((BY_PERSON, partition), 0), committed.get((HANDOFF, partition), 0)
+        )
+
+    def _save(self, partition: int, step: Step) -> None:
         for key, record in step.records.items():
             if record is None:
                 self.store[partition].pop(key, None)
             else:
                 self.store[partition][key] = record
-        for token in step.done:
-            if token is not None:
-                self.log.ack(token)
+
+    def _crash(self, partition: int) -> None:
+        """The partition's shard is lost: a new one starts from the saved records and reads
+        the input again from the committed offsets."""
+        self.crashes += 1
+        self.since_crash = 0
+        self.log.rewind(partition)
+        self.shards[partition] = self._start(partition)
 
     def finish(self, wall: int) -> None:
         """Input is over: deliver what is in flight, then let time pass until every deadline
