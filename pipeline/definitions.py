@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from pipeline.contract import Channel, OutcomeStatus
+from pipeline.sourcemap import Sources
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -231,6 +232,9 @@ class JourneyCatalog(_Strict):
     version: int = Field(ge=1)
     detectors: DetectorSettings = DetectorSettings()
     journeys: tuple[JourneyDefinition, ...] = Field(min_length=1)
+    # per source (a collector API key's name): rules from its events to touchpoints, and its
+    # survey webhook (pipeline/sourcemap.py, docs/sources.md)
+    sources: Sources = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique_journey_names(self) -> JourneyCatalog:

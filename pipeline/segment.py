@@ -33,6 +33,7 @@ from typing import Any, Final
 import orjson
 
 from pipeline.collect import BodyError, ItemError
+from pipeline.sourcemap import SourceMapping, map_named
 
 MESSAGE_TYPES: Final = ("track", "page", "screen", "identify", "alias", "group")
 SKIPPED_TYPES: Final = frozenset({"group"})
@@ -279,18 +280,26 @@ def map_message(
     message: Any,
     request: SegmentRequest,
     received_at: datetime,
+    mapping: SourceMapping | None = None,
+    unmapped: list[str] | None = None,
 ) -> dict[str, Any] | ItemError | None:
     """One Segment message as a contract-shaped dict for ``prepare_event`` (raw ``email`` /
     ``phone`` included: it hashes them), the reason it is refused, or None when it is
-    accepted and skipped (``group``)."""
-    result = _map(message, request, received_at)
+    accepted and skipped (``group``). A ``track`` call goes through the source's rules
+    (``mapping``, pipeline/sourcemap.py): its event name is added to ``unmapped`` when no rule
+    matched it and it kept its default name."""
+    result = _map(message, request, received_at, mapping, unmapped)
     if isinstance(result, ItemError):
         return ItemError(index, result.reason, result.field, result.detail)
     return result
 
 
 def _map(
-    message: Any, request: SegmentRequest, received_at: datetime
+    message: Any,
+    request: SegmentRequest,
+    received_at: datetime,
+    mapping: SourceMapping | None,
+    unmapped: list[str] | None,
 ) -> dict[str, Any] | ItemError | None:
     if not isinstance(message, dict):
         return ItemError(-1, "not_an_object", "", "each message must be a JSON object")
@@ -338,6 +347,10 @@ def _map(
     mapped = _MAPPERS[kind](message, properties, event)
     if isinstance(mapped, ItemError):
         return mapped
+    if kind == "track":
+        mapped = map_named(mapping, str(message["event"]), properties, event, unmapped)
+        if mapped is not None:
+            return mapped
     if not any(k in event for k in ("customer_id", "anonymous_id", "device_id", "email", "phone")):
         return ItemError(-1, "missing_identifier", "", "a message needs a userId or anonymousId")
     return event

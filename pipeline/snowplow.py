@@ -45,6 +45,7 @@ from pipeline.segment import (
     slug,
     touchpoint_name,
 )
+from pipeline.sourcemap import SourceMapping, map_named
 
 PAYLOAD_DATA: Final = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-"
 UNSTRUCT_EVENT: Final = "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-"
@@ -236,17 +237,30 @@ def _identifiers(payload: Mapping[str, Any], event: dict[str, Any]) -> ItemError
     return None
 
 
-def map_event(index: int, payload: Any, received_at: datetime) -> dict[str, Any] | ItemError | None:
+def map_event(
+    index: int,
+    payload: Any,
+    received_at: datetime,
+    mapping: SourceMapping | None = None,
+    unmapped: list[str] | None = None,
+) -> dict[str, Any] | ItemError | None:
     """One tracker payload as a contract-shaped dict for ``prepare_event`` (a raw ``email``
     included: it hashes it), the reason it is refused, or None when it is accepted and skipped
-    (``pp``, ``ti``)."""
-    result = _map(payload, received_at)
+    (``pp``, ``ti``). A structured or self-describing event goes through the source's rules
+    (``mapping``, pipeline/sourcemap.py; its name: ``<se_ca>.<se_ac>``, or the schema's
+    ``<vendor>/<name>``): the name is added to ``unmapped`` when no rule matched it."""
+    result = _map(payload, received_at, mapping, unmapped)
     if isinstance(result, ItemError):
         return ItemError(index, result.reason, result.field, result.detail)
     return result
 
 
-def _map(payload: Any, received_at: datetime) -> dict[str, Any] | ItemError | None:
+def _map(
+    payload: Any,
+    received_at: datetime,
+    mapping: SourceMapping | None,
+    unmapped: list[str] | None,
+) -> dict[str, Any] | ItemError | None:
     if not isinstance(payload, dict):
         return ItemError(-1, "not_an_object", "", "each tracker payload must be a JSON object")
     kind = _text(payload, "e")
@@ -276,9 +290,14 @@ def _map(payload: Any, received_at: datetime) -> dict[str, Any] | ItemError | No
         return contexts
     if contexts:
         attributes["contexts"] = contexts
-    error = _MAPPERS[kind](payload, event, attributes)
-    if error is not None:
-        return error
+    named = _MAPPERS[kind](payload, event, attributes)
+    if isinstance(named, ItemError):
+        return named
+    if named is not None:  # an event the source's rules may map
+        name, properties, where = named
+        error = map_named(mapping, name, properties, event, unmapped, where)
+        if error is not None:
+            return error
     attributes = attributes_of(attributes)
     if attributes:
         event["attributes"] = attributes
@@ -289,9 +308,14 @@ def _map(payload: Any, received_at: datetime) -> dict[str, Any] | ItemError | No
     return event
 
 
+# What a mapper gives the source's rules: the event's name, its properties and where those are
+# (named in an error); None: the rules do not apply to it (page views, transactions).
+Named = tuple[str, Mapping[str, Any], str]
+
+
 def _page_view(
     payload: Mapping[str, Any], event: dict[str, Any], attributes: dict[str, Any]
-) -> ItemError | None:
+) -> ItemError | Named | None:
     title = _text(payload, "page")
     event["touchpoint"] = (touchpoint_name(title) if title else "") or "page"
     event["action"] = "view"
@@ -300,7 +324,7 @@ def _page_view(
 
 def _structured(
     payload: Mapping[str, Any], event: dict[str, Any], attributes: dict[str, Any]
-) -> ItemError | None:
+) -> ItemError | Named | None:
     category, action = _text(payload, "se_ca"), _text(payload, "se_ac")
     if category is None or action is None:
         name = "se_ca" if category is None else "se_ac"
@@ -323,12 +347,23 @@ def _structured(
         except ValueError:
             return ItemError(-1, "invalid_field", "se_va", "must be a number")
         attributes["value"] = number if abs(number) < 2.0**63 else value
-    return None
+    properties = {
+        into: _text(payload, name)
+        for name, into in (
+            ("se_ca", "category"),
+            ("se_ac", "action"),
+            ("se_la", "label"),
+            ("se_pr", "property"),
+            ("se_va", "value"),
+        )
+        if _text(payload, name) is not None
+    }
+    return f"{category}.{action}", properties, "se"
 
 
 def _self_describing(
     payload: Mapping[str, Any], event: dict[str, Any], attributes: dict[str, Any]
-) -> ItemError | None:
+) -> ItemError | Named | None:
     decoded = decode_json(payload, "ue_pr", "ue_px")
     if isinstance(decoded, ItemError):
         return decoded
@@ -374,12 +409,14 @@ def _self_describing(
     room = MAX_ATTRIBUTES - len(attributes)
     for key, value in list(attributes_of(data, frozenset(skip)).items())[: max(room, 0)]:
         attributes.setdefault(key, value)
-    return None
+    match = _IGLU.match(str(inner["schema"]))
+    vendor = match.group(1) if match else ""
+    return f"{vendor}/{name}", data, f"{field}.data.data"
 
 
 def _transaction(
     payload: Mapping[str, Any], event: dict[str, Any], attributes: dict[str, Any]
-) -> ItemError | None:
+) -> ItemError | Named | None:
     event["touchpoint"] = "ecommerce.transaction"
     event["action"] = "purchase"
     total = _text(payload, "tr_tt")
