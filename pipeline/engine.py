@@ -846,16 +846,21 @@ class JourneyEngine:
             self.identity.own(identifier, person_id)
 
     def extract(
-        self, person_id: str, also: str | None = None
+        self, person_id: str, also: str | None = None, anchor: str | None = None
     ) -> tuple[list[Any] | None, list[str], list[Touch]]:
         """Remove a person for another partition: its record and the touches held for it
-        (those carrying one of its identifiers, or ``also``)."""
+        (those carrying one of its identifiers, its ``anchor`` identifier, or ``also``). A
+        person whose first touch is still held has no identifiers yet: its anchor finds it."""
         record = self.person_record(person_id)
         self.persons.pop(person_id, None)
         members = self.identity.members.pop(person_id, ())
         for identifier in members:
             self.identity.owner.pop(identifier, None)
-        wanted = {*members, also} if also else set(members)
+        wanted = set(members)
+        if also:
+            wanted.add(also)
+        if anchor:
+            wanted.add(anchor)
         taken: list[Pending] = []
         by_key = self._held_by_key
         for key in wanted:

@@ -891,7 +891,7 @@ class JourneyShard:
         self, person: str, also: str | None = None
     ) -> tuple[list[Any] | None, list[str], list[Touch]]:
         """Remove a person anchored here, with its held and parked touches (they travel on)."""
-        record, members, held = self.engine.extract(person, also)
+        record, members, held = self.engine.extract(person, also, anchor_key(person))
         # (touches out of the engine: counted in no frontier before, so they may reach their
         # destination behind its watermark; docs/streaming-topology.md, "Time")
         self.taken += len(held)
