@@ -398,6 +398,16 @@ class Settings(BaseSettings):
         description="Seconds a client has to send a whole request body to the collector (and "
         "to the sink's lookup API) before it gets 408.",
     )
+    webhook_secrets: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='Secrets of signed survey webhooks as JSON, by the name a source\'s '
+        '`webhook.signature.secret` gives in the journeys file: `{"delighted": "..."}` '
+        "(docs/sources.md). Never logged.",
+    )
+    webhook_secrets_file: Path | None = Field(
+        default=None,
+        description="JSON file holding `webhook_secrets` (a mounted secret), instead of it.",
+    )
     phone_default_country_code: str = Field(
         default="",
         pattern=r"^\d{0,3}$",
@@ -547,6 +557,8 @@ def to_environment(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
+        elif name == "webhook_secrets":
+            value = json.dumps({k: v.get_secret_value() for k, v in value.items()})
         elif name == "collector_api_keys":
             value = json.dumps(
                 {

@@ -169,14 +169,21 @@ WATERMARK_ALIGNMENT_LAG = Gauge(
 )
 COLLECTOR_REQUESTS = Counter(
     "jw_collector_requests_total",
-    "HTTP requests to POST /v1/events, the Segment API and the Snowplow tracker protocol by "
-    "status code.",
+    "HTTP requests to POST /v1/events, the Segment API, the Snowplow tracker protocol and the "
+    "survey webhooks by status code.",
     ["status"],
 )
 COLLECTOR_EVENTS = Counter(
     "jw_collector_events_total",
     "Events submitted to the collector, accepted or rejected.",
     ["outcome"],
+)
+COLLECTOR_UNMAPPED = Counter(
+    "jw_collector_unmapped_events_total",
+    "Events stored under their default touchpoint name because no rule of their source's "
+    "mapping (the journeys file's sources:) matched them, per source and event name (the first "
+    "100 names of a source, later ones as other).",
+    ["source", "event"],
 )
 COLLECTOR_REQUEST_SECONDS = Histogram(
     "jw_collector_request_seconds",

@@ -632,6 +632,9 @@ def journeys_check(file: Path | None) -> None:
         click.echo(
             f"{journey.name}: {stages} → goal ({len(journey.moments_of_truth)} moments of truth)"
         )
+    for name, mapping in catalog.sources.items():
+        webhook = f", webhook ({mapping.webhook.kind})" if mapping.webhook else ""
+        click.echo(f"source {name}: {len(mapping.rules)} rules{webhook}")
     click.echo(f"{path or 'built-in definitions'}: version {catalog.version}, valid")
 
 

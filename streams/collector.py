@@ -40,14 +40,17 @@ from pydantic import SecretStr
 
 from pipeline.collect import BodyError, ItemError, parse_body, prepare_event
 from pipeline.contract import TouchpointEvent
+from pipeline.definitions import load_catalog
 from pipeline.pii import FreeTextScrubber
 from pipeline.segment import MESSAGE_TYPES, map_message, parse_segment_request
 from pipeline.settings import Settings
 from pipeline.snowplow import map_event, parse_post_body, parse_query
+from pipeline.sourcemap import SourceMapping, UnmappedNames, Webhook, signature_valid, survey_event
 from sinks.metrics import (
     COLLECTOR_EVENTS,
     COLLECTOR_REQUEST_SECONDS,
     COLLECTOR_REQUESTS,
+    COLLECTOR_UNMAPPED,
     LabelCache,
     exposition,
     set_worker_info,
@@ -84,6 +87,9 @@ SNOWPLOW_PIXEL = "/i"
 SNOWPLOW_KEY_PREFIX = "/k/{key}"
 SNOWPLOW_CONTENT_TYPES = SEGMENT_CONTENT_TYPES  # the JavaScript tracker may send text/plain
 SNOWPLOW_RENAMED = {"email": "uid"}  # an e-mail address as uid becomes the hashed e-mail
+# Survey webhooks (docs/sources.md): one response per request, as its source's webhook says.
+WEBHOOK_PATH = "/v1/webhooks/{source}"
+WEBHOOK_PREFIX = "/v1/webhooks/"
 # A transparent 1x1 GIF, the answer to a pixel request.
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 # After an answer sent before the body was read (401, 413, 415), what the client still sends
@@ -96,6 +102,21 @@ class Source:
     name: str
     key: bytes
     channels: frozenset[str] | None
+
+
+def webhook_secrets(settings: Settings) -> dict[str, bytes]:
+    """The survey webhooks' HMAC secrets by name: ``JW_WEBHOOK_SECRETS``, else the JSON object
+    in ``JW_WEBHOOK_SECRETS_FILE``."""
+    if settings.webhook_secrets or settings.webhook_secrets_file is None:
+        return {k: v.get_secret_value().encode() for k, v in settings.webhook_secrets.items()}
+    path = settings.webhook_secrets_file
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the webhook secrets: {exc}") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, str) and v for v in data.values()):
+        raise ValueError(f"{path}: must be a JSON object of secret names to strings")
+    return {str(k): v.encode() for k, v in data.items()}
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -223,6 +244,24 @@ class Collector:
             )
             for name, key in settings.collector_api_keys.items()
         ]
+        # per source: its rules and survey webhook (the journeys file's sources:)
+        self.mappings: dict[str, SourceMapping] = load_catalog(settings.journeys_file).sources
+        self.secrets = webhook_secrets(settings)
+        for name, mapping in self.mappings.items():
+            signature = mapping.webhook.signature if mapping.webhook else None
+            if signature is not None and signature.secret not in self.secrets:
+                raise ValueError(
+                    f"sources.{name}.webhook.signature.secret names {signature.secret!r}, which "
+                    "JW_WEBHOOK_SECRETS (or JW_WEBHOOK_SECRETS_FILE) does not hold"
+                )
+        unkeyed = sorted(set(self.mappings) - {source.name for source in self.sources})
+        if unkeyed:
+            log.warning(
+                "the journeys file maps sources no API key belongs to",
+                extra={"sources": ", ".join(unkeyed)},
+            )
+        self.unmapped_names = UnmappedNames()
+        self.unmapped = LabelCache(COLLECTOR_UNMAPPED)
         self.topic = settings.topic(RAW)
         self.producer: AIOKafkaProducer | None = None  # set once connected
         self._connecting: asyncio.Task[None] | None = None
@@ -363,7 +402,7 @@ class Collector:
         refusal: Callable[[], web.Response]
         if request.path == "/v1/events":
             unknown, refusal = self.authenticate(request) is None, _unauthorized
-        elif request.path.endswith(SNOWPLOW_POST):
+        elif request.path.endswith(SNOWPLOW_POST) or WEBHOOK_PREFIX in request.path:
             unknown, refusal = self.authenticate_snowplow(request) is None, _snowplow_unauthorized
         else:
             unknown, refusal = self.authenticate_segment(request) is None, _segment_unauthorized
@@ -524,16 +563,15 @@ class Collector:
         if not parsed.messages:
             return _segment_error(400, "invalid_request", "batch: no messages in the request")
         received_at = datetime.now(UTC)
-        outcome = await self._accept(
-            (
-                (index, map_message(index, message, parsed, received_at))
-                for index, message in enumerate(parsed.messages)
+        mapping = self.mappings.get(source.name)
+        mapped, unmapped = _with_names(
+            parsed.messages,
+            lambda index, message, names: map_message(
+                index, message, parsed, received_at, mapping, names
             ),
-            source,
-            received_at,
-            SEGMENT_RENAMED,
-            "message",
         )
+        outcome = await self._accept(mapped, source, received_at, SEGMENT_RENAMED, "message")
+        self._count_unmapped(source, unmapped, outcome)
         if outcome.refused is not None:
             status, message = outcome.refused
             return _segment_error(status, "invalid_request", message, errors=outcome.rejected())
@@ -592,6 +630,70 @@ class Collector:
         if good and not await self._deliver(good):
             return Accepted(errors=errors, unavailable=True)
         return Accepted(len(good), skipped, errors)
+
+    def _count_unmapped(self, source: Source, unmapped: dict[int, str], outcome: Accepted) -> None:
+        """Count the stored events no rule of their source mapped, by (bounded) name."""
+        if not unmapped or outcome.accepted == 0:
+            return
+        refused = {error.index for error in outcome.errors}
+        for index, name in unmapped.items():
+            if index not in refused:
+                label = self.unmapped_names.label(source.name, name)
+                self.unmapped.get(source.name, label).inc()
+
+    async def post_webhook(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1/webhooks/<source>``: one survey response, as the source's webhook in
+        the journeys file says."""
+        started = time.perf_counter()
+        return await self._finish(request, started, await self._post_webhook(request))
+
+    async def _post_webhook(self, request: web.Request) -> web.Response:
+        source = self.authenticate_snowplow(request)  # a key header, or /k/<key> in the path
+        if source is None:
+            return _unauthorized(
+                "missing or unknown API key: send Authorization: Bearer <key> (or X-API-Key), "
+                "or post to /k/<key>/v1/webhooks/<source>"
+            )
+        name = request.match_info["source"]
+        if name != source.name:
+            return _error(403, f"this API key belongs to another source than {name!r}")
+        mapping = self.mappings.get(name)
+        webhook = mapping.webhook if mapping is not None else None
+        if webhook is None:
+            return _error(
+                404, f"no webhook for {name!r}: the journeys file has no sources.{name}.webhook"
+            )
+        if request.content_type != "application/json":
+            return _error(
+                415,
+                f"content type {request.content_type!r} is not accepted",
+                accepted=["application/json"],
+            )
+        try:
+            body = await self._read_body(request, content_encoding(request))
+        except BodyRejected as exc:
+            return _rejected(exc)
+        signature = webhook.signature
+        if signature is not None and not signature_valid(
+            signature, self.secrets[signature.secret], body, request.headers.get(signature.header)
+        ):
+            return _error(401, f"missing or bad signature in {signature.header}")
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return _error(400, f"the body is not valid JSON: {exc}")
+        received_at = datetime.now(UTC)
+        item = survey_event(webhook, document, body, received_at)
+        event_id = item.get("event_id") if isinstance(item, dict) else None
+        outcome = await self._accept(
+            [(0, item)], source, received_at, _webhook_renamed(webhook), "response"
+        )
+        if outcome.refused is not None:
+            status, message = outcome.refused
+            return _error(status, message, errors=outcome.rejected())
+        if outcome.unavailable:
+            return _unavailable()
+        return web.json_response({"accepted": 1, "event_id": event_id}, status=202)
 
     async def post_snowplow(self, request: web.Request) -> web.StreamResponse:
         """``POST /com.snowplowanalytics.snowplow/tp2``: the Snowplow trackers' batches."""
@@ -661,16 +763,13 @@ class Collector:
         if not payloads:
             return _error(400, "data: no events in the request")
         received_at = datetime.now(UTC)
-        outcome = await self._accept(
-            (
-                (index, map_event(index, payload, received_at))
-                for index, payload in enumerate(payloads)
-            ),
-            source,
-            received_at,
-            SNOWPLOW_RENAMED,
-            "event",
+        mapping = self.mappings.get(source.name)
+        mapped, unmapped = _with_names(
+            payloads,
+            lambda index, payload, names: map_event(index, payload, received_at, mapping, names),
         )
+        outcome = await self._accept(mapped, source, received_at, SNOWPLOW_RENAMED, "event")
+        self._count_unmapped(source, unmapped, outcome)
         if outcome.refused is not None:
             status, message = outcome.refused
             return _error(status, message, errors=outcome.rejected())
@@ -699,6 +798,39 @@ class Collector:
         for partition, batch in batches.items():
             futures.append(await producer.send_batch(batch, self.topic, partition=partition))
         await asyncio.gather(*futures)
+
+
+def _with_names(
+    items: list[Any],
+    map_one: Callable[[int, Any, list[str]], dict[str, Any] | ItemError | None],
+) -> tuple[Iterable[tuple[int, dict[str, Any] | ItemError | None]], dict[int, str]]:
+    """Each item mapped (for ``Collector._accept``), and, filled as they are, the index and
+    event name of those no rule of their source mapped."""
+    unmapped: dict[int, str] = {}
+
+    def each() -> Iterable[tuple[int, dict[str, Any] | ItemError | None]]:
+        for index, item in enumerate(items):
+            names: list[str] = []
+            result = map_one(index, item, names)
+            if names:
+                unmapped[index] = names[0]
+            yield index, result
+
+    return each(), unmapped
+
+
+def _webhook_renamed(webhook: Webhook) -> dict[str, str]:
+    """The contract fields a survey event's errors name, as the JSON paths they came from."""
+    renamed: dict[str, str] = {webhook.kind: webhook.score}
+    for into, path in (
+        ("email", webhook.email),
+        ("customer_id", webhook.customer_id),
+        ("occurred_at", webhook.occurred_at),
+        ("event_id", webhook.response_id),
+    ):
+        if path is not None:
+            renamed[into] = path
+    return renamed
 
 
 class _HeaderSafeRequestHandler(RequestHandler):
@@ -820,6 +952,8 @@ def configured_secrets(settings: Settings) -> list[str]:
     """Every secret in ``settings``: the API keys, and every secret setting (the SASL
     password, the PII hash key, the Alertmanager password, ...)."""
     secrets = [k.key.get_secret_value() for k in settings.collector_api_keys.values()]
+    with contextlib.suppress(ValueError):
+        secrets.extend(secret.decode() for secret in webhook_secrets(settings).values())
     for name in type(settings).model_fields:
         value = getattr(settings, name)
         if isinstance(value, SecretStr):
@@ -911,6 +1045,9 @@ def create_collector_app(settings: Settings) -> web.Application:
         app.router.add_route("OPTIONS", prefix + SNOWPLOW_POST, snowplow_preflight)
         # no HEAD: it would store the event as a GET does
         app.router.add_get(prefix + SNOWPLOW_PIXEL, collector.get_pixel, allow_head=False)
+        app.router.add_post(
+            prefix + WEBHOOK_PATH, collector.post_webhook, expect_handler=collector.expect_continue
+        )
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -947,4 +1084,6 @@ def run_collector(settings: Settings) -> None:
     try:
         asyncio.run(serve_collector(settings))
     except TopicSetupError as exc:  # raised by Collector.start: the Kafka settings are unusable
+        raise SystemExit(f"journeywatch collector: {exc}") from None
+    except ValueError as exc:  # the journeys file or the webhook secrets are unusable
         raise SystemExit(f"journeywatch collector: {exc}") from None

@@ -207,6 +207,59 @@ def openapi_document() -> dict[str, Any]:
             f"{prefix}/i": {"get": pixel},
         }
 
+    source_in_path = {
+        "name": "source",
+        "in": "path",
+        "required": True,
+        "description": "The source (the API key's name) whose webhook the journeys file "
+        "describes under sources.<source>.webhook",
+        "schema": {"type": "string"},
+    }
+
+    def webhook_operation(parameters: list[dict[str, Any]]) -> dict[str, Any]:
+        keyed = len(parameters) > 1
+        return {
+            "post": {
+                "operationId": f"survey_webhook{'_key' if keyed else ''}",
+                "summary": "A survey response (Qualtrics, Medallia, Delighted ...) mapped by its "
+                "source's webhook in the journeys file to survey.csat / survey.nps "
+                "(docs/sources.md)",
+                "parameters": parameters,
+                "security": [] if keyed else [{"bearer": []}, {"apiKey": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "description": "The tool's own JSON; the score, respondent, "
+                                "time and response id are where the source's webhook says",
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "202": response("The response was stored", "WebhookAccepted"),
+                    "400": response("Not JSON, or a field unusable: error names its JSON path"),
+                    "401": response(
+                        "Missing or unknown API key, or a missing or bad signature (when the "
+                        "source's webhook names one: HMAC-SHA256 of the body in its header)"
+                    ),
+                    "403": response(
+                        "The key belongs to another source, or may not send the webhook's channel"
+                    ),
+                    "404": response("The source has no webhook in the journeys file"),
+                    "408": response("The whole body did not arrive in time"),
+                    "413": response("The body is too large"),
+                    "415": response("Not application/json"),
+                    "503": {
+                        **response("The broker is unavailable; retry after Retry-After"),
+                        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                    },
+                },
+            }
+        }
+
     return {
         "openapi": "3.1.0",
         "info": {
@@ -267,6 +320,8 @@ def openapi_document() -> dict[str, Any]:
             **segment_paths,
             **snowplow_operations("", []),
             **snowplow_operations("/k/{key}", [key_in_path]),
+            "/v1/webhooks/{source}": webhook_operation([source_in_path]),
+            "/k/{key}/v1/webhooks/{source}": webhook_operation([key_in_path, source_in_path]),
         },
         "components": {
             "securitySchemes": {
@@ -321,6 +376,14 @@ def openapi_document() -> dict[str, Any]:
                         },
                     },
                     "required": ["accepted", "skipped", "rejected"],
+                },
+                "WebhookAccepted": {
+                    "type": "object",
+                    "properties": {
+                        "accepted": {"const": 1},
+                        "event_id": {"type": "string"},
+                    },
+                    "required": ["accepted", "event_id"],
                 },
                 "Accepted": {
                     "type": "object",

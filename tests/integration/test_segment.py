@@ -51,21 +51,25 @@ class Running:
     log: Path
 
 
-def launch(broker_url: str, tmp_path: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+def launch(
+    broker_url: str, tmp_path: Path, **settings: object
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """A collector process (``settings``: more or other settings than these)."""
     port = free_port()
     keys = {
         "web-sdk": {"key": WEB_KEY, "channels": ["web", "app"]},
         "store-feed": {"key": STORE_KEY, "channels": ["store"]},
     }
-    env = jw_env(
-        broker_url=broker_url,
-        collector_port=port,
-        pii_hash_key=PII_KEY,
-        collector_api_keys=json.dumps(keys),
-        collector_max_body_bytes=200_000,
-        collector_max_batch=50,
-        log_level="INFO",
-    )
+    defaults: dict[str, object] = {
+        "broker_url": broker_url,
+        "collector_port": port,
+        "pii_hash_key": PII_KEY,
+        "collector_api_keys": json.dumps(keys),
+        "collector_max_body_bytes": 200_000,
+        "collector_max_batch": 50,
+        "log_level": "INFO",
+    }
+    env = jw_env(**(defaults | settings))
     log = tmp_path / "collector.log"
     return start_cli(["collector"], env, log), f"http://127.0.0.1:{port}", log
 
@@ -75,10 +79,12 @@ def collector(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Running]:
     yield from running_collector(broker, tmp_path)
 
 
-def running_collector(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Running]:
+def running_collector(
+    broker: EmbeddedBroker, tmp_path: Path, **settings: object
+) -> Iterator[Running]:
     """A collector (``launch``) on ``broker``, its topics made, until the generator ends."""
     ensure_topics(Settings(broker_url=broker.url, partitions=2))
-    process, url, log = launch(broker.url, tmp_path)
+    process, url, log = launch(broker.url, tmp_path, **settings)
 
     def ready() -> bool:
         assert process.poll() is None, log.read_text()
