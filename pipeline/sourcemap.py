@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, model_validator
 
 from pipeline.collect import ItemError
 from pipeline.contract import Channel, OutcomeStatus
@@ -79,13 +79,21 @@ class Rule(_Strict):
     currency: Path | None = None  # the property holding its ISO 4217 code (default: USD)
     wait: Path | None = None  # the property holding a queue wait ...
     wait_unit: Literal["ms", "s"] = "s"  # ... in this unit
+    _where: tuple[tuple[str, frozenset[str]], ...] = PrivateAttr(default=())
+
+    @model_validator(mode="after")
+    def _compare_as_text(self) -> Rule:
+        self._where = tuple(
+            (path, frozenset(_norm(e) for e in expected)) for path, expected in self.where.items()
+        )
+        return self
 
     def matches(self, name: str, properties: Mapping[str, Any]) -> bool:
         if name != self.event and not fnmatch.fnmatchcase(name, self.event):
             return False
-        for path, expected in self.where.items():
+        for path, expected in self._where:
             found, value = lookup(properties, path)
-            if not found or _norm(value) not in {_norm(e) for e in expected}:
+            if not found or _norm(value) not in expected:
                 return False
         return True
 

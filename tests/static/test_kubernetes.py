@@ -128,16 +128,21 @@ def test_prometheus_rule_and_journeys_are_generated_from_their_sources() -> None
 
 
 def test_the_worker_mounts_the_journey_definitions(objects: list[dict[str, Any]]) -> None:
+    """The worker (journeys) and the collector (the file's sources: mappings and webhooks:
+    it stops at start-up when JW_JOURNEYS_FILE is not there)."""
     worker = next(o for o in by_kind(objects, "StatefulSet"))
-    mounts = {
-        m["mountPath"] for m in worker["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
-    }
+    collector = next(
+        o for o in by_kind(objects, "Deployment") if o["metadata"]["name"].endswith("collector")
+    )
     config = next(
         o
         for o in by_kind(objects, "ConfigMap")
         if o["metadata"]["name"].startswith("journeywatch-config")
     )
-    assert Path(config["data"]["JW_JOURNEYS_FILE"]).parent.as_posix() in mounts
+    for workload in (worker, collector):
+        container = workload["spec"]["template"]["spec"]["containers"][0]
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert Path(config["data"]["JW_JOURNEYS_FILE"]).parent.as_posix() in mounts, workload
 
 
 def test_every_kafka_client_authenticates_as_its_own_role(objects: list[dict[str, Any]]) -> None:

@@ -377,7 +377,9 @@ _properties = st.dictionaries(
 )
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=300, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
+)
 @given(rules=st.lists(_rule, max_size=4), name=_names, properties=_properties)
 def test_any_accepted_rules_file_maps_any_event_without_raising(
     rules: list[dict[str, Any]], name: str, properties: dict[str, Any]
