@@ -19,7 +19,9 @@ import pytest
 from openapi_spec_validator import validate
 
 from pipeline.pii import hash_email
+from pipeline.settings import Settings, to_environment
 from streams.broker import EmbeddedBroker
+from streams.collector import Collector, configured_secrets, webhook_secrets
 from streams.topics import RAW
 from tests.helpers import http_get, metric_values, read_topic
 from tests.integration.test_segment import (
@@ -292,3 +294,30 @@ def test_the_openapi_description_has_the_webhook(collector: Running) -> None:
     webhook = document["paths"]["/v1/webhooks/{source}"]["post"]
     assert set(webhook["responses"]) >= {"202", "400", "401", "413", "503"}
     assert "/k/{key}/v1/webhooks/{source}" in document["paths"]
+
+
+def test_a_webhook_naming_a_secret_that_is_not_configured_stops_the_collector(
+    tmp_path: Path,
+) -> None:
+    """At start-up, naming it; a configured one (setting or file) is among the secrets the
+    log filter redacts."""
+    journeys = tmp_path / "journeys.yaml"
+    journeys.write_text(JOURNEYS)
+    base: dict[str, Any] = {
+        "pii_hash_key": PII_KEY,
+        "collector_api_keys": {"surveys": {"key": SURVEY_KEY}},
+        "journeys_file": journeys,
+    }
+    with pytest.raises(ValueError, match=r"sources.surveys.webhook.signature.secret names 'surv"):
+        Collector(Settings(**base))
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"surveys": SECRET}))
+    settings = Settings(**base, webhook_secrets_file=secrets)
+    assert Collector(settings).secrets == {"surveys": SECRET.encode()}
+    assert SECRET in configured_secrets(settings)
+    from_env = Settings(**base, webhook_secrets={"surveys": "from-the-environment"})
+    assert webhook_secrets(from_env) == {"surveys": b"from-the-environment"}
+    assert "from-the-environment" in to_environment(from_env)["JW_WEBHOOK_SECRETS"]
+    secrets.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        webhook_secrets(settings)
