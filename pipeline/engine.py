@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from heapq import heappop, heappush
@@ -628,6 +629,8 @@ class JourneyEngine:
         self._held_by_key: dict[str, list[Pending]] = {}
         self._extracted: set[int] = set()
         self.dirty: set[str] = set()  # persons changed since the adapter last saved them
+        # persons ``forget`` dropped and the identifiers they owned, until the adapter looks
+        self.forgotten: list[tuple[str, list[str]]] = []
         self.applied: list[str] | None = None  # event ids applied, when the adapter asks
         # the event id of the touch being applied (None between touches): when applying one
         # raises, the adapter knows which touch it was (pipeline/shard.py, the error policy)
@@ -845,6 +848,39 @@ class JourneyEngine:
         for identifier in record[1]:
             self.identity.own(identifier, person_id)
 
+    def forget(self, person_id: str) -> list[str]:
+        """Drop a person: its state and the identifiers it owns (the churn window passed, or
+        it is erased). Its record is saved as a deletion; ``forgotten`` tells the adapter,
+        which drops what it holds beside it. Returns the identifiers it owned."""
+        self.persons.pop(person_id, None)
+        identity = self.identity
+        members = identity.members.pop(person_id, ())
+        for identifier in members:
+            if identity.owner.get(identifier) == person_id:
+                del identity.owner[identifier]
+        self.dirty.add(person_id)
+        self.forgotten.append((person_id, list(members)))
+        return list(members)
+
+    def drop_held(self, keys: Iterable[str]) -> list[Touch]:
+        """Take out the touches held for the watermark that carry one of ``keys`` (erasure:
+        never applied); returned in event-time order."""
+        taken: list[Pending] = []
+        by_key = self._held_by_key
+        for key in keys:
+            for entry in by_key.pop(key, ()):
+                if entry[2] not in self._extracted:
+                    self._extracted.add(entry[2])
+                    taken.append(entry)
+        for entry in taken:  # out of the other keys' lists too
+            seq = entry[2]
+            for key in entry[4]:
+                entries = by_key.get(key)
+                if entries:
+                    entries[:] = [e for e in entries if e[2] != seq]
+        taken.sort()
+        return [entry[3] for entry in taken]
+
     def extract(
         self, person_id: str, also: str | None = None, anchor: str | None = None
     ) -> tuple[list[Any] | None, list[str], list[Touch]]:
@@ -861,22 +897,9 @@ class JourneyEngine:
             wanted.add(also)
         if anchor:
             wanted.add(anchor)
-        taken: list[Pending] = []
-        by_key = self._held_by_key
-        for key in wanted:
-            for entry in by_key.pop(key, ()):
-                if entry[2] not in self._extracted:
-                    self._extracted.add(entry[2])
-                    taken.append(entry)
-        for entry in taken:  # out of the other keys' lists too
-            seq = entry[2]
-            for key in entry[4]:
-                entries = by_key.get(key)
-                if entries:
-                    entries[:] = [e for e in entries if e[2] != seq]
+        taken = self.drop_held(wanted)
         self.dirty.add(person_id)
-        taken.sort()
-        return record, sorted(members), [entry[3] for entry in taken]
+        return record, sorted(members), taken
 
     def absorb(
         self,
@@ -1458,7 +1481,9 @@ class JourneyEngine:
                 )
             )
         if not person.journeys:
-            del self.persons[person_id]
+            # The person leaves the worker state, identifiers included (their record is saved
+            # as a deletion): a later touchpoint with one of them starts a new person.
+            self.forget(person_id)
 
     def _merge_person(
         self, source: str, target: str, at: int, event_id: str, out: list[Output]

@@ -508,6 +508,8 @@ class JourneyShard:
                 if waiting:
                     self._settle(waiting)
             applied.clear()
+        if self.engine.forgotten:
+            self._release_forgotten()
         records: dict[str, bytes | None] = {}
         persons = self.engine.dirty | self._dirty_persons
         for person in persons:
@@ -527,6 +529,96 @@ class JourneyShard:
         self._outputs, self._sends, self._done, self._notices = [], [], [], []
         self._sends_at = []
         return step
+
+    def _release_forgotten(self) -> None:
+        """The engine forgot persons (the churn window passed without a touchpoint and no
+        journey of theirs was open): what this partition keeps beside their state goes too,
+        so that their records are saved as deletions: the identifiers that were someone
+        else's, and the customers seen with their identifiers homed here (a blocked
+        identifier stays blocked: it is a shared device's, not the person's)."""
+        graph = self.graph
+        for person, members in self.engine.forgotten:
+            self.foreign.pop(person, None)
+            self._dirty_persons.add(person)
+            for key in members:
+                if key not in graph.blocked and graph.customers_seen.pop(key, None) is not None:
+                    self._dirty_ids.add(key)
+        self.engine.forgotten = []
+
+    def erase(self, keys: Iterable[str], token: Any = None) -> int:
+        """Erasure (``journeywatch erase``, a control record on every partition): forget every
+        person anchored here that owns one of ``keys`` (identifier keys, ``kind:value``, never
+        raw e-mails) or is anchored at one, with all its identifiers, its parked touches and
+        the touches held for it; drop this partition's identifier records of ``keys`` (aliases,
+        customers seen, blocks) and the aliases and customers-seen entries naming those persons.
+        All of it is saved as deletions by the next ``drain``. Idempotent: applied again (a
+        replayed control record) it finds nothing. Returns the persons forgotten here. A later
+        touchpoint with one of ``keys`` starts a new person."""
+        wanted = set(keys)
+        graph, engine = self.graph, self.engine
+        named: set[str] = set()  # the persons ``keys`` name, wherever anchored
+        for key in wanted:
+            owner = graph.owner.get(key)
+            if owner is not None:
+                named.add(owner)
+            alias = self.aliases.get(key)
+            if alias is not None:
+                named.add(alias)
+            customer = _customer_of([key])
+            named.add(customer if customer is not None else "a:" + key)
+        forgotten = 0
+        dropped: list[Touch] = []
+        for person in sorted(named):
+            if not self._here(anchor_key(person)):
+                continue
+            present = (
+                person in engine.persons
+                or person in graph.members
+                or person in self.parked
+                or person in self.awaiting
+                or person in self.foreign
+            )
+            if not present:
+                continue
+            forgotten += 1
+            wanted.update(engine.forget(person))
+            wanted.add(anchor_key(person))
+            dropped += self.parked.pop(person, [])
+            self.awaiting.pop(person, None)
+            self._dirty_persons.add(person)
+        self._release_forgotten()
+        dropped += engine.drop_held(wanted)
+        for touch in dropped:  # never applied: their input is done with
+            waiting = self._tokens.pop(touch.event_id, None)
+            if waiting:
+                self._settle(waiting)
+            self._absorbed(touch.event_id)
+        for key in wanted:
+            if key in self.aliases or key in graph.customers_seen or key in graph.blocked:
+                self.aliases.pop(key, None)
+                graph.customers_seen.pop(key, None)
+                graph.blocked.discard(key)
+                self._dirty_ids.add(key)
+            if graph.owner.get(key) is not None:  # (a person anchored elsewhere: it goes there)
+                person = graph.owner.pop(key)
+                members = graph.members.get(person)
+                if members is not None:
+                    graph.members[person] = tuple(m for m in members if m != key)
+                    self._dirty_persons.add(person)
+        for key, person in list(self.aliases.items()):
+            if person in named:
+                del self.aliases[key]
+                self._dirty_ids.add(key)
+        for key, seen in list(graph.customers_seen.items()):
+            if seen & named:
+                seen -= named
+                if not seen:
+                    del graph.customers_seen[key]
+                self._dirty_ids.add(key)
+        if token is not None:
+            self._inputs += 1
+            self._done.append(token)
+        return forgotten
 
     def _save_finished(self, records: dict[str, bytes | None]) -> None:
         """The input this step finished (its ``done``), saved as a finished record."""

@@ -8,8 +8,6 @@ a ``JourneyShard``'s records (its Faust table and changelog), checked here.
 
 from __future__ import annotations
 
-import pytest
-
 from pipeline.definitions import load_catalog
 from pipeline.engine import JourneyEngine
 from pipeline.shard import JourneyShard
@@ -44,10 +42,9 @@ def test_a_persons_journey_state_leaves_the_worker_after_the_churn_window() -> N
     shard = _shard()
     assert shard.engine.detectors.churn_after == 60 * DAY
     saved = _after_churn_window(shard, 61)
+    assert saved["p:c:c1"] is None
     assert "c:c1" not in shard.engine.persons  # journeys, sessions, scores, recent event ids
-    assert shard.engine.person_record("c:c1") is not None  # see the test below
-    record = saved["p:c:c1"]
-    assert record is not None and record.startswith(b"[[null,")  # saved without its state
+    assert shard.engine.person_record("c:c1") is None  # identifiers too: the test below
 
 
 def test_within_the_churn_window_a_person_is_kept() -> None:
@@ -56,12 +53,6 @@ def test_within_the_churn_window_a_person_is_kept() -> None:
     assert "c:c1" in shard.engine.persons
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine drops the person's state at the churn deadline but keeps the identity "
-    "graph's members (identifier -> person) in the saved record for ever; the fix belongs in "
-    "pipeline/engine.py _on_churn_deadline (docs/operations/retention.md)",
-)
 def test_a_persons_identifiers_leave_the_worker_after_the_churn_window() -> None:
     shard = _shard()
     saved = _after_churn_window(shard, 61)
