@@ -457,6 +457,27 @@ class Settings(BaseSettings):
         "event id, and a run with the same seed as before resends the same events.",
     )
 
+    run_demo: bool = Field(
+        default=True,
+        description="`journeywatch run` plays the demo (docs/operations/embedded-run.md): two "
+        "hours of simulated history backfilled at start, then customers walking every journey "
+        "60 times faster than real ones, with demo time-outs (drop-offs within a minute), alert "
+        "rules compressed as much, and a scheduled incident. Only `journeywatch run` reads it; "
+        "false: the steady simulator with the configured journeys and rules.",
+    )
+    demo_incident_after_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds after the demo's live traffic starts that its scheduled incident "
+        "(a payment-provider outage, one minute) begins; 0: none (start one by hand with "
+        "`journeywatch simulate incident NAME`).",
+    )
+    demo_incident_every_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds between the starts of the demo's scheduled incidents.",
+    )
+
     # --- Security --------------------------------------------------------------------------
     pii_hash_key: SecretStr | None = Field(
         default=None,

@@ -665,7 +665,7 @@ def journeys_diff(old: Path, new: Path) -> None:
     )
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--rate", type=float, default=100.0, show_default=True, help="Events per second.")
 @click.option("--count", type=int, default=None, help="Stop after this many events.")
 @click.option(
@@ -717,7 +717,10 @@ def simulate(
     api_key: str | None,
     batch_size: int,
 ) -> None:
-    """Produce simulated touchpoints: a steady stream, or a whole day with --day."""
+    """Produce simulated touchpoints: a steady stream, or a whole day with --day; `simulate
+    incident NAME` starts an incident in the demo of `journeywatch run`."""
+    if click.get_current_context().invoked_subcommand is not None:
+        return
     from streams.producer import SimulatorThread
 
     settings = _settings()
@@ -752,6 +755,27 @@ def simulate(
     if thread.error:
         raise click.ClickException(f"simulator stopped: {thread.error}")
     click.echo(f"produced {thread.produced} events")
+
+
+@simulate.command("incident")
+@click.argument(
+    "name",
+    type=click.Choice(
+        ["payment_outage", "app_checkout_crash", "call_centre_understaffed", "store_stockout"]
+    ),
+)
+@click.option("--seconds", default=60.0, show_default=True, help="How long it lasts.")
+def simulate_incident(name: str, seconds: float) -> None:
+    """Start an incident in the demo that `journeywatch run` plays on JW_DATA_DIR."""
+    from streams.demo import request_incident
+
+    settings = _settings()
+    if not request_incident(settings, name, seconds):
+        raise click.ClickException(
+            f"no journeywatch run demo took the request on {settings.data_dir}: start "
+            "`journeywatch run` (JW_RUN_DEMO on, the default) with the same JW_DATA_DIR"
+        )
+    click.echo(f"{name} started for {seconds:g} s: watch the live page and its Alerts")
 
 
 if __name__ == "__main__":

@@ -36,8 +36,18 @@ from typing import IO, Any, cast
 
 from pydantic import SecretStr
 
+from pipeline.demo import SPEED, DemoTraffic
 from pipeline.settings import ApiKey, Settings, embedded_profile, to_environment
 from streams.broker import EmbeddedBroker
+from streams.demo import (
+    Backfill,
+    DemoThread,
+    backfill,
+    demo_rule_files,
+    demo_settings,
+    incident_time_text,
+    incident_times,
+)
 from streams.monitoring import (
     LocalMonitoring,
     binaries,
@@ -174,7 +184,9 @@ class EmbeddedRuntime:
         self.out = out
         self.broker: EmbeddedBroker | None = None
         self.children: list[Child] = []
-        self.simulator: SimulatorThread | None = None
+        self.simulator: SimulatorThread | DemoThread | None = None
+        self.demo_traffic: DemoTraffic | None = None  # the backfill's, handed to the live demo
+        self.backfilled: Backfill | None = None
         self.monitoring: LocalMonitoring | None = None
         self._lock: IO[str] | None = None  # data_dir/run.lock, held while this run lasts
         self._stop = threading.Event()
@@ -234,6 +246,8 @@ class EmbeddedRuntime:
             settings = settings.model_copy(
                 update={"alertmanager_url": f"http://127.0.0.1:{settings.alertmanager_port}"}
             )
+        if self.demo:
+            settings = demo_settings(settings)
         self.settings = settings
         ensure_topics(settings)
         sink_base = f"http://127.0.0.1:{settings.status_port}"
@@ -249,6 +263,8 @@ class EmbeddedRuntime:
             "collector", ["collector"], f"http://127.0.0.1:{settings.collector_port}/readyz"
         )
         self._wait_ready(timeout_s=180.0)
+        if self.demo and not self._stop.is_set():
+            self._backfill()
         if settings.local_monitoring:
             scrape_tokens = {}
             if settings.web_protect_health and self.api_token:  # the sink's /metrics wants it
@@ -268,6 +284,9 @@ class EmbeddedRuntime:
                 settings.alertmanager_port,
                 self.log_dir,
                 scrape_tokens=scrape_tokens,
+                # the demo's rules see an hour in a minute: scraped and evaluated each second
+                rule_files=demo_rule_files(settings) if self.demo else None,
+                scrape_interval="1s" if self.demo else "5s",
             )
             if self.monitoring:
                 self._adopt_monitoring(self.monitoring)
@@ -351,8 +370,40 @@ class EmbeddedRuntime:
             self.children.append(child)
         self._status_dirty = True
 
+    @property
+    def demo(self) -> bool:
+        """The run plays the demo (JW_RUN_DEMO, with simulated traffic)."""
+        return self.settings.run_demo and self.settings.simulate_rate > 0
+
+    def _backfill(self) -> None:
+        """The last hours of the demo's traffic, in ClickHouse before live traffic starts (and
+        before Prometheus, whose rates would take the burst for a spike)."""
+        self.say("Demo: backfilling the last 2 hours of simulated traffic...")
+        stats_url = f"http://127.0.0.1:{self.settings.status_port}/api/v1/stats"
+
+        def stored() -> int | None:
+            status, stats = http_json(stats_url, token=self.api_token)
+            return int(stats["touchpoints"]) if status == 200 and stats else None
+
+        self.demo_traffic = DemoTraffic(
+            self.settings.simulate_seed
+            if self.settings.simulate_seed is not None
+            else secrets.randbits(31)
+        )
+        self.backfilled = backfill(self.settings, self.demo_traffic, stored)
+        self.say(
+            f"Demo: {self.backfilled.events:,} touchpoints of the last "
+            f"{self.backfilled.hours:g} hours in ClickHouse after {self.backfilled.seconds:.0f} s."
+        )
+
     def _start_simulator(self, seed: int | None) -> None:
-        self.simulator = SimulatorThread(self.settings, self.settings.simulate_rate, seed)
+        if self.demo:
+            traffic, self.demo_traffic = self.demo_traffic, None  # only the first start's
+            if traffic is None and seed is None:
+                seed = secrets.randbits(31)
+            self.simulator = DemoThread(self.settings, traffic, seed, say=self.say)
+        else:
+            self.simulator = SimulatorThread(self.settings, self.settings.simulate_rate, seed)
         self.simulator.start()
         record = self._simulator_record
         record.started_at = time.monotonic()
@@ -550,12 +601,52 @@ class EmbeddedRuntime:
                     ]
                 ),
                 f"  ClickHouse    {s.clickhouse_dsn} database {s.clickhouse_database}",
-                f"  Simulator     {s.simulate_rate:g} events/s into {s.topic('touchpoints.raw')}"
-                + (f" (seed {self.simulator.seed})" if self.simulator else ""),
+                *self._demo_banner(base),
                 f"  Logs          {self.log_dir}/",
                 "Press Ctrl-C to stop.",
             ]
         )
+
+    def _demo_banner(self, base: str) -> list[str]:
+        """What the demo shows, and when (the steady simulator: its rate)."""
+        s = self.settings
+        seed = f" (seed {self.simulator.seed})" if self.simulator else ""
+        if not isinstance(self.simulator, DemoThread):
+            return [
+                f"  Simulator     {s.simulate_rate:g} events/s into {s.topic('touchpoints.raw')}"
+                + seed
+            ]
+        lines = [
+            f"  Demo          customers act {SPEED} times faster than real ones{seed}; "
+            f"journeys {s.journeys_file}",
+            f"                alert rules {SPEED} times shorter (a 6-hour baseline in 6 min); "
+            "JW_RUN_DEMO=false: the steady simulator",
+        ]
+        if self.backfilled:
+            lines.append(
+                f"  History       {self.backfilled.events:,} touchpoints of the last "
+                f"{self.backfilled.hours:g} hours backfilled: the live page's baselines"
+            )
+        lines.append(
+            "  Now           every journey and stage on web, app, call_center and store; "
+            "drop-offs within a minute"
+        )
+        times = incident_times(self.simulator)
+        if times:
+            start, alert = times
+            lines += [
+                f"  Incident      payment_outage at {incident_time_text(start)} for 60 s, "
+                f"again every {s.demo_incident_every_s:g} s",
+                f"  Look at       {base}/ from {incident_time_text(alert)}: the drop-offs at "
+                "online_purchase / payment, and JourneyDropOffSpike under Alerts",
+                "                then the journey map's before/after (its link is printed "
+                "when the incident starts)",
+            ]
+        lines.append(
+            "  By hand       journeywatch simulate incident payment_outage "
+            "(or app_checkout_crash, call_centre_understaffed, store_stockout)"
+        )
+        return lines
 
     def _sign_in_hint(self) -> str:
         """How to sign in (where the token is, never the token itself)."""
