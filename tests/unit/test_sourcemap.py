@@ -10,11 +10,13 @@ import hashlib
 import hmac
 import textwrap
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import yaml
+from click.testing import CliRunner
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -32,6 +34,7 @@ from pipeline.sourcemap import (
     signature_valid,
     survey_event,
 )
+from streams.cli import main
 
 KEY = b"unit-test-pii-key"
 RECEIVED = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -420,3 +423,18 @@ def test_any_webhook_body_maps_without_raising(document: Any, score: Any, email:
         result = survey_event(webhook, body, orjson.dumps(body), RECEIVED)
         if isinstance(result, dict):
             assert isinstance(prepare(result), TouchpointEvent | ItemError)
+
+
+def test_journeys_check_lists_the_sources_and_names_the_line_of_a_bad_rule(
+    tmp_path: Path,
+) -> None:
+    good = tmp_path / "journeys.yaml"
+    good.write_text(JOURNEYS + SOURCES)
+    result = CliRunner().invoke(main, ["journeys", "check", str(good)])
+    assert result.exit_code == 0, result.output
+    assert "source web-sdk: 7 rules\nsource delighted: 0 rules, webhook (nps)\n" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(JOURNEYS + SOURCES.replace("channel: chat", "channel: pigeon"))
+    result = CliRunner().invoke(main, ["journeys", "check", str(bad)])
+    assert result.exit_code == 1
+    assert f"{bad}:19: sources.web-sdk.rules[2].channel: Input should be" in result.output
