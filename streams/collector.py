@@ -172,6 +172,13 @@ def _snowplow_unauthorized() -> web.Response:
     )
 
 
+def _webhook_unauthorized() -> web.Response:
+    return _unauthorized(
+        "missing or unknown API key: send Authorization: Bearer <key> (or X-API-Key), "
+        "or post to /k/<key>/v1/webhooks/<source>"
+    )
+
+
 _SEGMENT_CODES = {408: "timeout", 413: "too_large", 415: "unsupported_media_type"}
 # A Segment request whose key is only in the body (analytics.js): it is read (bounded) first.
 BODY_KEY = object()
@@ -402,8 +409,10 @@ class Collector:
         refusal: Callable[[], web.Response]
         if request.path == "/v1/events":
             unknown, refusal = self.authenticate(request) is None, _unauthorized
-        elif request.path.endswith(SNOWPLOW_POST) or WEBHOOK_PREFIX in request.path:
+        elif request.path.endswith(SNOWPLOW_POST):
             unknown, refusal = self.authenticate_snowplow(request) is None, _snowplow_unauthorized
+        elif WEBHOOK_PREFIX in request.path:  # the key in a header or the path, as Snowplow's
+            unknown, refusal = self.authenticate_snowplow(request) is None, _webhook_unauthorized
         else:
             unknown, refusal = self.authenticate_segment(request) is None, _segment_unauthorized
         if unknown:
@@ -650,10 +659,7 @@ class Collector:
     async def _post_webhook(self, request: web.Request) -> web.Response:
         source = self.authenticate_snowplow(request)  # a key header, or /k/<key> in the path
         if source is None:
-            return _unauthorized(
-                "missing or unknown API key: send Authorization: Bearer <key> (or X-API-Key), "
-                "or post to /k/<key>/v1/webhooks/<source>"
-            )
+            return _webhook_unauthorized()
         name = request.match_info["source"]
         if name != source.name:
             return _error(403, f"this API key belongs to another source than {name!r}")

@@ -8,6 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from pipeline.settings import Settings, to_environment
 from streams.broker import EmbeddedBroker
 from streams.collector import Collector, configured_secrets, webhook_secrets
 from streams.topics import RAW
-from tests.helpers import http_get, metric_values, read_topic
+from tests.helpers import http_get, metric_values, read_http_response, read_topic
 from tests.integration.test_segment import (
     EMAIL,
     PII_KEY,
@@ -282,6 +283,24 @@ def test_the_key_may_be_in_the_path_and_the_signature_in_base64(
             5,
         )
         assert (event["customer_id"], event["channel"]) == ("cus-000042", "email")
+        # Expect: 100-continue: a bad key is refused before the body is sent
+        port = int(collector.url.rsplit(":", 1)[1])
+        for key, expected in (
+            ("not-a-key-at-all", b"HTTP/1.1 401 "),
+            (SURVEY_KEY, b"HTTP/1.1 100 "),
+        ):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(
+                    f"POST /k/{key}/v1/webhooks/csat-tool HTTP/1.1\r\nHost: c\r\n"
+                    "Content-Type: application/json\r\nExpect: 100-continue\r\n"
+                    f"X-Signature: {base64.b64encode(digest).decode()}\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n".encode()
+                )
+                assert sock.recv(65536).startswith(expected)
+                if expected.startswith(b"HTTP/1.1 100 "):
+                    sock.sendall(body)
+                    assert read_http_response(sock)[0] == 202
+        assert len(stored(collector)) == 2
     finally:
         next(running, None)
 
