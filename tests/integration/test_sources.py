@@ -18,6 +18,11 @@ from typing import Any
 import orjson
 import pytest
 from openapi_spec_validator import validate
+from snowplow_tracker.events.self_describing import SelfDescribing
+from snowplow_tracker.events.structured_event import StructuredEvent
+from snowplow_tracker.self_describing_json import SelfDescribingJson
+from snowplow_tracker.subject import Subject
+from snowplow_tracker.tracker import Tracker
 
 from pipeline.pii import hash_email
 from pipeline.settings import Settings, to_environment
@@ -34,6 +39,7 @@ from tests.integration.test_segment import (
     raw_post,
     running_collector,
 )
+from tests.integration.test_snowplow import Sent, emitter, track
 
 pytestmark = pytest.mark.integration
 SURVEY_KEY = "survey-tool-key-0123456789"
@@ -56,6 +62,12 @@ sources:
       - event: "Order *"
         touchpoint: order.placed
         revenue: order.total
+      - event: "Checkout.Apply Coupon"
+        touchpoint: checkout.coupon
+        action: apply
+      - event: "com.acme/nps_response"
+        touchpoint: survey.nps
+        nps: score
   surveys:
     webhook:
       kind: nps
@@ -132,6 +144,37 @@ def test_a_segment_batch_is_mapped_by_its_sources_rules(collector: Running) -> N
     _, text = http_get(f"{collector.url}/metrics")
     unmapped = metric_values(text.decode(), "jw_collector_unmapped_events_total")
     assert unmapped == {(("event", "Coupon Applied"), ("source", "web-sdk")): 2.0}
+
+
+def test_snowplow_tracker_events_are_mapped_by_the_same_rules(collector: Running) -> None:
+    """The real tracker: a structured and a self-describing event mapped by rules, a
+    structured event no rule maps stored under its default name and counted."""
+    sent = Sent()
+    tracker = Tracker(
+        "sp",
+        emitter(collector.url, sent=sent),
+        subject=Subject().set_user_id("c-7").set_domain_user_id("d-7"),
+    )
+    ids = {
+        "coupon": track(tracker, StructuredEvent("Checkout", "Apply Coupon", label="WINTER")),
+        "nps": track(
+            tracker,
+            SelfDescribing(
+                SelfDescribingJson("iglu:com.acme/nps_response/jsonschema/1-0-0", {"score": 4})
+            ),
+        ),
+        "video": track(tracker, StructuredEvent("Video", "play")),
+    }
+    tracker.flush()
+    assert (len(sent.ok), sent.failed) == (3, [])
+    events = {e["event_id"]: e for e in stored(collector)}
+    coupon, nps, video = (events[ids[k]] for k in ("coupon", "nps", "video"))
+    assert (coupon["touchpoint"], coupon["action"]) == ("checkout.coupon", "apply")
+    assert (nps["touchpoint"], nps["nps"]) == ("survey.nps", 4)
+    assert video["touchpoint"] == "video.play"
+    _, text = http_get(f"{collector.url}/metrics")
+    unmapped = metric_values(text.decode(), "jw_collector_unmapped_events_total")
+    assert unmapped == {(("event", "Video.play"), ("source", "web-sdk")): 1.0}
 
 
 RESPONSE = {
