@@ -589,6 +589,39 @@ def _stored_via_api(api: str) -> Any:
 
 
 @main.command()
+@click.option("--customer", help="The customer id to erase (with every identifier stitched to it).")
+@click.option(
+    "--identifier",
+    "identifiers",
+    multiple=True,
+    help="kind:value, e.g. device_id:d1, email_hash:..., or email:/phone: raw (hashed with "
+    "the PII key as the collector does). Repeatable.",
+)
+@click.option(
+    "--api",
+    help="Ask the running journeywatch at this URL (it owns an embedded ClickHouse): "
+    "POST /api/v1/customers/ID/erase with the admin token (--customer only).",
+)
+def erase(customer: str | None, identifiers: tuple[str, ...], api: str | None) -> None:
+    """Erase one customer everywhere: ClickHouse rows, the workers' state (docs/operations/
+    erasure.md). Prints the audit record (no personal data)."""
+    from sinks.clickhouse.erasure import ErasureError
+    from streams.erasure import erase_directly, erase_via_api
+
+    settings = _settings()
+    try:
+        if api:
+            if not customer or identifiers:
+                raise ErasureError("with --api, name the customer (--customer) only")
+            record = erase_via_api(settings, api, customer)
+        else:
+            record = erase_directly(settings, customer, list(identifiers))
+    except ErasureError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(record, indent=2))
+
+
+@main.command()
 def topics() -> None:
     """Create journeywatch's Kafka topics on JW_BROKER_URL (idempotent)."""
     from streams.topics import ensure_topics

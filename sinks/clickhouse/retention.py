@@ -42,6 +42,7 @@ TABLE_RETENTION: Final[dict[str, TableRetention]] = {
 # Tables kept without a TTL, and why.
 WITHOUT_RETENTION: Final[dict[str, str]] = {
     "schema_migrations": "which migrations ran and when: no personal data",
+    "erasures": "the audit of erasures (docs/operations/erasure.md): no personal data",
 }
 
 
