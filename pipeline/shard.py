@@ -69,6 +69,9 @@ from pipeline.touch import Touch
 
 CUSTOMER_PREFIX = "customer_id:"
 MAX_HOPS = 16
+# Event ids of the latest touchpoints read from this partition's input, recognised when read again
+# (a duplicate record: a client's retry, an ingest replay) before their identifiers are resolved.
+RECENT_INPUTS: Final = 100_000
 NEVER: Final = -(2**62)  # an event time before any other (the watermark of a new engine)
 FOREVER: Final = 2**62  # an event time after any other (no bound)
 # Hand-off messages and state records are typed and versioned in pipeline/codec.py (a touch
@@ -178,6 +181,11 @@ class JourneyShard:
         self._finished_seq = 0
         self._inputs_of: dict[int, tuple[Any, int]] = {}  # id(token) → (token, code) in flight
         self._expired: list[str] = []  # finished records the commit has passed: deleted
+        # The event ids of the latest touchpoints read (``RECENT_INPUTS``, oldest first): a
+        # duplicate is acknowledged, not routed. The engine recognises a touch applied twice
+        # to one person; routed again after an identifier changed owner, a duplicate would
+        # reach another person and be applied to both.
+        self._recent: dict[str, None] = {}
         self._done: list[Any] = []
         self._dirty_persons: set[str] = set()
         self._dirty_ids: set[str] = set()
@@ -235,6 +243,16 @@ class JourneyShard:
             self._seen = at
         if offset >= 0 and self.outbox and self._input(token, offset * 2):
             return
+        recent = self._recent
+        event_id = touch.event_id
+        if event_id in recent:
+            self.engine.counters.duplicates += 1
+            if token is not None:
+                self._done.append(token)
+            return
+        recent[event_id] = None
+        if len(recent) > RECENT_INPUTS:
+            del recent[next(iter(recent))]
         self._inputs += 1
         self._wait(touch, token)
         self._route(touch, None)
