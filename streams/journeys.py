@@ -114,8 +114,17 @@ Position = tuple[str, int]  # (topic, offset) of an input record within its part
 
 def advance_of(message: Message) -> int | None:
     """The event time a control record of ``touchpoints.by_person`` announces (header
-    ``jw-control: advance``, ``journeywatch import --end-of-backfill``); None for a touchpoint.
-    Raises ValueError for a control record it cannot read (dead-lettered)."""
+    ``jw-control: advance``, ``journeywatch import --end-of-backfill``); None for a touchpoint
+    or another control record. Raises ValueError for a control record it cannot read."""
+    control = control_of(message)
+    return control if isinstance(control, int) else None
+
+
+def control_of(message: Message) -> int | tuple[str, ...] | None:
+    """What a control record of ``touchpoints.by_person`` (header ``jw-control``) says: the
+    event time an ``advance`` announces (``journeywatch import --end-of-backfill``), or the
+    identifier keys an ``erase`` names (``journeywatch erase``, streams/erasure.py); None for
+    a touchpoint. Raises ValueError for a control record it cannot read (dead-lettered)."""
     headers = message.headers
     if not headers:
         return None
@@ -123,9 +132,14 @@ def advance_of(message: Message) -> int | None:
     control = next((value for name, value in pairs if name == CONTROL_HEADER), None)
     if control is None:
         return None
+    body = orjson.loads(message.value) if isinstance(message.value, bytes) else None
+    if control == b"erase":
+        keys = body.get("erase") if isinstance(body, dict) else None
+        if not isinstance(keys, list) or not all(isinstance(k, str) and ":" in k for k in keys):
+            raise ValueError("an erase control record without a list of identifier keys")
+        return tuple(keys)
     if control != b"advance":
         raise ValueError(f"unknown control record {control!r} (a newer journeywatch's?)")
-    body = orjson.loads(message.value) if isinstance(message.value, bytes) else None
     at = body.get("advance_to") if isinstance(body, dict) else None
     if not isinstance(at, int) or isinstance(at, bool):
         raise ValueError("an advance control record without an integer advance_to")
@@ -261,14 +275,18 @@ class JourneyRole:
             raw = message.value if isinstance(message.value, bytes) else b""
             if message.topic == by_person and message.headers:
                 try:
-                    reach = advance_of(message)
+                    control = control_of(message)
                 except Exception as exc:  # bad input is data (the error policy)
                     self._dead_letter(message, "touchpoint", failure_of(exc))
                     self._dead[partition].append(message)
                     continue
-                if reach is not None:  # the end of a backfill (streams/importer.py)
+                if isinstance(control, int):  # the end of a backfill (streams/importer.py)
                     self._unacked[partition][(message.topic, message.offset)] = message
-                    shard.reach(reach, message)
+                    shard.reach(control, message)
+                    continue
+                if control is not None:  # an erasure (streams/erasure.py)
+                    self._unacked[partition][(message.topic, message.offset)] = message
+                    self._erase(partition, shard, control, message)
                     continue
             if message.topic == by_person:
                 try:
@@ -303,13 +321,26 @@ class JourneyRole:
     def _feed(self, shard: JourneyShard, message: Message) -> None:
         raw = message.value if isinstance(message.value, bytes) else b""
         if message.topic == self.by_person:
-            reach = advance_of(message)
-            if reach is not None:
-                shard.reach(reach, message)
+            control = control_of(message)
+            if isinstance(control, int):
+                shard.reach(control, message)
+            elif control is not None:
+                shard.erase(control, message)  # (idempotent: replayed by a rebuild)
             else:
                 shard.touch(touch_of(raw), message, message.offset)
         else:
             shard.message(raw, message, message.offset)
+
+    def _erase(
+        self, partition: int, shard: JourneyShard, keys: tuple[str, ...], message: Message
+    ) -> None:
+        """Forget the persons and identifier records ``keys`` name (``JourneyShard.erase``);
+        logged with counts only (no identifier in the log)."""
+        forgotten = shard.erase(keys, message)
+        log.info(
+            "erasure applied",
+            extra={"partition": partition, "identifiers": len(keys), "persons": forgotten},
+        )
 
     def _drain(self, partition: int) -> Step:
         """The partition's step, with what a rebuild did and the touches refused since."""

@@ -7,10 +7,14 @@ identifier records of them, saved as deletions (tombstones in the compacted chan
 
 from __future__ import annotations
 
+import orjson
+import pytest
+
 from pipeline.definitions import load_catalog
 from pipeline.engine import JourneyEngine
 from pipeline.shard import JourneyShard
 from pipeline.touch import Touch
+from streams.journeys import advance_of, control_of
 
 from .test_scenario import START
 from .test_shard import Cluster, partitioner
@@ -135,3 +139,19 @@ def test_erase_on_every_partition_leaves_no_record_of_the_person_after_a_restart
     assert cluster.shards[home].graph.person_of("device_id:dev-jane") == "a:device_id:dev-jane"
     later = {o.person_id for o in cluster.outputs if o.event_id == "later"}
     assert later <= {"a:device_id:dev-jane"}
+
+
+def test_an_erase_control_record_is_read_and_a_malformed_one_refused() -> None:
+    from faust.types import Message
+
+    def record(headers: object, value: bytes) -> Message:
+        return Message("touchpoints.by_person", 0, 7, 0.0, 0, headers, None, value, None)  # type: ignore[arg-type]
+
+    body = orjson.dumps({"erase": JANE_KEYS})
+    assert control_of(record([("jw-control", b"erase")], body)) == tuple(JANE_KEYS)
+    assert control_of(record([("jw-control", b"advance")], b'{"advance_to": 5}')) == 5
+    assert advance_of(record([("jw-control", b"erase")], body)) is None
+    assert control_of(record(None, b"{}")) is None
+    for value in (b'{"erase": "customer_id:x"}', b'{"erase": [1]}', b'{"erase": ["nocolon"]}'):
+        with pytest.raises(ValueError):
+            control_of(record([("jw-control", b"erase")], value))
