@@ -53,6 +53,7 @@ from streams.app import Readiness
 from streams.live import LiveFeed
 from streams.mapexport import FONT_FILES, font_path, map_bytes
 from streams.monitoring import alertmanager_credentials
+from streams.runbooks import runbook_answer
 from streams.supervisor import RUN_STATUS_FILE, live_summary, read_status, restarts_by_process
 from streams.topics import BY_PERSON, DLQ, EXPERIENCE_MOMENTS, JOURNEY_EVENTS, JOURNEYS_DLQ
 from streams.webauth import WebAccess, register_signin
@@ -380,6 +381,14 @@ class SinkRole:
 
         self.app.page("/map")(map_page)
         self.app.page("/map/{journey}")(map_page)
+
+        async def runbook(view: faust.web.View, request: faust.web.Request, name: str) -> Any:
+            status, body, location = runbook_answer(name)
+            if location:
+                return view.html("", status=status, headers={"Location": location})
+            return view.html(body, status=status)
+
+        self.app.page("/runbooks/{name}")(runbook)
 
         async def font(view: faust.web.View, request: faust.web.Request, name: str) -> Any:
             if name not in FONT_FILES.values():

@@ -31,6 +31,23 @@ function link(name, url, text) {
   const shown = text || url;
   return shown ? [" ", el("span", {class: "muted", "data-link": name}, `${name}: ${shown}`)] : [];
 }
+// The journey map of what the page shows: the journeys started in its window, compared with its
+// baseline, the stage (and the channel) selected. Names come from the journeys file.
+let periods = {since: "15m", compare_since: "375m", compare_until: "15m"};
+function mapHref(journey, stage, channel) {
+  const q = new URLSearchParams(periods);
+  if (stage) q.set("stage", stage);
+  if (channel) q.set("channel", channel);
+  return "/map/" + encodeURIComponent(journey) + "?" + q.toString();
+}
+function mapLink(text, journey, stage, channel) {
+  return el("a", {href: mapHref(journey, stage, channel), "data-map": journey + (stage ? "/" + stage : "")}, text);
+}
+// A shipped alert's runbook (docs/runbooks/NAME.md in the repository) is served by this sink.
+function runbookLink(a) {
+  const m = /\/docs\/runbooks\/([a-z0-9-]+)\.md$/.exec(a.runbook_url || "");
+  return m ? [" ", el("a", {href: "/runbooks/" + m[1], "data-runbook": m[1]}, "runbook")] : link("runbook", a.runbook_url, a.runbook_text);
+}
 function figure(name, value, text) {
   return el("span", {"data-figure": name, "data-value": value === null ? "" : String(value)}, text);
 }
@@ -53,6 +70,7 @@ function spark(series) {
 }
 
 function render(s) {
+  periods = {since: `${s.window_minutes}m`, compare_since: `${s.window_minutes + s.baseline_minutes}m`, compare_until: `${s.window_minutes}m`};
   document.getElementById("window").textContent = s.as_of
     ? `Last ${s.window_minutes} minutes up to ${time(s.as_of)} (newest touchpoint); baseline: the ${s.baseline_minutes} minutes before`
     : "No touchpoints yet.";
@@ -74,7 +92,8 @@ function render(s) {
         where ? el("span", {class: "tag"}, where) : "",
         el("div", {}, a.summary || ""),
         el("div", {class: "muted"}, "since " + (a.starts_at ? time(a.starts_at) : "?")));
-      box.append(...link("runbook", a.runbook_url, a.runbook_text));
+      box.append(...runbookLink(a));
+      if (a.journey) box.append(" ", mapLink("journey map", a.journey, a.stage, a.channel));
       box.append(...link("dashboard", a.dashboard_url, a.dashboard_text));
       return box;
     }));
@@ -86,7 +105,7 @@ function render(s) {
       el("td", {}, spark(t.per_minute)))));
   // rates
   document.getElementById("dropoff-rates").replaceChildren(...s.journeys.map((j) =>
-    el("tr", {}, el("th", {scope: "row"}, label(j.journey)),
+    el("tr", {}, el("th", {scope: "row"}, mapLink(label(j.journey), j.journey)),
       el("td", {class: "n"}, figure(`drop_off_rate.${j.journey}`, j.drop_off_rate, pct(j.drop_off_rate))),
       el("td", {class: "n"}, figure(`baseline_drop_off_rate.${j.journey}`, j.baseline_drop_off_rate, pct(j.baseline_drop_off_rate))),
       el("td", {}, state(j.drop_off_rate, j.baseline_drop_off_rate)))));
@@ -105,7 +124,7 @@ function render(s) {
         el("thead", {}, el("tr", {}, el("th", {scope: "col"}, "Stage"), el("th", {scope: "col", class: "n"}, "Entered"),
           el("th", {scope: "col"}, ""), el("th", {scope: "col", class: "n"}, "Dropped off"), el("th", {scope: "col", class: "n"}, "Rate"))),
         el("tbody", {}, ...j.stages.map((st) => el("tr", {},
-          el("th", {scope: "row"}, label(st.stage)),
+          el("th", {scope: "row"}, mapLink(label(st.stage), j.journey, st.stage)),
           el("td", {class: "n"}, figure(`funnel.${j.journey}.${st.stage}.entered`, st.entered, fmt.format(st.entered))),
           el("td", {style: "width: 35%"}, el("div", {class: "bar", style: `width: ${(100 * st.entered / widest).toFixed(1)}%`, "aria-hidden": "true"})),
           el("td", {class: "n"}, figure(`funnel.${j.journey}.${st.stage}.dropped_off`, st.dropped_off, fmt.format(st.dropped_off))),

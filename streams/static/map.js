@@ -24,6 +24,25 @@ function query(extra) {
 for (const fmt of ["html", "svg", "png"]) {
   document.getElementById("dl-" + fmt).href = `/api/v1/map/${journey}?` + query({format: fmt, download: "1"});
 }
+// ?stage=NAME (the live page's links): that stage's rows are highlighted in every table
+const stage = params.get("stage") || "";
+const stageLabel = stage.replaceAll("_", " ");
+if (stage && JOURNEYS.some((j) => j.name === journey)) {
+  const note = document.getElementById("selected-stage");
+  note.textContent = "Stage " + stageLabel + " is highlighted in the tables below the map.";
+  note.hidden = false;
+}
+function selectStage() {
+  if (!stage) return;
+  for (const row of document.querySelectorAll("#map tr")) {
+    const head = row.querySelector("th[scope=row]");
+    const change = row.dataset.change;
+    const selected = change !== undefined ? change.split("|")[0] === stage
+      : Boolean(head && head.textContent.trim() === stageLabel);
+    row.classList.toggle("selected", selected);
+    if (selected) row.dataset.selected = stage;
+  }
+}
 const status = document.getElementById("status");
 let loading = false, loadedAt = 0, again = false, timer = null;
 async function load() {
@@ -40,6 +59,7 @@ async function load() {
     }
     // our own server renders the fragment (every value escaped there)
     document.getElementById("map").innerHTML = await response.text();
+    selectStage();
     loadedAt = Date.now();
     document.body.dataset.loads = String(Number(document.body.dataset.loads || 0) + 1);
     status.textContent = "updated " + new Date().toLocaleTimeString([], {hourCycle: "h23"});

@@ -109,11 +109,24 @@ def test_make_run_tells_the_story_in_minutes(tmp_path: Path) -> None:
         channels = {t["channel"] for t in body["traffic"] if t["touchpoints"] > 0}
         assert {"web", "app", "call_center", "store"} <= channels, channels
 
-        # the live page, as a person sees it
+        # the live page, as a person sees it; the alert leads to its runbook and to the
+        # journey map with its stage selected
         with chromium() as browser:
-            sign_in(browser.page, base, WEB_READ_TOKEN)
-            browser.page.wait_for_selector("text=JourneyDropOffSpike", timeout=30_000)
+            page = browser.page
+            sign_in(page, base, WEB_READ_TOKEN)
+            box = page.locator('[data-alert="JourneyDropOffSpike"]').first
+            box.wait_for(timeout=30_000)
             browser.screenshot("demo-live-page.png")
+            runbook = box.locator("a[data-runbook]").get_attribute("href")
+            assert runbook == "/runbooks/journey-drop-off-spike"
+            box.locator("a", has_text="journey map").click()
+            page.wait_for_url(re.compile(r"/map/online_purchase\?.*stage=payment"))
+            selected = page.locator('tr[data-selected="payment"]').first
+            selected.wait_for(timeout=30_000)
+            assert "payment" in selected.inner_text()
+            browser.screenshot("demo-journey-map.png")
+            page.goto(base + runbook)
+            assert "JourneyDropOffSpike" in page.inner_text("h1"), page.inner_text("h1")
             assert not browser.errors, browser.errors
 
         # the journey map before/after, from the link the run printed

@@ -102,7 +102,12 @@ def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None
             60,
             "the touchpoint count to grow",
         )
-        banner = (tmp_path / "run.out").read_text()
+        # the banner comes once the demo's history is in ClickHouse (docs: embedded-run.md)
+        banner = wait_until(
+            lambda: (text := (tmp_path / "run.out").read_text()) * ("Press Ctrl-C" in text),
+            120,
+            "the banner",
+        )
         assert f"{base}/" in banner and "Press Ctrl-C to stop." in banner
         assert f"POST http://127.0.0.1:{collector_port}/v1/events" in banner
         assert f"Sign in       {base}/signin with the admin token in {token_file}" in banner
