@@ -261,6 +261,7 @@ class SinkRole:
         self._register_map_pages()
         self._register_lookup()
         self._register_sql()
+        self._register_erase()
 
     def _register_run_status(self) -> None:
         """Started by `journeywatch run`: what its supervisor reports in the run-status file
@@ -362,6 +363,37 @@ class SinkRole:
                 return response
 
         self.app.page("/api/v1/sql")(Sql)
+
+    def _register_erase(self) -> None:
+        """``POST /api/v1/customers/{customer}/erase``: erase one customer everywhere
+        (streams/erasure.py, docs/operations/erasure.md); the audit record, no personal data.
+        Admin only (``requires("admin")``: 403 for the read-only role; 401 without sign-in)."""
+        from sinks.clickhouse.erasure import ErasureError
+        from streams.erasure import erase, requested_keys
+        from streams.runtime import ensure_pii_key
+        from streams.webauth import principal_of, requires
+
+        role = self
+        settings = ensure_pii_key(self.settings)  # (an embedded run's key, under data_dir)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="ch-erase")  # one erasure at a time
+
+        class Erase(faust.web.View):
+            @requires("admin")
+            async def post(self, request: faust.web.Request, customer: str) -> faust.web.Response:
+                principal = principal_of(request)
+                who = f"api {principal.role} ({principal.via})" if principal else "api"
+
+                def run() -> dict[str, object]:
+                    keys = requested_keys(settings, customer, [])
+                    return erase(settings, role.client, keys, who).as_dict()
+
+                try:
+                    record = await asyncio.get_running_loop().run_in_executor(pool, run)
+                except ErasureError as exc:
+                    return self.json({"error": str(exc)}, status=400)
+                return self.json(record)
+
+        self.app.page("/api/v1/customers/{customer}/erase")(Erase)
 
     def _register_map_pages(self) -> None:
         """The live journey map (/map/<journey>) and its API (/api/v1/map/<journey>)."""
