@@ -36,7 +36,7 @@ from typing import IO, Any, cast
 
 from pydantic import SecretStr
 
-from pipeline.demo import SPEED, DemoTraffic
+from pipeline.demo import INCIDENT_MS, SPEED, ActiveIncident, DemoTraffic
 from pipeline.settings import ApiKey, Settings, embedded_profile, to_environment
 from streams.broker import EmbeddedBroker
 from streams.demo import (
@@ -47,6 +47,7 @@ from streams.demo import (
     demo_settings,
     incident_time_text,
     incident_times,
+    map_link,
 )
 from streams.monitoring import (
     LocalMonitoring,
@@ -639,8 +640,8 @@ class EmbeddedRuntime:
                 f"again every {s.demo_incident_every_s:g} s",
                 f"  Look at       {base}/ from {incident_time_text(alert)}: the drop-offs at "
                 "online_purchase / payment, and JourneyDropOffSpike under Alerts",
-                "                then the journey map's before/after (its link is printed "
-                "when the incident starts)",
+                "                then the journey map's before/after: "
+                + map_link(base, ActiveIncident("payment_outage", start, start + INCIDENT_MS)),
             ]
         lines.append(
             "  By hand       journeywatch simulate incident payment_outage "

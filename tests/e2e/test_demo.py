@@ -72,6 +72,7 @@ def test_make_run_tells_the_story_in_minutes(tmp_path: Path) -> None:
         assert re.search(r"Demo: [\d,]+ touchpoints of the last 2 hours in ClickHouse", banner)
         assert "Incident      payment_outage at " in banner and "Look at       " in banner
         assert "journeywatch simulate incident payment_outage" in banner
+        assert f"before/after: {base}/map/online_purchase?since=" in banner
 
         def spiking() -> dict[str, Any] | None:
             assert run.poll() is None, said()
