@@ -55,7 +55,14 @@ from streams.mapexport import FONT_FILES, font_path, map_bytes
 from streams.monitoring import alertmanager_credentials
 from streams.runbooks import runbook_answer
 from streams.supervisor import RUN_STATUS_FILE, live_summary, read_status, restarts_by_process
-from streams.topics import BY_PERSON, DLQ, EXPERIENCE_MOMENTS, JOURNEY_EVENTS, JOURNEYS_DLQ
+from streams.topics import (
+    BY_PERSON,
+    CONTROL_HEADER,
+    DLQ,
+    EXPERIENCE_MOMENTS,
+    JOURNEY_EVENTS,
+    JOURNEYS_DLQ,
+)
 from streams.webauth import WebAccess, register_signin
 
 log = logging.getLogger(__name__)
@@ -129,6 +136,10 @@ def partition_batches(
     )
     for event in events:
         message = event.message
+        if message.headers and CONTROL_HEADER in _headers(message):
+            # a control record of touchpoints.by_person (advance, erase): for the workers,
+            # not a touchpoint (taken for one, its missing fields crashed the agent)
+            continue
         offsets, rows = grouped[(message.topic, message.partition)]
         offsets.append(message.offset)
         rows.append(build(event, topic_ids.get(message.topic, "")))
