@@ -602,7 +602,17 @@ def _stored_via_api(api: str) -> Any:
     help="Ask the running journeywatch at this URL (it owns an embedded ClickHouse): "
     "POST /api/v1/customers/ID/erase with the admin token (--customer only).",
 )
-def erase(customer: str | None, identifiers: tuple[str, ...], api: str | None) -> None:
+@click.option(
+    "--wait-s",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="How long to wait for the workers and the sink to apply the erasure before deleting "
+    "the rows (0: do not wait).",
+)
+def erase(
+    customer: str | None, identifiers: tuple[str, ...], api: str | None, wait_s: float
+) -> None:
     """Erase one customer everywhere: ClickHouse rows, the workers' state (docs/operations/
     erasure.md). Prints the audit record (no personal data)."""
     from sinks.clickhouse.erasure import ErasureError
@@ -615,7 +625,7 @@ def erase(customer: str | None, identifiers: tuple[str, ...], api: str | None) -
                 raise ErasureError("with --api, name the customer (--customer) only")
             record = erase_via_api(settings, api, customer)
         else:
-            record = erase_directly(settings, customer, list(identifiers))
+            record = erase_directly(settings, customer, list(identifiers), wait_s=wait_s)
     except ErasureError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(json.dumps(record, indent=2))

@@ -18,11 +18,13 @@ the deletion; ``erase`` run again (it is idempotent) removes them (docs/operatio
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 import orjson
 from clickhouse_connect.driver.client import Client
+from kafka import KafkaConsumer, TopicPartition
 
 from pipeline.pii import hash_email, hash_phone
 from pipeline.settings import Settings
@@ -34,12 +36,20 @@ from sinks.clickhouse.erasure import (
     identifier_key,
     record_erasure,
 )
+from streams.offsets import committed_offsets, confirmed_end_offsets
 from streams.producer import raw_producer
-from streams.topics import BY_PERSON, CONTROL_HEADER
+from streams.topics import (
+    BY_PERSON,
+    CONTROL_HEADER,
+    EXPERIENCE_MOMENTS,
+    JOURNEY_EVENTS,
+    kafka_connection,
+)
 
 log = logging.getLogger(__name__)
 
 ERASE: bytes = b"erase"  # the control kind (header jw-control)
+WAIT_S = 60.0  # how long an erasure waits for the pipeline to apply its control records
 
 
 def pii_key(settings: Settings) -> bytes:
@@ -71,22 +81,68 @@ def requested_keys(
     return keys
 
 
-def tell_workers(settings: Settings, keys: Iterable[str]) -> int:
-    """One ``erase`` control record on every partition of ``touchpoints.by_person``; returns
-    how many partitions were told."""
+def tell_workers(settings: Settings, keys: Iterable[str]) -> dict[int, int]:
+    """One ``erase`` control record on every partition of ``touchpoints.by_person``; the
+    offset each was written at, by partition."""
     by_person = settings.topic(BY_PERSON)
     body = orjson.dumps({"erase": sorted(keys)})
     producer = raw_producer(settings)
     try:
         partitions = sorted(producer.partitions_for(by_person) or ())
-        for partition in partitions:
-            producer.send(
-                by_person, value=body, partition=partition, headers=[(CONTROL_HEADER, ERASE)]
+        sent = [
+            (
+                p,
+                producer.send(
+                    by_person, value=body, partition=p, headers=[(CONTROL_HEADER, ERASE)]
+                ),
             )
+            for p in partitions
+        ]
         producer.flush()
+        return {p: int(future.get(timeout=60).offset) for p, future in sent}
     finally:
         producer.close()
-    return len(partitions)
+
+
+def wait_until_applied(settings: Settings, told: dict[int, int], timeout_s: float) -> bool:
+    """Wait (at most ``timeout_s``) until the journey workers have committed past the control
+    records ``told`` (so every output of the touchpoints before them is produced) and the sink
+    has then committed what its topics held (so those outputs are in ClickHouse): the rows
+    deleted next cannot come back from the pipeline. False when time ran out (the workers or
+    the sink are not running, or a worker holds older input for its watermark): the control
+    records wait in the topic for the workers, and rows written meanwhile are removed by the
+    same erasure run again."""
+    if timeout_s <= 0:
+        return False
+    by_person = settings.topic(BY_PERSON)
+    deadline = time.monotonic() + timeout_s
+    workers = settings.topic("journeywatch")
+    while True:
+        committed = committed_offsets(settings, workers)
+        if all(committed.get(TopicPartition(by_person, p), 0) > o for p, o in told.items()):
+            break
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)  # polling the group's committed offsets
+    topics = [settings.topic(t) for t in (BY_PERSON, JOURNEY_EVENTS, EXPERIENCE_MOMENTS)]
+    consumer = KafkaConsumer(**kafka_connection(settings))
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in consumer.partitions_for_topic(topic) or ()
+        ]
+    finally:
+        consumer.close()
+    ends = confirmed_end_offsets(settings, partitions)
+    sink = settings.topic("journeywatch-sink")
+    while True:
+        committed = committed_offsets(settings, sink)
+        if all(end == 0 or committed.get(tp, 0) >= end for tp, end in ends.items()):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
 
 
 def erase(
@@ -94,9 +150,12 @@ def erase(
     client: Client,
     keys: list[str],
     requested_by: str,
+    wait_s: float = WAIT_S,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> ErasureRecord:
-    """Erase the person ``keys`` name (``requested_keys``) everywhere; the audit record."""
+    """Erase the person ``keys`` name (``requested_keys``) everywhere; the audit record.
+    Waits up to ``wait_s`` for the pipeline to apply the control records first
+    (``wait_until_applied``)."""
     database = settings.clickhouse_database
     person = find_person(client, database, keys)
     try:
@@ -106,20 +165,17 @@ def erase(
             f"cannot tell the workers through Kafka ({type(exc).__name__}: {exc}); nothing was "
             "deleted: run the erasure again when the broker answers"
         ) from exc
+    applied = wait_until_applied(settings, told, wait_s)
+    if not applied and wait_s > 0:
+        log.warning(
+            "erasure: the workers and the sink did not confirm the control records in time; "
+            "deleting now (run the erasure again later to remove rows written meanwhile)",
+            extra={"waited_s": wait_s},
+        )
     rows = delete_person(client, database, person, settings.clickhouse_cluster)
-    record = ErasureRecord.of(keys, person, rows, told, requested_by, pii_key(settings), now())
+    record = ErasureRecord.of(keys, person, rows, len(told), requested_by, pii_key(settings), now())
     record_erasure(client, database, record)
-    log.info(
-        "erasure %s by %s: %d identifiers, %d persons, %d shared kept, rows deleted %s, "
-        "%d partitions told",
-        record.erasure_id,
-        requested_by,
-        record.identifiers,
-        record.persons,
-        record.shared_kept,
-        ", ".join(f"{table} {count}" for table, count in rows.items()),
-        told,
-    )
+    log.info("erasure done", extra=record.as_dict())  # the audit record: no personal data
     return record
 
 
@@ -162,7 +218,11 @@ def erase_via_api(settings: Settings, api: str, customer: str) -> dict[str, obje
 
 
 def erase_directly(
-    settings: Settings, customer: str | None, identifiers: list[str], requested_by: str = "cli"
+    settings: Settings,
+    customer: str | None,
+    identifiers: list[str],
+    requested_by: str = "cli",
+    wait_s: float = WAIT_S,
 ) -> dict[str, object]:
     """``journeywatch erase`` without ``--api``: this process opens ClickHouse itself."""
     from sinks.clickhouse.client import connect
@@ -171,4 +231,4 @@ def erase_directly(
     settings = ensure_pii_key(settings)  # (an embedded run's key, kept under data_dir)
     keys = requested_keys(settings, customer, identifiers)
     client = connect(settings.clickhouse_dsn)
-    return erase(settings, client, keys, requested_by).as_dict()
+    return erase(settings, client, keys, requested_by, wait_s).as_dict()

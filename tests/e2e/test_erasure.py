@@ -185,6 +185,8 @@ def test_a_customer_is_erased_everywhere_and_comes_back_as_a_new_person(
     wait_until(lambda: bool(_sql(topology, query)), 30, "the later touchpoint stored", 0.5)
     assert not _sql(topology, f"SELECT 1 FROM journey_events WHERE person_id = 'c:{JANE}'")
     logs = "".join(p.read_text() for p in topology.tmp.glob("*.log"))
-    assert "erasure applied" in logs
+    assert "erasure applied" in logs  # (the worker's)
+    assert record["erasure_id"] in logs and "Logging error" not in logs  # (the sink's audit)
+    assert "did not confirm" not in logs  # the workers and the sink applied it first
     assert "Crashed" not in logs  # (the sink's agents skip the control records)
     assert not [w for w in [JANE, email_hash, phone_hash] if w in logs]

@@ -40,7 +40,7 @@ def test_erase_by_a_raw_e_mail_from_the_command(broker: EmbeddedBroker, tmp_path
         f"('e1', now64(3), now64(3), 'web', 'home.view', 'jane-cli', '{email_hash}'), "
         "('e2', now64(3), now64(3), 'web', 'home.view', 'bob-cli', 'other-hash')",
     )
-    result = run_cli(["erase", "--identifier", f"email:{EMAIL}"], env)
+    result = run_cli(["erase", "--identifier", f"email:{EMAIL}", "--wait-s", "0"], env)
     assert result.returncode == 0, result.stderr
     record = orjson.loads(result.stdout)
     assert record["identifiers"] == 2 and record["partitions_told"] == 3
