@@ -572,6 +572,9 @@ class JourneyShard:
         All of it is saved as deletions by the next ``drain``. Idempotent: applied again (a
         replayed control record) it finds nothing. Returns the persons forgotten here. A later
         touchpoint with one of ``keys`` starts a new person."""
+        while self._local:  # hops within this partition of the input before it, first
+            raw, _ = self._local.popleft()
+            self.message(raw, None)
         wanted = set(keys)
         graph, engine = self.graph, self.engine
         named: set[str] = set()  # the persons ``keys`` name, wherever anchored

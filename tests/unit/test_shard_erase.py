@@ -10,6 +10,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from pipeline.codec import Forward, encode_message
 from pipeline.definitions import load_catalog
 from pipeline.engine import JourneyEngine
 from pipeline.shard import JourneyShard
@@ -155,3 +156,19 @@ def test_an_erase_control_record_is_read_and_a_malformed_one_refused() -> None:
     for value in (b'{"erase": "customer_id:x"}', b'{"erase": [1]}', b'{"erase": ["nocolon"]}'):
         with pytest.raises(ValueError):
             control_of(record([("jw-control", b"erase")], value))
+
+
+def test_erase_comes_after_the_hops_of_the_input_before_it() -> None:
+    """A touch read just before the control record may still be on a hop within the
+    partition (a message to the same partition, delivered at the next drain): it is applied
+    first and erased with the rest, never applied after the erasure."""
+    shard = _shard()
+    shard.touch(_touch("e1", START, JANE), "t1")
+    shard.drain()
+    later = _touch("e2", START + 1_000, (("customer_id", "jane-7"), ("loyalty_id", "L9")))
+    shard._local.append((encode_message(Forward("c:jane-7", later)), later.at))
+    shard.erase([*JANE_KEYS, "loyalty_id:L9"], "control")
+    step = shard.drain()
+    assert "c:jane-7" not in shard.engine.persons
+    assert step.records.get("p:c:jane-7") is None
+    assert shard.graph.person_of("loyalty_id:L9") is None
