@@ -49,7 +49,7 @@ def _mentions(store: dict[str, bytes], words: list[str]) -> list[str]:
 
 
 def test_erase_deletes_the_persons_records_and_a_later_touch_starts_a_new_person() -> None:
-    shard, store = _shard(), {}
+    shard, store = _shard(), dict[str, bytes]()
     shard.touch(_touch("e1", START, JANE), "t1")
     shard.touch(_touch("e2", START + 1_000, OTHER), "t2")
     shard.touch(_touch("e3", START + 2_000, JANE[1:]), "t3")
@@ -86,7 +86,7 @@ def test_erase_deletes_the_persons_records_and_a_later_touch_starts_a_new_person
 
 
 def test_erase_applied_again_is_harmless() -> None:
-    shard, store = _shard(), {}
+    shard, store = _shard(), dict[str, bytes]()
     shard.touch(_touch("e1", START, JANE), "t1")
     shard.touch(_touch("e2", START + 1_000, OTHER), "t2")
     _saved(shard, store)
