@@ -241,7 +241,7 @@ class JourneyShard:
             at = received
         if at > self._seen:  # (the input's own candidate: touches forwarded count too)
             self._seen = at
-        if offset >= 0 and self.outbox and self._input(token, offset * 2):
+        if offset >= 0 and (self.outbox or self._finished) and self._input(token, offset * 2):
             return
         recent = self._recent
         event_id = touch.event_id
@@ -313,7 +313,8 @@ class JourneyShard:
         if code in self._finished:
             self._done.append(token)
             return True
-        self._inputs_of[id(token)] = (token, code)
+        if self.outbox:
+            self._inputs_of[id(token)] = (token, code)
         return False
 
     def committed(self, touches: int, handoffs: int) -> None:
@@ -540,8 +541,11 @@ class JourneyShard:
         self._dirty_ids = set()
         self.graph.changed = set()
         sends = self._sends
-        if self.outbox:
+        # (without the outbox too: what a worker with it saved, read here after a rebalance,
+        # is sent and deleted; only this step's own sends and input are not saved then)
+        if self.outbox or self._resend or self._delivered or self._placing:
             sends = self._fill_outbox(records)
+        if self.outbox or self._expired:
             self._save_finished(records)
         step = Step(self._outputs, sends, records, self._done, self._notices, self.outbox)
         self._outputs, self._sends, self._done, self._notices = [], [], [], []
@@ -695,6 +699,9 @@ class JourneyShard:
             if again:  # placed before this step's own sends, in the order they go out
                 split = len(self._unplaced) - len(self._sends)
                 self._unplaced[split:split] = again
+        if not self.outbox:
+            self._placing += placing
+            return sends + self._sends
         for (route, raw), at in zip(self._sends, self._sends_at, strict=True):
             key = "o:" + str(self._outbox_seq)
             self._outbox_seq += 1

@@ -791,3 +791,35 @@ def test_hand_off_messages_of_either_version_decode() -> None:
     other.message(old, "m2", 1)
     held = [entry[3] for entry in other.engine._in_order]
     assert [t.received_at for t in held] == [START + 5, None]
+
+
+def test_an_outbox_is_sent_and_finished_input_skipped_by_a_worker_writing_the_released_format() -> (
+    None
+):
+    """A rolling upgrade's first restart: a worker with the outbox saves a hand-off message
+    and its finished input, then the partition moves to a worker writing the released format
+    (``outbox=False``, ``JW_STATE_WRITE_VERSION=1``). That worker sends the saved message and
+    deletes it, skips the finished input read again, and saves neither record of its own."""
+    part = partitioner(2)
+    customer = next(f"c{i}" for i in range(100) if part(f"customer_id:c{i}") == 1)
+    device = next(f"d{i}" for i in range(100) if part(f"device_id:d{i}") == 0)
+    ids = (("device_id", device), ("customer_id", customer))
+    touch = Touch("e1", START, "web", "home.view", "view", identifiers=ids)
+    with_outbox = JourneyShard(JourneyEngine(CATALOG), 0, part, 2)
+    with_outbox.touch(touch, "t1", 0)
+    first = with_outbox.drain()
+    ((route, message),) = first.sends
+    saved = {k: v for k, v in first.records.items() if v is not None}
+    assert first.saved_first and {k[:2] for k in saved} >= {"o:", "d:"}
+
+    released = JourneyShard(JourneyEngine(CATALOG), 0, part, 2, outbox=False)
+    released.load(saved.items())
+    released.touch(touch, "t1-again", 0)  # read again: the commit had not passed it
+    step = released.drain()
+    assert step.sends == [(route, message)] and not step.saved_first
+    assert step.done == ["t1-again"]
+    released.produced([7])
+    later = released.drain()
+    deleted = {k for k, v in later.records.items() if v is None}
+    assert {k for k in saved if k.startswith("o:")} <= deleted
+    assert not any(k[:2] in ("o:", "d:") for k, v in later.records.items() if v is not None)
