@@ -41,6 +41,7 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline streams sinks tests benchmarks docs/generate.py deploy/grafana/dashboards.py deploy/compile_core.py
+	$(VENV)/bin/ruff format --check pipeline streams sinks tests benchmarks docs/generate.py deploy/grafana/dashboards.py deploy/compile_core.py
 	$(VENV)/bin/mypy pipeline streams sinks tests benchmarks docs/generate.py deploy/grafana/dashboards.py deploy/compile_core.py
 	$(VENV)/bin/lint-imports
 

@@ -400,7 +400,7 @@ class Settings(BaseSettings):
     )
     webhook_secrets: dict[str, SecretStr] = Field(
         default_factory=dict,
-        description='Secrets of signed survey webhooks as JSON, by the name a source\'s '
+        description="Secrets of signed survey webhooks as JSON, by the name a source's "
         '`webhook.signature.secret` gives in the journeys file: `{"delighted": "..."}` '
         "(docs/sources.md). Never logged.",
     )
