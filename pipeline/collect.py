@@ -75,7 +75,12 @@ def prepare_event(
     if not isinstance(item, dict):
         return ItemError(index, "not_an_object", "", "each event must be a JSON object")
     channel = item.get("channel")
-    if allowed_channels is not None and channel not in allowed_channels:
+    # a list or an object is no channel (and unhashable): validation names the field
+    if (
+        allowed_channels is not None
+        and not isinstance(channel, list | dict)
+        and channel not in allowed_channels
+    ):
         return ItemError(
             index,
             "channel_not_allowed",
