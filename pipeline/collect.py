@@ -42,9 +42,9 @@ class BodyError(ValueError):
 
 def parse_body(body: bytes, ndjson: bool) -> list[Any]:
     """The events of a request: one object, a JSON array, ``{"events": [...]}`` or NDJSON."""
+    if ndjson:
+        return _ndjson_items(body)
     try:
-        if ndjson:
-            return [orjson.loads(line) for line in body.splitlines() if line.strip()]
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BodyError(f"the body is not valid JSON: {exc}") from exc
@@ -55,6 +55,22 @@ def parse_body(body: bytes, ndjson: bool) -> list[Any]:
     if isinstance(data, dict):
         return [data]
     raise BodyError('expected a JSON object, an array of objects, or {"events": [...]}')
+
+
+def _ndjson_items(body: bytes) -> list[Any]:
+    """One event per non-blank line; a bad line is named by its number in the body (orjson's
+    own position counts from the start of that line)."""
+    items = []
+    for number, line in enumerate(body.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            items.append(orjson.loads(line))
+        except orjson.JSONDecodeError as exc:
+            raise BodyError(
+                f"line {number} of the body is not valid JSON: {exc.msg} at column {exc.colno}"
+            ) from exc
+    return items
 
 
 def prepare_event(
