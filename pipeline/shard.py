@@ -69,8 +69,8 @@ from pipeline.touch import Touch
 
 CUSTOMER_PREFIX = "customer_id:"
 MAX_HOPS = 16
-# Event ids of the latest touchpoints read from this partition's input, recognised when read again
-# (a duplicate record: a client's retry, an ingest replay) before their identifiers are resolved.
+# Event ids of the latest touchpoints read from this partition's input, with the person each went
+# to: read again (a duplicate record: a client's retry, an ingest replay), one goes there too.
 RECENT_INPUTS: Final = 100_000
 NEVER: Final = -(2**62)  # an event time before any other (the watermark of a new engine)
 FOREVER: Final = 2**62  # an event time after any other (no bound)
@@ -181,11 +181,11 @@ class JourneyShard:
         self._finished_seq = 0
         self._inputs_of: dict[int, tuple[Any, int]] = {}  # id(token) → (token, code) in flight
         self._expired: list[str] = []  # finished records the commit has passed: deleted
-        # The event ids of the latest touchpoints read (``RECENT_INPUTS``, oldest first): a
-        # duplicate is acknowledged, not routed. The engine recognises a touch applied twice
-        # to one person; routed again after an identifier changed owner, a duplicate would
-        # reach another person and be applied to both.
-        self._recent: dict[str, None] = {}
+        # The event ids of the latest touchpoints read (``RECENT_INPUTS``, oldest first) and
+        # the person each went to: a duplicate goes to that person too, who recognises it (the
+        # engine recognises a touch applied twice to one person). Routed again after an
+        # identifier changed owner, it would reach another person and be applied to both.
+        self._recent: dict[str, tuple[str, int]] = {}  # event id → (person, offset)
         self._done: list[Any] = []
         self._dirty_persons: set[str] = set()
         self._dirty_ids: set[str] = set()
@@ -245,17 +245,26 @@ class JourneyShard:
             return
         recent = self._recent
         event_id = touch.event_id
-        if event_id in recent:
+        first = recent.get(event_id)
+        if first is not None and offset >= 0 and first[1] >= 0 and first[1] != offset:
+            # another record of a touchpoint read already (a client's retry, an ingest
+            # replay): acknowledged, not routed (routed again after an identifier changed
+            # owner, or beside the first on another path, it would reach another person)
             self.engine.counters.duplicates += 1
             if token is not None:
                 self._done.append(token)
             return
-        recent[event_id] = None
-        if len(recent) > RECENT_INPUTS:
-            del recent[next(iter(recent))]
         self._inputs += 1
         self._wait(touch, token)
-        self._route(touch, None)
+        if first is not None:
+            # the same record delivered again: to the person its first delivery went to, who
+            # recognises it (its token waits like any other: acknowledging it now would let
+            # the commit pass the first delivery, still held)
+            self._route(touch, first[0])
+            return
+        recent[event_id] = (self._route(touch, None), offset)
+        if len(recent) > RECENT_INPUTS:
+            del recent[next(iter(recent))]
 
     def reach(self, at: int, token: Any) -> None:
         """Event time on this partition's input has reached ``at`` without a touchpoint: the
@@ -970,8 +979,9 @@ class JourneyShard:
             kept = ((kind, value),)
         return touch._replace(identifiers=kept)
 
-    def _route(self, touch: Touch, person: str | None) -> None:
-        """Apply a touch here, or send it where it must go (its token waits: ``_wait``)."""
+    def _route(self, touch: Touch, person: str | None) -> str:
+        """Apply a touch here, or send it where it must go (its token waits: ``_wait``).
+        Returns the person it went to."""
         keys = _keys(touch)
         person = self._person_of(keys) if person is None else self._follow(person)
         customer = _customer_of(keys)
@@ -983,16 +993,17 @@ class JourneyShard:
         anchor = anchor_key(person)
         if not self._here(anchor):
             self._send(anchor, Forward(person, touch))
-            return
+            return person
         if person in self.awaiting:
             self.parked.setdefault(person, []).append(touch)
             self._lower(touch.at)
-            return
+            return person
         key = self._needs_link(person, keys)
         if key is not None:
             self._link(person, key, touch)
-            return
+            return person
         self._submit(person, touch)
+        return person
 
     def _link(self, person: str, key: str, touch: Touch) -> None:
         self.awaiting[person] = key

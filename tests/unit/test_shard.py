@@ -823,3 +823,18 @@ def test_an_outbox_is_sent_and_finished_input_skipped_by_a_worker_writing_the_re
     deleted = {k for k, v in later.records.items() if v is None}
     assert {k for k in saved if k.startswith("o:")} <= deleted
     assert not any(k[:2] in ("o:", "d:") for k, v in later.records.items() if v is not None)
+
+
+def test_a_duplicate_record_is_acknowledged_and_a_redelivery_waits_with_the_first() -> None:
+    """A touchpoint read again: another record of it (another offset: a client's retry) is
+    acknowledged at once and not routed; the same record delivered again (the same offset)
+    waits like the first delivery, held for the watermark (acknowledging it would let the
+    commit pass the first delivery)."""
+    shard = JourneyShard(JourneyEngine(CATALOG), 0, partitioner(1))
+    touch = Touch("e1", START, "web", "home.view", "view", identifiers=(("device_id", "d1"),))
+    shard.touch(touch, "first", 3)
+    shard.touch(touch, "again", 3)
+    shard.touch(touch, "retry", 8)
+    step = shard.drain()
+    assert step.done == ["retry"]
+    assert shard.held == 2 and shard.engine.counters.duplicates == 1
