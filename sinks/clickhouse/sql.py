@@ -231,9 +231,13 @@ def statement_of(text: str, limits: SqlLimits) -> str:
 # --- running -----------------------------------------------------------------------------
 def json_value(value: Any) -> Any:
     """A ClickHouse value as JSON can carry it: times in ISO 8601 (UTC, as ClickHouse holds
-    them), decimals, UUIDs and addresses as text, bytes as UTF-8, containers element-wise."""
-    if value is None or isinstance(value, bool | int | float | str):
+    them), decimals, UUIDs, addresses and integers wider than 64 bits (UInt128, Int256: JSON
+    numbers past 64 bits are refused by the encoder and lose digits in most readers) as text,
+    bytes as UTF-8, containers element-wise."""
+    if value is None or isinstance(value, bool | float | str):
         return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else str(value)
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, Decimal | uuid.UUID | ipaddress.IPv4Address | ipaddress.IPv6Address):

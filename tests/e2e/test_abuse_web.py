@@ -98,6 +98,27 @@ def api_abuse(port: int) -> None:
     refused(
         call(port, "POST", "/api/v1/touchpoints/stored", headers=read, body=stored), 400, "10,000"
     )
+    for query in (
+        "SELECT " + "(" * 10_000 + "1" + ")" * 10_000,  # deep nesting
+        "SELECT 1e400 AS inf, -1e400, nan",
+        "SELECT toUInt128('340282366920938463463374607431768211455') AS big",
+        "SELECT -toInt256('57896044618658097711785492504343953926634992332820282019728792003')",
+        "SELECT 'a\u0000b' AS nul, '\ud7ff\U0001f4a5' AS wide",
+        "SELECT 1; DROP TABLE touchpoints",
+        "\u0000",
+    ):
+        answer = call(
+            port, "POST", "/api/v1/sql", headers=read, body=orjson.dumps({"query": query})
+        )
+        assert answer.status < 500, (query[:80], answer.status, answer.body[:300])
+        if answer.status >= 400:
+            assert orjson.loads(answer.body)["error"], answer.body
+    wide = "SELECT toUInt128('340282366920938463463374607431768211455') AS u, toInt128(-1) AS i"
+    answer = call(port, "POST", "/api/v1/sql", headers=read, body=orjson.dumps({"query": wide}))
+    assert orjson.loads(answer.body)["rows"] == [["340282366920938463463374607431768211455", -1]]
+    plain = read | {"Content-Type": "text/plain"}
+    answer = call(port, "POST", "/api/v1/sql", headers=plain, body=b"SELECT '\xff\xfe\x00'")
+    assert answer.status < 500, answer.body[:300]
     bad_sql = orjson.dumps({"query": "SELECT '\u0000\ud7ff' || toString(2e400)"})
     answer = call(port, "POST", "/api/v1/sql", headers=read, body=bad_sql)
     assert 400 <= answer.status < 500, answer
