@@ -74,7 +74,10 @@ def topology(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Running]:
             "the sink",
         )
         yield running
-    finally:
+    finally:  # every process told at once, then waited for: the longest shutdown, not their sum
+        for process in [*running.workers.values(), running.sink, running.collector, alertmanager]:
+            if process is not None and process.poll() is None:
+                process.terminate()
         running.stop()
         stop_process(alertmanager)
 
