@@ -288,8 +288,6 @@ class SinkRole:
         holds: how ``journeywatch replay raw --api`` asks while this process owns chdb. A
         lookup changes nothing: the read-only role may ask (an endpoint that changes or erases
         data is wrapped in ``webauth.requires("admin")``)."""
-        from streams.httpbody import BodyRejected, read_body
-
         role = self
         database = self.settings.clickhouse_database
         body_timeout_s = self.settings.collector_body_timeout_s
@@ -297,15 +295,9 @@ class SinkRole:
 
         class StoredTouchpoints(faust.web.View):
             async def post(self, request: faust.web.Request) -> faust.web.Response:
-                try:  # the whole body, bounded in size and time
-                    if request.headers.get("Content-Encoding", "identity").lower() != "identity":
-                        raise BodyRejected(415, "send the body without Content-Encoding")
-                    raw = await read_body(cast("Any", request), max_body, body_timeout_s)
-                except BodyRejected as exc:
-                    response = self.json({"error": exc.message}, status=exc.status)
-                    if exc.status in (408, 413):
-                        cast("Any", response).force_close()
-                    return response
+                raw = await bounded_body(self, request, max_body, body_timeout_s)
+                if not isinstance(raw, bytes):
+                    return raw  # (the error answer)
                 try:
                     body = orjson.loads(raw)
                     ids = body["event_ids"]
@@ -331,7 +323,6 @@ class SinkRole:
         its own, one query at a time in a thread of its own (a slow query holds neither the
         live page nor the maps). Any signed-in role may ask: it reads, like the maps."""
         from sinks.clickhouse.sql import SqlError, SqlLimits, read_only_client, run_sql
-        from streams.httpbody import BodyRejected, read_body
 
         limits = SqlLimits.of(self.settings)
         client = read_only_client(
@@ -343,15 +334,9 @@ class SinkRole:
 
         class Sql(faust.web.View):
             async def post(self, request: faust.web.Request) -> faust.web.Response:
-                try:  # the whole body, bounded in size and time
-                    if request.headers.get("Content-Encoding", "identity").lower() != "identity":
-                        raise BodyRejected(415, "send the body without Content-Encoding")
-                    raw = await read_body(cast("Any", request), max_body, body_timeout_s)
-                except BodyRejected as exc:
-                    response = self.json({"error": exc.message}, status=exc.status)
-                    if exc.status in (408, 413):
-                        cast("Any", response).force_close()
-                    return response
+                raw = await bounded_body(self, request, max_body, body_timeout_s)
+                if not isinstance(raw, bytes):
+                    return raw  # (the error answer)
                 if cast("Any", request).content_type == "text/plain":
                     text = raw.decode("utf-8", errors="replace")
                 else:
@@ -522,6 +507,24 @@ class SinkRole:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+
+async def bounded_body(
+    view: faust.web.View, request: faust.web.Request, max_body: int, timeout_s: float
+) -> bytes | faust.web.Response:
+    """A request's whole body, bounded in size and time (streams/httpbody.py), or the error
+    answer to give: 415 for a compressed body, 408 or 413 (the connection then closed)."""
+    from streams.httpbody import BodyRejected, read_body
+
+    try:
+        if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+            raise BodyRejected(415, "send the body without Content-Encoding")
+        return await read_body(cast("Any", request), max_body, timeout_s)
+    except BodyRejected as exc:
+        response = view.json({"error": exc.message}, status=exc.status)
+        if exc.status in (408, 413):
+            cast("Any", response).force_close()
+        return response
 
 
 def _load_page(name: str) -> str:

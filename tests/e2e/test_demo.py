@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from tests.browser import chromium, sign_in
-from tests.e2e.test_run import journeywatch_run
+from tests.e2e.test_run import RunPorts, journeywatch_run
 from tests.e2e.test_topology import guide_query, guide_query_names
-from tests.helpers import WEB_READ_TOKEN, free_port, http_json, jw_env, run_cli, wait_until
+from tests.helpers import WEB_READ_TOKEN, http_json, run_cli, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -28,19 +28,9 @@ ALERT_WITHIN_S = 300  # the issue's promise; measured well under two minutes fro
 
 
 def test_make_run_tells_the_story_in_minutes(tmp_path: Path) -> None:
-    status_port, worker_port, broker_port, collector_port = (free_port() for _ in range(4))
-    prometheus_port, alertmanager_port = free_port(), free_port()
-    env = jw_env(
-        prometheus_port=prometheus_port,
-        alertmanager_port=alertmanager_port,
-        collector_port=collector_port,
-        status_port=status_port,
-        worker_web_port=worker_port,
-        embedded_broker_port=broker_port,
-        data_dir=tmp_path / "var",
-        clickhouse_dsn=f"chdb://{tmp_path / 'clickhouse'}",
-    )
-    base = f"http://127.0.0.1:{status_port}"
+    ports = RunPorts()
+    env = ports.env(tmp_path)
+    base = f"http://127.0.0.1:{ports.status}"
     output = tmp_path / "run.out"
     started = time.monotonic()
 

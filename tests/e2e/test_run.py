@@ -11,6 +11,7 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,19 +46,38 @@ def journeywatch_run(env: dict[str, str], output: Path) -> Iterator[subprocess.P
                 run.kill()
 
 
+@dataclass(frozen=True)
+class RunPorts:
+    """The free loopback ports of one ``journeywatch run`` under test."""
+
+    status: int = field(default_factory=free_port)
+    worker: int = field(default_factory=free_port)
+    broker: int = field(default_factory=free_port)
+    collector: int = field(default_factory=free_port)
+    prometheus: int = field(default_factory=free_port)
+    alertmanager: int = field(default_factory=free_port)
+
+    def env(self, tmp_path: Path, **settings: Any) -> dict[str, str]:
+        """``jw_env`` for a run on these ports with its data under ``tmp_path``."""
+        return jw_env(
+            prometheus_port=self.prometheus,
+            alertmanager_port=self.alertmanager,
+            collector_port=self.collector,
+            status_port=self.status,
+            worker_web_port=self.worker,
+            embedded_broker_port=self.broker,
+            data_dir=tmp_path / "var",
+            clickhouse_dsn=f"chdb://{tmp_path / 'clickhouse'}",
+            **settings,
+        )
+
+
 def test_run_serves_fills_clickhouse_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    status_port, worker_port, broker_port, collector_port, prometheus_port, alertmanager_port = (
-        free_port() for _ in range(6)
-    )
-    env = jw_env(
-        prometheus_port=prometheus_port,
-        alertmanager_port=alertmanager_port,
-        collector_port=collector_port,
-        status_port=status_port,
-        worker_web_port=worker_port,
-        embedded_broker_port=broker_port,
-        data_dir=tmp_path / "var",
-        clickhouse_dsn=f"chdb://{tmp_path / 'clickhouse'}",
+    ports = RunPorts()
+    status_port, worker_port, collector_port = ports.status, ports.worker, ports.collector
+    prometheus_port, alertmanager_port = ports.prometheus, ports.alertmanager
+    env = ports.env(
+        tmp_path,
         simulate_rate=200,
         web_admin_token=None,  # as `make run` starts: the run generates its admin token
         web_read_token=None,
