@@ -273,7 +273,7 @@ def test_a_simulator_that_fails_is_started_again_with_a_new_seed(
             pass
 
     monkeypatch.setattr("streams.runtime.SimulatorThread", FailingSimulator)
-    runtime, out = _runtime(tmp_path, simulate_seed=7)
+    runtime, out = _runtime(tmp_path, simulate_seed=7, run_demo=False)  # the plain simulator
     try:
         runtime._start_simulator(7)
         _supervise_until(runtime, lambda: len(started) == 2)
