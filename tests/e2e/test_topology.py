@@ -178,6 +178,14 @@ def run_day(
         if sink:
             # the sink wrote every journey outcome to ClickHouse, each once
             expected = Counter(key[2] for key in truth.elements())
+            # and every journey's start the workers emitted (the conversion query counts them)
+            expected["started"] = len(
+                {
+                    o["output_id"]
+                    for o in outputs
+                    if o["type"] == "journey" and o["name"] == "started"
+                }
+            )
 
             def written() -> bool:
                 by_name = topology.stats().get("journey_events_by_name", {})
@@ -270,7 +278,19 @@ def test_two_workers_find_the_ground_truth_of_a_day(broker: EmbeddedBroker, tmp_
     for journey, _channel, n_started, n_converted, _ in conversion:
         started[journey] += int(n_started)
         converted[journey] += int(n_converted)
-    assert started == Counter(k[0] for k in truth.elements())
+    emitted = Counter(
+        o["journey"] for o in outputs if o["type"] == "journey" and o["name"] == "started"
+    )
+    started_ids = {o["journey_id"] for o in outputs if o["name"] == "started"}
+    unstarted = [
+        o
+        for o in outputs
+        if o["type"] == "journey"
+        and o["name"] in ("converted", "dropped_off")
+        and o["journey_id"] not in started_ids
+    ]
+    assert emitted == Counter(k[0] for k in truth.elements()), ("the workers' starts", unstarted)
+    assert started == emitted, "the conversion query's starts"
     assert converted == Counter(k[0] for k in truth.elements() if k[2] == "converted")
     online = {c: (int(s), int(v)) for j, c, s, v, _ in conversion if j == "online_purchase"}
     assert online == {
