@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -25,6 +25,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from pipeline import __version__
+from pipeline.contract import Channel
+from pipeline.definitions import JourneyCatalog
 
 _M = TypeVar("_M", Counter, Gauge, Histogram)
 
@@ -97,6 +99,45 @@ MOMENTS_OF_TRUTH = Counter(
     "jw_moments_of_truth_total",
     "Moments of truth passed or failed.",
     ["journey", "moment", "channel", "outcome"],
+)
+# Experience KPIs (the journey agent counts them from the engine's ``kpi`` and ``score``
+# outputs: ExperienceKpis below). Labels: journey (a name from the journeys file, or "" for an
+# answer outside any journey), channel (the touchpoint's), and one closed set each.
+CSAT_ANSWERS = Counter(
+    "jw_csat_answers_total",
+    "CSAT survey answers by score (1-5; CSAT is the share of 4 and 5).",
+    ["journey", "channel", "score"],
+)
+NPS_ANSWERS = Counter(
+    "jw_nps_answers_total",
+    "NPS survey answers by category: promoter (9-10), passive (7-8), detractor (0-6).",
+    ["journey", "channel", "category"],
+)
+CASES_RESOLVED = Counter(
+    "jw_cases_resolved_total",
+    "Journeys with first-contact resolution (the journeys file's first_contact_resolution) "
+    "that reached their goal, by whether one contact did it (first_contact: yes, no).",
+    ["journey", "channel", "first_contact"],
+)
+COMPLAINT_RESPONSE = Histogram(
+    "jw_complaint_response_seconds",
+    "From a complaint to the business's first response (event time), by the responding "
+    "touchpoint's channel.",
+    ["journey", "channel"],
+    buckets=(60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800, 604800),
+)
+PEAK_END_SCORE = Histogram(
+    "jw_peak_end_score",
+    "Peak-end experience score (0 awful, 50 neutral, 100 delightful) of journeys as they end, "
+    "by outcome (converted, dropped_off).",
+    ["journey", "outcome"],
+    buckets=(10, 20, 30, 40, 50, 60, 70, 80, 90, 100),
+)
+REVENUE = Counter(
+    "jw_revenue_total",
+    "Revenue of identified customers' purchases (the engine's ltv_increment KPI), in its "
+    "currency (the first 20 currencies a worker sees, later ones as other).",
+    ["journey", "channel", "currency"],
 )
 ACTIVE_JOURNEYS = Gauge(
     "jw_active_journeys",
@@ -236,6 +277,104 @@ class LabelCache(Generic[_M]):
         if child is None:
             child = self._children[labels] = self._metric.labels(*labels)
         return child
+
+
+class KpiOutput(Protocol):
+    """What ExperienceKpis reads of an output of the journey engine (pipeline.engine.Output)."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def journey(self) -> str | None: ...
+    @property
+    def channel(self) -> str | None: ...
+    @property
+    def value(self) -> float | None: ...
+    @property
+    def detail(self) -> tuple[tuple[str, Any], ...]: ...
+
+
+KPI_OUTPUT_TYPES = frozenset({"kpi", "score"})
+NPS_CATEGORIES = ("promoter", "passive", "detractor")
+CSAT_SCORES = ("1", "2", "3", "4", "5")
+SCORE_OUTCOMES = ("converted", "dropped_off")
+MAX_CURRENCIES = 20
+
+
+class ExperienceKpis:
+    """The experience KPI metrics, counted from the engine's ``kpi`` and ``score`` outputs.
+
+    Every journey x channel series of the CSAT, NPS and first-contact-resolution counters
+    exists from the start at 0 (every score, category and answer): a rule dividing detractors
+    by answers must not find the detractors' series missing when the first one comes. An
+    answer outside any journey (journey "") creates its channel's series on first sight.
+    """
+
+    def __init__(self, catalog: JourneyCatalog) -> None:
+        self.csat = LabelCache(CSAT_ANSWERS)
+        self.nps = LabelCache(NPS_ANSWERS)
+        self.resolved = LabelCache(CASES_RESOLVED)
+        self.response = LabelCache(COMPLAINT_RESPONSE)
+        self.score = LabelCache(PEAK_END_SCORE)
+        self.revenue = LabelCache(REVENUE)
+        self._answered: set[tuple[str, str]] = set()
+        self._currencies: set[str] = set()
+        for definition in catalog.journeys:
+            for outcome in SCORE_OUTCOMES:
+                self.score.get(definition.name, outcome)
+            for channel in Channel:
+                self._answers(definition.name, channel.value)
+                if definition.first_contact_resolution:
+                    for first in ("yes", "no"):
+                        self.resolved.get(definition.name, channel.value, first)
+
+    def _answers(self, journey: str, channel: str) -> None:
+        """Every CSAT score's and NPS category's series of ``journey`` x ``channel``, at 0."""
+        if (journey, channel) in self._answered:
+            return
+        self._answered.add((journey, channel))
+        for score in CSAT_SCORES:
+            self.csat.get(journey, channel, score)
+        for category in NPS_CATEGORIES:
+            self.nps.get(journey, channel, category)
+
+    def observe(self, output: KpiOutput) -> None:
+        """Count ``output`` when it is a KPI or a score the metrics hold; ignore the rest."""
+        value = output.value
+        if value is None:
+            return
+        journey, channel, name = output.journey or "", output.channel or "", output.name
+        if output.type == "score":
+            outcome = str(dict(output.detail).get("outcome", ""))
+            if outcome in SCORE_OUTCOMES:
+                self.score.get(journey, outcome).observe(value)
+            return
+        if output.type != "kpi":
+            return
+        if name == "csat":
+            self._answers(journey, channel)
+            self.csat.get(journey, channel, str(round(value))).inc()
+        elif name == "nps":
+            self._answers(journey, channel)
+            category = "promoter" if value >= 9 else "passive" if value >= 7 else "detractor"
+            self.nps.get(journey, channel, category).inc()
+        elif name == "first_contact_resolution":
+            self.resolved.get(journey, channel, "yes" if value >= 1 else "no").inc()
+        elif name == "complaint_response":
+            self.response.get(journey, channel).observe(max(0.0, value))
+        elif name == "ltv_increment":
+            self.revenue.get(journey, channel, self._currency(output)).inc(max(0.0, value))
+
+    def _currency(self, output: KpiOutput) -> str:
+        currency = str(dict(output.detail).get("currency") or "")
+        if currency in self._currencies:
+            return currency
+        if len(self._currencies) < MAX_CURRENCIES and currency:
+            self._currencies.add(currency)
+            return currency
+        return "other"
 
 
 def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:

@@ -66,6 +66,7 @@ from sinks.metrics import (
     JOURNEYS_DROPPED_OFF,
     JOURNEYS_RETIRED,
     JOURNEYS_STARTED,
+    KPI_OUTPUT_TYPES,
     LATE_EVENTS,
     MOMENTS_OF_TRUTH,
     NEGATIVE_MOMENTS,
@@ -73,6 +74,7 @@ from sinks.metrics import (
     SWEEP_SECONDS,
     TOUCHES_TAKEN,
     WATERMARK_ALIGNMENT_LAG,
+    ExperienceKpis,
     LabelCache,
     observe_many,
 )
@@ -782,6 +784,7 @@ class _Metrics:
         self.negative = LabelCache(NEGATIVE_MOMENTS)
         self.truth = LabelCache(MOMENTS_OF_TRUTH)
         self.latency = LabelCache(OUTPUT_LATENCY)
+        self.kpis = ExperienceKpis(catalog)  # CSAT, NPS, FCR, complaint response, ...
         self._counts: Tally[Any] = Tally()  # counter child → count not yet added
         # histogram (a latency child, the drop-off delay) → amounts not yet observed
         self._latencies: defaultdict[Any, list[float]] = defaultdict(list)
@@ -826,6 +829,8 @@ class _Metrics:
         elif o.type == "moment_of_truth":
             passed = dict(o.detail).get("passed")
             counts[self.truth.get(journey, o.name, channel, "passed" if passed else "failed")] += 1
+        elif o.type in KPI_OUTPUT_TYPES:
+            self.kpis.observe(o)
         if o.event_id is not None:
             self._latencies[self.latency.get(o.type)].append(max(0.0, now - o.at / 1000))
 
