@@ -95,7 +95,14 @@ class Output(NamedTuple):
     resumed, merged, dropoff_retracted), ``negative_moment`` (name: its kind),
     ``moment_of_truth`` (name: the MOT; detail.passed), ``score`` (name: peak_end), ``kpi``
     (name: conversion, csat, nps, first_contact_resolution, complaint_response,
-    ltv_increment, churn_risk), ``identity`` (name: merged, identifier_blocked).
+    ltv_increment, churn_risk), ``identity`` (name: merged, identifier_blocked, linked).
+
+    ``identity``/``linked`` says that an identifier (detail ``identifier``, its key
+    ``kind:value``, e-mails and phones already hashed) belongs to the person from ``at`` on:
+    reported once per identifier and person (key ``linked:<identifier>:<person>``), when the
+    engine first links it (the first touch carrying it) or takes it over from another partition
+    (pipeline/shard.py). An anonymous person merged into another keeps its links: the merge says
+    that its identifiers are the other's now. The sink keeps them in ``identity_links``.
 
     One outcome per journey, revised at most once: a journey ends ``converted``,
     ``dropped_off`` or ``merged``. A drop-off is reported once, at the stage's deadline; when
@@ -159,6 +166,20 @@ def drop_off_hold(
         for channel in pattern.channel or channel_lateness_ms:
             latest = max(latest, channel_lateness_ms.get(channel, 0))
     return max(0, latest - lateness_ms)
+
+
+def linked_output(identifier: str, at: int, person_id: str, event_id: str) -> Output:
+    """An identifier belongs to ``person_id`` from ``at`` on (reported once per identifier and
+    person: a redelivery has the same output id)."""
+    return Output(
+        "identity",
+        "linked",
+        f"linked:{identifier}:{person_id}",
+        at,
+        person_id,
+        event_id=event_id,
+        detail=(("identifier", identifier),),
+    )
 
 
 def blocked_output(identifier: str, at: int, person_id: str, event_id: str) -> Output:
@@ -915,6 +936,9 @@ class JourneyEngine:
         out: list[Output] = []
         for identifier in identifiers:
             self.identity.own(identifier, target)
+            # (given by its home partition: linked here, as ``resolve_keys`` links it in one
+            # process; a hand-off delivered again reports the same output id)
+            out.append(linked_output(identifier, at, target, event_id))
         self.dirty.add(target)
         if source is None or source == target:
             return out
@@ -993,6 +1017,8 @@ class JourneyEngine:
                 self._merge_person(source, person_id, touch.at, touch.event_id, out)
             for identifier in resolution.blocked:
                 out.append(blocked_output(identifier, touch.at, person_id, touch.event_id))
+            for identifier in resolution.linked:
+                out.append(linked_output(identifier, touch.at, person_id, touch.event_id))
         person = self.persons.get(person_id)
         if person is None:
             person = self.persons[person_id] = PersonState()

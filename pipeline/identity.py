@@ -24,7 +24,9 @@ class Resolution(NamedTuple):
     person_id: str
     merged: tuple[str, ...] = ()  # anonymous persons merged into person_id by this event
     blocked: tuple[str, ...] = ()  # identifiers blocked by this event
-    linked: tuple[str, ...] = ()  # identifiers newly linked to person_id by this event
+    # identifiers newly linked to person_id by this event (a customer id the first time it is
+    # seen too; not those that came with a merged person: they were linked to it before)
+    linked: tuple[str, ...] = ()
 
 
 @dataclass
@@ -102,6 +104,7 @@ class IdentityGraph:
             person = "c:" + customer_key[len(CUSTOMER) + 1 :]
             if customer_key not in self.owner:
                 self._own(customer_key, person)
+                linked.append(customer_key)
         else:
             candidates: list[str] = []
             for key in keys:
