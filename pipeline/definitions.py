@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, TypeVar
 
 import yaml
 from pydantic import (
@@ -32,6 +32,7 @@ from pipeline.sourcemap import Sources
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+M = TypeVar("M", bound=BaseModel)
 
 
 def parse_duration_ms(value: Any) -> int:
@@ -255,11 +256,14 @@ class DefinitionProblem:
 
 
 class DefinitionError(ValueError):
-    """The journey definitions file is invalid; ``problems`` lists each with its line."""
+    """A YAML file (the journey definitions, an import mapping) is invalid; ``problems``
+    lists each with its line."""
 
-    def __init__(self, problems: list[DefinitionProblem]) -> None:
+    def __init__(
+        self, problems: list[DefinitionProblem], what: str = "journey definitions"
+    ) -> None:
         self.problems = problems
-        super().__init__("invalid journey definitions:\n" + "\n".join(f"  {p}" for p in problems))
+        super().__init__(f"invalid {what}:\n" + "\n".join(f"  {p}" for p in problems))
 
 
 def _node_at(node: yaml.Node, path: tuple[int | str, ...]) -> yaml.Node:
@@ -298,6 +302,14 @@ def _describe(data: Any, path: tuple[int | str, ...]) -> str:
 
 
 def parse_catalog(text: str, file: str = "<journeys>") -> JourneyCatalog:
+    return parse_yaml_model(JourneyCatalog, text, file, "version and journeys")
+
+
+def parse_yaml_model(
+    model: type[M], text: str, file: str, expected: str, what: str = "journey definitions"
+) -> M:
+    """``text`` (YAML) validated as ``model``: a :class:`DefinitionError` names the file and
+    line of every problem (``expected``: what the top-level mapping holds, for the message)."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -305,18 +317,15 @@ def parse_catalog(text: str, file: str = "<journeys>") -> JourneyCatalog:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else 1
         raise DefinitionError(
-            [DefinitionProblem(file, line, "(yaml)", str(exc).splitlines()[0])]
+            [DefinitionProblem(file, line, "(yaml)", str(exc).splitlines()[0])], what
         ) from exc
     if root is None or not isinstance(data, dict):
         raise DefinitionError(
-            [
-                DefinitionProblem(
-                    file, 1, "(top level)", "expected a mapping with version and journeys"
-                )
-            ]
+            [DefinitionProblem(file, 1, "(top level)", f"expected a mapping with {expected}")],
+            what,
         )
     try:
-        return JourneyCatalog.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         problems = []
         errors = exc.errors(include_url=False)
@@ -332,7 +341,7 @@ def parse_catalog(text: str, file: str = "<journeys>") -> JourneyCatalog:
             problems.append(
                 DefinitionProblem(file, node.start_mark.line + 1, _describe(data, path), message)
             )
-        raise DefinitionError(problems) from exc
+        raise DefinitionError(problems, what) from exc
 
 
 def load_catalog(path: Path | None = None) -> JourneyCatalog:

@@ -117,9 +117,14 @@ def collector() -> None:
 @click.option(
     "--kind",
     type=click.Choice(["contact-center", "store", "touchpoints", "amazon-connect"]),
-    required=True,
     help="Which export the files are (touchpoints: JSON Lines in the event contract, as the "
     "collector takes them; amazon-connect: contact records as Firehose writes them).",
+)
+@click.option(
+    "--mapping",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Any other export: a YAML import mapping naming its columns and what its events "
+    "become (docs/feeds.md, 'Any other export'), instead of --kind.",
 )
 @click.option(
     "--format",
@@ -141,21 +146,37 @@ def collector() -> None:
     "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
 )
 def import_(
-    kind: str,
+    kind: str | None,
+    mapping: Path | None,
     fmt: str | None,
     dry_run: bool,
     errors_out: Path | None,
     end_of_backfill: bool,
     files: tuple[Path, ...],
 ) -> None:
-    """Import contact-centre or store exports (CSV or JSON Lines), or touchpoints in the
-    event contract (JSON Lines), into touchpoints.raw."""
+    """Import contact-centre or store exports (CSV or JSON Lines), any other export with a
+    mapping file, or touchpoints in the event contract (JSON Lines), into touchpoints.raw."""
+    from pipeline.definitions import DefinitionError
+    from pipeline.importmap import ImportMapping, load_mapping
     from streams.importer import end_backfill, import_file
 
+    if (kind is None) == (mapping is None):
+        raise click.UsageError("give --kind or --mapping (one of them)")
+    import_mapping: ImportMapping | None = None
+    if mapping is not None:
+        try:
+            import_mapping = load_mapping(mapping)
+        except DefinitionError as exc:
+            raise click.ClickException(str(exc)) from None
     settings = _settings()
     if settings.broker_url is None and not dry_run:
         raise click.ClickException("JW_BROKER_URL is not set (or use --dry-run)")
-    reports = [import_file(path, kind, settings, fmt=fmt, dry_run=dry_run) for path in files]
+    reports = [
+        import_file(
+            path, kind or "mapping", settings, fmt=fmt, dry_run=dry_run, mapping=import_mapping
+        )
+        for path in files
+    ]
     errors = [line for report in reports for line in report.errors]
     for line in errors[:50]:
         click.echo(line, err=True)

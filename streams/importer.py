@@ -27,7 +27,8 @@ from kafka import TopicPartition
 
 from pipeline.connect import ContactChains, iter_documents, map_contact_record
 from pipeline.contract import TouchpointEvent, validate_touchpoint
-from pipeline.feeds import FEEDS, RowError
+from pipeline.feeds import RowError, map_touchpoint
+from pipeline.importmap import ImportMapping, shipped_mapping
 from pipeline.pii import FreeTextScrubber, redact_text
 from pipeline.settings import Settings
 from streams.offsets import committed_offsets
@@ -48,14 +49,25 @@ class ImportReport:
         return len(self.errors)
 
 
-def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any] | str, int]]:
-    """(line number, row or a parse problem, bytes consumed so far)."""
+def _rows(
+    path: Path, fmt: str, mapping: ImportMapping | None = None
+) -> Iterator[tuple[int, dict[str, Any] | str, int]]:
+    """(line number, row or a parse problem, bytes consumed so far). A CSV file whose header
+    lacks a column ``mapping`` needs is one problem, on line 1."""
     with path.open("rb") as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+        # utf-8-sig: spreadsheet exports often start with a byte-order mark
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
         if fmt == "csv":
-            reader = csv.DictReader(text)
+            delimiter = mapping.delimiter if mapping is not None else ","
+            reader = csv.DictReader(text, delimiter=delimiter)
             if not reader.fieldnames:
                 return
+            if mapping is not None:
+                missing = [c for c in mapping.required_columns() if c not in reader.fieldnames]
+                if missing:
+                    names = ", ".join(repr(c) for c in missing)
+                    yield 1, f"the header has no column {names} ({mapping.describe()})", 0
+                    return
             previous_line = 1
             for row in reader:
                 line = previous_line + 1
@@ -112,7 +124,10 @@ def import_file(
     dry_run: bool = False,
     progress: bool = True,
     send: Callable[[TouchpointEvent], None] | None = None,
+    mapping: ImportMapping | None = None,
 ) -> ImportReport:
+    """Import ``path`` as export ``kind``, or as ``mapping`` says (an import mapping file,
+    pipeline/importmap.py; ``kind`` is then ignored)."""
     if settings.pii_hash_key is None:
         raise click.ClickException(
             "JW_PII_HASH_KEY is not set: imports hash e-mail and phone with it"
@@ -148,9 +163,11 @@ def import_file(
             return map_contact_record(row, key, country, chains)
 
     else:  # one row → one touchpoint
-        mapper = FEEDS[kind]
-        known: dict[str, dict[str, str]] = {}  # call or visit id → its caller's identifiers
-        rows = _rows(path, fmt)
+        if mapping is None and kind != "touchpoints":
+            mapping = shipped_mapping(kind)
+        mapper = map_touchpoint if mapping is None else mapping.map_row
+        known: dict[str, dict[str, str]] = {}  # record (call, visit) → its customer's identifiers
+        rows = _rows(path, fmt, mapping)
 
         def map_row(row: dict[str, Any]) -> list[dict[str, Any]] | RowError:
             mapped = mapper(row, key, country, known)

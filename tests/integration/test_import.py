@@ -248,3 +248,114 @@ def test_emails_and_phone_numbers_in_free_text_are_redacted_or_hashed_at_import(
         f"[phone:{hash_phone('020 7946 0958', key.encode())}]",
         "n": 1,
     }
+
+
+# The calls of CALLS (its six good rows) as another contact-centre tool exports them: other
+# column names, other event values, ';' between fields, local times without a zone.
+GENESYS = """\
+Conversation ID;Segment;Start (local);Customer;ANI;Queue Name;Queue Seconds;Disposition;\
+Survey
+k1;IVR;20/11/2026 09:00:00;c1;+44 20 7946 0958;billing;;;
+k1;Queued;20/11/2026 09:00:30;;;billing;;;
+k1;Connected;20/11/2026 09:07:30;;;billing;420;;
+k1;Disconnected;20/11/2026 09:15:00;;;billing;;Resolved;
+k1;Survey;20/11/2026 09:16:00;;;;;;5
+k6;Abandon;20/11/2026 11:00:00;c6;;;;;
+k7;Callback;20/11/2026 11:00:00;c7;;;;;
+"""
+GENESYS_MAPPING = """\
+version: 1
+source: import:genesys
+channel: call_center
+id_prefix: gen
+delimiter: ";"
+time_format: "%d/%m/%Y %H:%M:%S"
+time_zone: Europe/London
+match_case: false
+columns:
+  record: Conversation ID
+  event: Segment
+  timestamp: Start (local)
+  customer_id: Customer
+  phone: ANI
+names:
+  queue: Queue Name
+  queue_seconds: Queue Seconds
+  wrap_up_code: Disposition
+  survey: Survey
+attributes: [queue, wrap_up_code]
+fields:
+  wait: queue_seconds
+  csat: survey
+rules:
+  - {event: IVR, touchpoint: ivr.menu, action: select}
+  - {event: Queued, touchpoint: queue.wait, action: wait}
+  - {event: Connected, touchpoint: agent.talk, action: talk}
+  - event: Disconnected
+    where: {wrap_up_code: resolved}
+    touchpoint: agent.talk
+    action: resolve
+  - {event: Disconnected, touchpoint: agent.talk, action: end}
+  - {event: Survey, touchpoint: survey.csat, action: answer}
+  - event: Abandon
+    touchpoint: queue.wait
+    action: wait
+    outcome: abandoned
+    outcome_reason: caller_hung_up
+"""
+
+
+def test_another_export_imports_with_only_a_mapping_file(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    """``journeywatch import --mapping FILE``: a contact-centre export with its own columns,
+    values, delimiter and local times gives the touchpoints the shipped contact-centre import
+    gives for the same calls; a value no rule maps, a header without a mapped column and a
+    bad mapping file are reported by file and line."""
+    ensure_topics(Settings(broker_url=broker.url, partitions=2))
+    env = jw_env(broker_url=broker.url, pii_hash_key="import-key")
+    calls, export, mapping = tmp_path / "calls.csv", tmp_path / "genesys.csv", tmp_path / "g.yaml"
+    calls.write_text(CALLS)
+    export.write_text(GENESYS)
+    mapping.write_text(GENESYS_MAPPING)
+
+    result = run_import(["--mapping", str(mapping), str(export)], env)
+    assert result.returncode == 0, result.stderr
+    assert "6 events imported, 1 lines rejected" in result.stdout, result.stdout + result.stderr
+    assert f"{export}:8: Segment: 'Callback' is not one of IVR, Queued," in result.stderr
+    mapped = [orjson.loads(r.value) for r in read_topic(broker.url, RAW)]
+    assert run_import(["--kind", "contact-center", str(calls)], env).returncode == 0
+    shipped = [orjson.loads(r.value) for r in read_topic(broker.url, RAW)][len(mapped) :]
+
+    def comparable(records: list[dict[str, object]]) -> list[dict[str, object]]:
+        drop = {"event_id", "source", "received_at"}
+        out = [{k: v for k, v in r.items() if k not in drop} for r in records]
+        for r in out:  # the export writes its disposition "Resolved", CALLS "resolved"
+            attributes = r.get("attributes")
+            if isinstance(attributes, dict):
+                r["attributes"] = {k: str(v).lower() for k, v in attributes.items()}
+        return sorted(out, key=lambda r: (str(r["occurred_at"]), str(r["touchpoint"])))
+
+    assert len(mapped) == len(shipped) == 6
+    assert comparable(mapped) == comparable(shipped)
+    assert {r["source"] for r in mapped} == {"import:genesys"}
+    assert all(str(r["event_id"]).startswith("gen-") for r in mapped)
+    resolved = [r for r in mapped if r["action"] == "resolve"]
+    assert len(resolved) == 1 and resolved[0]["attributes"]["wrap_up_code"] == "Resolved"
+
+    renamed = tmp_path / "renamed.csv"
+    renamed.write_text(GENESYS.replace("Start (local)", "Started"))
+    result = run_import(["--mapping", str(mapping), "--dry-run", str(renamed)], env)
+    assert result.returncode == 1
+    assert (
+        f"{renamed}:1: the header has no column 'Start (local)' (the columns of {mapping})"
+        in result.stderr
+    ), result.stderr
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(GENESYS_MAPPING.replace("action: talk}", "action: Talk}"))
+    result = run_import(["--mapping", str(bad), "--dry-run", str(export)], env)
+    assert result.returncode == 1 and "invalid import mapping:" in result.stderr
+    assert f"{bad}:27: rules[2].action: String should match pattern" in result.stderr
+    result = run_import(["--mapping", str(mapping), "--kind", "store", str(export)], env)
+    assert result.returncode == 2 and "give --kind or --mapping" in result.stderr

@@ -27,7 +27,8 @@ from pipeline.connect import (
 )
 from pipeline.contract import TouchpointEvent, validate_touchpoint
 from pipeline.engine import JourneyEngine, Output
-from pipeline.feeds import RowError, map_call_leg
+from pipeline.feeds import RowError
+from pipeline.importmap import map_call_leg
 from pipeline.pii import hash_phone
 from pipeline.touch import Touch
 from tests.unit.journeys import CATALOG

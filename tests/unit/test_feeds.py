@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 from pipeline.contract import TouchpointEvent, validate_touchpoint
-from pipeline.feeds import RowError, map_call_leg, map_store_row
+from pipeline.feeds import RowError
+from pipeline.importmap import map_call_leg, map_store_row
 from pipeline.pii import hash_phone
 from tests.unit.test_contract import NOW
 
@@ -82,8 +85,9 @@ def test_store_rows_map_purchases_returns_and_queues() -> None:
     )
     queue = map_store_row({**base, "event": "queue", "queue_seconds": "720"}, KEY)
     assert isinstance(purchase, dict) and isinstance(refund, dict) and isinstance(queue, dict)
-    assert (purchase["touchpoint"], purchase["revenue"]) == ("till.purchase", "42.50")
-    assert refund["revenue"] == "-10"
+    assert purchase["touchpoint"] == "till.purchase"
+    assert Decimal(purchase["revenue"]) == Decimal("42.50") and purchase["currency"] == "EUR"
+    assert Decimal(refund["revenue"]) == Decimal("-10")
     assert queue["wait_ms"] == 720_000 and queue["attributes"] == {"store_id": "s9"}
 
 
