@@ -42,8 +42,11 @@ MAX_IDENTIFIERS: Final = 10_000
 # every table that may hold an identifier or a person id, in the order they are erased
 ERASED_TABLES: Final = (
     "touchpoints",
+    "touchpoints_by_identifier",
     "journey_events",
     "experience_moments",
+    "person_outputs",
+    "identity_links",
     "journey_state_agg",
     "failed_events",
     "journey_errors",
@@ -189,6 +192,17 @@ def _conditions(person: Person, journeys: list[str]) -> dict[str, tuple[str, dic
             persons,
         ),
         "experience_moments": ("person_id IN {persons:Array(String)}", persons),
+        # the customer timeline's copies (migration 0012)
+        "touchpoints_by_identifier": (
+            "hasAny(identifiers, {identifiers:Array(String)})",
+            {"identifiers": sorted(person.identifiers)},
+        ),
+        "person_outputs": ("person_id IN {persons:Array(String)}", persons),
+        "identity_links": (
+            "person_id IN {persons:Array(String)} OR identifier IN {persons:Array(String)} "
+            "OR identifier IN {identifiers:Array(String)}",
+            {"identifiers": sorted(person.identifiers), **persons},
+        ),
         "journey_state_agg": (
             "journey_id IN {journeys:Array(String)} "
             "OR finalizeAggregation(person_id) IN {persons:Array(String)}",

@@ -29,6 +29,10 @@ TABLE_RETENTION: Final[dict[str, TableRetention]] = {
     # Each journey's state; a journey lives as long as its latest row (the rows of a journey
     # merge into one whose last_at is the latest).
     "journey_state_agg": TableRetention("journeys", "toDateTime(last_at)"),
+    # The customer timeline's copies (migration 0012): as long as what they copy.
+    "touchpoints_by_identifier": TableRetention("touchpoints", "toDateTime(occurred_at)"),
+    "person_outputs": TableRetention("journeys", "toDateTime(at)"),
+    "identity_links": TableRetention("journeys", "toDateTime(at)"),
     "failed_events": TableRetention("dead_letters", "toDateTime(failed_at)"),
     "journey_errors": TableRetention("dead_letters", "toDateTime(failed_at)"),
     # Counts and distinct-output states per minute or hour, journey, stage, channel: no
