@@ -202,19 +202,23 @@ def live_snapshot(
             "severity": orjson.loads(detail or "{}").get("severity"),
             "moment_of_truth": orjson.loads(detail or "{}").get("moment_of_truth"),
             "journey_id": journey_id or None,
+            "person_id": person_id or None,  # (the customer page: /customers/<person>)
         }
-        for at, kind, journey, stage, channel, touchpoint, detail, journey_id in client.query(
-            "SELECT at, name, journey, stage, channel, touchpoint, detail, journey_id "
-            f"FROM {db}.experience_moments WHERE type = 'negative_moment' "
-            f"AND at >= {_sql_time(start)} AND at < {_sql_time(as_of + timedelta(minutes=1))} "
-            f"ORDER BY at DESC, output_id LIMIT 1 BY output_id LIMIT {FEED_LENGTH}"
-        ).result_rows
+        for at, kind, journey, stage, channel, touchpoint, detail, journey_id, person_id in (
+            client.query(
+                "SELECT at, name, journey, stage, channel, touchpoint, detail, journey_id, "
+                "person_id "
+                f"FROM {db}.experience_moments WHERE type = 'negative_moment' "
+                f"AND at >= {_sql_time(start)} AND at < {_sql_time(as_of + timedelta(minutes=1))} "
+                f"ORDER BY at DESC, output_id LIMIT 1 BY output_id LIMIT {FEED_LENGTH}"
+            ).result_rows
+        )
     ]
     # At risk: a moment of truth failed since the baseline began, and the journey has neither
     # converted nor dropped off since.
     at_risk_sql = (
         "SELECT journey_id, any(journey), argMax(stage, at), argMax(name, at), "
-        "argMax(channel, at), max(at), count() OVER () AS total "
+        "argMax(channel, at), max(at), argMax(person_id, at), count() OVER () AS total "
         f"FROM {db}.experience_moments "
         f"WHERE type = 'moment_of_truth' AND at >= {_sql_time(baseline_start)} "
         f"AND at < {_sql_time(as_of + timedelta(minutes=1))} "
@@ -234,8 +238,9 @@ def live_snapshot(
             "moment_of_truth": moment,
             "channel": channel or None,
             "failed_at": _iso(at),
+            "person_id": person_id or None,  # (the customer page: /customers/<person>)
         }
-        for journey_id, journey, stage, moment, channel, at, _ in at_risk_rows
+        for journey_id, journey, stage, moment, channel, at, person_id, _ in at_risk_rows
     ]
     return {
         "as_of": _iso(as_of),

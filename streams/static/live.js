@@ -48,6 +48,12 @@ function runbookLink(a) {
   const m = /\/docs\/runbooks\/([a-z0-9-]+)\.md$/.exec(a.runbook_url || "");
   return m ? [" ", el("a", {href: "/runbooks/" + m[1], "data-runbook": m[1]}, "runbook")] : link("runbook", a.runbook_url, a.runbook_text);
 }
+// The customer page of a person (docs/customer-timeline.md): named by its anchor identifier.
+function customerLink(person, text) {
+  if (!person) return text;
+  const key = person.startsWith("c:") ? "customer_id:" + person.slice(2) : person.replace(/^a:/, "");
+  return el("a", {href: "/customers/" + encodeURIComponent(key), "data-customer-link": person}, text);
+}
 function figure(name, value, text) {
   return el("span", {"data-figure": name, "data-value": value === null ? "" : String(value)}, text);
 }
@@ -136,14 +142,15 @@ function render(s) {
       el("strong", {}, label(m.kind)), " ", el("span", {class: "muted"}, time(m.at)),
       m.journey ? el("span", {class: "tag"}, `${label(m.journey)} · ${label(m.stage)}`) : "",
       el("span", {class: "tag"}, `${label(m.channel)} · ${m.touchpoint}`),
-      m.moment_of_truth ? el("span", {class: "tag above"}, "moment of truth: " + label(m.moment_of_truth)) : "")));
+      m.moment_of_truth ? el("span", {class: "tag above"}, "moment of truth: " + label(m.moment_of_truth)) : "",
+      m.person_id ? el("span", {class: "tag"}, customerLink(m.person_id, "customer")) : "")));
   const risk = document.getElementById("risk-feed");
   risk.replaceChildren(...s.at_risk.map((r) =>
     el("li", {"data-journey-id": r.journey_id},
       el("strong", {}, label(r.journey)), ` at ${label(r.stage)}: `,
       `${label(r.moment_of_truth)} failed`, " ", el("span", {class: "muted"}, time(r.failed_at)),
       r.channel ? el("span", {class: "tag"}, label(r.channel)) : "",
-      el("span", {class: "tag"}, "journey " + r.journey_id))));
+      el("span", {class: "tag"}, customerLink(r.person_id, "journey " + r.journey_id)))));
   if (s.totals.at_risk > s.at_risk.length) {
     risk.append(el("li", {class: "muted"}, `and ${fmt.format(s.totals.at_risk - s.at_risk.length)} more`));
   }
