@@ -62,6 +62,8 @@ def test_every_alert_has_a_case_that_fires_and_one_that_must_not() -> None:
         "SinkFailing",
         "DeadLetterRateHigh",
         "WorkerDown",
+        "NpsDrop",
+        "CsatDrop",
     }
     assert names <= fires, f"no firing case for {names - fires}"
     assert names <= silent, f"no silent case for {names - silent}"
@@ -94,6 +96,9 @@ def test_alertmanager_config_and_routes() -> None:
         == "oncall"
     )
     assert route("alertname=NegativeMomentSpike", "severity=warning") == "ops-chat"
+    # experience KPIs: the operations team that can act on them, not the engineer on call
+    assert route("alertname=NpsDrop", "severity=warning", "journey=support_case") == "ops-chat"
+    assert route("alertname=CsatDrop", "severity=warning", "channel=call_center") == "ops-chat"
     assert route("alertname=Unknown") == "ops-chat"
 
 
@@ -142,7 +147,8 @@ def test_time_compressed_rules_change_durations_only(tmp_path: Path) -> None:
                 assert fast_rule.get("record") == rule.get("record")
                 assert fast_rule.get("labels") == rule.get("labels")
                 assert fast_rule.get("annotations") == rule.get("annotations")
-    assert "[10s]" in str(compress_rules(shipped[0], 60))
+    journeys = yaml.safe_load((PROMETHEUS / "rules" / "journeywatch.yml").read_text())
+    assert "[10s]" in str(compress_rules(journeys, 60))
     assert compress_duration("6h", 60) == "360s"
     assert compress_duration("10s", 60) == "167ms"
     assert compress_duration("1h30m", 60) == "90s"
