@@ -257,7 +257,9 @@ def start_local_monitoring(
                 f"--storage.tsdb.path={directory / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{prometheus_port}",
                 f"--web.config.file={web_file}",
-                "--storage.tsdb.retention.time=1d",
+                # 8 days and a little: the experience-KPI rules compare with the same hours
+                # a week before (deploy/prometheus/rules/experience_kpis.yml)
+                "--storage.tsdb.retention.time=9d",
             ],
         ),
         (
