@@ -416,11 +416,17 @@ def _identity(
         # anonymous identifier of the customer (two known customers are never merged).
         event["anonymous_id"] = previous
         return None
-    traits = message.get("traits")
+    traits, where = message.get("traits"), "traits"
+    if traits is None:
+        # RudderStack's SDKs send an identify's traits in context.traits only (the Segment
+        # spec has the user's traits there too): without this its e-mail links were lost.
+        context = message.get("context")
+        traits = context.get("traits") if isinstance(context, dict) else None
+        where = "context.traits"
     if traits is None:
         traits = {}
     if not isinstance(traits, dict):
-        return ItemError(-1, "invalid_field", "traits", "must be an object")
+        return ItemError(-1, "invalid_field", where, "must be an object")
     # Only the identifying traits are used: e-mail and phone, hashed by prepare_event. Other
     # traits (names, addresses) are personal data journeywatch does not keep.
     for name in ("email", "phone"):
@@ -428,7 +434,7 @@ def _identity(
         if value is None or value == "":
             continue
         if not isinstance(value, str):
-            return ItemError(-1, "invalid_field", f"traits.{name}", "must be a string")
+            return ItemError(-1, "invalid_field", f"{where}.{name}", "must be a string")
         event[name] = value
     return None
 

@@ -115,6 +115,27 @@ def test_identify_links_the_identifiers_and_hashes_the_traits() -> None:
     assert event.attributes == {} and "Jane" not in event.to_json().decode()
 
 
+def test_identify_takes_the_traits_from_the_context_when_the_message_has_none() -> None:
+    """As rudder-sdk-python sends an identify (its traits in context.traits only); traits
+    at the top level win."""
+    message = {
+        "type": "identify",
+        "userId": "c-1",
+        "context": {"traits": {"email": "Jane@Example.com", "name": "Jane"}},
+        "messageId": "m-1",
+    }
+    event = prepare(0, mapped(message))
+    assert isinstance(event, TouchpointEvent)
+    assert event.email_hash == hash_email("jane@example.com", KEY)
+    both = message | {"traits": {"email": "Ann@Example.com"}}
+    event = prepare(0, mapped(both))
+    assert isinstance(event, TouchpointEvent)
+    assert event.email_hash == hash_email("ann@example.com", KEY)
+    bad = message | {"context": {"traits": {"email": 7}}}
+    error = map_message(0, bad, SegmentRequest([bad]), RECEIVED)
+    assert isinstance(error, ItemError) and error.field == "context.traits.email"
+
+
 def test_alias_links_the_previous_id_to_the_customer() -> None:
     event = mapped({"type": "alias", "previousId": "anon-1", "userId": "c-1", "messageId": "m"})
     assert (event["customer_id"], event["anonymous_id"], event["touchpoint"]) == (
