@@ -491,6 +491,72 @@ def _sql_output(answer: dict[str, Any], fmt: str) -> str:
     return "\n".join([line(names), rule, *(line(r) for r in rows)]) + "\n"
 
 
+@main.command("customer")
+@click.argument("identifier")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="table: the timeline as aligned tables; json: the API's answer.",
+)
+@click.option(
+    "--api",
+    metavar="URL",
+    help="Ask this running sink (GET URL/api/v1/customers/ID). Default, with the embedded "
+    "ClickHouse: the local run's sink, http://127.0.0.1:JW_STATUS_PORT.",
+)
+@click.option(
+    "--direct",
+    is_flag=True,
+    help="Open ClickHouse (JW_CLICKHOUSE_DSN) from this process instead: the default for a "
+    "ClickHouse server; for the embedded one, only while no sink runs.",
+)
+def customer(identifier: str, fmt: str, api: str | None, direct: bool) -> None:
+    """One customer's timeline: every touchpoint of the stitched person across channels, the
+    journeys, negative moments, moments of truth, KPIs and the identity merges
+    (docs/customer-timeline.md). IDENTIFIER: a customer id, kind:value (device_id:...,
+    loyalty_id:..., email_hash:...), or email:/phone: raw (hashed here with the PII key as the
+    collector hashes it; only the hash leaves this process)."""
+    from sinks.clickhouse.customers import TimelineError
+    from streams.customers import identifier_key, render_text, timeline_via_api
+
+    if api and direct:
+        raise click.BadParameter("give --api or --direct, not both", param_hint="--direct")
+    settings = _settings()
+    try:
+        if settings.embedded_clickhouse and settings.pii_hash_key is None:
+            from streams.runtime import ensure_pii_key
+
+            settings = ensure_pii_key(settings)  # (the local run's key, under data_dir)
+        key = identifier_key(settings, identifier)
+        if direct or (api is None and not settings.embedded_clickhouse):
+            timeline = _customer_direct(settings, key)
+        else:
+            url = api or f"http://127.0.0.1:{settings.status_port}"
+            timeline = timeline_via_api(url, key, _api_headers())
+    except TimelineError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if fmt == "json":
+        click.echo(json.dumps(timeline, ensure_ascii=False))
+    else:
+        click.echo(render_text(timeline), nl=False)
+
+
+def _customer_direct(settings: Settings, key: str) -> dict[str, Any]:
+    from sinks.clickhouse.client import ClickHouseUnavailable, connect
+    from sinks.clickhouse.customers import read_timeline
+
+    try:
+        client = connect(settings.clickhouse_dsn)
+    except ClickHouseUnavailable as exc:
+        raise click.ClickException(
+            f"{exc} While journeywatch runs, leave out --direct: the timeline comes from its sink."
+        ) from exc
+    return read_timeline(client, settings.clickhouse_database, key)
+
+
 @main.group()
 def replay() -> None:
     """Re-process what the pipeline could not use (docs/operations/replay.md)."""

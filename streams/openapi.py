@@ -399,3 +399,188 @@ def openapi_document() -> dict[str, Any]:
             },
         },
     }
+
+
+def _nullable(kind: str) -> dict[str, Any]:
+    return {"type": [kind, "null"]}
+
+
+def customer_timeline_schema() -> dict[str, Any]:
+    """The answer of ``GET /api/v1/customers/{identifier}`` (sinks/clickhouse/customers.py)."""
+    text, number, when = {"type": "string"}, _nullable("number"), _nullable("string")
+    strings = {"type": "array", "items": text}
+
+    def obj(properties: dict[str, Any]) -> dict[str, Any]:
+        return {"type": "object", "properties": properties, "required": sorted(properties)}
+
+    return obj(
+        {
+            "identifier": {**text, "description": "the key asked for (e-mails, phones hashed)"},
+            "person_id": text,
+            "customer_id": _nullable("string"),
+            "persons": {**strings, "description": "the person and every one merged into it"},
+            "customers": strings,
+            "truncated": {"type": "boolean"},
+            "identifiers": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "identifier": text,
+                        "kind": text,
+                        "person_id": text,
+                        "linked_at": when,
+                        "event_id": when,
+                        "blocked": {"type": "boolean"},
+                    }
+                ),
+            },
+            "merges": {
+                "type": "array",
+                "items": obj(
+                    {
+                        "at": when,
+                        "from_person": text,
+                        "into_person": text,
+                        "event_id": when,
+                        "identifiers": {**strings, "description": "the identifiers that linked"},
+                    }
+                ),
+            },
+            "touchpoints": {
+                "type": "array",
+                "description": "every touchpoint of the person, in time order",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "event_id": text,
+                        "at": text,
+                        "channel": text,
+                        "touchpoint": text,
+                        "action": text,
+                        "outcome": text,
+                        "outcome_reason": when,
+                        "session_hint": when,
+                        "identifiers": strings,
+                        "csat": _nullable("integer"),
+                        "nps": _nullable("integer"),
+                        "revenue": number,
+                        "currency": when,
+                        "journeys": strings,
+                        "negative_moments": strings,
+                        "moments_of_truth": strings,
+                    },
+                    "required": ["event_id", "at", "channel", "touchpoint", "outcome"],
+                },
+            },
+            "journeys": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "journey_id": text,
+                        "journey": text,
+                        "started_at": when,
+                        "last_at": when,
+                        "stages": {"type": "array", "items": {"type": "object"}},
+                        "stage": when,
+                        "outcome": {
+                            "enum": [
+                                "active",
+                                "converted",
+                                "dropped_off",
+                                "merged",
+                                "retired",
+                            ]
+                        },
+                        "outcome_at": when,
+                        "score": {**number, "description": "peak-end experience score"},
+                        "channels": strings,
+                    },
+                    "required": ["journey_id", "journey", "outcome", "stages"],
+                },
+            },
+            "negative_moments": {"type": "array", "items": {"type": "object"}},
+            "moments_of_truth": {"type": "array", "items": {"type": "object"}},
+            "kpis": {
+                "type": "object",
+                "description": "csat, nps, first_contact_resolution, complaint_response, value, "
+                "conversions, churn_risk and the answers themselves",
+            },
+        }
+    )
+
+
+def sink_openapi_document() -> dict[str, Any]:
+    """The sink's JSON API for one customer (served at /api/v1/openapi.json on the sink)."""
+    error = {
+        "description": "",
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"error": {"type": "string"}},
+                    "required": ["error"],
+                }
+            }
+        },
+    }
+
+    def answer(description: str) -> dict[str, Any]:
+        return {**error, "description": description}
+
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "journeywatch sink API: customers",
+            "version": "1",
+            "description": "Behind the sink's sign-in (a bearer token or a session): "
+            "docs/operations/security.md. The rest of the sink's API: docs/architecture.md.",
+        },
+        "components": {
+            "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"CustomerTimeline": customer_timeline_schema()},
+        },
+        "security": [{"token": []}],
+        "paths": {
+            "/api/v1/customers/{identifier}": {
+                "get": {
+                    "summary": "One customer's timeline (docs/customer-timeline.md)",
+                    "description": "Every touchpoint of the stitched person across channels in "
+                    "time order, its journeys (stages, outcome, peak-end score), negative "
+                    "moments, moments of truth, KPIs, and the identity links and merges that "
+                    "made it one person. The identifier is `kind:value` (customer_id, "
+                    "loyalty_id, email_hash, phone_hash, device_id, anonymous_id), a person id "
+                    "(`c:...`, `a:...`), `email:` or `phone:` with the raw address or number "
+                    "(or a bare address, or a number starting with +), hashed with the "
+                    "product's PII key as the collector hashes it and never stored or "
+                    "logged, or else a bare customer id.",
+                    "parameters": [
+                        {
+                            "name": "identifier",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string"},
+                            "example": "customer_id:C-1042",
+                        }
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The timeline",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/CustomerTimeline"}
+                                }
+                            },
+                        },
+                        "400": answer("The identifier names nobody (empty)"),
+                        "401": answer("Not signed in"),
+                        "404": answer(
+                            "Nobody is known by this identifier, or it is shared by several "
+                            "customers (blocked from stitching)"
+                        ),
+                        "503": answer("A raw e-mail or phone, and no PII key to hash it"),
+                    },
+                }
+            }
+        },
+    }

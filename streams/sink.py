@@ -270,6 +270,7 @@ class SinkRole:
         register_signin(self.app, self.access)
 
         self._register_map_pages()
+        self._register_customers()
         self._register_lookup()
         self._register_sql()
         self._register_erase()
@@ -282,6 +283,51 @@ class SinkRole:
         run_pid = os.getppid()
         RUN_RESTARTS.read = lambda: restarts_by_process(read_status(path, run_pid))
         self.live.run_status = lambda: live_summary(read_status(path, run_pid))
+
+    def _register_customers(self) -> None:
+        """The customer timeline: ``GET /api/v1/customers/{identifier}`` (any identifier; a raw
+        e-mail or phone hashed with the PII key, never stored or logged) and the page
+        ``/customers/<identifier>`` (docs/customer-timeline.md). Any signed-in role may read."""
+        from sinks.clickhouse.customers import TimelineError, read_timeline
+        from streams.customers import identifier_key
+        from streams.runtime import ensure_pii_key
+
+        role = self
+        settings = ensure_pii_key(self.settings)  # (an embedded run's key, under data_dir)
+        database = settings.clickhouse_database
+        page = _load_page("customer.html")
+
+        async def customer_page(view: faust.web.View, request: faust.web.Request, **_: Any) -> Any:
+            return view.html(page)
+
+        self.app.page("/customers")(customer_page)
+        self.app.page("/customers/{identifier}")(customer_page)
+
+        async def customer_api(
+            view: faust.web.View, request: faust.web.Request, identifier: str
+        ) -> Any:
+            try:
+                key = identifier_key(settings, identifier)
+                loop = asyncio.get_running_loop()
+                body = await loop.run_in_executor(
+                    role._read_pool, read_timeline, role.client, database, key
+                )
+            except TimelineError as exc:
+                return view.json({"error": str(exc)}, status=exc.status)
+            response = view.bytes(orjson.dumps(body), content_type="application/json")
+            response.headers["Cache-Control"] = "no-store"
+            return response
+
+        self.app.page("/api/v1/customers/{identifier}")(customer_api)
+
+        from streams.openapi import sink_openapi_document
+
+        description = orjson.dumps(sink_openapi_document())
+
+        async def openapi(view: faust.web.View, request: faust.web.Request) -> Any:
+            return view.bytes(description, content_type="application/json")
+
+        self.app.page("/api/v1/openapi.json")(openapi)
 
     def _register_lookup(self) -> None:
         """``POST /api/v1/touchpoints/stored`` ``{"event_ids": [...]}`` → the ones ClickHouse
@@ -533,4 +579,4 @@ def _load_page(name: str) -> str:
 
 _LIVE_PAGE = _load_page("live.html")
 # the pages' scripts (a content security policy without inline script: streams/webauth.py)
-_SCRIPTS = {name: _load_page(name).encode() for name in ("live.js", "map.js")}
+_SCRIPTS = {name: _load_page(name).encode() for name in ("live.js", "map.js", "customer.js")}

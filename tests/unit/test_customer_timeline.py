@@ -219,3 +219,16 @@ def test_a_journey_without_an_outcome_is_active_and_kpis_of_nothing_are_empty() 
     empty = kpis([])
     assert empty["csat"]["mean"] is None and empty["nps"]["score"] is None
     assert empty["value"]["revenue"] == 0
+
+
+def test_the_api_description_is_valid_and_describes_the_answer() -> None:
+    from jsonschema import Draft202012Validator
+    from openapi_spec_validator import validate
+
+    from streams.openapi import customer_timeline_schema, sink_openapi_document
+
+    validate(sink_openapi_document())
+    rows = [out(1, 0, "journey", "started", stage="a", journey="j", journey_id="j1")]
+    timeline = assemble("customer_id:C1", "c:C1", rows, [tp("e1", 0, "web", "customer_id:C1")])
+    timeline["truncated"] = False
+    Draft202012Validator(customer_timeline_schema()).validate(timeline)
