@@ -47,6 +47,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
+from random import getrandbits
 from typing import Any, Final, NamedTuple
 
 from pipeline.codec import (
@@ -72,6 +73,11 @@ MAX_HOPS = 16
 # Event ids of the latest touchpoints read from this partition's input, with the person each went
 # to: read again (a duplicate record: a client's retry, an ingest replay), one goes there too.
 RECENT_INPUTS: Final = 100_000
+# A hand-off message's identity, the last field of the JSON object the outbox saves and sends:
+# ``,"n":"<16 hex digits>"}`` (readers of any version ignore a field they do not know).
+_NONCE: Final = b'"n":"'
+_NONCE_TAIL: Final = 18  # 16 hex digits, '"}'
+_NONCE_END: Final = _NONCE_TAIL + len(_NONCE)
 NEVER: Final = -(2**62)  # an event time before any other (the watermark of a new engine)
 FOREVER: Final = 2**62  # an event time after any other (no bound)
 # Hand-off messages and state records are typed and versioned in pipeline/codec.py (a touch
@@ -186,6 +192,12 @@ class JourneyShard:
         # engine recognises a touch applied twice to one person). Routed again after an
         # identifier changed owner, it would reach another person and be applied to both.
         self._recent: dict[str, tuple[str, int]] = {}  # event id → (person, offset)
+        # The same for the hand-off messages that carry touches, by their identity (``_NONCE``):
+        # a message sent again from the outbox after a crash is one decision. Its second copy,
+        # at another offset, is acknowledged and dropped: handled as a second delivery it
+        # decided again, after the identity graph had moved on, and could send its touch to a
+        # second person (tests/unit/fuzz_cases/crash-splits-a-touch-between-two-customers.json).
+        self._recent_messages: dict[int, int] = {}  # hash of the message's bytes → offset
         self._done: list[Any] = []
         self._dirty_persons: set[str] = set()
         self._dirty_ids: set[str] = set()
@@ -287,6 +299,8 @@ class JourneyShard:
             if offset >= self._next_input:
                 self._next_input = offset + 1
             self._input(token, offset * 2 + 1)  # finished before a restart: acknowledged
+            if raw[-_NONCE_END:-_NONCE_TAIL] == _NONCE:  # (a copy still to come is known)
+                self._recent_messages.setdefault(hash(raw), offset)
             return
         message = decode_message(raw)  # any version this worker reads (ValueError otherwise)
         if isinstance(message, Frontier):
@@ -296,6 +310,21 @@ class JourneyShard:
             return
         if offset >= 0 and self.outbox and token is not None:
             self._inputs_of[id(token)] = (token, offset * 2 + 1)
+        if offset >= 0 and raw[-_NONCE_END:-_NONCE_TAIL] == _NONCE:
+            recent = self._recent_messages
+            digest = hash(raw)
+            first = recent.get(digest)
+            if first is not None and first != offset:
+                self.engine.counters.duplicates += 1
+                if self.partitions and offset >= self._next_input:
+                    self._next_input = offset + 1
+                if token is not None:
+                    self._done.append(token)
+                return
+            if first is None:
+                recent[digest] = offset
+                if len(recent) > RECENT_INPUTS:
+                    del recent[next(iter(recent))]
         if offset >= 0 and self.partitions:
             self._note(message, offset)
             self._inputs += 1
@@ -882,6 +911,10 @@ class JourneyShard:
             self._local.append((raw, at))
             self._lower(at)
             return
+        if self.outbox:
+            # its identity (see ``_recent_messages``): sent again from the outbox after a
+            # crash, the same bytes; the same message decided anew, other bytes
+            raw = b"%s,%s%016x%s" % (raw[:-1], _NONCE, getrandbits(64), b'"}')
         self._sends.append((key, raw))
         self._sends_at.append(at)
         # the touches it carries are safe once the broker has it: their input may be acknowledged

@@ -261,7 +261,6 @@ def test_valid_events_with_rebalances_keep_every_invariant(
     check(events, partitions, delivery, crash_rate=0.0, restart_rate=0.05)
 
 
-@pytest.mark.open_defect
 @FUZZ
 @given(events=streams(), partitions=st.integers(2, 4), delivery=st.integers(0, 10**9))
 def test_valid_events_with_worker_crashes_keep_every_invariant(
@@ -269,13 +268,12 @@ def test_valid_events_with_worker_crashes_keep_every_invariant(
 ) -> None:
     """With crashes (everything not saved lost: before a step's save, or after it and before
     its hand-off messages leave) and rebalances, every invariant above, one terminal outcome
-    per journey included. Known open, so ``make fuzz`` runs it and ``make test`` deselects it
-    (marker ``open_defect``): about one run in 600 still decides a journey twice
-    (``fuzz_cases/open/crash-splits-a-touch-between-two-customers.json``: a touchpoint
-    carrying one customer's loyalty card and an anonymous id linked to another customer is
-    applied to both after crashes replay the hand-offs; not yet understood).
+    per journey included.
 
     Fixed: a shard sent its hand-off messages before it saved the state that decided them, so
     a crash could lose a decision that had already acted (36 of 1,500 runs before the outbox;
-    ``fuzz_cases/touch-applied-to-two-persons.json``)."""
+    ``fuzz_cases/touch-applied-to-two-persons.json``). Then a message sent again from the
+    outbox after a crash was decided again where it arrived, after the identity graph had moved
+    on, and its touch reached a second person (about one run in 600 before messages carried
+    their identity; ``fuzz_cases/crash-sends-a-link-twice-and-decides-twice.json``)."""
     check(events, partitions, delivery, crash_rate=0.05, restart_rate=0.02)
