@@ -66,7 +66,7 @@ system-deps:
 # suite against the compiled build (JW_COMPILED=1: fails rather than fall back to plain)
 test: $(STAMP) system-deps $(NODE_STAMP) lint $(COMPILED)
 	JW_COMPILED=0 $(PY) -m pytest -q -p no:cacheprovider tests/unit
-	JW_COMPILED=1 $(PY) -m pytest -q
+	JW_COMPILED=1 $(PY) -m pytest -q --durations=40
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
