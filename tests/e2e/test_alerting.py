@@ -6,6 +6,12 @@ test cannot. Both Prometheus and Alertmanager run the shipped files with every d
 times shorter (``streams.monitoring.compress_rules``): a minute of the rules' time is a second
 here, and the simulated stream is replayed 180 times faster than its event time. Thresholds,
 volume guards, labels, annotations, routes and inhibitions are the shipped ones.
+
+The experience-KPI rules (``experience_kpis.yml``) count survey answers over hours: they run
+180 times faster, at the replay's own pace (an hour of their window holds an hour of simulated
+answers). The same two runs test them: the outage morning also has an understaffed call centre
+whose answers turn bad (``CsatDrop`` must reach the chat receiver), and the normal morning must
+not raise them though their inputs are there.
 """
 
 from __future__ import annotations
@@ -49,6 +55,10 @@ SPEED = 180  # simulated seconds per wall-clock second: 09:00 to 12:30 in 70 s
 WARM, FIRST, LAST = 5 * HOUR, 9 * HOUR, 12 * HOUR + 30 * HOUR // 60
 WARM_SPEED = 3_000
 OUTAGE = (11 * HOUR, 12 * HOUR)
+# Callers wait 11-25 minutes, 40% hang up, the others answer CSAT 1-3 (normally 1, 2, 4, 5, 5).
+UNDERSTAFFED = (10 * HOUR + 30 * HOUR // 60, 12 * HOUR + 30 * HOUR // 60)
+KPI_FACTOR = SPEED  # the experience-KPI rules' hours are the replay's simulated hours
+RULE_FILES = {"journeywatch.yml": FACTOR, "experience_kpis.yml": KPI_FACTOR}
 LATE = "JourneyOutputsLate"  # outputs of a replayed past morning are late by construction
 PERSONAS = 20_000  # about 230 web payments an hour around noon
 DEPLOY = REPO / "deploy"
@@ -105,9 +115,11 @@ def alertmanager_config(webhook: Webhook) -> dict[str, Any]:
 
 
 def start_monitoring(tmp: Path, topology: Topology, webhook: Webhook) -> LocalMonitoring:
-    rules = tmp / "rules.yml"
-    shipped = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "journeywatch.yml").read_text())
-    rules.write_text(yaml.safe_dump(compress_rules(shipped, FACTOR), sort_keys=False))
+    rule_files = []
+    for name, factor in RULE_FILES.items():
+        shipped = yaml.safe_load((DEPLOY / "prometheus" / "rules" / name).read_text())
+        rule_files.append(tmp / f"compressed-{name}")
+        rule_files[-1].write_text(yaml.safe_dump(compress_rules(shipped, factor), sort_keys=False))
     monitoring = start_local_monitoring(
         tmp / "monitoring",
         {
@@ -118,7 +130,7 @@ def start_monitoring(tmp: Path, topology: Topology, webhook: Webhook) -> LocalMo
         free_port(),
         free_port(),
         tmp,
-        rule_files=[rules],
+        rule_files=rule_files,
         alertmanager_config=alertmanager_config(webhook),
         scrape_interval="1s",
     )
@@ -160,13 +172,19 @@ class Run:
 
     def __init__(self, broker: EmbeddedBroker, tmp: Path, incident: bool) -> None:
         start = day_start()
-        incidents = [Incident("payment_outage", start + OUTAGE[0], start + OUTAGE[1])]
+        incidents = [
+            Incident("payment_outage", start + OUTAGE[0], start + OUTAGE[1]),
+            Incident("call_centre_understaffed", start + UNDERSTAFFED[0], start + UNDERSTAFFED[1]),
+        ]
         simulator = DaySimulator(7, start, PERSONAS, incidents if incident else [])
         events = simulator.generate()
         self.warm = [e for e in events if WARM <= self._at(e) - start < FIRST]
         self.events = [e for e in events if FIRST <= self._at(e) - start < LAST]
         self.outage_index = next(
             n for n, e in enumerate(self.events) if self._at(e) - start >= OUTAGE[0]
+        )
+        self.understaffed_index = next(
+            n for n, e in enumerate(self.events) if self._at(e) - start >= UNDERSTAFFED[0]
         )
         ensure_topics(Settings(broker_url=broker.url, partitions=PARTITIONS))
         # Ten minutes of lateness: the replay's second of skew between partitions is three
@@ -176,6 +194,7 @@ class Run:
         self.broker = broker
         self.tmp = tmp
         self.outage_reached = 0.0
+        self.understaffed_reached = 0.0
         self.monitoring: LocalMonitoring | None = None
 
     @staticmethod
@@ -210,6 +229,8 @@ class Run:
         def progress(done: float) -> None:
             if not self.outage_reached and done * len(self.events) > self.outage_index:
                 self.outage_reached = time.monotonic()
+            if not self.understaffed_reached and done * len(self.events) > self.understaffed_index:
+                self.understaffed_reached = time.monotonic()
 
         thread = threading.Thread(
             target=produce_day, args=(self.broker.url, self.events, SPEED, progress), daemon=True
@@ -234,6 +255,19 @@ def drop_off_page(run: Run) -> tuple[str, dict[str, Any], float] | None:
         ):
             return receiver, alert, at
     return None
+
+
+KPI_ALERTS = ("NpsDrop", "CsatDrop")
+CALLS = {"journey": "support_case", "channel": "call_center"}
+
+
+def kpi_alerts(run: Run) -> list[tuple[str, dict[str, Any], float]]:
+    """Every experience-KPI alert delivered, in order of arrival."""
+    return [a for a in run.webhook.alerts() if a[1]["labels"]["alertname"] in KPI_ALERTS]
+
+
+def csat_drop(run: Run) -> tuple[str, dict[str, Any], float] | None:
+    return next((a for a in kpi_alerts(run) if a[1]["labels"]["alertname"] == "CsatDrop"), None)
 
 
 def dashboard_queries_without_data(run: Run) -> list[tuple[str, str, str]]:
@@ -286,9 +320,19 @@ def test_a_payment_outage_pages_oncall_with_what_to_act_on(
         receiver, alert, arrived = wait_until(
             lambda: drop_off_page(run), 180, "the web payment drop-off page at the webhook", 0.5
         )
+        # the call centre's answers turned bad at 10:30, before the outage: already delivered
+        kpi_receiver, kpi_alert, kpi_arrived = wait_until(
+            lambda: csat_drop(run), 30, "the call centre's CSAT drop at the webhook", 0.5
+        )
         # while the morning still streams in and the alert fires: what the dashboards show
         gaps = dashboard_queries_without_data(run)
         replay.join()
+        assert run.monitoring is not None
+        calls = 'journey="support_case",channel="call_center"'
+        nps = {  # for the record: how far the NPS of the calls fell (no assertion)
+            name: query(run.monitoring, f"max_over_time(jw:{name}{{{calls}}}[60s])")
+            for name in ("nps_drop:1h", "nps_drop_z:1h")
+        }
     finally:
         run.stop()
     assert gaps == [], "dashboard queries without data:\n" + "\n".join(map(str, gaps))
@@ -319,6 +363,37 @@ def test_a_payment_outage_pages_oncall_with_what_to_act_on(
         "/d/jw-oncall?var-journey=online_purchase&var-stage=payment&var-channel=web"
     )
 
+    # The understaffed call centre: CSAT 1-3 from 10:30 (60% satisfied before). A warning to
+    # the operations chat, for the calls' journey and channel only, within the hour.
+    kpi_delay = kpi_arrived - run.understaffed_reached
+    others = [a["labels"] for _, a, _ in kpi_alerts(run) if a["labels"]["alertname"] != "CsatDrop"]
+    print(
+        f"CsatDrop {kpi_delay:.1f} s after the call centre was understaffed "
+        f"(x{KPI_FACTOR}: {kpi_delay * KPI_FACTOR / 60:.0f} simulated minutes); "
+        f"other KPI alerts: {others}; the calls' NPS at most "
+        + ", ".join(f"{k} {float(v[0]['value'][1]):.1f}" for k, v in nps.items() if v)
+    )
+    # The callers of 10:30 answer after 11 to 25 minutes in the queue; the hour's share of 4s
+    # and 5s takes a quarter of an hour of them to fall 10 points beyond chance; then 15
+    # minutes of ``for``: about an hour (measured: 70 simulated minutes, 23 s), and always
+    # while the call centre is still understaffed (two hours, 40 s).
+    assert 15 * 60 / KPI_FACTOR < kpi_delay < 2 * 3600 / KPI_FACTOR, kpi_delay
+    assert kpi_receiver == "ops-chat"
+    assert kpi_alert["labels"] == {"alertname": "CsatDrop", **CALLS, "severity": "warning"}
+    assert all({k: a["labels"][k] for k in CALLS} == CALLS for _, a, _ in kpi_alerts(run)), (
+        kpi_alerts(run)
+    )
+    kpi_summary = re.fullmatch(
+        r"CSAT of support_case on call_center is (\d+)% satisfied over the last hour "
+        r"\((\d+) answers\), (\d+) points below the 6 hours before \((\d+)%\)\.",
+        kpi_alert["annotations"]["summary"],
+    )
+    assert kpi_summary, kpi_alert["annotations"]["summary"]
+    satisfied, answers, drop, normal = map(int, kpi_summary.groups())
+    assert answers >= 50 and drop >= 10 and 50 <= normal <= 70 and satisfied < normal - 10
+    runbook = kpi_alert["annotations"]["runbook_url"].split("/blob/main/")[1]
+    assert runbook == "docs/runbooks/experience-kpi-drop.md" and (REPO / runbook).is_file()
+
 
 def test_the_same_morning_without_the_outage_pages_nobody(
     broker: EmbeddedBroker, tmp_path: Path
@@ -340,10 +415,27 @@ def test_the_same_morning_without_the_outage_pages_nobody(
             'channel="web"})',
         )
         pending = query(monitoring, "ALERTS", at=ended + 6)
+        # The KPI rules had their inputs over the replay's last hour and a half (30 s):
+        # answers in every hour's window, a baseline, a drop measured in standard errors.
+        calls = 'journey="support_case",channel="call_center"'
+        kpis = {
+            name: query(monitoring, f"{over}(jw:{name}{{{calls}}}[30s])", at=ended)
+            for over, name in (
+                ("min_over_time", "csat_answered:1h"),
+                ("min_over_time", "nps_answered:1h"),
+                ("max_over_time", "csat_drop_z:1h"),
+                ("max_over_time", "nps_drop_z:1h"),
+                ("max_over_time", "nps_drop:1h"),
+            )
+        }
     finally:
         run.stop()
     # the morning did happen: hundreds of web payments went through the stage
     assert entered and float(entered[0]["value"][1]) > 300, entered
+    figures = {name: float(rows[0]["value"][1]) for name, rows in kpis.items() if rows}
+    print(f"the call centre's KPI rules over the last simulated hour and a half: {figures}")
+    assert set(figures) == set(kpis), kpis
+    assert figures["csat_answered:1h"] >= 50 and figures["nps_answered:1h"] >= 50, figures
     # It happened 40 days ago: replayed, every output is that late by the wall clock, which
     # JourneyOutputsLate reports as it would for any backfill: a warning, to the chat
     # receiver. Nothing else fires, nothing else is pending.
