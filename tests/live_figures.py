@@ -119,6 +119,8 @@ def raw_figures(
         )
     figures["totals.negative_moments"] = sum(negatives.values())
 
+    figures.update(_raw_kpis(query, db, end, lo, base_lo, window / baseline))
+
     figures["totals.at_risk"] = int(
         query(
             f"SELECT uniqExact(journey_id) FROM {db}.experience_moments "
@@ -128,6 +130,64 @@ def raw_figures(
             f"WHERE name IN ('converted', 'dropped_off') AND at >= {base_lo})"
         )[0][0]
     )
+    return figures
+
+
+KPI_NAMES = ("csat", "nps", "first_contact_resolution", "complaint_response", "peak_end")
+
+
+def _raw_kpis(
+    query: Query, db: str, end: str, lo: str, base_lo: str, window_share: float
+) -> dict[str, Any]:
+    """The live page's experience KPIs, from the raw outputs (each once), worked out here."""
+    week_lo, week_end = f"({lo} - INTERVAL 7 DAY)", f"({end} - INTERVAL 7 DAY)"
+    rows = query(
+        "SELECT DISTINCT output_id, multiIf("
+        f"at >= {lo} AND at < {end}, 'now', at >= {base_lo} AND at < {lo}, 'baseline', "
+        f"at >= {week_lo} AND at < {week_end}, 'week_before', '') AS period, name, value, "
+        f"JSONExtractString(detail, 'currency') FROM {db}.experience_moments "
+        "WHERE (type = 'kpi' OR type = 'score' AND name = 'peak_end') AND value IS NOT NULL "
+        f"AND at >= {week_lo} AND at < {end}"
+    )
+    values: dict[tuple[str, str], list[float]] = defaultdict(list)
+    revenue: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for _, period, name, value, currency in rows:
+        if not period:
+            continue
+        if name == "ltv_increment":
+            revenue[(currency, period)].append(float(value))
+        else:
+            values[(name, period)].append(float(value))
+
+    def kpi(name: str, period: str) -> float | None:
+        found = values.get((name, period))
+        if not found:
+            return None
+        n = len(found)
+        if name == "csat":
+            return round(sum(1 for v in found if v >= 4) / n, 4)
+        if name == "nps":
+            return round(100 * (sum(v >= 9 for v in found) - sum(v <= 6 for v in found)) / n, 1)
+        if name == "first_contact_resolution":
+            return round(sum(found) / n, 4)
+        if name == "complaint_response":  # ClickHouse's quantileExact(0.5): the upper median
+            return round(sorted(found)[n // 2], 1)
+        return round(sum(found) / n, 2)
+
+    figures: dict[str, Any] = {}
+    for name in KPI_NAMES:
+        figures[f"kpi.{name}"] = kpi(name, "now")
+        figures[f"kpi.{name}.n"] = len(values.get((name, "now"), []))
+        figures[f"kpi.{name}.baseline"] = kpi(name, "baseline")
+        figures[f"kpi.{name}.week_before"] = kpi(name, "week_before")
+    for currency in {c for c, _ in revenue}:
+        base, week = revenue.get((currency, "baseline")), revenue.get((currency, "week_before"))
+        figures[f"kpi.revenue.{currency}"] = round(sum(revenue.get((currency, "now"), [])), 2)
+        figures[f"kpi.revenue.{currency}.n"] = len(revenue.get((currency, "now"), []))
+        figures[f"kpi.revenue.{currency}.baseline"] = (
+            round(sum(base) * window_share, 2) if base else None
+        )
+        figures[f"kpi.revenue.{currency}.week_before"] = round(sum(week), 2) if week else None
     return figures
 
 
@@ -147,6 +207,14 @@ def snapshot_figures(snapshot: dict[str, Any]) -> dict[str, Any]:
     for row in snapshot["negative_moment_rates"]:
         figures[f"negative_rate.{row['channel']}"] = row["per_100_touchpoints"]
         figures[f"baseline_negative_rate.{row['channel']}"] = row["baseline_per_100_touchpoints"]
+    kpis = snapshot["kpis"]
+    for name, figure in [(n, kpis[n]) for n in KPI_NAMES] + [
+        (f"revenue.{row['currency']}", row) for row in kpis["revenue"]
+    ]:
+        figures[f"kpi.{name}"] = figure["value"]
+        figures[f"kpi.{name}.n"] = figure["n"]
+        figures[f"kpi.{name}.baseline"] = figure["baseline"]
+        figures[f"kpi.{name}.week_before"] = figure["week_before"]
     return figures
 
 

@@ -9,6 +9,10 @@ was re-emitted. Rates follow the alert rules and the analyst guide:
 
 - drop-off rate: drop-offs / stage entries (``started`` + ``stage_reached``);
 - negative moments per 100 touchpoints of the channel.
+
+The experience KPIs (``kpis``) are read from the engine's ``kpi`` and ``score`` outputs in
+``experience_moments`` (each output once, by ``output_id``), for the window, the baseline and
+the same window a week before (``week_before``), as the KPI alert rules compare them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ from sinks.clickhouse.queries import newest_minute
 
 ENTRIES = ("started", "stage_reached")
 FEED_LENGTH = 20
+WEEK = timedelta(days=7)
+# The KPIs of the live page: what each figure is (docs/live-page.md, "Experience KPIs").
+KPIS = ("csat", "nps", "first_contact_resolution", "complaint_response", "peak_end")
+PERIODS = ("now", "baseline", "week_before")
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,94 @@ def empty_snapshot(window_minutes: int, baseline_minutes: int) -> dict[str, Any]
         "negative_moment_rates": [],
         "negative_moments": [],
         "at_risk": [],
+        "kpis": empty_kpis(),
     }
+
+
+def empty_kpis() -> dict[str, Any]:
+    none = {"n": 0, "value": None, "baseline": None, "week_before": None}
+    return {**{name: dict(none) for name in KPIS}, "revenue": []}
+
+
+def kpi_figures(
+    client: Client, database: str, start: datetime, end: datetime, baseline_start: datetime
+) -> dict[str, Any]:
+    """The experience KPIs of the outputs at ``start`` <= at < ``end`` (``n``, ``value``), of
+    the baseline (``baseline_start`` to ``start``) and of the same window a week before:
+
+    - csat: the share of CSAT answers that are 4 or 5 (0-1); n: answers;
+    - nps: promoters minus detractors, in points (-100 to 100); n: answers;
+    - first_contact_resolution: the share of resolved cases that took one contact; n: cases;
+    - complaint_response: the median seconds from a complaint to its response; n: responses;
+    - peak_end: the average peak-end score of the journeys that ended (0-100); n: journeys;
+    - revenue: per currency, the amount of identified customers' purchases; its baseline is
+      the baseline's amount per window length (the baseline is longer than the window).
+    """
+    db = database
+    periods = {
+        "now": (start, end),
+        "baseline": (baseline_start, start),
+        "week_before": (start - WEEK, end - WEEK),
+    }
+    within = " OR ".join(
+        f"(at >= {_sql_time(low)} AND at < {_sql_time(high)})" for low, high in periods.values()
+    )
+    period = (
+        f"multiIf(at >= {_sql_time(start)}, 'now', at >= {_sql_time(baseline_start)}, "
+        "'baseline', 'week_before')"
+    )
+    rows = client.query(
+        f"SELECT {period} AS period, name, "
+        "if(name = 'ltv_increment', JSONExtractString(detail, 'currency'), '') AS currency, "
+        "count() AS n, sum(value) AS total, countIf(value >= 4) AS high, "
+        "countIf(value >= 9) AS promoters, countIf(value <= 6) AS detractors, "
+        "quantileExact(0.5)(value) AS median "
+        "FROM ("  # each output once (a re-emitted one has the same id and figures)
+        f"  SELECT name, at, value, detail FROM {db}.experience_moments "
+        "  WHERE (type = 'score' AND name = 'peak_end' OR type = 'kpi' AND name IN "
+        "  ('csat', 'nps', 'first_contact_resolution', 'complaint_response', 'ltv_increment')) "
+        f"  AND ({within}) AND value IS NOT NULL LIMIT 1 BY output_id"
+        ") GROUP BY period, name, currency"
+    ).result_rows
+    figures: dict[str, dict[str, Any]] = {name: {} for name in KPIS}
+    revenue: dict[str, dict[str, Any]] = defaultdict(dict)
+    for when, name, currency, n, total, high, promoters, detractors, median in rows:
+        n = int(n)
+        if name == "csat":
+            value: float | None = _ratio(int(high), n)
+        elif name == "nps":
+            value = round(100 * (int(promoters) - int(detractors)) / n, 1) if n else None
+        elif name == "first_contact_resolution":
+            value = _ratio(float(total), n)  # each case is 1 (one contact) or 0
+        elif name == "complaint_response":
+            value = round(float(median), 1)
+        elif name == "peak_end":
+            value = round(float(total) / n, 2) if n else None
+        else:  # ltv_increment
+            revenue[currency][when] = (n, float(total))
+            continue
+        figures[name][when] = (n, value)
+    kpis: dict[str, Any] = {}
+    for name in KPIS:
+        found = figures[name]
+        kpis[name] = {
+            "n": found.get("now", (0, None))[0],
+            "value": found.get("now", (0, None))[1],
+            "baseline": found.get("baseline", (0, None))[1],
+            "week_before": found.get("week_before", (0, None))[1],
+        }
+    share = (end - start) / (start - baseline_start) if start > baseline_start else 0.0
+    kpis["revenue"] = [
+        {
+            "currency": currency,
+            "n": found.get("now", (0, 0.0))[0],
+            "value": round(found.get("now", (0, 0.0))[1], 2),
+            "baseline": round(found["baseline"][1] * share, 2) if "baseline" in found else None,
+            "week_before": round(found["week_before"][1], 2) if "week_before" in found else None,
+        }
+        for currency, found in sorted(revenue.items())
+    ]
+    return kpis
 
 
 def live_snapshot(
@@ -265,6 +360,7 @@ def live_snapshot(
         "negative_moment_rates": negative_rates,
         "negative_moments": feed,
         "at_risk": at_risk,
+        "kpis": kpi_figures(client, db, start, as_of + timedelta(minutes=1), baseline_start),
     }
 
 

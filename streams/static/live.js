@@ -75,6 +75,48 @@ function spark(series) {
   return svg;
 }
 
+// Experience KPIs (sinks/clickhouse/live.py kpi_figures): each tile shows the window's figure,
+// how many answers (cases, journeys) it rests on, its baseline and the same window a week before.
+// "worse" uses the alerts' margins (NpsDrop 15 points, CsatDrop 10) and alike for the others.
+const KPI_TILES = [
+  {name: "csat", label: "CSAT (4–5 of 5)", unit: "answers", show: pct, worse: (now, base) => now < base - 0.10},
+  {name: "nps", label: "NPS", unit: "answers", show: (v) => v === null ? "–" : v.toFixed(0), worse: (now, base) => now < base - 15},
+  {name: "first_contact_resolution", label: "First-contact resolution", unit: "cases", show: pct, worse: (now, base) => now < base - 0.10},
+  {name: "complaint_response", label: "Complaint response, median", unit: "responses", show: (v) => duration(v), worse: (now, base) => now > 1.5 * base},
+  {name: "peak_end", label: "Peak-end score (0–100)", unit: "journeys", show: (v) => v === null ? "–" : v.toFixed(1), worse: (now, base) => now < base - 10},
+];
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  if (seconds < 90) return `${seconds.toFixed(0)} s`;
+  if (seconds < 5400) return `${(seconds / 60).toFixed(0)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+function kpiTile(key, label, unit, f, show, worse) {
+  const noted = (v) => v === null || v === undefined;
+  const bad = !noted(f.value) && !noted(f.baseline) && worse(f.value, f.baseline);
+  return el("div", {class: "card", "data-kpi": key},
+    el("div", {class: "label"}, label),
+    el("div", {class: "value"}, figure("kpi." + key, f.value, show(f.value))),
+    el("div", {class: "muted"}, "on ", figure(`kpi.${key}.n`, f.n, fmt.format(f.n)), ` ${unit}`),
+    el("div", {class: "muted"}, "baseline ", figure(`kpi.${key}.baseline`, f.baseline, show(f.baseline)),
+      " · a week before ", figure(`kpi.${key}.week_before`, f.week_before, show(f.week_before))),
+    bad ? el("div", {class: "above"}, "▼ worse than the baseline") : "");
+}
+function renderKpis(kpis) {
+  if (!kpis) return;
+  const money = (currency) => (v) => {
+    if (v === null || v === undefined) return "–";
+    try {
+      return new Intl.NumberFormat("en-US", {style: "currency", currency: currency, maximumFractionDigits: 0}).format(v);
+    } catch (e) {
+      return `${fmt.format(Math.round(v))} ${currency}`;  // a code Intl does not take
+    }
+  };
+  document.getElementById("kpis").replaceChildren(
+    ...KPI_TILES.map((t) => kpiTile(t.name, t.label, t.unit, kpis[t.name], t.show, t.worse)),
+    ...kpis.revenue.map((r) => kpiTile(`revenue.${r.currency}`, `Revenue (${r.currency}, known customers)`, "purchases", r, money(r.currency), (now, base) => now < 0.5 * base)));
+}
+
 function render(s) {
   periods = {since: `${s.window_minutes}m`, compare_since: `${s.window_minutes + s.baseline_minutes}m`, compare_until: `${s.window_minutes}m`};
   document.getElementById("window").textContent = s.as_of
@@ -84,6 +126,7 @@ function render(s) {
     const node = document.querySelector(`[data-figure="totals.${k}"]`);
     if (node) { node.textContent = fmt.format(v); node.dataset.value = v; }
   }
+  renderKpis(s.kpis);
   // alerts
   const alerts = document.getElementById("alerts");
   if (s.alerts === null) {

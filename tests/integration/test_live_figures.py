@@ -13,6 +13,7 @@ from pipeline.collect import prepare_event
 from pipeline.contract import TouchpointEvent
 from pipeline.definitions import load_catalog
 from pipeline.engine import JourneyEngine, Output
+from pipeline.scenario import DaySimulator, Incident
 from pipeline.touch import Touch
 from sinks.clickhouse.live import JourneyShape, live_snapshot
 from sinks.clickhouse.migrations import apply_migrations
@@ -20,7 +21,14 @@ from sinks.clickhouse.rows import OUTPUT_COLUMNS, TOUCHPOINT_COLUMNS, output_row
 from sinks.clickhouse.writer import ClickHouseWriter, PartitionBatch
 from streams.journeys import JOURNEY_OUTPUT_TYPES
 from tests.helpers import ClickHouse
-from tests.live_figures import comparable, morning, raw_figures, snapshot_figures
+from tests.live_figures import (
+    HOUR,
+    comparable,
+    event_ms,
+    morning,
+    raw_figures,
+    snapshot_figures,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -104,6 +112,11 @@ def test_the_live_figures_equal_the_raw_tables(clickhouse: ClickHouse) -> None:
     assert truth["totals.converted"] and truth["totals.dropped_off"]
     assert truth["totals.negative_moments"] and truth["totals.at_risk"]
     assert len(live["at_risk"]) == min(truth["totals.at_risk"], 20)
+    # the experience KPIs are there: survey answers, resolved cases, scores, revenue
+    for name in ("csat", "nps", "first_contact_resolution", "peak_end"):
+        assert truth[f"kpi.{name}"] is not None and truth[f"kpi.{name}.n"] > 0, name
+        assert truth[f"kpi.{name}.baseline"] is not None, name
+    assert truth["kpi.revenue.EUR"] > 0
     # the outage's payments time out in the window: drop-offs above the baseline
     purchase = next(j for j in live["journeys"] if j["journey"] == "online_purchase")
     assert purchase["drop_off_rate"] > purchase["baseline_drop_off_rate"]
@@ -121,8 +134,39 @@ def test_the_live_figures_equal_the_raw_tables(clickhouse: ClickHouse) -> None:
     assert feed_times[0] == newest[0][1].replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
 
 
+def test_the_kpis_compare_with_the_same_window_a_week_before(clickhouse: ClickHouse) -> None:
+    """Last week's morning had a normal call centre; this morning's is understaffed from
+    11:00: the window's CSAT is below the same window a week before."""
+    client, db = clickhouse
+    start = int(DAY.timestamp() * 1000)
+    week = 7 * 24 * HOUR
+    before = DaySimulator(6, start - week, 6000).generate()
+    understaffed = Incident("call_centre_understaffed", start + 10 * HOUR, start + 12 * HOUR)
+    now = DaySimulator(5, start, 6000, [understaffed]).generate()
+    fill(
+        client,
+        db,
+        [e for e in before + now if 9 * HOUR <= (event_ms(e) - start) % week < 12 * HOUR],
+    )
+    shapes = [
+        JourneyShape(j.name, tuple(s.name for s in j.stages)) for j in load_catalog().journeys
+    ]
+    live = live_snapshot(client, db, shapes, window_minutes=60, baseline_minutes=60)
+    as_of = scalar(client, f"SELECT toStartOfMinute(max(occurred_at)) FROM {db}.touchpoints")
+    truth = raw_figures(lambda sql: client.query(sql).result_rows, db, as_of, 60, 60)
+    assert comparable(snapshot_figures(live), truth) == truth
+    csat = live["kpis"]["csat"]
+    assert csat["week_before"] is not None and csat["baseline"] is not None
+    assert csat["value"] < csat["week_before"] - 0.2, csat  # CSAT 1-3 only: far below
+    for name in ("nps", "first_contact_resolution", "peak_end"):
+        assert live["kpis"][name]["week_before"] is not None, name
+    assert [r["currency"] for r in live["kpis"]["revenue"]] == ["EUR"]
+    assert live["kpis"]["revenue"][0]["week_before"] > 0
+
+
 def test_an_empty_database_gives_an_empty_page(clickhouse: ClickHouse) -> None:
     client, db = clickhouse
     apply_migrations(client, db, retention_days=30)
     live = live_snapshot(client, db, [JourneyShape("online_purchase", ("cart",))])
     assert live["as_of"] is None and live["totals"]["touchpoints"] == 0
+    assert live["kpis"]["nps"] == {"n": 0, "value": None, "baseline": None, "week_before": None}
