@@ -335,36 +335,38 @@ class Step:
     native: dict[str, Any]
 
 
-def journey_steps() -> list[Step]:
+def journey_steps(
+    user: str = JOURNEY_USER, anonymous: str = JOURNEY_ANON, email: str = EMAIL
+) -> list[Step]:
     """Home, a product, the cart, sign-in (identify with an e-mail), a declined payment, a
     paid one and the confirmation: an online purchase converted after a negative moment."""
-    anon = {"anonymous_id": JOURNEY_ANON}
-    known = {"user_id": JOURNEY_USER, "anonymous_id": JOURNEY_ANON}
-    native_known = {"customer_id": JOURNEY_USER, "anonymous_id": JOURNEY_ANON}
+    anon = {"anonymous_id": anonymous}
+    known = {"user_id": user, "anonymous_id": anonymous}
+    native_known = {"customer_id": user, "anonymous_id": anonymous}
     return [
         Step(
             "page",
             0,
             anon | {"category": "Home", "name": "Landing"},
-            {"touchpoint": "home.landing", "action": "view", "anonymous_id": JOURNEY_ANON},
+            {"touchpoint": "home.landing", "action": "view", "anonymous_id": anonymous},
         ),
         Step(
             "page",
             40,
             anon | {"category": "Product", "name": "Detail", "properties": {"sku": "S-1"}},
-            {"touchpoint": "product.detail", "action": "view", "anonymous_id": JOURNEY_ANON},
+            {"touchpoint": "product.detail", "action": "view", "anonymous_id": anonymous},
         ),
         Step(
             "track",
             90,
             anon | {"event": "Cart Item Added", "properties": {"sku": "S-1"}},
-            {"touchpoint": "cart.item_added", "action": "track", "anonymous_id": JOURNEY_ANON},
+            {"touchpoint": "cart.item_added", "action": "track", "anonymous_id": anonymous},
         ),
         Step(
             "identify",
             120,
-            known | {"traits": {"email": EMAIL}},
-            {"touchpoint": "identity.identify", "action": "identify", "email": EMAIL}
+            known | {"traits": {"email": email}},
+            {"touchpoint": "identity.identify", "action": "identify", "email": email}
             | native_known,
         ),
         Step(
@@ -404,21 +406,23 @@ def journey_start() -> datetime:
     return datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
 
 
-def send_native_journey(url: str, start: datetime) -> set[str]:
+def send_native_journey(
+    url: str, start: datetime, steps: list[Step] | None = None, key: str = WEB_KEY
+) -> set[str]:
     """The journey in the native contract (``POST /v1/events``); returns its event ids."""
     events = [
         {
-            "event_id": f"native-{n}",
+            "event_id": f"native-{n}-{step.native.get('customer_id', step.native['anonymous_id'])}",
             "occurred_at": (start + timedelta(seconds=step.after_s)).isoformat(),
             "channel": "web",
         }
         | step.native
-        for n, step in enumerate(journey_steps())
+        for n, step in enumerate(steps or journey_steps())
     ]
     request = urllib.request.Request(
         f"{url}/v1/events",
         data=orjson.dumps(events),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {WEB_KEY}"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -501,27 +505,34 @@ def assert_same_journey(sdk_records: list[dict[str, Any]], native: list[dict[str
     assert any(kind == "identity" for kind, _, _ in facts)
 
 
-def test_a_journey_through_the_sdk_is_the_journey_in_the_native_contract(
-    collector: Running, sdk: Sdk
+def send_sdk_journey(
+    sdk: Sdk, url: str, start: datetime, steps: list[Step] | None = None, key: str = WEB_KEY
 ) -> None:
-    """The same web journey through the SDK (one gzip batch from its background consumer)
-    and as native events: the same touchpoints and, through the journey engine, the same
-    outcome, stages, identity links, negative moments and scores."""
-    start = journey_start()
+    """The journey through ``sdk``'s client: one gzip batch from its background consumer."""
     errors: list[Exception] = []
     client = sdk.Client(
-        WEB_KEY,
-        host=collector.url,
+        key,
+        host=url,
         gzip=True,
         upload_interval=0.2,
         on_error=lambda error, batch: errors.append(error),
     )
-    for step in journey_steps():
+    for step in steps or journey_steps():
         call = getattr(client, step.call)
         call(**step.args, timestamp=start + timedelta(seconds=step.after_s))
     client.flush()
     client.join()
     assert errors == []
+
+
+def test_a_journey_through_the_sdk_is_the_journey_in_the_native_contract(
+    collector: Running, sdk: Sdk
+) -> None:
+    """The same web journey through the SDK and as native events: the same touchpoints and,
+    through the journey engine, the same outcome, stages, identity links, negative moments
+    and scores."""
+    start = journey_start()
+    send_sdk_journey(sdk, collector.url, start)
     native_ids = send_native_journey(collector.url, start)
     records = stored(collector)
     native = [r for r in records if r["event_id"] in native_ids]
