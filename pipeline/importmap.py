@@ -138,7 +138,11 @@ class ImportMapping(_Strict):
         return self.names.get(name, name)
 
     def required_columns(self) -> tuple[str, ...]:
-        return (self.columns.record, self.columns.event, self.columns.timestamp)
+        """The columns a CSV header must have: the record, event and time, and every column
+        ``names`` names (a name is given to a column of this export: a missing one is a typo,
+        which would otherwise read as empty cells)."""
+        columns = (self.columns.record, self.columns.event, self.columns.timestamp)
+        return tuple(dict.fromkeys((*columns, *self.names.values())))
 
     def describe(self) -> str:
         """Where the mapping is, for messages: ``the columns of FILE``."""

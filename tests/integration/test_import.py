@@ -352,6 +352,14 @@ def test_another_export_imports_with_only_a_mapping_file(
         in result.stderr
     ), result.stderr
 
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(GENESYS_MAPPING.replace("survey: Survey", "survey: Surveys"))
+    result = run_import(["--mapping", str(typo), "--dry-run", str(export)], env)
+    assert result.returncode == 1
+    assert f"{export}:1: the header has no column 'Surveys' (the columns of {typo})" in (
+        result.stderr
+    ), result.stderr
+
     bad = tmp_path / "bad.yaml"
     bad.write_text(GENESYS_MAPPING.replace("action: talk}", "action: Talk}"))
     result = run_import(["--mapping", str(bad), "--dry-run", str(export)], env)
