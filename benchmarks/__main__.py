@@ -14,7 +14,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 
-from benchmarks import accuracy, clickhouse, collector, contract_decode, engine, scaling, topology
+from benchmarks import (
+    accuracy,
+    clickhouse,
+    collector,
+    contract_decode,
+    engine,
+    scaling,
+    timeline,
+    topology,
+)
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 SUITES: dict[str, ModuleType] = {
@@ -25,6 +34,7 @@ SUITES: dict[str, ModuleType] = {
     "topology": topology,
     "accuracy": accuracy,
     "clickhouse": clickhouse,
+    "timeline": timeline,
 }
 HEADER = (
     "# Benchmarks\n\n"

@@ -180,7 +180,7 @@ def read_timeline(
 ) -> dict[str, Any]:
     """The timeline of the customer (or anonymous person) ``key`` names; TimelineError 404
     when nobody is known by it."""
-    if _blocked(client, database, [key]) and not key.startswith(CUSTOMER):
+    if not key.startswith(CUSTOMER) and _blocked(client, database, [key]):
         raise TimelineError(
             "this identifier is shared by several customers (blocked from stitching): "
             "name the customer by another one",

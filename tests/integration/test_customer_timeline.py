@@ -303,3 +303,31 @@ def test_one_timeline_among_a_million_touchpoints_reads_by_key(clickhouse: Click
     assert median < 0.5, seconds
     cust = read_timeline(client, db, "customer_id:cust-42")
     assert len(cust["touchpoints"]) == 5 and len(cust["negative_moments"]) == 5
+
+
+def test_a_kiosk_shared_by_customers_names_nobody_and_lends_nobody_its_touchpoints(
+    clickhouse: ClickHouse,
+) -> None:
+    """A store kiosk's device id seen with more customers than allowed is blocked by the
+    engine: asking by it is a 404, and no customer's timeline gets the others' kiosk visits or
+    the kiosk's anonymous ones."""
+    client, db = clickhouse
+    apply_migrations(client, db, 3650)
+    customers = [f"k-{n}" for n in range(CATALOG.detectors.max_customers_per_identifier + 2)]
+    raw = [
+        _event(100 + n, n, "store", "store.visit", customer_id=c, device_id="kiosk-1")
+        for n, c in enumerate(customers)
+    ]
+    raw.append(_event(199, 30, "store", "store.visit", device_id="kiosk-1"))  # nobody signed in
+    events = _decoded(raw)
+    outputs = run_engine(events)
+    assert [o for o in outputs if o.name == "identifier_blocked"], "the kiosk was never blocked"
+    store(client, db, events, outputs)
+    with pytest.raises(TimelineError) as shared:
+        read_timeline(client, db, "device_id:kiosk-1")
+    assert shared.value.status == 404 and "shared" in str(shared.value)
+    for n, customer in enumerate(customers):
+        timeline = read_timeline(client, db, f"customer_id:{customer}")
+        assert [t["event_id"] for t in timeline["touchpoints"]] == [f"ev-{100 + n}"], customer
+        kiosk = [i for i in timeline["identifiers"] if i["identifier"] == "device_id:kiosk-1"]
+        assert all(i["blocked"] for i in kiosk)
