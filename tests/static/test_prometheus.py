@@ -69,6 +69,30 @@ def test_every_alert_has_a_case_that_fires_and_one_that_must_not() -> None:
     assert names <= silent, f"no silent case for {names - silent}"
 
 
+def test_every_metric_the_rules_read_is_one_journeywatch_exposes() -> None:
+    """A metric renamed in sinks/metrics.py (or misspelt in a rule) leaves a rule reading
+    nothing, and its alert silent for ever: promtool cannot see it, its tests feed the name."""
+    from prometheus_client import REGISTRY
+
+    import sinks.metrics  # noqa: F401 - registers every metric
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    exposed = {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        for suffix in suffixes.get(family.type, ("",))
+    }
+    read = {
+        name
+        for path in RULES
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+        for name in re.findall(r"\bjw_[a-z0-9_]+", rule["expr"])
+    }
+    assert {"jw_nps_answers_total", "jw_csat_answers_total"} <= read
+    assert read - exposed == set()
+
+
 @pytest.mark.parametrize("alert", alerts(), ids=lambda a: a["alert"])
 def test_every_alert_says_what_how_bad_and_where_to_look(alert: dict[str, Any]) -> None:
     assert alert["labels"]["severity"] in ("page", "warning")
