@@ -232,3 +232,29 @@ def test_the_api_description_is_valid_and_describes_the_answer() -> None:
     timeline = assemble("customer_id:C1", "c:C1", rows, [tp("e1", 0, "web", "customer_id:C1")])
     timeline["truncated"] = False
     Draft202012Validator(customer_timeline_schema()).validate(timeline)
+
+
+def test_the_command_renders_every_section_as_a_table() -> None:
+    from streams.customers import customer_path, render_text
+
+    rows = [
+        out(1, 0, "journey", "started", stage="a", journey="j", journey_id="j1"),
+        out(2, 1, "negative_moment", "error", journey="j", journey_id="j1", channel="web"),
+        out(3, 1, "identity", "merged", event_id="e1", detail={"from_person": "a:device_id:d"}),
+    ]
+    timeline = assemble(
+        "customer_id:C1", "c:C1", rows, [tp("e1", 0, "web", "customer_id:C1", "device_id:d")]
+    )
+    text = render_text(timeline)
+    for title in (
+        "Identity: identifiers linked (0)",
+        "Identity: merges (1)",
+        "Journeys (1)",
+        "Negative moments (1)",
+        "Moments of truth (0)",
+        "Touchpoints (1)",
+    ):
+        assert title in text, title
+    assert "person c:C1 (customer C1)" in text and "a:device_id:d" in text
+    assert customer_path("email_hash:ab") == "/api/v1/customers/email_hash:ab"
+    assert customer_path("customer_id:a b/c") == "/api/v1/customers/customer_id:a%20b%2Fc"
