@@ -192,6 +192,7 @@ def read_timeline(
     persons: set[str] = {person}
     frontier = [person]
     outputs: list[dict[str, Any]] = []
+    cut = False  # more outputs than read (the oldest MAX_OUTPUTS of a person are)
     columns = ", ".join(OUTPUT_COLUMNS)
     for _ in range(MAX_ROUNDS):
         result = client.query(
@@ -202,6 +203,7 @@ def read_timeline(
         )
         rows = [dict(zip(OUTPUT_COLUMNS, row, strict=True)) for row in result.result_rows]
         outputs += rows
+        cut = cut or len(rows) >= MAX_OUTPUTS
         merged_in = {
             str(_detail(r).get("from_person") or "")
             for r in rows
@@ -232,7 +234,7 @@ def read_timeline(
     if not outputs and not touchpoints:
         raise TimelineError("no customer is known by this identifier", status=404)
     timeline = assemble(key, person, outputs, touchpoints[:max_touchpoints], blocked)
-    timeline["truncated"] = len(touchpoints) > max_touchpoints
+    timeline["truncated"] = cut or len(touchpoints) > max_touchpoints
     return timeline
 
 
