@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.actions import Actions, check_unique
 from pipeline.contract import Channel, OutcomeStatus
 from pipeline.sourcemap import Sources
 
@@ -236,12 +237,20 @@ class JourneyCatalog(_Strict):
     # per source (a collector API key's name): rules from its events to touchpoints, and its
     # survey webhook (pipeline/sourcemap.py, docs/sources.md)
     sources: Sources = Field(default_factory=dict)
+    # closed-loop actions: a webhook per customer's bad moment (pipeline/actions.py)
+    actions: Actions = ()
 
     @model_validator(mode="after")
     def _unique_journey_names(self) -> JourneyCatalog:
         _require_unique("journey", [journey.name for journey in self.journeys])
         _check_former_names("journey", [(j.name, j.renamed_from) for j in self.journeys])
         return self
+
+    @field_validator("actions")
+    @classmethod
+    def _unique_action_names(cls, value: Actions) -> Actions:
+        check_unique(value)
+        return value
 
 
 @dataclass(frozen=True)

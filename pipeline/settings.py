@@ -485,6 +485,38 @@ class Settings(BaseSettings):
         "in production; `journeywatch run` creates a random one under data_dir when unset.",
     )
 
+    # --- Closed-loop actions (docs/actions.md) --------------------------------------------------
+    actions_enabled: bool = Field(
+        default=True,
+        description="Whether `journeywatch actions` (the actions agent) delivers the journeys "
+        "file's `actions:`; false: it starts, delivers nothing and reads nothing (turn actions "
+        "off without editing the file).",
+    )
+    actions_web_port: int = Field(
+        default=6090,
+        description="Port of the actions agent's /metrics, /livez, /readyz.",
+    )
+    action_secrets: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Secret header values of action webhooks as JSON, by the name a header's "
+        '`{secret: NAME}` gives in the journeys file: `{"helpdesk_token": "..."}`. Never logged.',
+    )
+    action_max_attempts: int = Field(
+        default=6,
+        ge=1,
+        description="Tries of one action webhook (5xx, 408, 429, time-out, no connection) "
+        "before it goes to `actions.dlq`.",
+    )
+    action_retry_initial_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Wait before an action's second try; doubled at each try up to "
+        "`action_retry_max_s`.",
+    )
+    action_retry_max_s: float = Field(
+        default=30.0, gt=0, description="Longest wait between two tries of an action."
+    )
+
     # --- Logging ---------------------------------------------------------------------------
     log_level: LogLevel = Field(
         default="WARNING",
@@ -578,7 +610,7 @@ def to_environment(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
-        elif name == "webhook_secrets":
+        elif name in ("webhook_secrets", "action_secrets"):
             value = json.dumps({k: v.get_secret_value() for k, v in value.items()})
         elif name == "collector_api_keys":
             value = json.dumps(

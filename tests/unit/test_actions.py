@@ -1,0 +1,238 @@
+"""The closed-loop actions' rules (pipeline/actions.py) and the ``actions:`` section's checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pipeline import actions as act
+from pipeline.definitions import DefinitionError, parse_catalog
+
+JOURNEYS = """\
+version: 1
+journeys:
+  - name: online_purchase
+    stages:
+      - {name: cart, match: [{touchpoint: "cart.*"}], timeout: 2h}
+      - {name: payment, match: [{touchpoint: "checkout.*"}], timeout: 30m}
+    goal: [{touchpoint: "checkout.confirmation"}]
+    moments_of_truth:
+      - {name: payment, match: [{touchpoint: "checkout.payment"}], weight: 3}
+"""
+
+ACTIONS = """\
+actions:
+  - name: recover_payment
+    when: {moment_of_truth_failed: payment, journey: online_purchase}
+    webhook:
+      url: http://127.0.0.1:1/tickets
+      headers:
+        Authorization: {secret: helpdesk, prefix: "Bearer "}
+        X-Team: cx
+      body:
+        subject: "Payment failed for {customer_id} at {at_iso}"
+        customer: "{customer_id}"
+        severity: "{detail.severity}"
+        missing: "{detail.nothing}"
+        braces: "{{literal}}"
+        tags: ["{journey}", "{stage}", 3]
+    at_most_once_per: 1h
+  - name: cart_dropped
+    when: {dropped_off: cart}
+    for: {identified: false}
+    webhook: {url: "http://127.0.0.1:1/x"}
+  - name: detractor
+    when: {nps_below: 7}
+    for: {min_value: 100, currency: EUR}
+    webhook: {url: "http://127.0.0.1:1/x", body: {score: "{value}"}}
+  - name: bad_score
+    when: {score_below: 40}
+    webhook: {url: "http://127.0.0.1:1/x"}
+  - name: low_csat
+    when: {csat_below: 3}
+    webhook: {url: "http://127.0.0.1:1/x"}
+  - name: errors
+    when: {negative_moment: [error, "call_*"]}
+    webhook: {url: "http://127.0.0.1:1/x"}
+"""
+
+
+def output(**fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "type": "journey",
+        "name": "started",
+        "at": 1_700_000_000_000,
+        "person_id": "c:jane",
+        "journey": "online_purchase",
+        "journey_id": "j1",
+        "stage": "payment",
+        "channel": "web",
+        "touchpoint": "checkout.payment",
+        "event_id": "e1",
+        "value": None,
+        "output_id": "abcdef0123456789",
+        "detail": {},
+    }
+    return base | fields
+
+
+@pytest.fixture(scope="module")
+def rules() -> dict[str, act.Action]:
+    catalog = parse_catalog(JOURNEYS + ACTIONS, "j.yaml")
+    return {rule.name: rule for rule in catalog.actions}
+
+
+def names(rules: dict[str, act.Action], out: dict[str, Any]) -> list[str]:
+    return [rule.name for rule in act.matching(tuple(rules.values()), out)]
+
+
+def test_each_trigger_matches_its_outputs_only(rules: dict[str, act.Action]) -> None:
+    failed = output(type="moment_of_truth", name="payment", detail={"passed": False})
+    assert names(rules, failed) == ["recover_payment"]
+    assert names(rules, failed | {"detail": {"passed": True}}) == []
+    assert names(rules, failed | {"journey": "support_case"}) == []
+    dropped = output(name="dropped_off", stage="cart")
+    assert names(rules, dropped) == ["cart_dropped"]
+    assert names(rules, dropped | {"stage": "payment"}) == []
+    # identified: false also takes anonymous persons; the others do not
+    assert names(rules, dropped | {"person_id": "a:device:1"}) == ["cart_dropped"]
+    assert names(rules, failed | {"person_id": "a:device:1"}) == []
+    nps = output(type="kpi", name="nps", value=6.0)
+    assert names(rules, nps) == ["detractor"]
+    assert names(rules, nps | {"value": 7.0}) == []
+    score = output(type="score", name="peak_end", value=39.1)
+    assert names(rules, score) == ["bad_score"]
+    assert names(rules, score | {"value": 40.0}) == []
+    csat = output(type="kpi", name="csat", value=2.0)
+    assert names(rules, csat) == ["low_csat"]
+    assert names(rules, csat | {"value": 3.0}) == []
+    for kind, expected in (
+        ("error", ["errors"]),
+        ("call_abandoned", ["errors"]),
+        ("slow_page", []),
+    ):
+        assert names(rules, output(type="negative_moment", name=kind)) == expected
+
+
+def test_the_body_is_templated_with_the_outputs_fields(rules: dict[str, act.Action]) -> None:
+    out = output(type="moment_of_truth", name="payment", detail={"passed": False, "severity": 0.9})
+    body = act.render_body(rules["recover_payment"], out)
+    assert body == {
+        "subject": "Payment failed for jane at 2023-11-14T22:13:20.000+00:00",
+        "customer": "jane",
+        "severity": 0.9,  # a whole placeholder keeps its type
+        "missing": None,
+        "braces": "{literal}",
+        "tags": ["online_purchase", "payment", 3],
+    }
+    assert act.render_body(rules["detractor"], output(type="kpi", name="nps", value=3.0)) == {
+        "score": 3.0
+    }
+
+
+def test_secret_headers_come_from_settings_never_the_file(rules: dict[str, act.Action]) -> None:
+    rule = rules["recover_payment"]
+    assert act.secrets_needed(tuple(rules.values())) == {"helpdesk"}
+    assert act.resolve_headers(rule, {"helpdesk": "s3cr3t"}) == {
+        "Authorization": "Bearer s3cr3t",
+        "X-Team": "cx",
+    }
+    with pytest.raises(act.MissingSecret, match="'helpdesk'") as raised:
+        act.resolve_headers(rule, {"other": "s3cr3t"})
+    assert "s3cr3t" not in str(raised.value)
+
+
+def test_at_most_one_action_per_customer_per_period(rules: dict[str, act.Action]) -> None:
+    rule = rules["recover_payment"]  # 1h
+    hour = 3_600_000
+    assert not act.limited(rule, None, 0)
+    assert act.limited(rule, 0, hour - 1)
+    assert not act.limited(rule, 0, hour)
+    assert act.limited(rule, hour, 1)  # out of order: still within the hour of the last one
+    assert rules["cart_dropped"].at_most_once_per == 86_400_000  # the default: a day
+
+
+def test_min_value_counts_the_customers_revenue_in_its_currency(
+    rules: dict[str, act.Action],
+) -> None:
+    rule = rules["detractor"]  # 100 EUR
+    values: dict[str, float] = {}
+    assert not act.value_allows(rule, values)
+    ltv = output(type="kpi", name="ltv_increment", value=60.0, detail={"currency": "EUR"})
+    assert act.is_value(ltv) and not act.is_value(ltv | {"person_id": "a:x"})
+    values = act.add_value(values, ltv)
+    values = act.add_value(values, ltv | {"detail": {"currency": "USD"}, "value": 500.0})
+    assert not act.value_allows(rule, values)
+    values = act.add_value(values, ltv)
+    assert values == {"EUR": 120.0, "USD": 500.0} and act.value_allows(rule, values)
+    assert act.value_allows(rules["bad_score"], {})  # no minimum
+
+
+def test_retries_and_back_off() -> None:
+    assert [act.retryable(s) for s in (None, 500, 503, 408, 429, 400, 404, 410)] == [
+        True,
+        True,
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
+    assert [act.backoff_s(n, 0.5, 3.0) for n in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert act.idempotency_key("abcdef0123456789", "rule") == "abcdef0123456789:rule"
+
+
+def test_every_rule_has_an_example_that_triggers_it(rules: dict[str, act.Action]) -> None:
+    for rule in rules.values():
+        example = act.example_output(rule, 1_700_000_000_000)
+        assert rule in act.matching((rule,), example), rule.name
+
+
+@pytest.mark.parametrize(
+    ("section", "line", "message"),
+    [
+        (
+            "  - name: a\n    when: {csat_below: 3, nps_below: 5}\n    webhook: {url: 'http://x'}\n",
+            2,
+            "actions[a].when: give exactly one trigger",
+        ),
+        (
+            "  - name: a\n    when: {csat_below: 3}\n    webhook:\n      url: http://x\n"
+            "      body: {a: '{secret}'}\n",
+            4,
+            "actions[a].webhook: body: unknown placeholder {secret}",
+        ),
+        (
+            "  - name: a\n    when: {csat_below: 3}\n    webhook: {url: 'http://x'}\n"
+            "    at_most_once_per: soon\n",
+            4,
+            "actions[a].at_most_once_per: not a duration: 'soon'",
+        ),
+        (
+            "  - name: a\n    when: {csat_below: 3}\n    webhook:\n      url: http://x\n"
+            "      headers: {Idempotency-Key: x}\n",
+            4,
+            "idempotency-key is set by journeywatch",
+        ),
+        (
+            "  - name: a\n    when: {csat_below: 3}\n    webhook: {url: 'http://x'}\n"
+            "  - name: a\n    when: {csat_below: 2}\n    webhook: {url: 'http://x'}\n",
+            1,
+            "action names must be unique, repeated: a",
+        ),
+        (
+            "  - name: a\n    when: {csat_below: 3}\n    webhook: {url: 'ftp://x'}\n",
+            3,
+            "actions[a].webhook.url",
+        ),
+    ],
+)
+def test_a_wrong_action_is_reported_with_its_line(section: str, line: int, message: str) -> None:
+    text = JOURNEYS + "actions:\n" + section
+    with pytest.raises(DefinitionError) as raised:
+        parse_catalog(text, "j.yaml")
+    problems = [str(p) for p in raised.value.problems]
+    assert len(problems) == 1 and message in problems[0], problems
+    assert problems[0].startswith(f"j.yaml:{line + JOURNEYS.count(chr(10)) + 1}:"), problems
