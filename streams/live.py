@@ -186,6 +186,13 @@ class LiveFeed:
         self._last_read = 0.0
         self._changed = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._closing = False
+
+    def close(self) -> None:
+        """The process is stopping: every stream ends now (a stream waiting for the next
+        snapshot would keep the web server's shutdown waiting until its next keep-alive)."""
+        self._closing = True
+        self._changed.set()
 
     def watched(self) -> bool:
         return self.watchers > 0 or time.monotonic() - self._last_read < WATCHED_FOR_S
@@ -286,13 +293,15 @@ class LiveFeed:
         try:
             await self.current()
             sent = 0
-            while allowed is None or allowed():
+            while not self._closing and (allowed is None or allowed()):
                 changed = self._changed  # taken first: a refresh from here on wakes us
                 if self.version != sent and self.payload:
                     sent = self.version
                     await response.write(b"id: %d\ndata: %s\n\n" % (sent, self.payload))
                 try:
                     await asyncio.wait_for(changed.wait(), KEEPALIVE_S)
+                    if self._closing:
+                        break
                 except TimeoutError:
                     if allowed is not None and not allowed():
                         break

@@ -235,6 +235,10 @@ class SinkRole:
         async def _revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
             self.writer.forget_positions()
 
+        @self.app.on_before_shutdown.connect
+        async def _stopping(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+            self.live.close()  # (before the web server stops: it waits for open streams)
+
         @self.app.page("/api/v1/stats")
         async def stats(view: faust.web.View, request: faust.web.Request) -> faust.web.Response:
             loop = asyncio.get_running_loop()

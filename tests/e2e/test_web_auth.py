@@ -457,3 +457,21 @@ def assert_no_secret_in_logs(topology: Topology, values: list[str]) -> None:
         text = path.read_text(errors="replace")
         for secret in secrets:
             assert secret not in text, f"{path.name} holds a secret ({secret[:6]}…)"
+
+
+def test_the_sink_ends_its_event_streams_when_it_stops(sink: Topology) -> None:
+    """A browser's open live stream does not hold the sink's shutdown: on SIGTERM the stream
+    ends (end of stream, no keep-alive first: it used to wait out the 15 s keep-alive, and
+    then the web server's shutdown time-out) and the sink exits cleanly."""
+    assert sink.sink is not None
+    connection = http.client.HTTPConnection("127.0.0.1", sink.status_port, timeout=60)
+    connection.request(
+        "GET", "/api/v1/live/stream", headers={"Authorization": f"Bearer {WEB_READ_TOKEN}"}
+    )
+    stream = connection.getresponse()
+    assert stream.status == 200 and stream.readline().startswith(b"id: ")
+    sink.sink.terminate()
+    rest = stream.read()  # until the server ends the stream
+    connection.close()
+    assert b"keep-alive" not in rest, rest[-200:]
+    assert sink.sink.wait(30) == 0
