@@ -142,6 +142,18 @@ class Topology:
     def start_sink(self) -> None:
         self.sink = start_cli(["sink"], self.env, self.tmp / "sink.log")
 
+    def start_all(self) -> None:
+        """The sink, the collector and worker 0, each ready: the stack an HTTP client sees."""
+        self.start_sink()
+        self.start_collector()
+        self.start(0)
+        wait_until(lambda: self.ready(0), 90, "the worker")
+        wait_until(
+            lambda: http_get(f"http://127.0.0.1:{self.status_port}/readyz")[0] == 200,
+            90,
+            "the sink",
+        )
+
     def stats(self) -> dict[str, Any]:
         return http_json(f"http://127.0.0.1:{self.status_port}/api/v1/stats") or {}
 

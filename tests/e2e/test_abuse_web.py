@@ -64,15 +64,7 @@ def topology(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Running]:
     )
     running.alertmanager = f"http://127.0.0.1:{alertmanager_port}"
     try:
-        running.start_sink()
-        running.start_collector()
-        running.start(0)
-        wait_until(lambda: running.ready(0), 90, "the worker")
-        wait_until(
-            lambda: http_get(f"http://127.0.0.1:{running.status_port}/readyz")[0] == 200,
-            90,
-            "the sink",
-        )
+        running.start_all()
         yield running
     finally:  # every process told at once, then waited for: the longest shutdown, not their sum
         for process in [*running.workers.values(), running.sink, running.collector, alertmanager]:

@@ -24,7 +24,7 @@ from pipeline.pii import hash_email, hash_phone
 from streams.broker import EmbeddedBroker
 from tests.e2e.stack import Topology, clock_events
 from tests.e2e.test_web_auth import call
-from tests.helpers import WEB_ADMIN_TOKEN, WEB_READ_TOKEN, http_get, run_cli, wait_until
+from tests.helpers import WEB_ADMIN_TOKEN, WEB_READ_TOKEN, run_cli, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -90,15 +90,7 @@ def _settled(topology: Topology) -> dict[str, str]:
 def topology(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Topology]:
     running = Topology(broker, tmp_path, allowed_lateness_s=1, log_level="INFO")
     try:
-        running.start_sink()
-        running.start_collector()
-        running.start(0)
-        wait_until(lambda: running.ready(0), 90, "the worker")
-        wait_until(
-            lambda: http_get(f"http://127.0.0.1:{running.status_port}/readyz")[0] == 200,
-            90,
-            "the sink",
-        )
+        running.start_all()
         yield running
     finally:
         running.stop()
