@@ -179,6 +179,23 @@ STAGE_VAR = variable(
 ONCALL_JOURNEY_VAR = variable(
     "journey", "Journey", "label_values(jw_journey_stage_entered_total, journey)"
 )
+# Where browsers reach the sink's pages (docker-compose publishes it on 8080): the on-call
+# dashboard's example journeys link to their customer's timeline there. A textbox, so that an
+# install behind another address sets it once (dashboard settings, or ?var-journeywatch_url=).
+SINK_URL_VAR: dict[str, Any] = {
+    "name": "journeywatch_url",
+    "label": "journeywatch address",
+    "type": "textbox",
+    "query": "http://localhost:8080",
+    "current": {"text": "http://localhost:8080", "value": "http://localhost:8080"},
+    "options": [],
+    "hide": 2,  # not in the variable bar: set once per install
+}
+CUSTOMER_LINK = {
+    "title": "Customer timeline of ${__value.raw}",
+    "url": "${journeywatch_url}/customers/${__value.raw:percentencode}",
+    "targetBlank": True,
+}
 JOURNEY_LINK = {
     "title": "Drill down into ${__field.labels.journey}",
     "url": "/d/jw-journey?var-journey=${__field.labels.journey}&${__url_time_range}",
@@ -642,15 +659,27 @@ def oncall() -> dict[str, Any]:
             ],
             width=24,
             description="The newest drop-offs of the segment, with what went wrong in each "
-            "journey; person is the pseudonymous person id (no e-mail or phone).",
-        ),
+            "journey; person is the pseudonymous person id (no e-mail or phone), linked to "
+            "that customer's timeline on journeywatch's pages.",
+        )
+        | {
+            "fieldConfig": {
+                "defaults": {},
+                "overrides": [
+                    {
+                        "matcher": {"id": "byName", "options": "person"},
+                        "properties": [{"id": "links", "value": [CUSTOMER_LINK]}],
+                    }
+                ],
+            }
+        },
     ]
     return dashboard(
         "jw-oncall",
         "journeywatch: on-call",
         "What an alert links to: the spike, the segments it touches, why, and example journeys.",
         panels,
-        [ONCALL_JOURNEY_VAR, STAGE_VAR, CHANNEL_VAR],
+        [ONCALL_JOURNEY_VAR, STAGE_VAR, CHANNEL_VAR, SINK_URL_VAR],
         "now-3h",
     )
 

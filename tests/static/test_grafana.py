@@ -96,8 +96,13 @@ def test_every_variable_used_is_defined_and_every_datasource_provisioned() -> No
                 text = target.get("expr") or target.get("rawSql")
                 used = set(VARIABLE.findall(text)) - BUILTIN
                 assert used <= defined, (board["uid"], panel["title"], used - defined)
+            # the data links' variables too (a link's own: __value, __field, __url_time_range)
+            links = json.dumps([panel.get("links"), panel.get("fieldConfig")])
+            used = {v for v in VARIABLE.findall(links) if not v.startswith("__")}
+            assert used <= defined, (board["uid"], panel["title"], used - defined)
         for variable in board["templating"]["list"]:
-            assert variable["datasource"]["uid"] in uids
+            if variable["type"] == "query":
+                assert variable["datasource"]["uid"] in uids
 
 
 def test_the_alerts_link_to_dashboards_and_variables_that_exist() -> None:
