@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint unit integration bench docs clean install system-deps compile lock fuzz
+.PHONY: audit run test lint unit integration bench docs clean install system-deps compile lock fuzz
 # the journey engine's hot modules, compiled with mypyc (pipeline/_compiled.py)
 COMPILED := build/compiled/sources.json
 COMPILED_SOURCES := pipeline/engine.py pipeline/identity.py pipeline/experience.py pipeline/partitioning.py pipeline/shard.py pipeline/touch.py pipeline/_compiled.py deploy/compile_core.py
@@ -51,6 +51,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check pipeline streams sinks tests benchmarks docs/generate.py deploy/grafana/dashboards.py deploy/compile_core.py
 	$(VENV)/bin/mypy pipeline streams sinks tests benchmarks docs/generate.py deploy/grafana/dashboards.py deploy/compile_core.py
 	$(VENV)/bin/lint-imports
+	@if [ "$${JW_AUDIT:-1}" = 0 ]; then echo "lint: dependency audit off (JW_AUDIT=0)"; \
+	elif $(PY) -c "import urllib.request; urllib.request.urlopen('https://pypi.org/pypi/pip/24.0/json', timeout=10)" 2>/dev/null; then \
+		$(MAKE) --no-print-directory audit; \
+	else echo "lint: dependency audit NOT run: PyPI's JSON API (https://pypi.org/pypi/<name>/<version>/json, as pip-audit asks) does not answer here (offline, or a mirror without it); run make audit where it does (docs/operations/security.md)"; fi
+
+# Known vulnerabilities in the locked dependencies (constraints.txt), from PyPI's advisories
+audit: $(STAMP)
+	$(VENV)/bin/pip-audit -r constraints.txt --no-deps --disable-pip --strict --desc
 
 # Tools the tests drive that come from Debian rather than PyPI; installed when missing.
 system-deps:
