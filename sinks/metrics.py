@@ -171,6 +171,26 @@ JOURNEY_ERRORS = Counter(
     "touchpoint, handoff (an identity hand-off message), state (a saved state record).",
     ["kind"],
 )
+# Closed-loop actions (streams/actions.py); rule: an actions: name of the journeys file
+ACTION_DELIVERIES = Counter(
+    "jw_action_deliveries_total",
+    "Actions by rule and result: delivered (2xx), dead_lettered (4xx or tries exhausted: "
+    "actions.dlq), limited (the customer had one within at_most_once_per), duplicate (done "
+    "before a restart), below_value (the customer's value under min_value).",
+    ["rule", "result"],
+)
+ACTION_ATTEMPTS = Counter(
+    "jw_action_attempts_total",
+    "Webhook requests of actions by rule and outcome: ok, retried (5xx, 408, 429, time-out, "
+    "no connection: tried again), refused (another 4xx), failed (the last try of an action).",
+    ["rule", "outcome"],
+)
+ACTION_LATENCY = Histogram(
+    "jw_action_delivery_latency_seconds",
+    "From the trigger's event time to its action's delivery (the receiver's 2xx).",
+    ["rule"],
+    buckets=(0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30, 60, 300, 3600),
+)
 DROPOFF_HOLD = Gauge(
     "jw_dropoff_hold_seconds",
     "How long a journey's drop-offs wait after the watermark passes their deadline, for "

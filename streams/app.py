@@ -23,7 +23,13 @@ from streams.webauth import add_security_headers, guard
 if TYPE_CHECKING:
     from streams.webauth import WebAccess
 
-Role = Literal["worker", "sink"]
+Role = Literal["worker", "sink", "actions"]
+# each role is a consumer group of its own (and the prefix of its tables' changelogs)
+APP_IDS: dict[str, str] = {
+    "worker": "journeywatch",
+    "sink": "journeywatch-sink",
+    "actions": "journeywatch-actions",  # streams/actions.py
+}
 
 
 @dataclass
@@ -42,8 +48,10 @@ def create_app(
 ) -> tuple[faust.App, Readiness]:
     """The Faust app of a process; ``access``: the sign-in rules its web server enforces
     (the sink's; streams/webauth.py). Every response carries the security headers."""
-    app_id = settings.topic("journeywatch" if role == "worker" else "journeywatch-sink")
+    app_id = settings.topic(APP_IDS[role])
     port = settings.worker_web_port + index if role == "worker" else settings.status_port
+    if role == "actions":
+        port = settings.actions_web_port
     datadir = settings.local_state_dir(role, index)
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(

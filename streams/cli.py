@@ -908,5 +908,84 @@ def simulate_incident(name: str, seconds: float) -> None:
     click.echo(f"{name} started for {seconds:g} s: watch the live page and its Alerts")
 
 
+@main.group()
+def actions() -> None:
+    """Closed-loop actions: the journeys file's actions: as webhooks (docs/actions.md)."""
+
+
+def _actions_catalog(settings: Settings) -> Any:
+    from pipeline.definitions import DefinitionError, load_catalog
+
+    try:
+        return load_catalog(settings.journeys_file)
+    except DefinitionError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@actions.command("run")
+def actions_run() -> None:
+    """Run the actions agent (needs JW_BROKER_URL): delivers the actions of JW_JOURNEYS_FILE."""
+    from pipeline.actions import MissingSecret, resolve_headers
+    from streams.roles import run_actions
+
+    settings = _settings()
+    if settings.broker_url is None:
+        raise click.ClickException("JW_BROKER_URL is not set: the actions agent needs a broker")
+    secrets = {k: v.get_secret_value() for k, v in settings.action_secrets.items()}
+    try:  # fail at start-up, naming the missing entry, not at the first trigger
+        for action in _actions_catalog(settings).actions:
+            resolve_headers(action, secrets)
+    except MissingSecret as exc:
+        raise click.ClickException(str(exc)) from exc
+    run_actions(settings)
+
+
+@actions.command("list")
+def actions_list() -> None:
+    """The rules of JW_JOURNEYS_FILE: trigger, audience, webhook (without secrets), limit."""
+    from streams.actions import safe_url
+
+    for action in _actions_catalog(_settings()).actions:
+        when = action.when
+        audience = "identified customers" if action.for_.identified else "everyone"
+        if action.for_.min_value is not None:
+            audience += f" worth at least {action.for_.min_value:g} {action.for_.currency}"
+        click.echo(
+            f"{action.name}: when {when.trigger} {getattr(when, when.trigger)!s}, for "
+            f"{audience}, POST {safe_url(action.webhook.url)}, at most once per customer "
+            f"per {action.at_most_once_per / 1000:g} s"
+        )
+
+
+@actions.command("test")
+@click.argument("rule")
+def actions_test(rule: str) -> None:
+    """Send one example delivery of RULE to its webhook and print the answer."""
+    import asyncio
+    import time
+
+    from pipeline.actions import MissingSecret
+    from streams.actions import send_example
+
+    settings = _settings()
+    found = {a.name: a for a in _actions_catalog(settings).actions}
+    if rule not in found:
+        raise click.ClickException(
+            f"no action {rule!r} in {settings.journeys_file or 'the built-in definitions'} "
+            f"(actions: {', '.join(found) or 'none'})"
+        )
+    try:
+        result, output = asyncio.run(send_example(found[rule], settings, int(time.time() * 1000)))
+    except MissingSecret as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"example trigger: {json.dumps(output, sort_keys=True)}")
+    status = result.status if result.status is not None else "no answer"
+    click.echo(f"answer after {result.attempts} tries: {status}")
+    if result.answer:
+        click.echo(result.answer)
+    if not result.ok:
+        raise click.ClickException(f"not delivered ({result.reason})")
+
+
 if __name__ == "__main__":
     main()

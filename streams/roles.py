@@ -97,4 +97,41 @@ def run_sink(settings: Settings) -> NoReturn:
     role = SinkRole(app, settings, readiness, topic_ids, access)
     role.migrate()
     role.register()
+    register_action_failures(role, settings)  # actions.dlq → action_failures
+    _run_worker(app, settings)
+
+
+def register_action_failures(role: object, settings: Settings) -> None:
+    """The sink's agent for ``actions.dlq`` (streams/actions.py): the actions agent's dead
+    letters into ``action_failures``, as ``journeys.dlq`` into ``journey_errors``."""
+    from sinks.clickhouse.actions import ACTION_FAILURE_COLUMNS, action_failure_row
+    from sinks.metrics import SINK_DUPLICATES_SKIPPED, SINK_ERRORS, SINK_ROWS
+    from streams.actions import ACTIONS_DLQ
+    from streams.sink import SinkRole
+
+    assert isinstance(role, SinkRole)
+    role.topic_ids |= ensure_topics(settings, (ACTIONS_DLQ,))
+    for metric in (SINK_ROWS, SINK_ERRORS, SINK_DUPLICATES_SKIPPED):
+        metric.labels("action_failures")
+
+    def row(event: Any, topic_id: str) -> list[Any]:
+        message = event.message
+        return action_failure_row(
+            message.value or b"", message.topic, topic_id, message.partition, message.offset
+        )
+
+    role._sink_agent(settings.topic(ACTIONS_DLQ), "action_failures", ACTION_FAILURE_COLUMNS, row)
+
+
+def run_actions(settings: Settings) -> NoReturn:
+    """The actions agent (streams/actions.py): its own consumer group, web port and table."""
+    from pipeline.definitions import load_catalog
+    from streams.actions import ActionsRole, action_topics
+    from streams.offsets import confirm_table_recovery_highwaters
+
+    catalog = load_catalog(settings.journeys_file)
+    ensure_topics(settings, action_topics())
+    confirm_table_recovery_highwaters(settings)
+    app, readiness = create_app(settings, "actions")
+    ActionsRole(app, settings, readiness, catalog).register()
     _run_worker(app, settings)

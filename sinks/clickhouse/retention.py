@@ -35,6 +35,7 @@ TABLE_RETENTION: Final[dict[str, TableRetention]] = {
     "identity_links": TableRetention("journeys", "toDateTime(at)"),
     "failed_events": TableRetention("dead_letters", "toDateTime(failed_at)"),
     "journey_errors": TableRetention("dead_letters", "toDateTime(failed_at)"),
+    "action_failures": TableRetention("dead_letters", "toDateTime(failed_at)"),
     # Counts and distinct-output states per minute or hour, journey, stage, channel: no
     # identifiers (output ids are hashes, and kpi_rollup_1h's link to nothing once the
     # experience moments they came from have expired).

@@ -67,7 +67,7 @@ def test_every_table_has_the_ttl_its_setting_says(clickhouse: ClickHouse) -> Non
     assert "toIntervalDay(30)" in tables["touchpoints"][0]
     for table in ("journey_events", "experience_moments", "journey_state_agg"):
         assert kinds[table] == "journeys" and "toIntervalDay(60)" in tables[table][0]
-    for table in ("failed_events", "journey_errors"):
+    for table in ("failed_events", "journey_errors", "action_failures"):
         assert kinds[table] == "dead_letters" and "toIntervalDay(7)" in tables[table][0]
     for table in ("journey_rollup_1m", "moment_rollup_1m", "touchpoint_rollup_1m", "kpi_rollup_1h"):
         assert kinds[table] == "rollups" and "toIntervalDay(800)" in tables[table][0]
@@ -84,6 +84,7 @@ def test_a_changed_setting_changes_the_ttl_at_the_next_start_and_only_then(
     assert apply_retention(client, db, first) == []
     shorter = _settings(touchpoint_retention_days=395, dead_letter_retention_days=14)
     assert sorted(apply_retention(client, db, shorter.retention_days())) == [
+        "action_failures",
         "failed_events",
         "journey_errors",
     ]
