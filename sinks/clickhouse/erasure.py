@@ -50,6 +50,7 @@ ERASED_TABLES: Final = (
     "journey_state_agg",
     "failed_events",
     "journey_errors",
+    "action_failures",  # closed-loop actions not delivered (migration 0013, docs/actions.md)
 )
 UNTOUCHED_ROLLUPS: Final = (
     "journey_rollup_1m",
@@ -222,6 +223,7 @@ def _conditions(person: Person, journeys: list[str]) -> dict[str, tuple[str, dic
             ),
             {"keys": keys, **text},
         ),
+        "action_failures": ("person_id IN {persons:Array(String)}", persons),
     }
 
 
