@@ -77,6 +77,13 @@ from streams.webauth import (
 )
 
 
+def _has_actions(settings: Settings) -> bool:
+    """Whether the journeys file has closed-loop actions: then the run starts their agent."""
+    from pipeline.definitions import load_catalog
+
+    return bool(load_catalog(settings.journeys_file).actions)
+
+
 class RuntimeErrorExit(RuntimeError):
     """The runtime could not start; the message tells the user what to do."""
 
@@ -263,6 +270,12 @@ class EmbeddedRuntime:
         self._spawn(
             "collector", ["collector"], f"http://127.0.0.1:{settings.collector_port}/readyz"
         )
+        if settings.actions_enabled and _has_actions(settings):  # docs/actions.md
+            self._spawn(
+                "actions",
+                ["actions", "run"],
+                f"http://127.0.0.1:{settings.actions_web_port}/readyz",
+            )
         self._wait_ready(timeout_s=180.0)
         if self.demo and not self._stop.is_set():
             self._backfill()
@@ -706,7 +719,7 @@ class EmbeddedRuntime:
         for group in (
             [c for c in self.children if c.name in ("prometheus", "alertmanager")],
             [c for c in self.children if c.name == "collector"],
-            [c for c in self.children if c.name.startswith("worker")],
+            [c for c in self.children if c.name.startswith("worker") or c.name == "actions"],
             [c for c in self.children if c.name == "sink"],
         ):
             for child in group:
