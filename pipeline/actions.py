@@ -413,3 +413,32 @@ def example_output(action: Action, at: int) -> dict[str, Any]:
         "output_id": "0000000000000000",
         "detail": {**detail, "example": True},
     }
+
+
+def unknown_names(
+    actions: Actions, stages: Mapping[str, set[str]], moments: Mapping[str, set[str]]
+) -> list[str]:
+    """Warnings for names a rule gives that no journey has (``stages`` and ``moments`` of the
+    moments of truth, by journey): such a rule never fires. Not errors: a journey may come
+    later, and negative-moment kinds are not declared anywhere to check against."""
+    warnings: list[str] = []
+    for action in actions:
+        when = action.when
+        journeys = [name for name in stages if when.journey is None or _any(when.journey, name)]
+        if when.journey is not None and not journeys:
+            warnings.append(f"action {action.name}: no journey matches {list(when.journey)}")
+            continue
+        for field, known in (
+            ("dropped_off", stages),
+            ("moment_of_truth_failed", moments),
+        ):
+            globs = getattr(when, field)
+            names = {name for journey in journeys for name in known[journey]}
+            for glob in globs or ():
+                if not any(fnmatch.fnmatchcase(name, glob) for name in names):
+                    warnings.append(
+                        f"action {action.name}: {field} {glob!r} matches no "
+                        f"{'stage' if field == 'dropped_off' else 'moment of truth'} of "
+                        f"{', '.join(journeys)}: it never fires"
+                    )
+    return warnings

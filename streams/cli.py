@@ -765,6 +765,8 @@ def journeys_check(file: Path | None) -> None:
     for name, mapping in catalog.sources.items():
         webhook = f", webhook ({mapping.webhook.kind})" if mapping.webhook else ""
         click.echo(f"source {name}: {len(mapping.rules)} rules{webhook}")
+    for line in _action_lines(catalog):
+        click.echo(line)
     click.echo(f"{path or 'built-in definitions'}: version {catalog.version}, valid")
 
 
@@ -938,6 +940,17 @@ def actions_run() -> None:
     except MissingSecret as exc:
         raise click.ClickException(str(exc)) from exc
     run_actions(settings)
+
+
+def _action_lines(catalog: Any) -> list[str]:
+    """``journeys check``'s lines for the actions: each rule, then warnings for names no
+    journey has (a rule that never fires)."""
+    from pipeline.actions import unknown_names
+
+    stages = {j.name: {s.name for s in j.stages} for j in catalog.journeys}
+    moments = {j.name: {m.name for m in j.moments_of_truth} for j in catalog.journeys}
+    lines = [f"action {a.name}: {a.when.trigger} -> webhook" for a in catalog.actions]
+    return lines + [f"warning: {w}" for w in unknown_names(catalog.actions, stages, moments)]
 
 
 @actions.command("list")

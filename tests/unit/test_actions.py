@@ -236,3 +236,25 @@ def test_a_wrong_action_is_reported_with_its_line(section: str, line: int, messa
     problems = [str(p) for p in raised.value.problems]
     assert len(problems) == 1 and message in problems[0], problems
     assert problems[0].startswith(f"j.yaml:{line + JOURNEYS.count(chr(10)) + 1}:"), problems
+
+
+def test_names_no_journey_has_are_warned_about(rules: dict[str, act.Action]) -> None:
+    stages = {"online_purchase": {"cart", "payment"}, "support_case": {"contact"}}
+    moments = {"online_purchase": {"payment"}, "support_case": set()}
+    assert act.unknown_names(tuple(rules.values()), stages, moments) == []
+    typo = parse_catalog(
+        JOURNEYS
+        + "actions:\n"
+        + "  - {name: a, when: {dropped_off: [cart, chekout]}, webhook: {url: 'http://x'}}\n"
+        + "  - {name: b, when: {moment_of_truth_failed: 'pay*', journey: support_case},"
+        + " webhook: {url: 'http://x'}}\n"
+        + "  - {name: c, when: {csat_below: 3, journey: nope}, webhook: {url: 'http://x'}}\n",
+        "j.yaml",
+    ).actions
+    assert act.unknown_names(typo, stages, moments) == [
+        "action a: dropped_off 'chekout' matches no stage of online_purchase, support_case: "
+        "it never fires",
+        "action b: moment_of_truth_failed 'pay*' matches no moment of truth of support_case: "
+        "it never fires",
+        "action c: no journey matches ['nope']",
+    ]
