@@ -293,6 +293,11 @@ class EmbeddedRuntime:
                         f"127.0.0.1:{settings.worker_web_port + i}" for i in range(settings.workers)
                     ],
                     "journeywatch-collector": [f"127.0.0.1:{settings.collector_port}"],
+                    **(
+                        {"journeywatch-actions": [f"127.0.0.1:{settings.actions_web_port}"]}
+                        if any(c.name == "actions" for c in self.children)
+                        else {}
+                    ),
                 },
                 settings.prometheus_port,
                 settings.alertmanager_port,
