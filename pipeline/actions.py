@@ -442,3 +442,41 @@ def unknown_names(
                         f"{', '.join(journeys)}: it never fires"
                     )
     return warnings
+
+
+# --- what the actions agent remembers of one customer ------------------------------------------
+# One record per person (JSON, the ``action_state`` table): ``done`` (idempotency key → [event
+# time, outcome]) for every trigger and rule acted on, ``last`` (rule → event time of the last
+# delivered action), ``value`` (currency → revenue so far), ``newest`` (the newest trigger's
+# event time). ``done`` is kept for ``memory_ms`` of event time behind ``newest``; a trigger
+# older than that is stale (not acted on): it could no longer be told from one already done.
+MAX_DONE: Final = 10_000  # per customer: the oldest are forgotten first beyond it
+
+
+def empty_memory() -> dict[str, Any]:
+    return {"done": {}, "last": {}, "value": {}, "newest": None}
+
+
+def stale(memory: Mapping[str, Any], at: int, memory_ms: int) -> bool:
+    newest = memory.get("newest")
+    return isinstance(newest, int) and at < newest - memory_ms
+
+
+def done_outcome(memory: Mapping[str, Any], key: str) -> str | None:
+    entry = memory["done"].get(key)
+    return str(entry[1]) if entry else None
+
+
+def remember(memory: dict[str, Any], key: str, at: int, outcome: str) -> None:
+    memory["done"][key] = [at, outcome]
+
+
+def forget_old(memory: dict[str, Any], at: int, memory_ms: int) -> None:
+    """Move ``newest`` on to ``at`` and forget what lies more than ``memory_ms`` behind it."""
+    newest = max(at, memory["newest"] if isinstance(memory.get("newest"), int) else at)
+    memory["newest"] = newest
+    done: dict[str, list[Any]] = memory["done"]
+    keep = {k: v for k, v in done.items() if v[0] >= newest - memory_ms}
+    if len(keep) > MAX_DONE:
+        keep = dict(sorted(keep.items(), key=lambda item: item[1][0])[-MAX_DONE:])
+    memory["done"] = keep

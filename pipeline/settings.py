@@ -516,6 +516,14 @@ class Settings(BaseSettings):
     action_retry_max_s: float = Field(
         default=30.0, gt=0, description="Longest wait between two tries of an action."
     )
+    action_memory_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="How long (in event time, behind a customer's newest trigger) the actions "
+        "agent remembers each trigger it acted on, so that it never acts twice; a trigger "
+        "older than that is `stale` and not acted on. Keep it at least the output topics' "
+        "retention and every rule's `at_most_once_per`.",
+    )
 
     # --- Logging ---------------------------------------------------------------------------
     log_level: LogLevel = Field(

@@ -176,7 +176,8 @@ ACTION_DELIVERIES = Counter(
     "jw_action_deliveries_total",
     "Actions by rule and result: delivered (2xx), dead_lettered (4xx or tries exhausted: "
     "actions.dlq), limited (the customer had one within at_most_once_per), duplicate (done "
-    "before a restart), below_value (the customer's value under min_value).",
+    "before a restart), below_value (the customer's value under min_value), stale (older than "
+    "JW_ACTION_MEMORY_DAYS behind the customer's newest trigger).",
     ["rule", "result"],
 )
 ACTION_ATTEMPTS = Counter(

@@ -7,9 +7,10 @@ A role of its own (``journeywatch actions run``), so it scales, and is turned of
   outputs a rule may act on (and, when a rule has ``min_value``, the customers' revenue), and
   sends them to ``actions.triggers`` keyed by person, so one customer's triggers meet on one
   partition: the per-customer limit needs them together.
-* **deliver**: reads ``actions.triggers``; per trigger and rule, unless the ``action_state``
-  table says it was done already (a restart reads uncommitted triggers again) or the customer
-  had this rule's action within ``at_most_once_per``: POSTs the rendered body with the
+* **deliver**: reads ``actions.triggers``; per trigger and rule, unless the customer's record
+  in the ``action_state`` table (pipeline/actions.py, "what the actions agent remembers") says
+  it was done already (a restart reads uncommitted triggers again) or the customer had this
+  rule's action within ``at_most_once_per``: POSTs the rendered body with the
   trigger's ``output_id:rule`` as ``Idempotency-Key``; retries 5xx, 408, 429, time-outs and
   refused connections with doubling waits; another 4xx, or tries exhausted, goes to
   ``actions.dlq`` with the reason (stored by the sink in ``action_failures``). The outcome is
@@ -46,7 +47,7 @@ APP_ID = "journeywatch-actions"
 ACTION_TRIGGERS = "actions.triggers"  # outputs a rule may act on, keyed by person
 ACTIONS_DLQ = "actions.dlq"  # undeliverable actions, with the reason (sink: action_failures)
 STATE_TABLE = "action_state"
-RESULTS = ("delivered", "dead_lettered", "limited", "duplicate", "below_value")
+RESULTS = ("delivered", "dead_lettered", "limited", "duplicate", "below_value", "stale")
 USER_AGENT = "journeywatch-actions"
 MAX_ANSWER_CHARS = 500
 
@@ -202,42 +203,61 @@ class ActionsRole:
                 await sent  # on the broker before the output's offset is committed
 
     async def _deliver(self, stream: Any) -> None:
+        memory_ms = int(self.settings.action_memory_days * 86_400_000)
         async for event in stream.events():
             output = orjson.loads(event.value)
             if not isinstance(output, dict):
                 continue
             person = str(output.get("person_id") or "")
             output_id = str(output.get("output_id") or "")
+            at = int(output.get("at") or 0)
+            memory_key = f"p|{person}"
+            memory = self.table.get(memory_key) or act.empty_memory()
+            rules = act.matching(self.actions, output)
+            if act.stale(memory, at, memory_ms):
+                for action in rules:
+                    ACTION_DELIVERIES.labels(action.name, "stale").inc()
+                continue
             if self.values_needed and act.is_value(output):
-                seen = f"value-seen|{output_id}"
-                if self.table.get(seen) is None:
-                    values = self.table.get(f"value|{person}") or {}
-                    self.table[f"value|{person}"] = act.add_value(values, output)
-                    self.table[seen] = 1
-            for action in act.matching(self.actions, output):
-                await self._act(action, output, person, output_id)
-            await self.app.producer.flush()  # the table's changelog records, before the next
+                seen = act.idempotency_key(output_id, "$value")
+                if act.done_outcome(memory, seen) is None:
+                    memory["value"] = act.add_value(memory["value"], output)
+                    act.remember(memory, seen, at, "value")
+            for action in rules:
+                await self._act(action, output, person, output_id, memory)
+                self.table[memory_key] = memory
+                await self.app.producer.flush()  # its changelog record, before the next
+            act.forget_old(memory, at, memory_ms)
+            self.table[memory_key] = memory
+            await self.app.producer.flush()
 
-    async def _act(self, action: act.Action, output: dict[str, Any], person: str, oid: str) -> None:
+    async def _act(
+        self,
+        action: act.Action,
+        output: dict[str, Any],
+        person: str,
+        oid: str,
+        memory: dict[str, Any],
+    ) -> None:
+        """Act on one trigger and rule; its outcome goes into ``memory``."""
         name = action.name
-        done_key = f"done|{act.idempotency_key(oid, name)}"
-        if self.table.get(done_key) is not None:
+        key = act.idempotency_key(oid, name)
+        at = int(output.get("at") or 0)
+        if act.done_outcome(memory, key) is not None:
             ACTION_DELIVERIES.labels(name, "duplicate").inc()
             return
-        if not act.value_allows(action, self.table.get(f"value|{person}") or {}):
-            self.table[done_key] = "below_value"
+        if not act.value_allows(action, memory["value"]):
+            act.remember(memory, key, at, "below_value")
             ACTION_DELIVERIES.labels(name, "below_value").inc()
             return
-        at = int(output.get("at") or 0)
-        last_key = f"last|{person}|{name}"
-        if act.limited(action, self.table.get(last_key), at):
-            self.table[done_key] = "limited"
+        if act.limited(action, memory["last"].get(name), at):
+            act.remember(memory, key, at, "limited")
             ACTION_DELIVERIES.labels(name, "limited").inc()
             return
         result = await deliver(self.session(), action, output, self.headers[name], self.settings)
         if result.ok:
-            self.table[last_key] = at
-            self.table[done_key] = "delivered"
+            memory["last"][name] = at
+            act.remember(memory, key, at, "delivered")
             ACTION_DELIVERIES.labels(name, "delivered").inc()
             ACTION_LATENCY.labels(name).observe(max(0.0, time.time() - at / 1000))
             return
@@ -256,7 +276,7 @@ class ActionsRole:
         }
         sent = await self.dead_letters.send(key=person.encode(), value=orjson.dumps(letter))
         await sent
-        self.table[done_key] = "dead_lettered"
+        act.remember(memory, key, at, "dead_lettered")
         ACTION_DELIVERIES.labels(name, "dead_lettered").inc()
         log.error(
             "action undeliverable: sent to actions.dlq",

@@ -293,6 +293,8 @@ def test_actions_are_delivered_once_through_retries_a_crash_and_the_limits(
         far = [f"c:p{n}" for n in range(200) if kafka_partition(f"c:p{n}", PARTITIONS) != home]
         others = [payment_failed(p, T0 + HOUR) for p in near[:3] + far[:3]]
         ann2 = payment_failed("c:ann", T0 + 2 * HOUR, 1)  # within the day: limited
+        # 8 days behind ann's newest trigger (JW_ACTION_MEMORY_DAYS 7): stale, not acted on
+        ann_old = payment_failed("c:ann", T0 - 8 * 24 * HOUR, 2)
         carts = [
             output(
                 "journey",
@@ -308,7 +310,7 @@ def test_actions_are_delivered_once_through_retries_a_crash_and_the_limits(
             for person in ("c:gus", "c:hal")
         ]
         receiver.scripts[key_of(bob, "payment_failed")] = ["hold", "200"]
-        produce(broker.url, [*others[:3], bob, *others[3:], ann2, *carts])
+        produce(broker.url, [*others[:3], bob, *others[3:], ann2, ann_old, *carts])
         assert receiver.held.wait(60), "bob's delivery never reached the receiver"
         actions.send_signal(signal.SIGKILL)
         actions.wait(10)
@@ -338,8 +340,8 @@ def test_actions_are_delivered_once_through_retries_a_crash_and_the_limits(
         assert receiver.attempts(key_of(dan, "call_abandoned")) == ["hang", "200"]
         assert receiver.attempts(key_of(bob, "payment_failed")) == ["hold", "200"]
         assert receiver.attempts(key_of(eve, "low_csat")) == ["400"]  # not retried
-        for o, rule in ((ann2, "payment_failed"), (anonymous, "payment_failed")):
-            assert receiver.attempts(key_of(o, rule)) == [], rule  # limited; anonymous
+        for o in (ann2, ann_old, anonymous):  # limited; stale; anonymous
+            assert receiver.attempts(key_of(o, "payment_failed")) == [], o.person_id
         assert receiver.attempts(key_of(carts[1], "cart_dropped")) == []  # 50 EUR < 100
         assert not [
             r

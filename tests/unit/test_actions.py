@@ -258,3 +258,29 @@ def test_names_no_journey_has_are_warned_about(rules: dict[str, act.Action]) -> 
         "it never fires",
         "action c: no journey matches ['nope']",
     ]
+
+
+def test_what_the_agent_remembers_of_a_customer_is_bounded() -> None:
+    day = 86_400_000
+    memory = act.empty_memory()
+    act.remember(memory, "a:rule", 0, "delivered")
+    act.forget_old(memory, 0, 7 * day)
+    act.remember(memory, "b:rule", 6 * day, "limited")
+    act.forget_old(memory, 6 * day, 7 * day)
+    assert act.done_outcome(memory, "a:rule") == "delivered"
+    assert not act.stale(memory, 0, 7 * day)
+    act.remember(memory, "c:rule", 8 * day, "delivered")
+    act.forget_old(memory, 8 * day, 7 * day)  # a:rule is now more than 7 days behind
+    assert act.done_outcome(memory, "a:rule") is None
+    assert [act.done_outcome(memory, k) for k in ("b:rule", "c:rule")] == ["limited", "delivered"]
+    # a trigger that old could no longer be told from one done: not acted on
+    assert act.stale(memory, 0, 7 * day) and not act.stale(memory, day, 7 * day)
+    act.forget_old(memory, 2 * day, 7 * day)  # an older trigger does not move newest back
+    assert memory["newest"] == 8 * day
+    for n in range(act.MAX_DONE + 5):
+        act.remember(memory, f"k{n}:rule", 8 * day + n, "delivered")
+    act.forget_old(memory, 8 * day, 7 * day)
+    assert (
+        len(memory["done"]) == act.MAX_DONE and act.done_outcome(memory, "k5:rule") == "delivered"
+    )
+    assert act.done_outcome(memory, "b:rule") is None  # the oldest went first
