@@ -199,8 +199,8 @@ class ActionsRole:
                 continue
             if act.matching(self.actions, output) or (self.values_needed and act.is_value(output)):
                 person = str(output.get("person_id") or "")
-                sent = await self.triggers.send(key=person.encode(), value=raw)
-                await sent  # on the broker before the output's offset is committed
+                # buffered: Faust flushes the producer before it commits the output's offset
+                await self.triggers.send(key=person.encode(), value=raw)
 
     async def _deliver(self, stream: Any) -> None:
         memory_ms = int(self.settings.action_memory_days * 86_400_000)
@@ -218,18 +218,21 @@ class ActionsRole:
                 for action in rules:
                     ACTION_DELIVERIES.labels(action.name, "stale").inc()
                 continue
+            act.forget_old(memory, at, memory_ms)
             if self.values_needed and act.is_value(output):
                 seen = act.idempotency_key(output_id, "$value")
                 if act.done_outcome(memory, seen) is None:
                     memory["value"] = act.add_value(memory["value"], output)
                     act.remember(memory, seen, at, "value")
             for action in rules:
-                await self._act(action, output, person, output_id, memory)
+                requested = await self._act(action, output, person, output_id, memory)
                 self.table[memory_key] = memory
-                await self.app.producer.flush()  # its changelog record, before the next
-            act.forget_old(memory, at, memory_ms)
+                if requested:
+                    # that it was sent is on the broker before anything else: a crash from
+                    # here on never sends it again (the others are harmless to decide again,
+                    # and Faust flushes the producer before it commits the trigger's offset)
+                    await self.app.producer.flush()
             self.table[memory_key] = memory
-            await self.app.producer.flush()
 
     async def _act(
         self,
@@ -238,29 +241,30 @@ class ActionsRole:
         person: str,
         oid: str,
         memory: dict[str, Any],
-    ) -> None:
-        """Act on one trigger and rule; its outcome goes into ``memory``."""
+    ) -> bool:
+        """Act on one trigger and rule; its outcome goes into ``memory``. Whether a request
+        was sent (delivered or dead-lettered)."""
         name = action.name
         key = act.idempotency_key(oid, name)
         at = int(output.get("at") or 0)
         if act.done_outcome(memory, key) is not None:
             ACTION_DELIVERIES.labels(name, "duplicate").inc()
-            return
+            return False
         if not act.value_allows(action, memory["value"]):
             act.remember(memory, key, at, "below_value")
             ACTION_DELIVERIES.labels(name, "below_value").inc()
-            return
+            return False
         if act.limited(action, memory["last"].get(name), at):
             act.remember(memory, key, at, "limited")
             ACTION_DELIVERIES.labels(name, "limited").inc()
-            return
+            return False
         result = await deliver(self.session(), action, output, self.headers[name], self.settings)
         if result.ok:
             memory["last"][name] = at
             act.remember(memory, key, at, "delivered")
             ACTION_DELIVERIES.labels(name, "delivered").inc()
             ACTION_LATENCY.labels(name).observe(max(0.0, time.time() - at / 1000))
-            return
+            return True
         letter = {
             "failed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "rule": name,
@@ -288,6 +292,7 @@ class ActionsRole:
                 "output_id": oid,
             },
         )
+        return True
 
 
 async def send_example(
