@@ -16,6 +16,7 @@ from types import ModuleType
 
 from benchmarks import (
     accuracy,
+    actions,
     clickhouse,
     collector,
     contract_decode,
@@ -35,6 +36,7 @@ SUITES: dict[str, ModuleType] = {
     "accuracy": accuracy,
     "clickhouse": clickhouse,
     "timeline": timeline,
+    "actions": actions,
 }
 HEADER = (
     "# Benchmarks\n\n"
