@@ -20,6 +20,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -126,8 +127,22 @@ class Secret(_Strict):
     prefix: str = Field(default="", max_length=32)
 
 
+_URL = re.compile(r"^https?://[^\s{}]+$")
+
+
+def _url(value: Any) -> Any:
+    """An http(s) URL, or ``{secret: NAME}``: one clear message for anything else."""
+    if isinstance(value, str) and _URL.match(value) and len(value) <= 2048:
+        return value
+    if isinstance(value, dict) and set(value) <= {"secret", "prefix"} and "secret" in value:
+        return Secret.model_validate(value)
+    raise ValueError(f"not an http(s) URL or {{secret: NAME}}: {str(value)[:80]!r}")
+
+
 class Webhook(_Strict):
-    url: str = Field(pattern=r"^https?://[^\s{}]+$", max_length=2048)
+    # a Secret: the whole URL from JW_ACTION_SECRETS (a chat's incoming webhook carries its key
+    # in the path: https://hooks.slack.com/services/…)
+    url: Annotated[str | Secret, BeforeValidator(_url)]
     headers: dict[HeaderName, str | Secret] = Field(default_factory=dict)
     body: Any = Field(default_factory=dict)  # JSON; strings may hold {placeholders}
     timeout: DurationMs = 5_000
@@ -334,9 +349,35 @@ def secrets_needed(actions: Actions) -> set[str]:
     return {
         value.secret
         for action in actions
-        for value in action.webhook.headers.values()
+        for value in (*action.webhook.headers.values(), action.webhook.url)
         if isinstance(value, Secret)
     }
+
+
+def resolve_url(action: Action, secrets: Mapping[str, str]) -> str:
+    """The webhook's URL, from ``JW_ACTION_SECRETS`` when the file names a secret; raises
+    ``MissingSecret`` (naming the entry, never a value) when it is missing or no http(s) URL."""
+    url = action.webhook.url
+    if not isinstance(url, Secret):
+        return url
+    value = secrets.get(url.secret)
+    if value is None or not re.match(r"^https?://[^\s]+$", value):
+        raise MissingSecret(
+            f"action {action.name}: url names secret {url.secret!r}, which JW_ACTION_SECRETS "
+            + ("does not hold" if value is None else "does not hold as an http(s) URL")
+        )
+    return url.prefix + value if url.prefix else value
+
+
+def shown_url(action: Action) -> str:
+    """The webhook's URL as logs, dead letters and the commands show it: without query and
+    credentials; a URL from a secret as the secret's name only."""
+    url = action.webhook.url
+    if isinstance(url, Secret):
+        return f"(secret {url.secret})"
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
 
 
 def resolve_headers(action: Action, secrets: Mapping[str, str]) -> dict[str, str]:

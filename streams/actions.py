@@ -28,7 +28,6 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import faust
@@ -74,18 +73,11 @@ class Delivery:
     answer: str  # the receiver's answer (cut), or the error
 
 
-def safe_url(url: str) -> str:
-    """The URL without its query and credentials: what logs and dead letters show."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
-
-
 async def deliver(
     session: aiohttp.ClientSession,
     action: act.Action,
     output: dict[str, Any],
+    url: str,
     headers: dict[str, str],
     settings: Settings,
 ) -> Delivery:
@@ -105,14 +97,15 @@ async def deliver(
         status: int | None = None
         try:
             async with session.post(
-                action.webhook.url, data=body, headers=sent, timeout=timeout, allow_redirects=False
+                url, data=body, headers=sent, timeout=timeout, allow_redirects=False
             ) as response:
                 status = response.status
                 answer = (await response.text(errors="replace"))[:MAX_ANSWER_CHARS]
         except TimeoutError:
             answer = f"no answer within {action.webhook.timeout / 1000:g} s"
-        except aiohttp.ClientError as exc:
-            answer = f"{type(exc).__name__}: {exc}"[:MAX_ANSWER_CHARS]
+        except aiohttp.ClientError as exc:  # (its text may quote the URL: shown, not as is)
+            text = str(exc).replace(url, act.shown_url(action))
+            answer = f"{type(exc).__name__}: {text}"[:MAX_ANSWER_CHARS]
         if status is not None and 200 <= status < 300:
             ACTION_ATTEMPTS.labels(action.name, "ok").inc()
             return Delivery(True, status, attempt, "", answer)
@@ -128,7 +121,7 @@ async def deliver(
             "action webhook failed; trying again",
             extra={
                 "rule": action.name,
-                "url": safe_url(action.webhook.url),
+                "url": act.shown_url(action),
                 "status": status,
                 "attempt": attempt,
                 "retry_in_s": wait,
@@ -156,6 +149,7 @@ class ActionsRole:
         secrets = {k: v.get_secret_value() for k, v in settings.action_secrets.items()}
         # every secret checked at start-up: a missing one stops the role, naming the entry
         self.headers = {a.name: act.resolve_headers(a, secrets) for a in self.actions}
+        self.urls = {a.name: act.resolve_url(a, secrets) for a in self.actions}
         self.values_needed = any(a.for_.min_value is not None for a in self.actions)
         self.table = app.Table(STATE_TABLE, partitions=settings.partitions)
         self.triggers = app.topic(
@@ -258,7 +252,9 @@ class ActionsRole:
             act.remember(memory, key, at, "limited")
             ACTION_DELIVERIES.labels(name, "limited").inc()
             return False
-        result = await deliver(self.session(), action, output, self.headers[name], self.settings)
+        result = await deliver(
+            self.session(), action, output, self.urls[name], self.headers[name], self.settings
+        )
         if result.ok:
             memory["last"][name] = at
             act.remember(memory, key, at, "delivered")
@@ -275,7 +271,7 @@ class ActionsRole:
             "status": result.status,
             "attempts": result.attempts,
             "answer": result.answer,
-            "url": safe_url(action.webhook.url),
+            "url": act.shown_url(action),
             "trigger": output,
         }
         sent = await self.dead_letters.send(key=person.encode(), value=orjson.dumps(letter))
@@ -286,7 +282,7 @@ class ActionsRole:
             "action undeliverable: sent to actions.dlq",
             extra={
                 "rule": name,
-                "url": safe_url(action.webhook.url),
+                "url": act.shown_url(action),
                 "reason": result.reason,
                 "attempts": result.attempts,
                 "output_id": oid,
@@ -302,7 +298,8 @@ async def send_example(
     body sent."""
     secrets = {k: v.get_secret_value() for k, v in settings.action_secrets.items()}
     headers = act.resolve_headers(action, secrets)
+    url = act.resolve_url(action, secrets)
     output = act.example_output(action, at)
     async with aiohttp.ClientSession() as session:
-        result = await deliver(session, action, output, headers, settings)
+        result = await deliver(session, action, output, url, headers, settings)
     return result, output

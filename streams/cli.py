@@ -927,7 +927,7 @@ def _actions_catalog(settings: Settings) -> Any:
 @actions.command("run")
 def actions_run() -> None:
     """Run the actions agent (needs JW_BROKER_URL): delivers the actions of JW_JOURNEYS_FILE."""
-    from pipeline.actions import MissingSecret, resolve_headers
+    from pipeline.actions import MissingSecret, resolve_headers, resolve_url
     from streams.roles import run_actions
 
     settings = _settings()
@@ -937,6 +937,7 @@ def actions_run() -> None:
     try:  # fail at start-up, naming the missing entry, not at the first trigger
         for action in _actions_catalog(settings).actions:
             resolve_headers(action, secrets)
+            resolve_url(action, secrets)
     except MissingSecret as exc:
         raise click.ClickException(str(exc)) from exc
     run_actions(settings)
@@ -956,7 +957,7 @@ def _action_lines(catalog: Any) -> list[str]:
 @actions.command("list")
 def actions_list() -> None:
     """The rules of JW_JOURNEYS_FILE: trigger, audience, webhook (without secrets), limit."""
-    from streams.actions import safe_url
+    from pipeline.actions import shown_url
 
     for action in _actions_catalog(_settings()).actions:
         when = action.when
@@ -965,7 +966,7 @@ def actions_list() -> None:
             audience += f" worth at least {action.for_.min_value:g} {action.for_.currency}"
         click.echo(
             f"{action.name}: when {when.trigger} {getattr(when, when.trigger)!s}, for "
-            f"{audience}, POST {safe_url(action.webhook.url)}, at most once per customer "
+            f"{audience}, POST {shown_url(action)}, at most once per customer "
             f"per {action.at_most_once_per / 1000:g} s"
         )
 

@@ -23,6 +23,7 @@ from tests.helpers import ClickHouse, jw_env, run_cli
 pytestmark = pytest.mark.integration
 
 SECRET = "crm-s3cr3t-value-77"
+HOOK_KEY = "xoxb-hook-key-5512"  # a chat's incoming webhook: its key is in the URL's path
 
 
 class Receiver:
@@ -73,6 +74,9 @@ actions:
       url: http://127.0.0.1:{port}/crm/tasks
       headers: {{X-Api-Key: {{secret: crm}}}}
       body: {{title: "Call back {{customer_id}}", nps: "{{value}}", rule: "{{rule}}"}}
+  - name: chat_alert
+    when: {{negative_moment: call_abandoned}}
+    webhook: {{url: {{secret: chat_hook}}, body: {{text: "{{customer_id}} hung up"}}}}
 """
     )
     return path
@@ -81,9 +85,10 @@ actions:
 def test_actions_test_sends_one_example_and_prints_the_answer(
     tmp_path: Path, receiver: Receiver
 ) -> None:
+    base = f"http://127.0.0.1:{receiver.port}"
     env = jw_env(
         journeys_file=journeys_file(tmp_path, receiver.port),
-        action_secrets=json.dumps({"crm": SECRET}),
+        action_secrets=json.dumps({"crm": SECRET, "chat_hook": f"{base}/hooks/T0/B0/{HOOK_KEY}"}),
         action_retry_initial_s=0.1,
         action_max_attempts=2,
     )
@@ -107,7 +112,7 @@ def test_actions_test_sends_one_example_and_prints_the_answer(
     assert len(receiver.requests) == 2
 
     unknown = run_cli(["actions", "test", "nope"], env, timeout=60)
-    assert unknown.returncode == 1 and "(actions: detractor_callback)" in unknown.stderr
+    assert unknown.returncode == 1 and "(actions: detractor_callback, chat_alert)" in unknown.stderr
 
     missing = run_cli(["actions", "test", "detractor_callback"], env | {"JW_ACTION_SECRETS": "{}"})
     assert missing.returncode == 1 and "names secret 'crm'" in missing.stderr
@@ -116,6 +121,14 @@ def test_actions_test_sends_one_example_and_prints_the_answer(
     listed = run_cli(["actions", "list"], env, timeout=60)
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout.startswith("detractor_callback: when nps_below 7.0, for identified")
+    assert "POST (secret chat_hook)" in listed.stdout
+
+    receiver.status = 200  # the URL from the secret, never shown
+    chat = run_cli(["actions", "test", "chat_alert"], env, timeout=60)
+    assert chat.returncode == 0, chat.stderr
+    assert receiver.requests[-1]["path"] == f"/hooks/T0/B0/{HOOK_KEY}"
+    assert receiver.requests[-1]["body"] == {"text": "example-customer hung up"}
+    assert HOOK_KEY not in chat.stdout + chat.stderr + listed.stdout
 
 
 def test_a_dead_letter_is_a_row_and_goes_with_its_customer(clickhouse: ClickHouse) -> None:

@@ -225,7 +225,7 @@ def test_every_rule_has_an_example_that_triggers_it(rules: dict[str, act.Action]
         (
             "  - name: a\n    when: {csat_below: 3}\n    webhook: {url: 'ftp://x'}\n",
             3,
-            "actions[a].webhook.url",
+            "actions[a].webhook.url: not an http(s) URL or {secret: NAME}: 'ftp://x'",
         ),
     ],
 )
@@ -284,3 +284,24 @@ def test_what_the_agent_remembers_of_a_customer_is_bounded() -> None:
         len(memory["done"]) == act.MAX_DONE and act.done_outcome(memory, "k5:rule") == "delivered"
     )
     assert act.done_outcome(memory, "b:rule") is None  # the oldest went first
+
+
+def test_a_webhook_url_may_come_from_a_secret_and_is_shown_without_it() -> None:
+    [hook, desk] = parse_catalog(
+        JOURNEYS
+        + "actions:\n"
+        + "  - {name: chat, when: {csat_below: 3}, webhook: {url: {secret: chat_hook}}}\n"
+        + "  - {name: desk, when: {csat_below: 3},"
+        + " webhook: {url: 'https://u:p@desk.example.com:8443/api/t?token=x'}}\n",
+        "j.yaml",
+    ).actions
+    url = "https://hooks.example.com/services/T0/B0/KEY123"
+    assert act.resolve_url(hook, {"chat_hook": url}) == url
+    assert act.shown_url(hook) == "(secret chat_hook)"
+    assert act.secrets_needed((hook, desk)) == {"chat_hook"}
+    for secrets in ({}, {"chat_hook": "not a url"}):
+        with pytest.raises(act.MissingSecret, match="'chat_hook'") as raised:
+            act.resolve_url(hook, secrets)
+        assert "not a url" not in str(raised.value)
+    assert act.resolve_url(desk, {}) == "https://u:p@desk.example.com:8443/api/t?token=x"
+    assert act.shown_url(desk) == "https://desk.example.com:8443/api/t"
