@@ -169,3 +169,34 @@ def test_a_dead_letter_is_a_row_and_goes_with_its_customer(clickhouse: ClickHous
     assert counts["action_failures"] == 1
     left = client.query(f"SELECT person_id FROM {db}.action_failures ORDER BY kafka_offset")
     assert [r[0] for r in left.result_rows] == ["c:bob", ""]
+
+
+def test_actions_off_by_setting_the_agent_stays_up_idle(tmp_path: Path, broker: Any) -> None:
+    """JW_ACTIONS_ENABLED=false: ready (its probes pass, it can stay deployed), reads nothing."""
+    from streams.offsets import committed_offsets
+    from tests.helpers import free_port, http_get, start_cli, stop_process, wait_until
+
+    port = free_port()
+    env = jw_env(
+        broker_url=broker.url,
+        journeys_file=journeys_file(tmp_path, 9),
+        action_secrets=json.dumps({"crm": SECRET, "chat_hook": "http://127.0.0.1:9/x"}),
+        actions_enabled="false",
+        actions_web_port=port,
+        data_dir=tmp_path / "var",
+    )
+    log = tmp_path / "actions.log"
+    agent = start_cli(["actions", "run"], env, log)
+    try:
+
+        def ready() -> bool:
+            assert agent.poll() is None, log.read_text()[-2000:]
+            return http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+
+        wait_until(ready, 60, "the idle actions agent")
+        status, metrics = http_get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200 and b'jw_action_deliveries_total{result="delivered"' in metrics
+        assert "JW_ACTIONS_ENABLED is false" in log.read_text()
+        assert committed_offsets(broker.url, "journeywatch-actions") == {}
+    finally:
+        stop_process(agent)
