@@ -131,6 +131,24 @@ async def deliver(
         await asyncio.sleep(wait)  # the back-off itself, not a synchronisation
 
 
+def _output_of(raw: Any) -> dict[str, Any] | None:
+    """A journey output (or trigger) record, or None for one that is not (logged, skipped: bad
+    input never stops the agent)."""
+    try:
+        output = orjson.loads(raw)
+    except (orjson.JSONDecodeError, TypeError):
+        output = None
+    if (
+        isinstance(output, dict)
+        and isinstance(output.get("output_id"), str)
+        and isinstance(output.get("person_id"), str)
+        and isinstance(output.get("at"), int)
+    ):
+        return output
+    log.error("not a journey output: skipped", extra={"record": repr(raw)[:200]})
+    return None
+
+
 class ActionsRole:
     """The route and deliver agents, the ``action_state`` table and the HTTP session."""
 
@@ -188,8 +206,8 @@ class ActionsRole:
 
     async def _route(self, stream: Any) -> None:
         async for raw in stream:
-            output = orjson.loads(raw)
-            if not isinstance(output, dict):
+            output = _output_of(raw)
+            if output is None:
                 continue
             if act.matching(self.actions, output) or (self.values_needed and act.is_value(output)):
                 person = str(output.get("person_id") or "")
@@ -199,8 +217,8 @@ class ActionsRole:
     async def _deliver(self, stream: Any) -> None:
         memory_ms = int(self.settings.action_memory_days * 86_400_000)
         async for event in stream.events():
-            output = orjson.loads(event.value)
-            if not isinstance(output, dict):
+            output = _output_of(event.value)
+            if output is None:
                 continue
             person = str(output.get("person_id") or "")
             output_id = str(output.get("output_id") or "")
@@ -252,9 +270,13 @@ class ActionsRole:
             act.remember(memory, key, at, "limited")
             ACTION_DELIVERIES.labels(name, "limited").inc()
             return False
-        result = await deliver(
-            self.session(), action, output, self.urls[name], self.headers[name], self.settings
-        )
+        try:
+            result = await deliver(
+                self.session(), action, output, self.urls[name], self.headers[name], self.settings
+            )
+        except Exception as exc:  # a bug or a body the receiver's client refuses: data, not a crash
+            log.exception("action could not be sent", extra={"rule": name, "output_id": oid})
+            result = Delivery(False, None, 1, f"error_{type(exc).__name__}", str(exc)[:200])
         if result.ok:
             memory["last"][name] = at
             act.remember(memory, key, at, "delivered")

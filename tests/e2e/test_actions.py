@@ -316,6 +316,11 @@ def test_actions_are_delivered_once_through_retries_a_crash_and_the_limits(
         receiver.scripts[key_of(cat, "call_abandoned")] = ["500", "500", "200"]
         receiver.scripts[key_of(dan, "call_abandoned")] = ["hang", "200"]
         receiver.scripts[key_of(eve, "low_csat")] = ["400"]
+        producer = KafkaProducer(bootstrap_servers=broker.url)
+        for topic in (JOURNEY_EVENTS, EXPERIENCE_MOMENTS):  # bad input: skipped, never a crash
+            for partition in range(PARTITIONS):
+                producer.send(topic, b"not an output {", partition=partition)
+        producer.close()
         produce(broker.url, [*values, ann1, anonymous, cat, dan, eve, fay])
         first = {key_of(ann1, "payment_failed"), key_of(cat, "call_abandoned")}
         first.add(key_of(dan, "call_abandoned"))
