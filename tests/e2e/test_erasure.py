@@ -70,7 +70,12 @@ def _sql(topology: Topology, query: str) -> list[list[Any]]:
 
 
 def _table_text(topology: Topology) -> dict[str, str]:
-    return {t: orjson.dumps(_sql(topology, f"SELECT * FROM {t}")).decode() for t in TABLES}
+    """Each table's rows as text, in a fixed order (``SELECT *`` gives no order: two reads of
+    the same rows could differ, and the settling below then never saw two reads agree)."""
+    return {
+        t: "\n".join(sorted(orjson.dumps(r).decode() for r in _sql(topology, f"SELECT * FROM {t}")))
+        for t in TABLES
+    }
 
 
 def _settled(topology: Topology) -> dict[str, str]:
