@@ -24,7 +24,7 @@ from streams.broker import EmbeddedBroker
 from tests.browser import chromium
 from tests.e2e.stack import COLLECTOR_KEY, Topology
 from tests.e2e.test_erasure import _sql
-from tests.helpers import http_get, wait_until
+from tests.helpers import wait_until
 from tests.integration.test_segment import (
     SDKS,
     Sdk,
@@ -51,15 +51,7 @@ def ids_of(sender: str) -> tuple[str, str, str]:
 def topology(broker: EmbeddedBroker, tmp_path: Path) -> Iterator[Topology]:
     running = Topology(broker, tmp_path, allowed_lateness_s=1, log_level="INFO")
     try:
-        running.start_sink()
-        running.start_collector()
-        running.start(0)
-        wait_until(lambda: running.ready(0), 90, "the worker")
-        wait_until(
-            lambda: http_get(f"http://127.0.0.1:{running.status_port}/readyz")[0] == 200,
-            90,
-            "the sink",
-        )
+        running.start_all()
         yield running
     finally:
         running.stop()
