@@ -6,7 +6,9 @@
 Every password is random. What it writes, all mode 0600 under ``deploy/compose-secrets/``:
 
 * ``compose.env``: the variables docker-compose.yml reads (passwords of each Kafka role, each
-  ClickHouse user, Grafana's admin, the PII hash key); add ``JW_COLLECTOR_API_KEYS`` yourself;
+  ClickHouse user, Grafana's admin, the PII hash key; ``JW_ACTION_SECRETS={}``, the actions
+  agent's webhook secrets, for you to fill in: docs/actions.md); add ``JW_COLLECTOR_API_KEYS``
+  yourself;
 * ``web-admin-token``, ``web-read-token``: the sink's admin and read-only API tokens (sign in
   to the live page with one; ``Authorization: Bearer`` for the API);
 * ``monitoring-password``: the basic-auth password of Prometheus and Alertmanager (user
@@ -14,7 +16,8 @@ Every password is random. What it writes, all mode 0600 under ``deploy/compose-s
 * ``monitoring-web.yml``: their ``--web.config.file`` (the bcrypt hash of that password);
 * ``kafka_jaas.conf``: the broker's own logins (controller: PLAIN, inter-broker: SCRAM admin);
 * ``kafka-scram-users``: the SCRAM users written into the KRaft metadata when the broker's
-  storage is formatted (``kafka-storage format --add-scram``): admin, collector, worker, sink;
+  storage is formatted (``kafka-storage format --add-scram``): admin, collector, worker, sink,
+  actions (the actions agent);
 * ``kafka-admin.properties``: the admin's client settings, for the ACL job and for operators.
 
 Needs Python 3 and ``bcrypt`` (in journeywatch's virtualenv: ``.venv/bin/python``).
@@ -33,7 +36,12 @@ SECRETS = Path(__file__).resolve().parent / "compose-secrets"
 MONITORING_USER = "journeywatch"
 KAFKA_MECHANISM = "SCRAM-SHA-512"
 # each role its own Kafka user, whose ACLs (deploy/kafka-broker/acls.sh) allow its topics only
-KAFKA_USERS = ("admin", "collector", "worker", "sink")
+KAFKA_USERS = ("admin", "collector", "worker", "sink", "actions")
+# not generated: the operator's own values, a placeholder written when missing
+PLACEHOLDERS = {
+    # the actions agent's webhook secrets (receivers' tokens) by name, JSON: docs/actions.md
+    "JW_ACTION_SECRETS": "{}",
+}
 GENERATED = (
     "JW_PII_HASH_KEY",
     "CLICKHOUSE_PASSWORD",  # the administrator: migrations
@@ -72,6 +80,8 @@ def generate(directory: Path = SECRETS) -> dict[str, str]:
             values[key] = (
                 secrets.token_hex(32) if key == "JW_PII_HASH_KEY" else (secrets.token_urlsafe(24))
             )
+    for key, placeholder in PLACEHOLDERS.items():
+        values.setdefault(key, placeholder)
     lines = [
         "# docker compose --env-file deploy/compose-secrets/compose.env up -d (never commit it)",
         *(f"{key}={value}" for key, value in values.items()),

@@ -720,11 +720,14 @@ def erase(
 
 @main.command()
 def topics() -> None:
-    """Create journeywatch's Kafka topics on JW_BROKER_URL (idempotent)."""
+    """Create journeywatch's Kafka topics on JW_BROKER_URL (idempotent), the actions agent's
+    too: in a cluster with ACLs only the admin may create topics (deploy/kafka-broker/acls.sh)."""
+    from streams.actions import action_topics
     from streams.topics import ensure_topics
 
     settings = _settings()
-    for name, topic_id in ensure_topics(settings).items():
+    created = ensure_topics(settings) | ensure_topics(settings, action_topics())
+    for name, topic_id in created.items():
         click.echo(f"{name}\t{settings.partitions} partitions\t{topic_id}")
 
 

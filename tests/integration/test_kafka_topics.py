@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import pytest
@@ -36,6 +37,33 @@ def test_every_topic_is_created_and_the_state_changelog_is_compacted(
     finally:
         admin.close()
     assert ensure_topics(settings) == ids  # again: nothing created, nothing changed
+
+
+def test_the_topics_command_creates_the_actions_agents_topics_too(
+    broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``journeywatch topics`` (run as the admin user: the roles may not create topics under
+    deploy/kafka-broker/acls.sh) creates the actions agent's topics and its state changelog
+    with the others, so that agent and the sink only describe them at start."""
+    from click.testing import CliRunner
+
+    from streams.actions import action_topics
+    from streams.cli import main
+
+    for name in [n for n in os.environ if n.startswith("JW_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("JW_BROKER_URL", broker.url)
+    monkeypatch.setenv("JW_PARTITIONS", "3")
+    result = CliRunner().invoke(main, ["topics"])
+    assert result.exit_code == 0, result.output
+    listed = {line.split("\t")[0] for line in result.output.splitlines()}
+    wanted = set(all_topics(Settings())) | set(action_topics())
+    assert listed == wanted
+    admin = KafkaAdminClient(bootstrap_servers=broker.url.removeprefix("kafka://"))
+    try:
+        assert wanted <= set(admin.list_topics())
+    finally:
+        admin.close()
 
 
 class _Admin:

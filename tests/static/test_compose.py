@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import click
 import compose_spec
 import pytest
 import yaml
@@ -39,6 +40,8 @@ def test_the_stack_has_every_production_component(compose: dict[str, Any]) -> No
         "grafana",
         "worker",
         "sink",
+        "collector",
+        "actions",
     } <= set(services)
     assert services["kafka"]["image"].startswith("apache/kafka:")
     assert "broker,controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]  # KRaft
@@ -75,9 +78,13 @@ def test_journeywatch_services_use_known_settings_and_commands(compose: dict[str
         for n, s in compose["services"].items()
         if s.get("image", "").startswith("journeywatch")
     }
-    assert {"worker", "sink", "migrate", "topics"} <= set(jw_services)
+    assert {"worker", "sink", "collector", "actions", "migrate", "topics"} <= set(jw_services)
     for name, service in jw_services.items():
         assert service["command"][0] in commands, f"{name}: unknown command {service['command']}"
+        command = cli.commands[service["command"][0]]
+        if isinstance(command, click.Group) and not command.invoke_without_command:
+            # a group that needs a subcommand: actions run
+            assert service["command"][1] in command.commands, f"{name}: {service['command']}"
         for variable in service.get("environment", {}):
             if variable.startswith("JW_") and variable != "JW_HEALTH_PORT":
                 assert variable in known, (
@@ -101,6 +108,7 @@ def test_secrets_are_never_written_into_the_compose_file() -> None:
         "GF_SECURITY_ADMIN_PASSWORD",
         "JW_COLLECTOR_API_KEYS",
         "JW_KAFKA_SASL_PASSWORD",
+        "JW_ACTION_SECRETS",
     ):
         matches = list(re.finditer(rf"^\s*{key}:\s*(\S+)", text, re.M))
         assert matches, key
@@ -162,6 +170,7 @@ def test_every_kafka_client_authenticates_with_scram_as_its_own_role(
         "worker": "worker",
         "sink": "sink",
         "collector": "collector",
+        "actions": "actions",
         "simulator": "collector",
     }
     # the settings reach a real client as SASL options
@@ -201,22 +210,40 @@ def test_kafka_takes_sasl_only_and_denies_what_no_acl_allows(compose: dict[str, 
     # every variable the format step reads is set
     for variable in re.findall(r"\$\{(KAFKA_\w+|CLUSTER_ID)\}", start):
         assert variable in env, variable
-    for role in ("worker", "sink", "collector"):
+    for role in ("worker", "sink", "collector", "actions"):
         assert compose["services"][role]["depends_on"]["kafka-acls"] == {
             "condition": "service_completed_successfully"
         }
 
 
+ACLS = REPO / "deploy" / "kafka-broker" / "acls.sh"
+# the script's variables with JW_TOPIC_PREFIX unset (the Faust app ids of streams/app.py)
+ACL_VARIABLES = {
+    "${prefix}": "",
+    "${app}": "journeywatch",
+    "${actions_app}": "journeywatch-actions",
+}
+# Kafka: Read, Write, Delete and Alter imply Describe
+IMPLIES_DESCRIBE = ("Read", "Write", "Delete", "Alter")
+
+
 def _acls() -> dict[tuple[str, str], set[str]]:
-    """(user, operation) -> the topics deploy/kafka-broker/acls.sh allows (prefix unset)."""
-    text = (REPO / "deploy" / "kafka-broker" / "acls.sh").read_text().replace("\\\n", " ")
+    """(user, operation) -> the topics deploy/kafka-broker/acls.sh allows (prefix unset), as
+    written in the script: ``group:NAME`` for a consumer group, ``NAME*`` for a prefix."""
+    text = ACLS.read_text().replace("\\\n", " ")
+    every_role = re.search(r"^for user in ([\w ]+); do", text, re.M)
+    assert every_role, "the loop that lets every role Describe the topics"
     found: dict[tuple[str, str], set[str]] = {}
     for line in text.splitlines():
         if not line.lstrip().startswith("acl "):
             continue
         users = re.findall(r"User:(\$\{user\}|\w+)", line)
         operations = re.findall(r"--operation (\w+)", line)
-        topics = set(re.findall(r"--topic \"?([\w.${}-]+)", line))
+        prefixed = "--resource-pattern-type prefixed" in line
+        topics = {
+            name + ("*" if prefixed else "")
+            for name in re.findall(r"--topic \"?([\w.${}-]+)", line)
+        }
         listed = re.search(r"\$\(topics ([^)]*)\)", line)
         if listed:
             names = listed.group(1).split()
@@ -225,20 +252,49 @@ def _acls() -> dict[tuple[str, str], set[str]]:
             topics |= set(names)
         if re.search(r"--group", line):
             topics |= {"group:" + g for g in re.findall(r'--group "?([\w.${}-]+)', line)}
-        for user in ["collector", "worker", "sink"] if users == ["${user}"] else users:
+        for user in every_role.group(1).split() if users == ["${user}"] else users:
             for operation in operations:
                 found.setdefault((user, operation), set()).update(topics)
     return found
 
 
+def _resolved(name: str) -> str:
+    for variable, value in ACL_VARIABLES.items():
+        name = name.replace(variable, value)
+    assert "$" not in name, f"acls.sh: unknown variable in {name}"
+    return name
+
+
+def may(acls: dict[tuple[str, str], set[str]], user: str, operation: str, resource: str) -> bool:
+    """Whether the broker lets ``user`` do ``operation`` on the topic (or ``group:NAME``)
+    ``resource``, as Kafka's StandardAuthorizer decides with these ALLOW ACLs only: a literal
+    name or a prefix matches; Read, Write, Delete and Alter imply Describe."""
+    operations = (operation, *IMPLIES_DESCRIBE) if operation == "Describe" else (operation,)
+    for op in operations:
+        for granted in map(_resolved, acls.get((user, op), set())):
+            if granted == resource or (granted.endswith("*") and resource.startswith(granted[:-1])):
+                return True
+    return False
+
+
+def _known_topics() -> set[str]:
+    """Every topic journeywatch creates (``journeywatch topics``), prefix unset."""
+    from streams.actions import action_topics
+    from streams.topics import all_topics
+
+    return set(all_topics(Settings())) | set(action_topics())
+
+
+KAFKA_ROLES = ("collector", "worker", "sink", "actions")
+
+
 def test_each_kafka_role_may_touch_its_own_topics_only() -> None:
-    from streams import topics
+    from streams import actions, topics
 
     acls = _acls()
     every = set(topics.all_topics(Settings()))
-    # the journey agent's dead letters (journeys.dlq): the workers write them, the sink stores
-    # them; granted ahead of the topic's arrival in streams/topics.py
-    journeys_dlq = {"journeys.dlq"}
+    journey_changelog = topics.changelog_topic("${app}", topics.JOURNEY_STATE_TABLE)
+    actions_changelog = topics.changelog_topic("${actions_app}", actions.STATE_TABLE)
     for user in ("collector", "worker", "sink"):
         assert acls[(user, "Describe")] >= every, user
     assert acls[("collector", "Write")] == {topics.RAW}
@@ -247,40 +303,160 @@ def test_each_kafka_role_may_touch_its_own_topics_only() -> None:
         topics.RAW,
         topics.BY_PERSON,
         topics.HANDOFF,
-        "${app}-",
+        journey_changelog,
         "group:${app}",
     }
-    assert (
-        acls[("worker", "Write")]
-        == {
+    assert acls[("worker", "Write")] == {
+        topics.BY_PERSON,
+        topics.DLQ,
+        topics.HANDOFF,
+        topics.JOURNEY_EVENTS,
+        topics.EXPERIENCE_MOMENTS,
+        topics.JOURNEYS_DLQ,
+        journey_changelog,
+    }
+    assert acls[("sink", "Read")] == {
+        topics.BY_PERSON,
+        topics.DLQ,
+        topics.JOURNEY_EVENTS,
+        topics.EXPERIENCE_MOMENTS,
+        topics.JOURNEYS_DLQ,
+        actions.ACTIONS_DLQ,  # into action_failures
+        "group:${app}-sink",
+    }
+    assert ("sink", "Write") not in acls
+    # the actions agent: the journey outputs in, its own topics and changelog, nothing else
+    assert acls[("actions", "Read")] == {
+        topics.JOURNEY_EVENTS,
+        topics.EXPERIENCE_MOMENTS,
+        actions.ACTION_TRIGGERS,
+        actions_changelog,
+        "group:${actions_app}",
+    }
+    assert acls[("actions", "Write")] == {
+        actions.ACTION_TRIGGERS,
+        actions.ACTIONS_DLQ,
+        actions_changelog,
+    }
+    assert {op for user, op in acls if user == "actions"} == {"Describe", "Read", "Write"}
+    script = ACLS.read_text()
+    assert 'app="${prefix}journeywatch"' in script  # the Faust app ids of streams/app.py
+    assert 'actions_app="${prefix}journeywatch-actions"' in script
+    assert topics.changelog_topic("journeywatch", topics.JOURNEY_STATE_TABLE) in script.replace(
+        "${app}", "journeywatch"
+    )
+    assert subprocess.run(["bash", "-n", str(ACLS)]).returncode == 0
+
+
+def test_the_broker_would_let_each_role_write_only_what_it_must() -> None:
+    """The ACLs evaluated as the broker does (literal names and prefixes): who may write, and
+    who may read, each topic journeywatch creates. The actions agent writes its own topics
+    only (never the journey topics), and no other role reads or writes its state."""
+    from streams import actions, topics
+
+    acls = _acls()
+    known = _known_topics()
+    journey_changelog = topics.changelog_topic("journeywatch", topics.JOURNEY_STATE_TABLE)
+    actions_changelog = topics.changelog_topic(actions.APP_ID, actions.STATE_TABLE)
+    writes = {user: {t for t in known if may(acls, user, "Write", t)} for user in KAFKA_ROLES}
+    reads = {user: {t for t in known if may(acls, user, "Read", t)} for user in KAFKA_ROLES}
+    assert writes == {
+        "collector": {topics.RAW},
+        "worker": {
             topics.BY_PERSON,
             topics.DLQ,
             topics.HANDOFF,
             topics.JOURNEY_EVENTS,
             topics.EXPERIENCE_MOMENTS,
-            "${app}-",
-        }
-        | journeys_dlq
+            topics.JOURNEYS_DLQ,
+            journey_changelog,
+        },
+        "sink": set(),
+        "actions": {actions.ACTION_TRIGGERS, actions.ACTIONS_DLQ, actions_changelog},
+    }
+    assert reads["actions"] == {
+        topics.JOURNEY_EVENTS,
+        topics.EXPERIENCE_MOMENTS,
+        actions.ACTION_TRIGGERS,
+        actions_changelog,
+    }
+    for user in ("collector", "worker", "sink"):
+        assert not {actions.ACTION_TRIGGERS, actions_changelog} & (reads[user] | writes[user])
+    # every role may Describe each topic it reads or writes (it checks them at start), and
+    # may read as its own consumer group only
+    for user in KAFKA_ROLES:
+        for topic in reads[user] | writes[user]:
+            assert may(acls, user, "Describe", topic), (user, topic)
+    from streams.app import APP_IDS
+
+    groups = {
+        role: {g for g in APP_IDS.values() if may(acls, role, "Read", "group:" + g)}
+        for role in KAFKA_ROLES
+    }
+    assert groups == {
+        "collector": set(),
+        "worker": {APP_IDS["worker"]},
+        "sink": {APP_IDS["sink"]},
+        "actions": {APP_IDS["actions"]},
+    }
+    # the actions agent may Describe what it checks at start (streams/roles.py run_actions)
+    for topic in actions.action_topics():
+        assert may(acls, "actions", "Describe", topic), topic
+    assert not may(acls, "actions", "Describe", topics.RAW)
+
+
+def test_every_role_has_a_kafka_user_acls_and_a_service(compose: dict[str, Any]) -> None:
+    """Each process role of streams/app.py (worker, sink, actions) and the collector runs in
+    the stack as its own Kafka user, which deploy/compose_secrets.py creates and acls.sh
+    grants; the role's health check and metrics port is the one it serves."""
+    import importlib.util
+
+    from streams.app import APP_IDS
+
+    spec = importlib.util.spec_from_file_location(
+        "compose_secrets", REPO / "deploy" / "compose_secrets.py"
     )
-    assert (
-        acls[("sink", "Read")]
-        == {
-            topics.BY_PERSON,
-            topics.DLQ,
-            topics.JOURNEY_EVENTS,
-            topics.EXPERIENCE_MOMENTS,
-            "group:${app}-sink",
-        }
-        | journeys_dlq
-    )
-    assert ("sink", "Write") not in acls
-    script = (REPO / "deploy" / "kafka-broker" / "acls.sh").read_text()
-    assert 'app="${prefix}journeywatch"' in script  # the Faust app id of streams/app.py
-    assert topics.changelog_topic("journeywatch", topics.JOURNEY_STATE_TABLE) in script
-    assert (
-        subprocess.run(["bash", "-n", str(REPO / "deploy" / "kafka-broker" / "acls.sh")]).returncode
-        == 0
-    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    acls = _acls()
+    assert set(APP_IDS) | {"collector"} == set(KAFKA_ROLES)
+    assert set(module.KAFKA_USERS) == {"admin", *KAFKA_ROLES}
+    services = compose["services"]
+    ports = {
+        "worker": "JW_WORKER_WEB_PORT",
+        "sink": "JW_STATUS_PORT",
+        "collector": "JW_COLLECTOR_PORT",
+        "actions": "JW_ACTIONS_WEB_PORT",
+    }
+    for role in KAFKA_ROLES:
+        assert any(user == role for user, _ in acls), f"{role} has no ACL"
+        service = services[role]
+        env = service["environment"]
+        assert env["JW_KAFKA_SASL_USERNAME"] == role
+        assert env["JW_HEALTH_PORT"] == env[ports[role]], role  # the Dockerfile's HEALTHCHECK
+        assert service.get("restart", "unless-stopped") == "unless-stopped", role
+        assert service["depends_on"]["topics"] == {"condition": "service_completed_successfully"}
+    assert services["actions"]["command"] == ["actions", "run"]
+
+
+def test_prometheus_scrapes_every_role_where_it_serves_metrics(compose: dict[str, Any]) -> None:
+    """Every long-running journeywatch service is a scrape target on its port (the actions
+    agent too: without its jw_action_* series ActionDeliveriesFailing could never fire)."""
+    prometheus = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
+    targets: dict[str, set[str]] = {}
+    for job in prometheus["scrape_configs"]:
+        found = targets.setdefault(job["job_name"], set())
+        for config in job.get("static_configs", []):
+            found |= set(config["targets"])
+        for config in job.get("dns_sd_configs", []):
+            found |= {f"{name}:{config['port']}" for name in config["names"]}
+    rules = " ".join((REPO / "deploy/prometheus/rules" / f).read_text() for f in ("actions.yml",))
+    assert "jw_action_deliveries_total" in rules
+    for role in KAFKA_ROLES:
+        port = compose["services"][role]["environment"]["JW_HEALTH_PORT"]
+        assert targets.get(f"journeywatch-{role}") == {f"{role}:{port}"}, role
+        # WorkerDown watches up{job=~"journeywatch-.*"}: every role's job is named so
 
 
 def test_clickhouse_has_a_writer_and_a_read_only_user(compose: dict[str, Any]) -> None:
@@ -356,6 +532,10 @@ def test_the_generated_secrets_are_what_the_stack_mounts(
         assert path.stat().st_mode & 0o077 == 0, f"{name} is readable by others"
     variables = set(re.findall(r"\$\{(\w+):\?", COMPOSE.read_text()))
     assert variables - set(values) == {"JW_COLLECTOR_API_KEYS"}  # the operator's own keys
+    # the actions' webhook secrets: an empty object to fill in, valid as the setting
+    assert values["JW_ACTION_SECRETS"] == "{}"
+    assert "JW_ACTION_SECRETS={}" in (tmp_path / "compose.env").read_text().splitlines()
+    assert Settings(action_secrets=json.loads(values["JW_ACTION_SECRETS"])).action_secrets == {}
     web = tmp_path / "monitoring-web.yml"
     checked = subprocess.run(
         ["promtool", "check", "web-config", str(web)], capture_output=True, text=True
@@ -379,6 +559,7 @@ def test_the_generated_secrets_are_what_the_stack_mounts(
         "collector",
         "worker",
         "sink",
+        "actions",
     }
     jaas = (tmp_path / "kafka_jaas.conf").read_text()
     assert values["KAFKA_ADMIN_PASSWORD"] in jaas and "controller.KafkaServer" in jaas

@@ -64,6 +64,7 @@ def test_every_container_runs_non_root_read_only_with_limits(objects: list[dict[
         "journeywatch-worker",
         "journeywatch-sink",
         "journeywatch-collector",
+        "journeywatch-actions",
         "journeywatch-migrate",
         "journeywatch-topics",
     }
@@ -109,7 +110,12 @@ def test_no_secret_values_are_committed(objects: list[dict[str, Any]]) -> None:
     assert by_kind(objects, "Secret") == []
     for config in by_kind(objects, "ConfigMap"):
         for key in config.get("data", {}):
-            assert key not in ("JW_PII_HASH_KEY", "JW_COLLECTOR_API_KEYS", "JW_CLICKHOUSE_DSN")
+            assert key not in (
+                "JW_PII_HASH_KEY",
+                "JW_COLLECTOR_API_KEYS",
+                "JW_CLICKHOUSE_DSN",
+                "JW_ACTION_SECRETS",
+            )
             assert "PASSWORD" not in key, key
 
 
@@ -128,18 +134,20 @@ def test_prometheus_rule_and_journeys_are_generated_from_their_sources() -> None
 
 
 def test_the_worker_mounts_the_journey_definitions(objects: list[dict[str, Any]]) -> None:
-    """The worker (journeys) and the collector (the file's sources: mappings and webhooks:
-    it stops at start-up when JW_JOURNEYS_FILE is not there)."""
+    """The worker (journeys), the collector (the file's sources: mappings and webhooks:
+    it stops at start-up when JW_JOURNEYS_FILE is not there) and the actions agent (the
+    file's actions:)."""
     worker = next(o for o in by_kind(objects, "StatefulSet"))
-    collector = next(
-        o for o in by_kind(objects, "Deployment") if o["metadata"]["name"].endswith("collector")
+    collector, actions = (
+        next(o for o in by_kind(objects, "Deployment") if o["metadata"]["name"].endswith(name))
+        for name in ("collector", "actions")
     )
     config = next(
         o
         for o in by_kind(objects, "ConfigMap")
         if o["metadata"]["name"].startswith("journeywatch-config")
     )
-    for workload in (worker, collector):
+    for workload in (worker, collector, actions):
         container = workload["spec"]["template"]["spec"]["containers"][0]
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert Path(config["data"]["JW_JOURNEYS_FILE"]).parent.as_posix() in mounts, workload
@@ -169,6 +177,7 @@ def test_every_kafka_client_authenticates_as_its_own_role(objects: list[dict[str
         "journeywatch-worker": "worker",
         "journeywatch-sink": "sink",
         "journeywatch-collector": "collector",
+        "journeywatch-actions": "actions",
     }
 
 
@@ -194,3 +203,58 @@ def test_the_sink_signs_people_in_with_tokens_from_a_secret(
         assert env[name]["valueFrom"]["secretKeyRef"] == {"name": "journeywatch-web", "key": key}
     rendered = yaml.safe_dump_all(objects)
     assert "JW_WEB_AUTH" not in rendered and "JW_WEB_COOKIE_SECURE" not in rendered
+
+
+def test_the_actions_agent_reads_its_webhook_secrets_from_a_secret(
+    objects: list[dict[str, Any]],
+) -> None:
+    """The receivers' tokens come from the journeywatch-actions secret (optional: a file
+    whose rules name no secret needs none), never a value in the manifests."""
+    actions = next(spec for name, spec in pod_specs(objects) if name == "journeywatch-actions")
+    container = actions["containers"][0]
+    assert container["args"] == ["actions", "run"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["JW_ACTION_SECRETS"]["valueFrom"]["secretKeyRef"] == {
+        "name": "journeywatch-actions",
+        "key": "secrets",
+        "optional": True,
+    }
+    assert "value" not in env["JW_ACTION_SECRETS"]
+
+
+def test_compose_and_kubernetes_run_the_same_roles_alike(objects: list[dict[str, Any]]) -> None:
+    """Each long-running role of docker-compose.yml is a workload here with the same command,
+    Kafka user and port; every role's metrics are scraped (the ServiceMonitor selects its
+    Service) and reachable (the NetworkPolicy opens its port)."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    roles = ("worker", "sink", "collector", "actions")
+    specs = dict(pod_specs(objects))
+    for role in roles:
+        service = compose[role]
+        container = specs[f"journeywatch-{role}"]["containers"][0]
+        assert container["args"] == service["command"], role
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert (
+            env["JW_KAFKA_SASL_USERNAME"]["value"]
+            == service["environment"]["JW_KAFKA_SASL_USERNAME"]
+        ), role
+        [port] = [p["containerPort"] for p in container["ports"]]
+        assert str(port) == service["environment"]["JW_HEALTH_PORT"], role
+    monitor = next(o for o in objects if o["kind"] == "ServiceMonitor")
+    [selector] = monitor["spec"]["selector"]["matchExpressions"]
+    services = {
+        o["metadata"]["labels"]["app.kubernetes.io/component"]: o
+        for o in by_kind(objects, "Service")
+    }
+    for role in roles:
+        assert role in selector["values"] and role in services, role
+        assert [p["name"] for p in services[role]["spec"]["ports"]] == ["http"], role
+    policy = next(
+        o
+        for o in by_kind(objects, "NetworkPolicy")
+        if o["metadata"]["name"] == "journeywatch-metrics-and-status"
+    )
+    opened = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    for role in roles:
+        container = specs[f"journeywatch-{role}"]["containers"][0]
+        assert {p["containerPort"] for p in container["ports"]} <= opened, role
