@@ -24,7 +24,8 @@ reads every earlier version (docs/streaming-topology.md, "Records and messages: 
 
 A touch travels as the positional list of its first ``WIRE_FIELDS`` fields (what the released
 ``Touch(*fields)`` takes), its ``received_at`` beside it (``received``: one value, or one per
-touch of a ``handoff``, present when any is known).
+touch of a ``handoff``, present when any is known), and so does its ``segment`` (``segment`` /
+``segments``, present when any is set; pipeline/segment_rules.py): keys a released decoder ignores.
 
 A record of a version newer than this code reads raises ``ValueError`` naming the kind and the
 version (the error policy dead-letters a message so; a state record so is reported and left
@@ -197,9 +198,12 @@ def encode_touch(touch: Touch) -> list[Any]:
     return list(touch[:WIRE_FIELDS])
 
 
-def decode_touch(data: Any, received: Any = None, kind: str = "touch") -> Touch:
-    """A touch from its wire list and the ``received_at`` that travelled beside it."""
-    if not isinstance(data, list) or not WIRE_FIELDS <= len(data) <= WIRE_FIELDS + 1:
+def decode_touch(
+    data: Any, received: Any = None, kind: str = "touch", segment: Any = None
+) -> Touch:
+    """A touch from its wire list and the ``received_at`` and ``segment`` that travelled
+    beside it (a message without them, from a released worker: None)."""
+    if not isinstance(data, list) or not WIRE_FIELDS <= len(data) <= WIRE_FIELDS + 2:
         raise ValueError(f"{kind}: a touch is a list of {WIRE_FIELDS} fields, not {data!r:.80}")
     # What the shard itself needs of a touch: its id, its time and its identifiers (routing,
     # tokens, the watermark). The other fields are the engine's to judge: a touch it cannot
@@ -220,6 +224,8 @@ def decode_touch(data: Any, received: Any = None, kind: str = "touch") -> Touch:
     fields[7] = tuple(identifiers)
     if len(fields) == WIRE_FIELDS:
         fields.append(received if type(received) is int else None)
+    if len(fields) == WIRE_FIELDS + 1:  # (a list of them all: a whole touch, segment last)
+        fields.append(segment if isinstance(segment, str) else None)
     touch: Touch = _new(Touch, fields)  # every field given: NamedTuple's __new__ skipped
     return touch
 
@@ -227,6 +233,11 @@ def decode_touch(data: Any, received: Any = None, kind: str = "touch") -> Touch:
 def _received(touches: list[Touch]) -> list[int | None] | None:
     found = [t.received_at for t in touches]
     return found if any(r is not None for r in found) else None
+
+
+def _segments(touches: list[Touch]) -> list[str | None] | None:
+    found = [t.segment for t in touches]
+    return found if any(s is not None for s in found) else None
 
 
 # --- encoding ------------------------------------------------------------------------------
@@ -259,6 +270,9 @@ def encode_message(message: Message) -> bytes:
         received = _received(touches)
         if received is not None:
             body["received"] = received
+        segments = _segments(touches)
+        if segments is not None:
+            body["segments"] = segments
     else:
         touch = message.touch
         if isinstance(message, Forward):
@@ -281,6 +295,8 @@ def encode_message(message: Message) -> bytes:
             }
         if touch.received_at is not None:
             body["received"] = touch.received_at
+        if touch.segment is not None:
+            body["segment"] = touch.segment
     body["v"] = MESSAGE_VERSION
     return orjson.dumps(body)
 
@@ -349,7 +365,7 @@ def _person(record: Any, kind: str) -> list[Any] | None:
 
 
 def _touch_of(data: dict[str, Any], kind: str) -> Touch:
-    return decode_touch(data["touch"], data.get("received"), kind)
+    return decode_touch(data["touch"], data.get("received"), kind, data.get("segment"))
 
 
 def _decode_forward(data: dict[str, Any]) -> Forward:
@@ -383,13 +399,19 @@ def _decode_handoff(data: dict[str, Any]) -> Handoff:
         received = [None] * len(carried)
     elif not isinstance(received, list) or len(received) != len(carried):
         raise ValueError(f"handoff message: 'received' does not match its touches: {received!r}")
+    segments = data.get("segments")
+    if not isinstance(segments, list) or len(segments) != len(carried):
+        segments = [None] * len(carried)
     return Handoff(
         _str(data, "person", "handoff"),
         _opt_str(data, "source", "handoff"),
         _person(data["record"], "handoff message"),
         _strings(data["identifiers"], "handoff message: 'identifiers'"),
         _strings(data["foreign"], "handoff message: 'foreign'"),
-        [decode_touch(t, r, "handoff") for t, r in zip(carried, received, strict=True)],
+        [
+            decode_touch(t, r, "handoff", g)
+            for t, r, g in zip(carried, received, segments, strict=True)
+        ],
         _opt_str(data, "awaits", "handoff"),
     )
 

@@ -29,6 +29,7 @@ from pydantic import (
 
 from pipeline.actions import Actions, check_unique
 from pipeline.contract import Channel, OutcomeStatus
+from pipeline.segment_rules import SegmentRules, Segments, check_segments
 from pipeline.sourcemap import Sources
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
@@ -239,6 +240,10 @@ class JourneyCatalog(_Strict):
     sources: Sources = Field(default_factory=dict)
     # closed-loop actions: a webhook per customer's bad moment (pipeline/actions.py)
     actions: Actions = ()
+    # named segments of journeys by the customer's or touchpoint's attributes, at most
+    # MAX_SEGMENTS (pipeline/segment_rules.py, docs/segments.md)
+    segments: Segments = ()
+    _segment_rules: SegmentRules = PrivateAttr(default_factory=SegmentRules)
 
     @model_validator(mode="after")
     def _unique_journey_names(self) -> JourneyCatalog:
@@ -251,6 +256,22 @@ class JourneyCatalog(_Strict):
     def _unique_action_names(cls, value: Actions) -> Actions:
         check_unique(value)
         return value
+
+    @field_validator("segments")
+    @classmethod
+    def _unique_segment_names(cls, value: Segments) -> Segments:
+        check_segments(value)
+        return value
+
+    @model_validator(mode="after")
+    def _compile_segments(self) -> JourneyCatalog:
+        self._segment_rules = SegmentRules(self.segments)
+        return self
+
+    @property
+    def segment_rules(self) -> SegmentRules:
+        """The segments compiled for the hot path (one call per touchpoint)."""
+        return self._segment_rules
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,11 @@ class Output(NamedTuple):
         }
 
 
+def _segment_detail(segment: str) -> tuple[tuple[str, Any], ...]:
+    """An output's ``detail.segment``: its journey's segment, when it has one."""
+    return (("segment", segment),) if segment else ()
+
+
 def drop_off_hold(
     definition: JourneyDefinition, channel_lateness_ms: dict[str, int], lateness_ms: int
 ) -> int:
@@ -317,6 +322,7 @@ class JourneyState:
         "negatives",
         "peak",
         "pending_due",
+        "segment",
         "stage",
         "started_at",
         "status",
@@ -340,6 +346,7 @@ class JourneyState:
         dropoff_at: int = 0,
         dropoff_stage: str = "",
         dropoff_channel: str = "",
+        segment: str = "",
     ) -> None:
         self.journey_id = journey_id
         self.definition = definition
@@ -362,6 +369,9 @@ class JourneyState:
         self.dropoff_at = dropoff_at
         self.dropoff_stage = dropoff_stage
         self.dropoff_channel = dropoff_channel
+        # its segment (pipeline/segment_rules.py), decided by the touchpoint that started it,
+        # never changed; "" in none. Saved as a 17th item only when set.
+        self.segment = segment
         self.pending_due = 0  # earliest deadline queued for it (not persisted; re-derived)
 
     def to_list(self, names: StateNames) -> list[Any]:
@@ -385,6 +395,7 @@ class JourneyState:
             if positions
             else self.dropoff_stage,
             self.dropoff_channel,
+            *((self.segment,) if self.segment else ()),
         ]
 
     @classmethod
@@ -428,6 +439,7 @@ class JourneyState:
             dropoff_at,
             dropoff_stage,
             dropoff_channel,
+            data[16] if len(data) > 16 and isinstance(data[16], str) else "",
         )
 
 
@@ -1177,6 +1189,8 @@ class JourneyEngine:
                     touch.at,
                     touch.at,
                 )
+                if touch.segment:
+                    journey.segment = touch.segment
                 person.journeys.append(journey)
                 self._journey_out("started", person_id, journey, touch, out)
             elif journey.status == "dropped":
@@ -1315,6 +1329,7 @@ class JourneyEngine:
                             ("retracts", _short_hash(f"dropped_off:{journey.journey_id}")),
                             ("converted_at", touch.at),
                             ("converted_event_id", touch.event_id),
+                            *_segment_detail(journey.segment),
                         ),
                     ),
                 )
@@ -1442,6 +1457,7 @@ class JourneyEngine:
                     (
                         ("negative_moments", journey.negatives),
                         ("definition_version", definition.version),
+                        *_segment_detail(journey.segment),
                     ),
                 ),
             )
@@ -1477,7 +1493,13 @@ class JourneyEngine:
                     None,
                     None,
                     None,
-                    (("reason", found.reason), ("negative_moments", data[11])),
+                    (
+                        ("reason", found.reason),
+                        ("negative_moments", data[11]),
+                        *_segment_detail(
+                            data[16] if len(data) > 16 and isinstance(data[16], str) else ""
+                        ),
+                    ),
                 ),
             )
         )
@@ -1643,7 +1665,7 @@ class JourneyEngine:
                     touch.touchpoint,
                     touch.event_id,
                     value,
-                    detail,
+                    detail + _segment_detail(journey.segment) if journey.segment else detail,
                 ),
             )
         )
@@ -1672,6 +1694,7 @@ class JourneyEngine:
                         ("outcome", outcome),
                         ("peak", round(journey.peak, 4)),
                         ("end", round(journey.end, 4)),
+                        *_segment_detail(journey.segment),
                     ),
                 ),
             )
@@ -1696,9 +1719,9 @@ class JourneyEngine:
             return  # the common case: nothing to measure
         journey = touched[0] if touched else None
         context = (
-            (self.definitions[journey.definition].name, journey.journey_id)
+            (self.definitions[journey.definition].name, journey.journey_id, journey.segment)
             if journey
-            else (None, None)
+            else (None, None, "")
         )
         if touch.csat is not None:
             self._kpi(out, "csat", float(touch.csat), person_id, touch, context)
@@ -1731,7 +1754,7 @@ class JourneyEngine:
         value: float,
         person_id: str,
         touch: Touch,
-        context: tuple[str | None, str | None],
+        context: tuple[str | None, str | None, str],
         detail: tuple[tuple[str, Any], ...] = (),
     ) -> None:
         out.append(
@@ -1750,7 +1773,7 @@ class JourneyEngine:
                     touch.touchpoint,
                     touch.event_id,
                     value,
-                    detail,
+                    detail + _segment_detail(context[2]) if context[2] else detail,
                 ),
             )
         )

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any, Final, NamedTuple
 
 from pipeline.contract import IDENTIFIER_FIELDS, TouchpointEvent
+from pipeline.segment_rules import SegmentRules
 
 _new: Final = tuple.__new__
 
@@ -34,11 +35,15 @@ class Touch(NamedTuple):
     # its partition's watermark at most up to here, so a fast device clock cannot. Last, with a
     # default: hand-off messages carry touches as positional lists (pipeline/shard.py).
     received_at: int | None = None
+    # the segment whose rule it matches (pipeline/segment_rules.py), decided where it enters the
+    # workers and carried beside the touch in hand-off messages; a journey it starts is in it
+    segment: str | None = None
 
     @classmethod
-    def from_canonical(cls, data: dict[str, Any]) -> Touch:
+    def from_canonical(cls, data: dict[str, Any], segments: SegmentRules | None = None) -> Touch:
         """From the canonical JSON of an event validated already (``touchpoints.by_person``):
-        no second validation, about ten times cheaper than ``from_event``."""
+        no second validation, about ten times cheaper than ``from_event``. ``segments``: the
+        journeys file's, which decide the touch's segment."""
         get = data.get
         identifiers = tuple((name, data[name]) for name in IDENTIFIER_FIELDS if get(name))
         attributes = get("attributes")
@@ -63,11 +68,12 @@ class Touch(NamedTuple):
             get("currency"),
             str(issue) if issue is not None else None,
             _millis(received) if (received := get("received_at")) else None,
+            segments.segment_of(data["channel"], attributes) if segments else None,
         )
         return _new(cls, fields)  # every field given: NamedTuple's Python __new__ skipped
 
     @classmethod
-    def from_event(cls, event: TouchpointEvent) -> Touch:
+    def from_event(cls, event: TouchpointEvent, segments: SegmentRules | None = None) -> Touch:
         identifiers = tuple(
             (name, value) for name in IDENTIFIER_FIELDS if (value := getattr(event, name))
         )
@@ -91,6 +97,9 @@ class Touch(NamedTuple):
             currency=event.currency,
             issue=str(issue) if issue is not None else None,
             received_at=int(event.received_at.timestamp() * 1000),
+            segment=segments.segment_of(event.channel.value, event.attributes)
+            if segments
+            else None,
         )
 
 
