@@ -86,6 +86,29 @@ JOURNEYS_DROPOFFS_RETRACTED = Counter(
     "Drop-offs retracted because the journey then converted (labels: the drop-off's).",
     ["journey", "stage", "channel"],
 )
+# Per segment (pipeline/segment_rules.py): the journeys file names at most 20 segments, and a
+# journey in none is "other", so the label is bounded; no channel label (journey x stage x
+# segment), which keeps these series at most 21 times the stages.
+SEGMENT_STAGE_ENTERED = Counter(
+    "jw_segment_stage_entered_total",
+    "Journeys entering a stage, by the journey's segment (the denominator of its drop-off rate).",
+    ["journey", "stage", "segment"],
+)
+SEGMENT_CONVERTED = Counter(
+    "jw_segment_journeys_converted_total",
+    "Journeys that reached their goal, by the journey's segment.",
+    ["journey", "stage", "segment"],
+)
+SEGMENT_DROPPED_OFF = Counter(
+    "jw_segment_journeys_dropped_off_total",
+    "Journeys that dropped off at a stage, by the journey's segment.",
+    ["journey", "stage", "segment"],
+)
+SEGMENT_DROPOFFS_RETRACTED = Counter(
+    "jw_segment_dropoffs_retracted_total",
+    "Drop-offs retracted because the journey then converted, by the journey's segment.",
+    ["journey", "stage", "segment"],
+)
 JOURNEYS_RETIRED = Counter(
     "jw_journeys_retired_total",
     "In-flight journeys ended because the journeys file no longer has their journey or stage "

@@ -48,6 +48,7 @@ from pipeline.contract import Channel
 from pipeline.deadletter import Failure, failure_headers, failure_of
 from pipeline.definitions import JourneyCatalog, load_catalog
 from pipeline.engine import JourneyEngine, Output
+from pipeline.segment_rules import OTHER, SegmentRules
 from pipeline.settings import Settings
 from pipeline.shard import JourneyShard, Step
 from pipeline.touch import Touch
@@ -71,6 +72,10 @@ from sinks.metrics import (
     MOMENTS_OF_TRUTH,
     NEGATIVE_MOMENTS,
     OUTPUT_LATENCY,
+    SEGMENT_CONVERTED,
+    SEGMENT_DROPOFFS_RETRACTED,
+    SEGMENT_DROPPED_OFF,
+    SEGMENT_STAGE_ENTERED,
     SWEEP_SECONDS,
     TOUCHES_TAKEN,
     WATERMARK_ALIGNMENT_LAG,
@@ -148,9 +153,10 @@ def control_of(message: Message) -> int | tuple[str, ...] | None:
     return at
 
 
-def touch_of(raw: bytes) -> Touch:
-    """A validated event from ``touchpoints.by_person`` as the engine's ``Touch``."""
-    return Touch.from_canonical(orjson.loads(raw))
+def touch_of(raw: bytes, segments: SegmentRules | None = None) -> Touch:
+    """A validated event from ``touchpoints.by_person`` as the engine's ``Touch`` (with its
+    segment under ``segments``, the journeys file's)."""
+    return Touch.from_canonical(orjson.loads(raw), segments)
 
 
 class JourneyRole:
@@ -292,7 +298,7 @@ class JourneyRole:
                     continue
             if message.topic == by_person:
                 try:
-                    touch = touch_of(raw)
+                    touch = touch_of(raw, self.catalog.segment_rules)
                 except MemoryError:  # the worker's, not a record's: stops the batch
                     raise
                 except Exception as exc:  # bad input is data (the error policy)
@@ -329,7 +335,7 @@ class JourneyRole:
             elif control is not None:
                 shard.erase(control, message)  # (idempotent: replayed by a rebuild)
             else:
-                shard.touch(touch_of(raw), message, message.offset)
+                shard.touch(touch_of(raw, self.catalog.segment_rules), message, message.offset)
         else:
             shard.message(raw, message, message.offset)
 
@@ -785,6 +791,12 @@ class _Metrics:
         self.truth = LabelCache(MOMENTS_OF_TRUTH)
         self.latency = LabelCache(OUTPUT_LATENCY)
         self.kpis = ExperienceKpis(catalog)  # CSAT, NPS, FCR, complaint response, ...
+        # per segment: journey x stage x segment (the file's names and "other": bounded)
+        self.seg_entered = LabelCache(SEGMENT_STAGE_ENTERED)
+        self.seg_converted = LabelCache(SEGMENT_CONVERTED)
+        self.seg_dropped = LabelCache(SEGMENT_DROPPED_OFF)
+        self.seg_retracted = LabelCache(SEGMENT_DROPOFFS_RETRACTED)
+        self._segments = frozenset(catalog.segment_rules.names)
         self._counts: Tally[Any] = Tally()  # counter child → count not yet added
         # histogram (a latency child, the drop-off delay) → amounts not yet observed
         self._latencies: defaultdict[Any, list[float]] = defaultdict(list)
@@ -798,6 +810,23 @@ class _Metrics:
                 for stage in definition.stages:
                     for cache in (self.entered, self.converted, self.dropped, self.retracted):
                         cache.get(definition.name, stage.name, channel.value)
+            for stage in definition.stages:
+                for segment in catalog.segment_rules.labels():
+                    for seg_cache in (
+                        self.seg_entered,
+                        self.seg_converted,
+                        self.seg_dropped,
+                        self.seg_retracted,
+                    ):
+                        seg_cache.get(definition.name, stage.name, segment)
+
+    def _segment(self, o: Output) -> str:
+        """The output's journey's segment label: one of the file's names, else "other" (a
+        segment a newer or older journeys file named is "other" here: bounded labels)."""
+        detail = o.detail
+        if detail and detail[-1][0] == "segment" and detail[-1][1] in self._segments:
+            return str(detail[-1][1])
+        return OTHER
 
     def observe(self, o: Output, now: float) -> None:
         """Count ``o`` (counters are added up per batch: ``flush``) and observe its latency."""
@@ -809,16 +838,21 @@ class _Metrics:
             if o.name == "started":
                 counts[self.started.get(journey, channel)] += 1
                 counts[self.entered.get(journey, stage, channel)] += 1
+                counts[self.seg_entered.get(journey, stage, self._segment(o))] += 1
             elif o.name == "stage_reached":
                 counts[self.entered.get(journey, stage, channel)] += 1
+                counts[self.seg_entered.get(journey, stage, self._segment(o))] += 1
             elif o.name == "converted":
                 counts[self.converted.get(journey, stage, channel)] += 1
+                counts[self.seg_converted.get(journey, stage, self._segment(o))] += 1
             elif o.name == "dropped_off":
                 counts[self.dropped.get(journey, stage, channel)] += 1
+                counts[self.seg_dropped.get(journey, stage, self._segment(o))] += 1
                 self._latencies[DROPOFF_DELAY].append(max(0.0, now - o.at / 1000))
                 return
             elif o.name == "dropoff_retracted":
                 counts[self.retracted.get(journey, stage, channel)] += 1
+                counts[self.seg_retracted.get(journey, stage, self._segment(o))] += 1
                 return  # at is the drop-off's: not a latency
             elif o.name == "retired":
                 reason = str(dict(o.detail).get("reason", ""))
