@@ -237,7 +237,11 @@ def migrate() -> None:
     help="A period to compare with, e.g. 14d..7d or 2026-11-01..2026-11-08 (the before).",
 )
 @click.option("--channel", help="Only journeys that used this channel.")
-@click.option("--segment", type=click.Choice(["identified", "anonymous"]))
+@click.option(
+    "--segment",
+    help="Only journeys of this segment: identified, anonymous, a segment the journeys file "
+    "names (docs/segments.md) or other (in none of them).",
+)
 @click.option(
     "--out",
     required=True,

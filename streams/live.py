@@ -135,6 +135,7 @@ def fetch_alerts(
                 "journey": labels.get("journey"),
                 "stage": labels.get("stage"),
                 "channel": labels.get("channel"),
+                "segment": labels.get("segment"),
                 "summary": annotations.get("summary") or annotations.get("description"),
                 **_link_fields("runbook", annotations.get("runbook_url")),
                 **_link_fields("dashboard", _dashboard_link(annotations, grafana_url)),
@@ -168,8 +169,11 @@ class LiveFeed:
         grafana_url: str | None = None,
         *,
         alertmanager_auth: Callable[[], tuple[str, str] | None] | None = None,
+        segment: str | None = None,
     ) -> None:
         self._compute = compute
+        # the figures of one segment's journeys: its alerts, and those of no segment
+        self.segment = segment
         # asked before each fetch: the local run's password file appears after the sink starts
         self.alertmanager_auth = alertmanager_auth or (
             lambda: _credentials_for(self.alertmanager_url)
@@ -214,6 +218,10 @@ class LiveFeed:
             body["alerts"], body["alerts_status"] = await loop.run_in_executor(
                 self._pool, self._alerts
             )
+            if self.segment and body["alerts"] is not None:
+                body["alerts"] = [
+                    a for a in body["alerts"] if a.get("segment") in (None, self.segment)
+                ]
             body["run"] = self.run_status() if self.run_status else None
             figures = orjson.dumps(body)
             self.computed_at = time.monotonic()

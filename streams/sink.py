@@ -149,6 +149,10 @@ def partition_batches(
     ]
 
 
+class LiveSegmentError(ValueError):
+    """``?segment=`` names no segment of the journeys file; the message names the field."""
+
+
 class SinkRole:
     """Owns the ClickHouse client of this process and the sink agents."""
 
@@ -170,21 +174,12 @@ class SinkRole:
         self._read_pool = ThreadPoolExecutor(2, thread_name_prefix="ch-read")
         self.client = connect(settings.clickhouse_dsn)
         catalog = self.catalog = load_catalog(settings.journeys_file)
-        shapes = [JourneyShape(j.name, tuple(s.name for s in j.stages)) for j in catalog.journeys]
-        self.live = LiveFeed(
-            lambda: live_snapshot(
-                self.client,
-                settings.clickhouse_database,
-                shapes,
-                settings.live_window_minutes,
-                settings.live_baseline_minutes,
-            ),
-            self._read_pool,
-            settings.live_refresh_s,
-            settings.alertmanager_url,
-            settings.grafana_url,
-            alertmanager_auth=lambda: alertmanager_credentials(settings),
-        )
+        self._shapes = [
+            JourneyShape(j.name, tuple(s.name for s in j.stages)) for j in catalog.journeys
+        ]
+        self.live = self._new_feed(None)
+        # one more per segment asked for (?segment=): at most the journeys file's 20 and other
+        self._segment_feeds: dict[str, LiveFeed] = {}
         self.writer = ClickHouseWriter(
             self.client,
             settings.clickhouse_database,
@@ -192,6 +187,43 @@ class SinkRole:
             distributed=settings.clickhouse_cluster is not None,
             cluster=settings.clickhouse_cluster,
         )
+
+    def _new_feed(self, segment: str | None) -> LiveFeed:
+        settings = self.settings
+        segments = list(self.catalog.segment_rules.names)  # (the page's segment choice)
+        return LiveFeed(
+            lambda: (
+                live_snapshot(
+                    self.client,
+                    settings.clickhouse_database,
+                    self._shapes,
+                    settings.live_window_minutes,
+                    settings.live_baseline_minutes,
+                    segment,
+                )
+                | {"segments": segments}
+            ),
+            self._read_pool,
+            settings.live_refresh_s,
+            settings.alertmanager_url,
+            settings.grafana_url,
+            alertmanager_auth=lambda: alertmanager_credentials(settings),
+            segment=segment,
+        )
+
+    def live_feed(self, segment: str | None) -> LiveFeed:
+        """The live figures of ``segment`` (None: every journey); ``LiveSegmentError`` for a
+        segment the journeys file does not name."""
+        if not segment:
+            return self.live
+        feed = self._segment_feeds.get(segment)
+        if feed is None:
+            labels = self.catalog.segment_rules.labels()
+            if segment not in labels:
+                raise LiveSegmentError(f"segment: {segment!r} is not one of {', '.join(labels)}")
+            feed = self._segment_feeds[segment] = self._new_feed(segment)
+            feed.run_status = self.live.run_status
+        return feed
 
     def migrate(self) -> None:
         apply_migrations(
@@ -237,7 +269,8 @@ class SinkRole:
 
         @self.app.on_before_shutdown.connect
         async def _stopping(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-            self.live.close()  # (before the web server stops: it waits for open streams)
+            for feed in (self.live, *self._segment_feeds.values()):
+                feed.close()  # (before the web server stops: it waits for open streams)
 
         @self.app.page("/api/v1/stats")
         async def stats(view: faust.web.View, request: faust.web.Request) -> faust.web.Response:
@@ -249,15 +282,24 @@ class SinkRole:
 
         @self.app.page("/api/v1/live")
         async def live(view: faust.web.View, request: faust.web.Request) -> faust.web.Response:
-            return view.bytes(await self.live.current(), content_type="application/json")
+            try:
+                feed = self.live_feed(cast("Any", request).query.get("segment"))
+            except LiveSegmentError as exc:
+                return view.json({"error": str(exc)}, status=400)
+            return view.bytes(await feed.current(), content_type="application/json")
 
         @self.app.page("/api/v1/live/stream")
         async def live_stream(view: faust.web.View, request: faust.web.Request) -> Any:
             raw = cast("Any", request)
-            return await self.live.stream(raw, allowed=lambda: self.access.still_allowed(raw))
+            try:
+                feed = self.live_feed(raw.query.get("segment"))
+            except LiveSegmentError as exc:
+                return view.json({"error": str(exc)}, status=400)
+            return await feed.stream(raw, allowed=lambda: self.access.still_allowed(raw))
 
         async def live_refresh() -> None:
-            await self.live.tick()
+            for feed in (self.live, *self._segment_feeds.values()):
+                await feed.tick()  # (only those someone watches recompute)
 
         self.app.timer(settings.live_refresh_s)(live_refresh)
 
@@ -449,8 +491,18 @@ class SinkRole:
                 [{"name": j.name, "description": j.description} for j in catalog.journeys]
             ).decode()
         )
+        # the journeys file's segments (docs/segments.md), names checked by the file's loader
+        named = catalog.segment_rules.names
+        segment_options = "".join(
+            f'<option value="{name}">{html.escape(name.replace("_", " "))}</option>'
+            for name in (*named, "other")
+            if named
+        )
         page = (
-            _load_page("map.html").replace("__JOURNEYS__", journeys).replace("__MAP_CSS__", MAP_CSS)
+            _load_page("map.html")
+            .replace("__JOURNEYS__", journeys)
+            .replace("__MAP_CSS__", MAP_CSS)
+            .replace("__SEGMENT_OPTIONS__", segment_options)
         )
         database = self.settings.clickhouse_database
 

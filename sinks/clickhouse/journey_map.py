@@ -7,7 +7,9 @@ recent period still grow while its journeys are in progress. Each figure counts 
 (``uniqExact``), so a row written twice counts once. A channel filter keeps the journeys that
 entered a stage or ended on that channel (their other channels stay on the map: a journey is
 cross-channel); a segment filter keeps the journeys of identified customers (the person is a
-known customer, ``c:``, at some point of the journey) or of anonymous visitors only.
+known customer, ``c:``, at some point of the journey) or of anonymous visitors only, or those of
+one of the journeys file's named segments (the ``segment`` column, migration 0014:
+the segment of the touchpoint that started the journey; ``other``: in none of them).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pipeline.journeymap import (
     compare,
     parse_when,
 )
+from pipeline.segment_rules import OTHER
 from sinks.clickhouse.queries import newest_minute
 
 SEGMENTS = ("identified", "anonymous")
@@ -62,12 +65,17 @@ def load_journey_map(
     description: str = "",
     channel: str | None = None,
     segment: str | None = None,
+    named_segments: tuple[str, ...] = (OTHER,),
 ) -> JourneyMap:
+    """``named_segments``: the journeys file's segments and ``other``
+    (``SegmentRules.labels()``), which ``segment`` may name besides identified and anonymous."""
     for name, value in (("journey", journey), ("channel", channel)):
         if value is not None and not _NAME.match(value):
             raise MapRequestError(f"{name}: {value!r} is not a journey or channel name")
-    if segment is not None and segment not in SEGMENTS:
-        raise MapRequestError(f"segment: {segment!r} is not one of {', '.join(SEGMENTS)}")
+    if segment is not None and segment not in SEGMENTS and segment not in named_segments:
+        raise MapRequestError(
+            f"segment: {segment!r} is not one of {', '.join((*SEGMENTS, *named_segments))}"
+        )
     if until <= since:
         raise MapRequestError("until: the period must end after it starts")
     db = database
@@ -85,7 +93,12 @@ def load_journey_map(
         f"journey = '{journey}' AND journey_id IN "
         f"(SELECT journey_id FROM {events} WHERE {' AND '.join(cohort)})"
     )
-    if segment:
+    if segment and segment not in SEGMENTS:  # a named segment (its name checked above)
+        scope += (
+            f" AND journey_id IN (SELECT journey_id FROM {events} WHERE journey = '{journey}' "
+            f"AND type = 'journey' AND name = 'started' AND segment = '{segment}')"
+        )
+    elif segment:
         # identified: the journey's person is a known customer at some point (an anonymous
         # start that a login later joins to the customer is the customer's journey)
         known = (
@@ -298,6 +311,7 @@ def answer_map(
             description=definition.description,
             channel=request.channel,
             segment=request.segment,
+            named_segments=catalog.segment_rules.labels(),
         )
 
     after = one(request.since, request.until)

@@ -13,10 +13,18 @@ was re-emitted. Rates follow the alert rules and the analyst guide:
 The experience KPIs (``kpis``) are read from the engine's ``kpi`` and ``score`` outputs in
 ``experience_moments`` (each output once, by ``output_id``), for the window, the baseline and
 the same window a week before (``week_before``), as the KPI alert rules compare them.
+
+With a ``segment`` (one of the journeys file's segments, or ``other``: docs/segments.md) the
+journey figures, the negative moments, the journeys at risk and the KPIs are those of the
+journeys of that segment (the ``segment`` column of journey_events and experience_moments,
+migration 0014), read from the raw tables instead of the rollups, which have no segment;
+traffic stays the whole stream's (a touchpoint belongs to no journey yet when it is counted),
+so the negative moments per 100 touchpoints are not given (``null``).
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +42,16 @@ WEEK = timedelta(days=7)
 # The KPIs of the live page: what each figure is (docs/live-page.md, "Experience KPIs").
 KPIS = ("csat", "nps", "first_contact_resolution", "complaint_response", "peak_end")
 PERIODS = ("now", "baseline", "week_before")
+_SEGMENT = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+def _segment_sql(segment: str | None) -> str:
+    """`` AND segment = '<name>'`` (a name checked again here: it goes into SQL), or ""."""
+    if segment is None:
+        return ""
+    if not _SEGMENT.match(segment):
+        raise ValueError(f"segment: {segment!r} is not a segment name")
+    return f" AND segment = '{segment}'"
 
 
 @dataclass(frozen=True)
@@ -58,9 +76,12 @@ def _sql_time(moment: datetime) -> str:
     return f"toDateTime('{moment.strftime('%Y-%m-%d %H:%M:%S')}', 'UTC')"
 
 
-def empty_snapshot(window_minutes: int, baseline_minutes: int) -> dict[str, Any]:
+def empty_snapshot(
+    window_minutes: int, baseline_minutes: int, segment: str | None = None
+) -> dict[str, Any]:
     return {
         "as_of": None,
+        "segment": segment,
         "window_minutes": window_minutes,
         "baseline_minutes": baseline_minutes,
         "minutes": [],
@@ -85,7 +106,12 @@ def empty_kpis() -> dict[str, Any]:
 
 
 def kpi_figures(
-    client: Client, database: str, start: datetime, end: datetime, baseline_start: datetime
+    client: Client,
+    database: str,
+    start: datetime,
+    end: datetime,
+    baseline_start: datetime,
+    segment: str | None = None,
 ) -> dict[str, Any]:
     """The experience KPIs of the outputs at ``start`` <= at < ``end`` (``n``, ``value``), of
     the baseline (``baseline_start`` to ``start``) and of the same window a week before:
@@ -121,7 +147,7 @@ def kpi_figures(
         f"  SELECT name, at, value, detail FROM {db}.experience_moments "
         "  WHERE (type = 'score' AND name = 'peak_end' OR type = 'kpi' AND name IN "
         "  ('csat', 'nps', 'first_contact_resolution', 'complaint_response', 'ltv_increment')) "
-        f"  AND ({within}) AND value IS NOT NULL LIMIT 1 BY output_id"
+        f"  AND ({within}) AND value IS NOT NULL{_segment_sql(segment)} LIMIT 1 BY output_id"
         ") GROUP BY period, name, currency"
     ).result_rows
     figures: dict[str, dict[str, Any]] = {name: {} for name in KPIS}
@@ -171,12 +197,15 @@ def live_snapshot(
     journeys: Sequence[JourneyShape],
     window_minutes: int = 15,
     baseline_minutes: int = 360,
+    segment: str | None = None,
 ) -> dict[str, Any]:
-    """Everything the live page shows, as one JSON-ready dict (see docs/live-page.md)."""
+    """Everything the live page shows, as one JSON-ready dict (see docs/live-page.md); with
+    ``segment``, of that segment's journeys (the module's docstring)."""
     db = database
+    in_segment = _segment_sql(segment)
     as_of = newest_minute(client, db)
     if as_of is None:
-        return empty_snapshot(window_minutes, baseline_minutes)
+        return empty_snapshot(window_minutes, baseline_minutes, segment)
     start = as_of - timedelta(minutes=window_minutes - 1)
     baseline_start = start - timedelta(minutes=baseline_minutes)
     minutes = [start + timedelta(minutes=n) for n in range(window_minutes)]
@@ -184,6 +213,21 @@ def live_snapshot(
     window = f"minute BETWEEN {_sql_time(start)} AND {_sql_time(as_of)}"
     with_baseline = f"minute BETWEEN {_sql_time(baseline_start)} AND {_sql_time(as_of)}"
     current = f"minute >= {_sql_time(start)}"
+    journey_rollup, moment_rollup = f"{db}.journey_rollup_1m", f"{db}.moment_rollup_1m"
+    if segment is not None:  # the rollups' shape, from the raw rows of the segment
+        since = f"at >= {_sql_time(baseline_start)}"
+        journey_rollup = (
+            "(SELECT toStartOfMinute(at) AS minute, journey, stage, channel, name, "
+            f"uniqExactState(output_id) AS outputs FROM {db}.journey_events "
+            f"WHERE type = 'journey' AND {since}{in_segment} "
+            "GROUP BY minute, journey, stage, channel, name)"
+        )
+        moment_rollup = (
+            "(SELECT toStartOfMinute(at) AS minute, type, name, journey, stage, channel, "
+            f"uniqExactState(output_id) AS outputs FROM {db}.experience_moments "
+            f"WHERE type IN ('negative_moment', 'moment_of_truth') AND {since}{in_segment} "
+            "GROUP BY minute, type, name, journey, stage, channel)"
+        )
 
     # --- traffic per channel, per minute of the window, and the baseline per minute --------
     traffic: dict[str, list[int]] = defaultdict(lambda: [0] * window_minutes)
@@ -204,7 +248,7 @@ def live_snapshot(
     flow: dict[tuple[str, str, str, bool], int] = defaultdict(int)
     for journey, stage, name, is_current, count in client.query(
         f"SELECT journey, stage, name, {current} AS current, uniqExactMerge(outputs) "
-        f"FROM {db}.journey_rollup_1m WHERE {with_baseline} "
+        f"FROM {journey_rollup} WHERE {with_baseline} "
         "GROUP BY journey, stage, name, current"
     ).result_rows:
         # a retracted drop-off (the journey then converted) leaves the drop-offs: the
@@ -216,7 +260,7 @@ def live_snapshot(
     for minute, count in client.query(
         f"SELECT minute, uniqExactMergeIf(outputs, name = 'dropped_off') "
         "- uniqExactMergeIf(outputs, name = 'dropoff_retracted') "
-        f"FROM {db}.journey_rollup_1m "
+        f"FROM {journey_rollup} "
         f"WHERE {window} AND name IN ('dropped_off', 'dropoff_retracted') GROUP BY minute"
     ).result_rows:
         drops_per_minute[index[minute.replace(tzinfo=UTC)]] = int(count)
@@ -265,7 +309,7 @@ def live_snapshot(
     negatives_per_minute: list[int] = [0] * window_minutes
     for minute, channel, is_current, count in client.query(
         f"SELECT minute, channel, {current} AS current, uniqExactMerge(outputs) "
-        f"FROM {db}.moment_rollup_1m WHERE {with_baseline} AND type = 'negative_moment' "
+        f"FROM {moment_rollup} WHERE {with_baseline} AND type = 'negative_moment' "
         "GROUP BY minute, channel, current"
     ).result_rows:
         if is_current:
@@ -279,8 +323,12 @@ def live_snapshot(
             "channel": channel,
             "negative_moments": negatives_now[channel],
             "touchpoints": touch_now[channel],
-            "per_100_touchpoints": _per_100(negatives_now[channel], touch_now[channel]),
-            "baseline_per_100_touchpoints": _per_100(negatives_base[channel], touch_base[channel]),
+            "per_100_touchpoints": None
+            if segment
+            else _per_100(negatives_now[channel], touch_now[channel]),
+            "baseline_per_100_touchpoints": None
+            if segment
+            else _per_100(negatives_base[channel], touch_base[channel]),
         }
         for channel in channels
     ]
@@ -303,7 +351,7 @@ def live_snapshot(
             client.query(
                 "SELECT at, name, journey, stage, channel, touchpoint, detail, journey_id, "
                 "person_id "
-                f"FROM {db}.experience_moments WHERE type = 'negative_moment' "
+                f"FROM {db}.experience_moments WHERE type = 'negative_moment'{in_segment} "
                 f"AND at >= {_sql_time(start)} AND at < {_sql_time(as_of + timedelta(minutes=1))} "
                 f"ORDER BY at DESC, output_id LIMIT 1 BY output_id LIMIT {FEED_LENGTH}"
             ).result_rows
@@ -317,7 +365,7 @@ def live_snapshot(
         f"FROM {db}.experience_moments "
         f"WHERE type = 'moment_of_truth' AND at >= {_sql_time(baseline_start)} "
         f"AND at < {_sql_time(as_of + timedelta(minutes=1))} "
-        "AND JSONExtractBool(detail, 'passed') = 0 AND journey_id != '' "
+        f"AND JSONExtractBool(detail, 'passed') = 0 AND journey_id != ''{in_segment} "
         "AND journey_id NOT IN ("
         f"  SELECT journey_id FROM {db}.journey_events "
         f"  WHERE name IN ('converted', 'dropped_off') AND at >= {_sql_time(baseline_start)}"
@@ -339,6 +387,7 @@ def live_snapshot(
     ]
     return {
         "as_of": _iso(as_of),
+        "segment": segment,
         "window_minutes": window_minutes,
         "baseline_minutes": baseline_minutes,
         "minutes": [_iso(m) for m in minutes],
@@ -360,7 +409,9 @@ def live_snapshot(
         "negative_moment_rates": negative_rates,
         "negative_moments": feed,
         "at_risk": at_risk,
-        "kpis": kpi_figures(client, db, start, as_of + timedelta(minutes=1), baseline_start),
+        "kpis": kpi_figures(
+            client, db, start, as_of + timedelta(minutes=1), baseline_start, segment
+        ),
     }
 
 

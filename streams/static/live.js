@@ -34,10 +34,13 @@ function link(name, url, text) {
 // The journey map of what the page shows: the journeys started in its window, compared with its
 // baseline, the stage (and the channel) selected. Names come from the journeys file.
 let periods = {since: "15m", compare_since: "375m", compare_until: "15m"};
+// ?segment=NAME: the figures of one segment's journeys (docs/segments.md); its map too.
+const segment = new URLSearchParams(window.location.search).get("segment") || "";
 function mapHref(journey, stage, channel) {
   const q = new URLSearchParams(periods);
   if (stage) q.set("stage", stage);
   if (channel) q.set("channel", channel);
+  if (segment) q.set("segment", segment);
   return "/map/" + encodeURIComponent(journey) + "?" + q.toString();
 }
 function mapLink(text, journey, stage, channel) {
@@ -117,16 +120,34 @@ function renderKpis(kpis) {
     ...kpis.revenue.map((r) => kpiTile(`revenue.${r.currency}`, `Revenue (${r.currency}, known customers)`, "purchases", r, money(r.currency), (now, base) => now < 0.5 * base)));
 }
 
+function renderSegments(names) {
+  const choice = document.getElementById("segment-choice");
+  const select = document.getElementById("segment");
+  const known = names.length ? [...names, "other"] : [];
+  choice.hidden = !known.length && !segment;
+  if (select.options.length === known.length + 1) return;
+  select.replaceChildren(el("option", {value: ""}, "all journeys"),
+    ...known.map((name) => el("option", {value: name}, label(name))));
+  select.value = segment;
+}
+document.getElementById("segment").addEventListener("change", (event) => {
+  const q = new URLSearchParams(window.location.search);
+  if (event.target.value) q.set("segment", event.target.value); else q.delete("segment");
+  window.location.search = q.toString();
+});
+
 function render(s) {
   periods = {since: `${s.window_minutes}m`, compare_since: `${s.window_minutes + s.baseline_minutes}m`, compare_until: `${s.window_minutes}m`};
   document.getElementById("window").textContent = s.as_of
     ? `Last ${s.window_minutes} minutes up to ${time(s.as_of)} (newest touchpoint); baseline: the ${s.baseline_minutes} minutes before`
     : "No touchpoints yet.";
+  if (s.segment) document.getElementById("window").prepend(el("strong", {"data-segment": s.segment}, `Segment ${label(s.segment)}: `));
   for (const [k, v] of Object.entries(s.totals)) {
     const node = document.querySelector(`[data-figure="totals.${k}"]`);
     if (node) { node.textContent = fmt.format(v); node.dataset.value = v; }
   }
   renderKpis(s.kpis);
+  renderSegments(s.segments || []);
   // alerts
   const alerts = document.getElementById("alerts");
   if (s.alerts === null) {
@@ -213,7 +234,7 @@ function render(s) {
 
 const connection = document.getElementById("connection");
 function connect() {
-  const source = new EventSource("/api/v1/live/stream");
+  const source = new EventSource("/api/v1/live/stream" + (segment ? "?segment=" + encodeURIComponent(segment) : ""));
   source.onopen = () => { connection.dataset.state = "live"; connection.textContent = "live"; };
   source.onmessage = (event) => render(JSON.parse(event.data));
   source.onerror = () => { connection.dataset.state = "reconnecting"; connection.textContent = "reconnecting"; };
