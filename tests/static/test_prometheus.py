@@ -191,3 +191,27 @@ def test_the_local_monitoring_web_config_passes_promtool(tmp_path: Path) -> None
     path.write_text(yaml.safe_dump(config))
     assert "SUCCESS" in run("promtool", "check", "web-config", str(path))
     assert bcrypt.checkpw(b"a-password", config["basic_auth_users"][USERNAME].encode())
+
+
+def test_a_journeys_drop_off_page_inhibits_the_segment_warnings_of_that_stage() -> None:
+    """SegmentDropOffSpike (docs/segments.md) goes to the chat; when the whole journey's stage
+    pages, its segments' warnings say nothing more."""
+    config = yaml.safe_load(ALERTMANAGER.read_text())
+    rule = next(
+        r
+        for r in config["inhibit_rules"]
+        if r["target_matchers"] == ['alertname="SegmentDropOffSpike"']
+    )
+    assert rule["source_matchers"] == ['alertname="JourneyDropOffSpike"']
+    assert rule["equal"] == ["journey", "stage"]
+    out = run(
+        "amtool",
+        "config",
+        "routes",
+        "test",
+        f"--config.file={ALERTMANAGER}",
+        "alertname=SegmentDropOffSpike",
+        "severity=warning",
+        "segment=gold",
+    )
+    assert out.strip().splitlines()[0] == "ops-chat"
