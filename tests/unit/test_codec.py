@@ -486,6 +486,7 @@ TOUCHES = st.builds(
     OPTIONAL_TEXT,
     OPTIONAL_TEXT,
     st.none() | TIME,
+    OPTIONAL_TEXT,  # segment (travels beside the touch, as received_at does)
 )
 STRINGS = st.lists(TEXT, max_size=3)
 MESSAGES = st.one_of(
