@@ -338,16 +338,15 @@ def _map_from_api(api: str, request: Any) -> dict[str, Any]:
 
 def _api_headers() -> dict[str, str]:
     """The sink's API wants a token: the one of these settings (or of the local run)."""
-    from streams.webauth import client_token
+    from streams.sink_api import auth_headers
 
-    token = client_token(_settings())
-    return {"Authorization": f"Bearer {token}"} if token else {}
+    return auth_headers(_settings())
 
 
 def _sign_in_hint(status: int) -> str:
-    if status in (401, 403):
-        return " (set JW_WEB_READ_TOKEN or JW_WEB_ADMIN_TOKEN to a token of that sink)"
-    return ""
+    from streams.sink_api import SIGN_IN_HINT
+
+    return SIGN_IN_HINT if status in (401, 403) else ""
 
 
 # a query may begin with a comment ("-- query: ..."): an argument, not an unknown option
@@ -416,44 +415,31 @@ def _sql_direct(settings: Settings, query: str) -> dict[str, Any]:
 
 
 def _sql_via_api(api: str, query: str, settings: Settings) -> dict[str, Any]:
-    import urllib.error
-    import urllib.request
+    from streams.sink_api import NotAnApiUrl, SinkApiError, SinkUnreachable, call_sink_api
 
-    if not api.startswith(("http://", "https://")):
-        raise click.BadParameter("must be an http(s) URL", param_hint="--api")
-    url = f"{api.rstrip('/')}/api/v1/sql"
-    request = urllib.request.Request(  # noqa: S310 - http(s), checked above
-        url,
-        data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json", **_api_headers()},
-        method="POST",
-    )
     # the sink stops the query at its own time limit; this waits a little longer for it
-    timeout = max(60.0, settings.sql_timeout_s + 30)
+    timeout_s = max(60.0, settings.sql_timeout_s + 30)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            return dict(json.loads(response.read()))
-    except urllib.error.HTTPError as exc:
-        try:
-            message = str(json.loads(exc.read())["error"])
-        except (ValueError, KeyError, TypeError):
-            message = f"HTTP {exc.code}"
-        if exc.code == 401:
+        return call_sink_api(settings, api, "/api/v1/sql", {"query": query}, timeout_s)
+    except NotAnApiUrl as exc:
+        raise click.BadParameter("must be an http(s) URL", param_hint="--api") from exc
+    except SinkUnreachable as exc:
+        raise click.ClickException(
+            exc.message
+            + ("" if settings.embedded_clickhouse else ", or query ClickHouse with --direct")
+        ) from exc
+    except SinkApiError as exc:
+        message = exc.message
+        if exc.status == 401:
             message = (
-                f"{url}: sign-in needed (HTTP 401): set JW_WEB_READ_TOKEN to the sink's "
+                f"{exc.url}: sign-in needed (HTTP 401): set JW_WEB_READ_TOKEN to the sink's "
                 "read-only token (or JW_WEB_ADMIN_TOKEN); a local `journeywatch run` keeps its "
                 "generated admin token in JW_DATA_DIR/web-admin.token, read by this command "
                 "from the same directory"
             )
-        elif exc.code == 404:
-            message = f"{url}: HTTP 404: is this a journeywatch sink (JW_STATUS_PORT)?"
+        elif exc.status == 404:
+            message = f"{exc.url}: HTTP 404: is this a journeywatch sink (JW_STATUS_PORT)?"
         raise click.ClickException(message) from exc
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot reach journeywatch at {api} ({exc}): start it with `make run` (or "
-            "`journeywatch run`), or give the URL of a running sink with --api"
-            + ("" if settings.embedded_clickhouse else ", or query ClickHouse with --direct")
-        ) from exc
 
 
 def _sql_output(answer: dict[str, Any], fmt: str) -> str:
@@ -539,7 +525,7 @@ def customer(identifier: str, fmt: str, api: str | None, direct: bool) -> None:
             timeline = _customer_direct(settings, key)
         else:
             url = api or f"http://127.0.0.1:{settings.status_port}"
-            timeline = timeline_via_api(url, key, _api_headers())
+            timeline = timeline_via_api(settings, url, key)
     except TimelineError as exc:
         raise click.ClickException(str(exc)) from exc
     if fmt == "json":

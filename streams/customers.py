@@ -8,7 +8,6 @@ the sink's API (the command hashes before it asks), into answers. Nothing here l
 
 from __future__ import annotations
 
-import json
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +15,13 @@ from typing import Any
 from pipeline.pii import hash_email, hash_phone
 from pipeline.settings import Settings
 from sinks.clickhouse.customers import TimelineError, parse_identifier
+from streams.sink_api import (
+    SIGN_IN_HINT,
+    NotAnApiUrl,
+    SinkApiError,
+    SinkUnreachable,
+    call_sink_api,
+)
 
 
 def hashers(settings: Settings) -> dict[str, Callable[[str], str] | None]:
@@ -40,32 +46,18 @@ def customer_path(key: str) -> str:
     return "/api/v1/customers/" + urllib.parse.quote(key, safe=":@")
 
 
-def timeline_via_api(api: str, key: str, headers: dict[str, str]) -> dict[str, Any]:
+def timeline_via_api(settings: Settings, api: str, key: str) -> dict[str, Any]:
     """``GET /api/v1/customers/{key}`` on a running sink (it owns the embedded ClickHouse)."""
-    import urllib.error
-    import urllib.request
-
-    if not api.startswith(("http://", "https://")):
-        raise TimelineError("--api must be an http(s) URL")
-    url = api.rstrip("/") + customer_path(key)
-    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - http(s), checked
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
-            return dict(json.loads(response.read()))
-    except urllib.error.HTTPError as exc:
-        try:
-            message = str(json.loads(exc.read())["error"])
-        except (ValueError, KeyError, TypeError):
-            message = f"HTTP {exc.code}"
-        if exc.code in (401, 403):
-            message += " (set JW_WEB_READ_TOKEN or JW_WEB_ADMIN_TOKEN to a token of that sink)"
-        raise TimelineError(message, status=exc.code) from exc
-    except OSError as exc:
-        raise TimelineError(
-            f"cannot reach journeywatch at {api} ({exc}): start it with `make run`, or give "
-            "the URL of a running sink with --api",
-            status=503,
-        ) from exc
+        return call_sink_api(settings, api, customer_path(key))
+    except NotAnApiUrl as exc:
+        raise TimelineError(exc.message) from exc
+    except SinkUnreachable as exc:
+        raise TimelineError(exc.message, status=503) from exc
+    except SinkApiError as exc:
+        status = exc.status or 502
+        hint = SIGN_IN_HINT if status in (401, 403) else ""
+        raise TimelineError(exc.message + hint, status=status) from exc
 
 
 def _cell(value: Any) -> str:
