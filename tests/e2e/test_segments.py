@@ -1,9 +1,10 @@
 """Segments end to end (docs/segments.md): a journeys file naming two segments; customers'
 events through the collector into two workers on the embedded broker and the sink with
 ClickHouse (chdb). Each journey is in the segment of the touchpoint that started it, whatever
-order the events are posted in and across the workers' hand-offs; the live API, the journey map
-(API and `journeywatch map`), the workers' per-segment metrics and the ClickHouse column all
-give the segment's own figures, and an unknown segment is refused naming the field."""
+order the events are posted in and across the workers' hand-offs; the live API and page (headless
+Chromium), the journey map (API and `journeywatch map`), the workers' per-segment metrics and
+the ClickHouse column all give the segment's own figures, and an unknown segment is refused
+naming the field."""
 
 from __future__ import annotations
 
@@ -16,8 +17,17 @@ from typing import Any
 import pytest
 
 from streams.broker import EmbeddedBroker
+from tests.browser import chromium, sign_in
 from tests.e2e.stack import Topology, clock_events, day_start
-from tests.helpers import http_get, http_json, metric_values, query_chdb, run_cli, wait_until
+from tests.helpers import (
+    WEB_READ_TOKEN,
+    http_get,
+    http_json,
+    metric_values,
+    query_chdb,
+    run_cli,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -179,9 +189,32 @@ def test_segments_filter_the_live_page_the_journey_map_and_the_metrics(
             if s["stage"] == "payment"
         )
         assert payment["dropped_off"] == 9 and payment["drop_off_rate"] == round(9 / 13, 4)
-        status, body = http_get(f"{base}/api/v1/live?segment=platinum")
-        assert status == 400 and b"segment: 'platinum' is not one of gold, eu_stores, other" in body
+        status, refused = http_get(f"{base}/api/v1/live?segment=platinum")
+        assert status == 400
+        assert b"segment: 'platinum' is not one of gold, eu_stores, other" in refused
         assert http_get(f"{base}/api/v1/live/stream?segment=platinum")[0] == 400
+
+        # the page: the segment chosen in its header, the figures its journeys', by push
+        with chromium() as browser:
+            page = browser.page
+            sign_in(page, base, WEB_READ_TOKEN)
+            page.goto(f"{base}/?segment=gold")
+
+            def started_on_page() -> int | None:
+                return browser.figures().get("totals.started")
+
+            wait_until(lambda: started_on_page() == 13, 20, "the gold segment's page")
+            browser.screenshot("live-page-segment-gold.png")
+            assert page.input_value("#segment") == "gold"
+            assert page.get_attribute("[data-segment]", "data-segment") == "gold"
+            journey_link = page.get_attribute('[data-map="online_purchase"]', "href") or ""
+            assert "segment=gold" in journey_link  # its map, of the same segment
+            page.select_option("#segment", "eu_stores")
+            page.wait_for_url(f"{base}/?segment=eu_stores")
+            wait_until(lambda: started_on_page() == 3, 20, "the EU stores' page")
+            page.select_option("#segment", "")
+            wait_until(lambda: started_on_page() == 27, 20, "every journey again")
+            assert not browser.errors, browser.errors
 
         # the journey map: the journeys of the segment that started in the period
         period = f"since={iso(start - M)}&until={iso(start + H)}"
@@ -198,8 +231,8 @@ def test_segments_filter_the_live_page_the_journey_map_and_the_metrics(
         assert (http_json(f"{base}/api/v1/map/online_purchase?{period}&segment=identified"))["map"][
             "started"
         ] == 24  # the built-in filter still works: every journey but the anonymous
-        status, body = http_get(f"{base}/api/v1/map/online_purchase?{period}&segment=silver")
-        assert status == 400 and b"segment: 'silver' is not one of" in body
+        status, refused = http_get(f"{base}/api/v1/map/online_purchase?{period}&segment=silver")
+        assert status == 400 and b"segment: 'silver' is not one of" in refused
         out = tmp_path / "gold.svg"
         made = run_cli(
             [
