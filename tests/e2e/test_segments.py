@@ -213,6 +213,7 @@ def test_segments_filter_the_live_page_the_journey_map_and_the_metrics(
             page.wait_for_url(f"{base}/?segment=eu_stores")
             wait_until(lambda: started_on_page() == 3, 20, "the EU stores' page")
             page.select_option("#segment", "")
+            page.wait_for_url(lambda url: "segment=" not in url)
             wait_until(lambda: started_on_page() == 27, 20, "every journey again")
             assert not browser.errors, browser.errors
 
