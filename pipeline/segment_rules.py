@@ -140,14 +140,16 @@ class SegmentRules:
         for name, channels, wanted in self._rules:
             if channels is not None and channel not in channels:
                 continue
-            if wanted:
-                if not attributes:
-                    continue
-                if not all(
-                    attribute_text(attributes.get(key)) in allowed for key, allowed in wanted
-                ):
-                    continue
-            return name
+            if not wanted:
+                return name
+            if not attributes:
+                continue
+            for key, allowed in wanted:  # (a loop, not all(...): once per touchpoint)
+                value = attributes.get(key)
+                if (value if type(value) is str else attribute_text(value)) not in allowed:
+                    break
+            else:
+                return name
         return None
 
     def labels(self) -> tuple[str, ...]:
