@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.collect import prepare_event
 from pipeline.contract import TouchpointEvent
-from pipeline.definitions import load_catalog
+from pipeline.definitions import JourneyCatalog, load_catalog
 from pipeline.engine import JourneyEngine, Output
 from pipeline.scenario import DaySimulator, Incident
 from pipeline.touch import Touch
@@ -36,11 +36,13 @@ DAY = datetime(2026, 11, 2, tzinfo=UTC)  # a day inside the retention of the tab
 
 
 def engine_rows(
-    events: list[dict[str, Any]],
+    events: list[dict[str, Any]], catalog: JourneyCatalog | None = None
 ) -> tuple[dict[str, list[list[Any]]], list[Output]]:
     """The rows the sink would write for ``events`` (table → rows, each row's Kafka offset its
-    index), through the collector's preparation, the journey engine and the row builders."""
-    engine = JourneyEngine(load_catalog(), allowed_lateness_ms=60_000)
+    index), through the collector's preparation, the journey engine and the row builders
+    (``catalog``: the journeys file, default the shipped one; its segments decide touches')."""
+    catalog = catalog or load_catalog()
+    engine = JourneyEngine(catalog, allowed_lateness_ms=60_000)
     touch_rows: list[list[Any]] = []
     outputs: list[Output] = []
     for n, data in enumerate(events):
@@ -57,7 +59,7 @@ def engine_rows(
         touch_rows.append(
             touchpoint_row(orjson.loads(event.to_json()), "touchpoints.by_person", "t", 0, n)
         )
-        outputs.extend(engine.submit(Touch.from_event(event)))
+        outputs.extend(engine.submit(Touch.from_event(event, catalog.segment_rules)))
     outputs.extend(engine.flush())
     tables = {"touchpoints": touch_rows}
     for table, kinds in (("journey_events", True), ("experience_moments", False)):
@@ -66,10 +68,12 @@ def engine_rows(
     return tables, outputs
 
 
-def fill(client: Any, db: str, events: list[dict[str, Any]]) -> list[Output]:
+def fill(
+    client: Any, db: str, events: list[dict[str, Any]], catalog: JourneyCatalog | None = None
+) -> list[Output]:
     """What the workers and the sink would write, through the same engine and row builders."""
     apply_migrations(client, db, retention_days=3650)
-    tables, outputs = engine_rows(events)
+    tables, outputs = engine_rows(events, catalog)
     writer = ClickHouseWriter(client, db)
     touch_rows = tables["touchpoints"]
     writer.write(
