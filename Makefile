@@ -71,10 +71,13 @@ system-deps:
 	if [ -n "$$missing" ]; then apt-get update -q && apt-get install -y -q $$missing; fi
 
 # the unit tests (engine scenarios and properties) against the plain modules, then the whole
-# suite against the compiled build (JW_COMPILED=1: fails rather than fall back to plain)
+# suite against the compiled build (JW_COMPILED=1: fails rather than fall back to plain), in
+# TEST_JOBS processes (pytest-xdist): the end-to-end tests mostly wait on a paced day, and each
+# starts its own broker, ClickHouse and workers on free loopback ports. TEST_JOBS=1 runs it in one.
+TEST_JOBS ?= 2
 test: $(STAMP) system-deps $(NODE_STAMP) lint $(COMPILED)
 	JW_COMPILED=0 $(PY) -m pytest -q -p no:cacheprovider tests/unit
-	JW_COMPILED=1 $(PY) -m pytest -q --durations=40
+	JW_COMPILED=1 $(PY) -m pytest -q --durations=40 $(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist worksteal)
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
