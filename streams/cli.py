@@ -758,9 +758,22 @@ def journeys_check(file: Path | None) -> None:
     for name, mapping in catalog.sources.items():
         webhook = f", webhook ({mapping.webhook.kind})" if mapping.webhook else ""
         click.echo(f"source {name}: {len(mapping.rules)} rules{webhook}")
+    for segment in catalog.segments:
+        click.echo(f"segment {segment.name}: {_segment_rule(segment.match)}")
     for line in _action_lines(catalog):
         click.echo(line)
     click.echo(f"{path or 'built-in definitions'}: version {catalog.version}, valid")
+
+
+def _segment_rule(match: Any) -> str:
+    """A segment's rule as ``journeys check`` prints it: ``channel in store and tier in gold,
+    platinum`` (docs/segments.md)."""
+    parts = [f"channel in {', '.join(c.value for c in match.channel)}"] if match.channel else []
+    parts += [
+        f"{key} in {', '.join(str(v) for v in allowed)}"
+        for key, allowed in match.attributes.items()
+    ]
+    return " and ".join(parts)
 
 
 @journeys.command("diff")

@@ -153,3 +153,19 @@ def test_run_refuses_a_data_directory_another_run_uses(
     assert f"another journeywatch run (pid 4242) uses {data}" in result.output
     assert "JW_DATA_DIR" in result.output
     assert state.exists()  # the other run's worker state is left alone
+
+
+def test_journeys_check_lists_the_segments_with_their_rules(tmp_path: Path) -> None:
+    good = tmp_path / "journeys.yaml"
+    good.write_text(
+        "version: 1\njourneys:\n  - name: buy\n"
+        "    stages: [{name: cart, match: [{touchpoint: 'cart.*'}], timeout: 1h}]\n"
+        "    goal: [{touchpoint: order.placed}]\n"
+        "segments:\n"
+        "  - {name: gold, match: {attributes: {tier: [gold, platinum]}}}\n"
+        "  - {name: eu_stores, match: {channel: [store], attributes: {region: EU}}}\n"
+    )
+    result = CliRunner().invoke(main, ["journeys", "check", str(good)])
+    assert result.exit_code == 0, result.output
+    assert "segment gold: tier in gold, platinum\n" in result.output
+    assert "segment eu_stores: channel in store and region in EU\n" in result.output
