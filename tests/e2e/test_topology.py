@@ -348,6 +348,12 @@ def test_two_workers_find_the_ground_truth_of_a_day(broker: EmbeddedBroker, tmp_
         entered[journey] += int(n)
     journeys = Counter(k[0] for k in truth.elements())
     assert all(entered[j] >= n for j, n in journeys.items()), (entered, journeys)
+    segments = query_chdb(chdb, guide_query("drop-off rate by segment and stage"))
+    # the default journeys file names no segment: every journey is in "other"
+    assert {row[1] for row in segments} == {"other"}, segments
+    assert +Counter({(j, st): int(d) for j, _, st, _, d, _ in segments}) == Counter(
+        (k[0], k[3]) for k in truth.elements() if k[2] == "dropped_off"
+    )
     surveys = query_chdb(chdb, guide_query("csat and nps by channel and week"))
     start = day_start()
     simulator = DaySimulator(31, start, 500, default_incidents(start))  # the same day again
