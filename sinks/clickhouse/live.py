@@ -216,10 +216,19 @@ def live_snapshot(
     journey_rollup, moment_rollup = f"{db}.journey_rollup_1m", f"{db}.moment_rollup_1m"
     if segment is not None:  # the rollups' shape, from the raw rows of the segment
         since = f"at >= {_sql_time(baseline_start)}"
+        # The rollups keep a retracted drop-off and net its retraction out; the raw table
+        # loses the drop-off (the writer deletes it: sinks/clickhouse/writer.py). So here a
+        # drop-off counts only when its journey has no retraction (one drop-off per journey,
+        # the retraction at the drop-off's own time), and retractions are left out: else a
+        # segment's drop-offs lose each retracted one twice. (Any segment's retraction: one
+        # an earlier release's worker wrote without the journey's segment retracts it too.)
         journey_rollup = (
             "(SELECT toStartOfMinute(at) AS minute, journey, stage, channel, name, "
             f"uniqExactState(output_id) AS outputs FROM {db}.journey_events "
             f"WHERE type = 'journey' AND {since}{in_segment} "
+            "AND name != 'dropoff_retracted' AND NOT (name = 'dropped_off' AND journey_id IN "
+            f"(SELECT journey_id FROM {db}.journey_events WHERE type = 'journey' "
+            f"AND name = 'dropoff_retracted' AND {since})) "
             "GROUP BY minute, journey, stage, channel, name)"
         )
         moment_rollup = (

@@ -12,11 +12,14 @@ from typing import Any
 
 import pytest
 
-from pipeline.definitions import parse_catalog
+from pipeline.definitions import load_catalog, parse_catalog
 from sinks.clickhouse.live import JourneyShape, live_snapshot
+from sinks.clickhouse.migrations import apply_migrations
 from tests.helpers import ClickHouse
 from tests.integration.test_live_figures import DAY, fill
+from tests.integration.test_one_outcome import scenario, write
 from tests.live_figures import morning
+from tests.unit.journeys import T0, H
 
 pytestmark = pytest.mark.integration
 
@@ -98,3 +101,31 @@ def test_the_segments_figures_add_up_to_every_journeys(clickhouse: ClickHouse) -
     retracted = gold("dropoff_retracted")
     assert each["gold"]["totals"]["started"] == gold("started")
     assert each["gold"]["totals"]["dropped_off"] == gold("dropped_off") - retracted
+
+
+def test_a_retracted_drop_off_leaves_a_segment_once(clickhouse: ClickHouse) -> None:
+    """The sink deletes a retracted drop-off's row from journey_events (sinks/clickhouse/
+    writer.py) while the rollups keep it and net the retraction out: a segment's figures, read
+    from the raw rows, must not subtract the retraction a second time. The scenario of
+    tests/integration/test_one_outcome.py (three drop-offs, one then converted by a late
+    touchpoint and retracted) in a file without segments: the segment other holds every
+    journey, so its figures are the unfiltered page's."""
+    client, db = clickhouse
+    apply_migrations(client, db, retention_days=3650)
+    outputs = scenario()
+    assert sum(1 for o in outputs if o.name == "dropoff_retracted") == 1
+    write(client, db, outputs)
+    newest = datetime.fromtimestamp((T0 + 3 * H) / 1000, UTC).replace(second=0, microsecond=0)
+    client.insert(
+        f"{db}.touchpoint_rollup_1m",
+        [[newest, "web", "checkout.payment", "", 1]],
+        column_names=["minute", "channel", "touchpoint", "outcome", "events"],
+    )
+    shapes = [
+        JourneyShape(j.name, tuple(s.name for s in j.stages)) for j in load_catalog().journeys
+    ]
+    every = live_snapshot(client, db, shapes, window_minutes=300, baseline_minutes=60)
+    other = live_snapshot(client, db, shapes, 300, 60, segment="other")
+    assert every["totals"]["dropped_off"] == 2  # three reported, one retracted
+    assert counts(other) == counts(every)
+    assert other["drop_offs_per_minute"] == every["drop_offs_per_minute"]
