@@ -200,6 +200,7 @@ class SinkRole:
                     settings.live_window_minutes,
                     settings.live_baseline_minutes,
                     segment,
+                    segments,
                 )
                 | {"segments": segments}
             ),

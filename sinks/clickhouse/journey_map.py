@@ -34,6 +34,7 @@ from pipeline.journeymap import (
     parse_when,
 )
 from pipeline.segment_rules import OTHER
+from sinks.clickhouse.live import segment_sql
 from sinks.clickhouse.queries import newest_minute
 
 SEGMENTS = ("identified", "anonymous")
@@ -96,7 +97,8 @@ def load_journey_map(
     if segment and segment not in SEGMENTS:  # a named segment (its name checked above)
         scope += (
             f" AND journey_id IN (SELECT journey_id FROM {events} WHERE journey = '{journey}' "
-            f"AND type = 'journey' AND name = 'started' AND segment = '{segment}')"
+            f"AND type = 'journey' AND name = 'started'"
+            f"{segment_sql(segment, named_segments)})"
         )
     elif segment:
         # identified: the journey's person is a known customer at some point (an anonymous

@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client
 
+from pipeline.segment_rules import OTHER
 from sinks.clickhouse.queries import newest_minute
 
 ENTRIES = ("started", "stage_reached")
@@ -45,12 +46,21 @@ PERIODS = ("now", "baseline", "week_before")
 _SEGMENT = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
-def _segment_sql(segment: str | None) -> str:
-    """`` AND segment = '<name>'`` (a name checked again here: it goes into SQL), or ""."""
+def segment_sql(segment: str | None, named: Sequence[str] | None = None) -> str:
+    """`` AND segment = '<name>'``, or "" for no segment (names checked again here: they go
+    into SQL). Given ``named``, the journeys file's segments, ``other`` is every journey in
+    none of them: also one whose segment an earlier file named (in flight when the file was
+    edited), as the workers' metrics count it (streams/journeys.py), so that the segments
+    still add up to every journey's figures."""
     if segment is None:
         return ""
-    if not _SEGMENT.match(segment):
-        raise ValueError(f"segment: {segment!r} is not a segment name")
+    for name in (segment, *(named or ())):
+        if not _SEGMENT.match(name):
+            raise ValueError(f"segment: {name!r} is not a segment name")
+    if segment == OTHER and named is not None:
+        names = [name for name in named if name != OTHER]
+        quoted = ", ".join(f"'{name}'" for name in names)
+        return f" AND segment NOT IN ({quoted})" if names else ""
     return f" AND segment = '{segment}'"
 
 
@@ -112,6 +122,7 @@ def kpi_figures(
     end: datetime,
     baseline_start: datetime,
     segment: str | None = None,
+    named_segments: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The experience KPIs of the outputs at ``start`` <= at < ``end`` (``n``, ``value``), of
     the baseline (``baseline_start`` to ``start``) and of the same window a week before:
@@ -147,7 +158,8 @@ def kpi_figures(
         f"  SELECT name, at, value, detail FROM {db}.experience_moments "
         "  WHERE (type = 'score' AND name = 'peak_end' OR type = 'kpi' AND name IN "
         "  ('csat', 'nps', 'first_contact_resolution', 'complaint_response', 'ltv_increment')) "
-        f"  AND ({within}) AND value IS NOT NULL{_segment_sql(segment)} LIMIT 1 BY output_id"
+        f"  AND ({within}) AND value IS NOT NULL{segment_sql(segment, named_segments)} "
+        "LIMIT 1 BY output_id"
         ") GROUP BY period, name, currency"
     ).result_rows
     figures: dict[str, dict[str, Any]] = {name: {} for name in KPIS}
@@ -198,11 +210,13 @@ def live_snapshot(
     window_minutes: int = 15,
     baseline_minutes: int = 360,
     segment: str | None = None,
+    named_segments: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Everything the live page shows, as one JSON-ready dict (see docs/live-page.md); with
-    ``segment``, of that segment's journeys (the module's docstring)."""
+    ``segment``, of that segment's journeys (the module's docstring; ``named_segments``: the
+    journeys file's, which ``other`` is none of: ``segment_sql``)."""
     db = database
-    in_segment = _segment_sql(segment)
+    in_segment = segment_sql(segment, named_segments)
     as_of = newest_minute(client, db)
     if as_of is None:
         return empty_snapshot(window_minutes, baseline_minutes, segment)
@@ -419,7 +433,7 @@ def live_snapshot(
         "negative_moments": feed,
         "at_risk": at_risk,
         "kpis": kpi_figures(
-            client, db, start, as_of + timedelta(minutes=1), baseline_start, segment
+            client, db, start, as_of + timedelta(minutes=1), baseline_start, segment, named_segments
         ),
     }
 

@@ -129,3 +129,47 @@ def test_a_retracted_drop_off_leaves_a_segment_once(clickhouse: ClickHouse) -> N
     assert every["totals"]["dropped_off"] == 2  # three reported, one retracted
     assert counts(other) == counts(every)
     assert other["drop_offs_per_minute"] == every["drop_offs_per_minute"]
+
+
+def test_a_segment_the_file_no_longer_names_is_in_other(clickhouse: ClickHouse) -> None:
+    """Journeys that started under an earlier journeys file keep its segment's name (in flight
+    when the file was edited: docs/segments.md); the workers' metrics count a name their file
+    lacks as other, so the live page and the journey map must too, or the segments' figures no
+    longer add up to every journey's. Written under a file naming gold and eu_old, read under
+    one naming gold and eu."""
+    from sinks.clickhouse.journey_map import load_journey_map
+
+    client, db = clickhouse
+    start = int(DAY.timestamp() * 1000)
+    defaults = resources.files("pipeline").joinpath("defaults/journeys.yaml").read_text()
+    before = parse_catalog(defaults + SEGMENTS.replace("name: eu", "name: eu_old"), "j.yaml")
+    fill(client, db, [with_attributes(e) for e in morning(start)], before)
+    now = load_catalog()  # (the shapes; the file read is defaults + SEGMENTS)
+    named = ("gold", "eu")
+    shapes = [JourneyShape(j.name, tuple(s.name for s in j.stages)) for j in now.journeys]
+    every = live_snapshot(client, db, shapes, window_minutes=30, baseline_minutes=60)
+    each = {
+        s: live_snapshot(client, db, shapes, 30, 60, segment=s, named_segments=named) for s in NAMES
+    }
+    assert each["eu"]["totals"]["started"] == 0  # nothing started under the new name yet
+    whole = counts(every)
+    assert {key: sum(counts(each[s])[key] for s in NAMES) for key in whole} == whole
+
+    journey = now.journeys[0]
+    stages = tuple(s.name for s in journey.stages)
+    low, high = DAY, DAY + timedelta(days=1)
+
+    def started(segment: str | None) -> int:
+        return load_journey_map(
+            client,
+            db,
+            journey.name,
+            stages,
+            low,
+            high,
+            segment=segment,
+            named_segments=(*named, "other"),
+        ).started
+
+    assert started(None) > 0
+    assert sum(started(s) for s in NAMES) == started(None)
