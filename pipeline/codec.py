@@ -226,6 +226,8 @@ def decode_touch(
         fields.append(received if type(received) is int else None)
     if len(fields) == WIRE_FIELDS + 1:  # (a list of them all: a whole touch, segment last)
         fields.append(segment if isinstance(segment, str) else None)
+    elif not isinstance(fields[-1], str):  # (its segment a text or None, as beside it)
+        fields[-1] = None
     touch: Touch = _new(Touch, fields)  # every field given: NamedTuple's __new__ skipped
     return touch
 

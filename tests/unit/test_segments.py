@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.codec import Forward, Handoff, decode_message, encode_message
+from pipeline.codec import Forward, Handoff, decode_message, encode_message, encode_touch
 from pipeline.definitions import DefinitionError, parse_catalog
 from pipeline.engine import JourneyEngine, JourneyState, Output, StateNames
 from pipeline.segment_rules import MAX_SEGMENTS, OTHER, SegmentRules, segment_label
@@ -252,3 +252,17 @@ def test_the_segment_travels_beside_the_touch_in_hand_off_messages() -> None:
 
 def test_segment_rules_of_an_empty_file_match_nothing() -> None:
     assert SegmentRules().segment_of("web", {"tier": "gold"}) is None
+
+
+def test_a_touch_list_with_every_field_takes_only_a_text_as_its_segment() -> None:
+    """decode_touch accepts a whole touch's list (19 items: received_at and segment last) as
+    well as the 17 a message carries; its segment, like the one beside the touch, is a text or
+    None: a number there would reach the journey's state (a str, compiled: TypeError) and its
+    outputs' detail.segment."""
+    fields = encode_touch(Touch("e1", T0, "web", "cart.add", "add", identifiers=(("d", "x"),)))
+    body = {"kind": "forward", "person": "d:x", "v": 1}
+    for last, expected in ((7, None), (["gold"], None), ("gold", "gold"), (None, None)):
+        raw = orjson.dumps(body | {"touch": [*fields, T0 + 5, last]})
+        message = decode_message(raw)
+        assert isinstance(message, Forward)
+        assert message.touch.segment == expected and message.touch.received_at == T0 + 5
