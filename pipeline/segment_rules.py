@@ -65,7 +65,8 @@ class SegmentMatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    channel: tuple[Channel, ...] | None = None
+    # at least one: an empty list would be no channel rule at all, and match every channel
+    channel: Annotated[tuple[Channel, ...], Field(min_length=1)] | None = None
     attributes: dict[Annotated[str, Field(min_length=1, max_length=64)], AllowedValues] = Field(
         default_factory=dict
     )

@@ -98,6 +98,10 @@ def test_a_file_without_segments_has_none() -> None:
             "segments:\n  - {name: gold, match: {channel: [fax]}}\n",
             "my-journeys.yaml:9: segments[gold].match.channel[0]: Input should be",
         ),
+        (  # (no channel at all, not every channel: it would claim every journey)
+            "segments:\n  - {name: gold, match: {channel: []}}\n",
+            "my-journeys.yaml:9: segments[gold].match.channel: Tuple should have at least 1 item",
+        ),
         (
             "segments:\n  - {name: gold, match: {attributes: {tier: []}}}\n",
             "my-journeys.yaml:9: segments[gold].match.attributes.tier: "
