@@ -760,6 +760,12 @@ def journeys_check(file: Path | None) -> None:
         click.echo(f"source {name}: {len(mapping.rules)} rules{webhook}")
     for segment in catalog.segments:
         click.echo(f"segment {segment.name}: {_segment_rule(segment.match)}")
+        for key, allowed in segment.match.attributes.items():
+            if any(isinstance(v, bool) for v in allowed):
+                click.echo(
+                    f"warning: segment {segment.name}: {key} compares with true/false: YAML reads"
+                    " unquoted yes, no, on and off as those; quote a value meant as text ('NO')"
+                )
     for line in _action_lines(catalog):
         click.echo(line)
     click.echo(f"{path or 'built-in definitions'}: version {catalog.version}, valid")
@@ -769,8 +775,10 @@ def _segment_rule(match: Any) -> str:
     """A segment's rule as ``journeys check`` prints it: ``channel in store and tier in gold,
     platinum`` (docs/segments.md)."""
     parts = [f"channel in {', '.join(c.value for c in match.channel)}"] if match.channel else []
+    from pipeline.segment_rules import attribute_text
+
     parts += [
-        f"{key} in {', '.join(str(v) for v in allowed)}"
+        f"{key} in {', '.join(str(attribute_text(v)) for v in allowed)}"
         for key, allowed in match.attributes.items()
     ]
     return " and ".join(parts)

@@ -164,8 +164,13 @@ def test_journeys_check_lists_the_segments_with_their_rules(tmp_path: Path) -> N
         "segments:\n"
         "  - {name: gold, match: {attributes: {tier: [gold, platinum]}}}\n"
         "  - {name: eu_stores, match: {channel: [store], attributes: {region: EU}}}\n"
+        "  - {name: norway, match: {attributes: {country: NO}}}\n"
     )
     result = CliRunner().invoke(main, ["journeys", "check", str(good)])
     assert result.exit_code == 0, result.output
     assert "segment gold: tier in gold, platinum\n" in result.output
     assert "segment eu_stores: channel in store and region in EU\n" in result.output
+    # YAML's NO is false: said, as the rule compares it, with what to do
+    assert "segment norway: country in false\n" in result.output
+    assert "warning: segment norway: country compares with true/false" in result.output
+    assert "quote a value meant as text ('NO')" in result.output
