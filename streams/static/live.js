@@ -237,7 +237,22 @@ function connect() {
   const source = new EventSource("/api/v1/live/stream" + (segment ? "?segment=" + encodeURIComponent(segment) : ""));
   source.onopen = () => { connection.dataset.state = "live"; connection.textContent = "live"; };
   source.onmessage = (event) => render(JSON.parse(event.data));
-  source.onerror = () => { connection.dataset.state = "reconnecting"; connection.textContent = "reconnecting"; };
+  source.onerror = async () => {
+    connection.dataset.state = "reconnecting"; connection.textContent = "reconnecting";
+    if (!segment) return;
+    // a segment the journeys file does not name is refused (400): say so instead of retrying
+    try {
+      const response = await fetch("/api/v1/live?segment=" + encodeURIComponent(segment), {credentials: "same-origin"});
+      if (response.status === 400) {
+        source.close();
+        const body = await response.json();
+        connection.dataset.state = "refused";
+        connection.textContent = body.error || "this segment is refused";
+      }
+    } catch (e) {
+      // the server is away: EventSource keeps reconnecting
+    }
+  };
 }
 connect();
 

@@ -216,6 +216,14 @@ def test_segments_filter_the_live_page_the_journey_map_and_the_metrics(
             page.wait_for_url(lambda url: "segment=" not in url)
             wait_until(lambda: started_on_page() == 27, 20, "every journey again")
             assert not browser.errors, browser.errors
+            # a segment the file does not name: the page says why, instead of reconnecting
+            page.goto(f"{base}/?segment=platinum")
+            wait_until(
+                lambda: "'platinum' is not one of" in (page.text_content("#connection") or ""),
+                20,
+                "the page to say the segment is refused",
+            )
+            assert page.get_attribute("#connection", "data-state") == "refused"
 
         # the journey map: the journeys of the segment that started in the period
         period = f"since={iso(start - M)}&until={iso(start + H)}"
