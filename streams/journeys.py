@@ -16,7 +16,9 @@ them again; the engine recognises what it has already applied by event id.
 A timer (``sweep_interval_s``) drives each partition's watermark with the wall clock when it is
 idle, so drop-offs fire on time without traffic, sends each partition's frontier to the others
 (watermark alignment, pipeline/shard.py: after that step's hand-off messages, each shard told
-the offsets its messages were written at) and refreshes the operational gauges.
+the offsets its messages were written at) and refreshes the operational gauges. A partition's
+frontier also leaves with each batch of its input (``_tell_now``): at the sweep's pace alone,
+alignment held every touchpoint back by a sweep interval or more.
 
 The error policy: a record whose application raises (a touchpoint, a hand-off message, a saved
 state record) does not stop the worker. It goes to ``journeys.dlq`` with the reason, a short
@@ -215,6 +217,9 @@ class JourneyRole:
         # input records to acknowledge once their dead letters are out, with the batch
         self._dead: defaultdict[int, list[Message]] = defaultdict(list)
         self._failures: Tally[int] = Tally()  # per partition, in this batch (MAX_FAILURES)
+        # partitions whose shard was (re)loaded and not drained since: its first step sends
+        # again what its outbox held, which only then counts in its frontier (``_tell``)
+        self._fresh: set[int] = set()
 
     # --- wiring ---------------------------------------------------------------------------------
     def register(self) -> None:
@@ -239,6 +244,7 @@ class JourneyRole:
                     self._carry,
                     self._dead,
                     self._failures,
+                    self._fresh,
                 ):
                     held.clear()
 
@@ -321,9 +327,39 @@ class JourneyRole:
                 raise
             except Exception as exc:  # a record's failure is data: the error policy
                 self._rebuild(partition, exc)
+        wall = int(time.time() * 1000)
+        for partition in touched:
+            self._tell_now(partition, wall)
         await self._complete({partition: self._drain(partition) for partition in touched})
         for (topic, partition), offset in positions.items():
             JOURNEY_INPUT_OFFSET.labels(topic, str(partition)).set(offset)
+
+    def _tell_now(self, partition: int, wall: int) -> None:
+        """What a sweep does for the partition, with this batch rather than at the next sweep:
+        its frontier goes out with the batch's hand-off messages (after them). Watermark
+        alignment holds each partition's watermark at its peers' last frontiers, so frontiers
+        sent only at sweeps held every touchpoint back by up to a sweep interval per hop of
+        the frontier and of the report that a hand-off message was absorbed (docs/streaming-
+        topology.md, "Time"). Ticking is what a sweep may do between any two batches; here it
+        comes before the batch's drain, when hops within the partition and hand-off messages
+        not yet produced count in the frontier as held and outstanding (so it is no higher
+        than after them). Not while the shard still waits to hear from every peer (its
+        frontiers ask for answers: at the sweep's pace, or the partitions' greetings would
+        bounce at the pace of the batches) nor before a reloaded shard's first drain."""
+        shard = self.shards.get(partition)
+        if (
+            shard is None
+            or partition in self._fresh
+            or not shard.partitions
+            or len(shard.peers) < shard.partitions - 1
+        ):
+            return
+        try:
+            shard.tick(wall)
+        except MemoryError:  # the worker's, not a record's: stops the batch
+            raise
+        except Exception as exc:  # a record's failure is data: the error policy
+            self._rebuild(partition, exc)
 
     # --- the error policy -----------------------------------------------------------------------
     def _feed(self, shard: JourneyShard, message: Message) -> None:
@@ -366,6 +402,7 @@ class JourneyRole:
         dead = self._dead.pop(partition, None)
         if dead:
             step.done.extend(dead)
+        self._fresh.discard(partition)
         return step
 
     def _rebuild(self, partition: int, error: Exception) -> None:
@@ -532,6 +569,7 @@ class JourneyRole:
         return shard
 
     def _load(self, partition: int) -> JourneyShard:
+        self._fresh.add(partition)
         engine = JourneyEngine(
             self.catalog,
             allowed_lateness_ms=int(self.settings.allowed_lateness_s * 1000),
