@@ -103,8 +103,14 @@ class Cluster:
         lateness_ms: int = 60_000,
         speeds: list[float] | None = None,
         restart_rate: float = 0.0,
+        batch_ticks: bool = False,
     ) -> None:
         self.rng = random.Random(seed)
+        # as the worker does (streams/journeys.py ``_tell_now``): a partition's shard also ticks
+        # just before each batch's drain, unless it was (re)loaded and not drained since or
+        # still waits to hear from a peer; without, it ticks only between deliveries (sweeps)
+        self.batch_ticks = batch_ticks
+        self.fresh: set[int] = set()
         # a rebalance: the partition's owner completed its step (sent, saved, acknowledged)
         # and another starts from the saved state and the uncommitted input
         self.restart_rate = restart_rate
@@ -125,6 +131,7 @@ class Cluster:
         self.shards = {p: self._start(p) for p in range(partitions)}
 
     def _start(self, partition: int) -> JourneyShard:
+        self.fresh.add(partition)
         engine = JourneyEngine(CATALOG, allowed_lateness_ms=self.lateness_ms)
         shard = JourneyShard(engine, partition, partitioner(self.partitions), self.partitions)
         shard.load(self.store[partition].items())
@@ -156,9 +163,17 @@ class Cluster:
                     else:
                         assert isinstance(value, bytes)
                         shard.message(value, token, offset)
+                if (
+                    self.batch_ticks
+                    and partition not in self.fresh
+                    and len(shard.peers) >= shard.partitions - 1
+                ):
+                    shard.tick(wall_ms)
+                self.fresh.discard(partition)
                 self._finish(partition, shard.drain())
             for partition, shard in list(self.shards.items()):
                 shard.tick(wall_ms)
+                self.fresh.discard(partition)
                 self._finish(partition, shard.drain())
             if not self.log.pending():
                 return
