@@ -82,7 +82,19 @@ def found(bootstrap: str) -> tuple[Counter[tuple[Any, ...]], list[dict[str, Any]
         if o["output_id"] in retracted:
             continue
         if o["type"] == "journey" and o["name"] in ("converted", "dropped_off"):
-            assert o["journey_id"] not in final, f"two outcomes for one journey: {o}"
+            # with what a failure needs to be understood: every output of that person
+            assert o["journey_id"] not in final, (
+                f"two outcomes for one journey: {o}",
+                final[o["journey_id"]],
+                sorted(
+                    (
+                        (p["at"], p["journey_id"], p["type"], p["name"], p["stage"], p["event_id"])
+                        for p in unique.values()
+                        if p["person_id"] == o["person_id"]
+                    ),
+                    key=lambda row: tuple(str(field) for field in row),
+                ),
+            )
             final[o["journey_id"]] = o
         elif o["type"] == "negative_moment" and o["journey_id"]:
             moments.setdefault(o["journey_id"], []).append(o["name"])
