@@ -354,6 +354,10 @@ class JourneyRole:
             or len(shard.peers) < shard.partitions - 1
         ):
             return
+        self._tick(partition, shard, wall)
+
+    def _tick(self, partition: int, shard: JourneyShard, wall: int) -> None:
+        """``shard.tick(wall)`` under the error policy (a sweep's and a batch's alike)."""
         try:
             shard.tick(wall)
         except MemoryError:  # the worker's, not a record's: stops the batch
@@ -743,12 +747,7 @@ class JourneyRole:
             for partition in self._assigned():
                 shard = self._shard(partition)
                 self._tell_committed(partition, shard)
-                try:
-                    shard.tick(wall)
-                except MemoryError:  # the worker's, not a record's: stops the batch
-                    raise
-                except Exception as exc:  # a record's failure is data: the error policy
-                    self._rebuild(partition, exc)
+                self._tick(partition, shard, wall)
                 steps[partition] = self._drain(partition)
             await self._complete(steps)
         SWEEP_SECONDS.observe(time.perf_counter() - started)
