@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 
 from pipeline.codec import Forward, Handoff, decode_message, encode_message, encode_touch
 from pipeline.definitions import DefinitionError, parse_catalog
-from pipeline.engine import JourneyEngine, JourneyState, Output, StateNames
+from pipeline.engine import JourneyState, Output, StateNames
 from pipeline.segment_rules import MAX_SEGMENTS, OTHER, SegmentRules, segment_label
 from pipeline.simulator import scripted_touches
 from pipeline.touch import Touch
 from tests.unit.journeys import CATALOG, T0, H, M, S
+from tests.unit.test_engine_properties import arrival_order, run
 
 JOURNEYS = """
 version: 1
@@ -160,7 +161,6 @@ def test_touches_take_their_segment_where_they_enter_the_workers() -> None:
 
 
 # --- the journey's segment: its first touchpoint's, whatever the arrival order ----------------
-LATENESS = 10 * M
 SEGMENTS = ("gold", "eu_stores", None, None)
 
 
@@ -168,16 +168,6 @@ def with_segment(touch: Touch) -> Touch:
     """Each touch in a segment of its own, as if its attributes said so (mixed in one person:
     the journey must still take its first touchpoint's)."""
     return touch._replace(segment=SEGMENTS[zlib.crc32(touch.event_id.encode()) % len(SEGMENTS)])
-
-
-def run(touches: list[Touch]) -> list[Output]:
-    engine = JourneyEngine(CATALOG, allowed_lateness_ms=LATENESS)
-    out: list[Output] = []
-    for item in touches:
-        out += engine.submit(item)
-    out += engine.flush()
-    out += engine.advance(2**62)
-    return out
 
 
 def generate(seed: int) -> list[Touch]:
@@ -201,13 +191,7 @@ def canonical(outputs: list[Output]) -> list[tuple[str, bytes]]:
 @given(seed=st.integers(0, 10**9), shuffle=st.integers(0, 10**9))
 def test_a_journeys_segment_does_not_depend_on_the_arrival_order(seed: int, shuffle: int) -> None:
     touches = generate(seed)
-    rng = random.Random(shuffle)
-    arrived = [
-        t
-        for _, t in sorted(
-            ((t.at + rng.randrange(LATENESS), t) for t in touches), key=lambda x: x[0]
-        )
-    ]
+    arrived = arrival_order(touches, random.Random(shuffle))
     in_order = run(touches)
     assert canonical(run(arrived)) == canonical(in_order)
     # every output of a journey carries one segment: its first touchpoint's (by event time)
