@@ -11,10 +11,12 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -64,6 +66,18 @@ def wait_until(
 # The sink's API tokens every test stack gets (jw_env): its pages and API need sign-in.
 WEB_ADMIN_TOKEN = "test-web-admin-token-0123456789"
 WEB_READ_TOKEN = "test-web-read-token-0123456789"
+
+
+@contextlib.contextmanager
+def serving(server: ThreadingHTTPServer) -> Iterator[str]:
+    """``server`` answering on a daemon thread while in the block, as its loopback base URL;
+    shut down and closed after."""
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def http_get(

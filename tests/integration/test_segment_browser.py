@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -20,7 +19,7 @@ import pytest
 
 from streams.broker import EmbeddedBroker
 from tests.browser import Browser, chromium
-from tests.helpers import REPO, wait_until
+from tests.helpers import REPO, serving, wait_until
 from tests.integration.test_segment import (
     JOURNEY_ANON,
     WEB_KEY,
@@ -75,16 +74,9 @@ def static_site() -> Iterator[str]:
     assert (PACKAGE / "dist" / "umd" / "index.js").exists(), (
         f"{PACKAGE} is missing: run make install (npm ci in tests/browser_sdk)"
     )
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_Site, directory=str(SITE))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    site = functools.partial(_Site, directory=str(SITE))
+    with serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), site)) as url:
+        yield url
 
 
 @pytest.fixture()

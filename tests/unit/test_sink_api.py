@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,7 +24,7 @@ from streams.sink_api import (
     SinkUnreachable,
     call_sink_api,
 )
-from tests.helpers import free_port
+from tests.helpers import free_port, serving
 
 TOKEN = "read-token-0123456789abcdef"
 
@@ -62,15 +61,9 @@ class Sink(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def sink() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Sink)
     Sink.answers, Sink.asked = {}, []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(ThreadingHTTPServer(("127.0.0.1", free_port()), Sink)) as url:
+        yield url
 
 
 def settings() -> Settings:
