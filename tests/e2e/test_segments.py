@@ -143,12 +143,9 @@ def test_segments_filter_the_live_page_the_journey_map_and_the_metrics(
     )
     base = f"http://127.0.0.1:{topology.status_port}"
     try:
-        topology.start_sink()
-        topology.start_collector()
-        topology.start(0)
+        topology.start_all()
         topology.start(1)
         wait_until(topology.balanced, 120, "both workers ready with two partitions each", 0.5)
-        wait_until(lambda: http_get(f"{base}/readyz")[0] == 200, 90, "the sink", 0.5)
         assert topology.post(events) == 202
         wait_until(topology.drained, 120, "every touchpoint processed", 0.5)
         assert topology.post(clock_events(start + 5 * H)) == 202  # every deadline passes
