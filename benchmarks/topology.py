@@ -1,10 +1,17 @@
-"""The streaming topology: throughput against the broker client, latency, drop-off delay,
-memory with a million active journeys."""
+"""The streaming topology: throughput against the broker client and two baselines (the bare
+I/O a journey worker must do, Quix Streams), latency, drop-off delay, memory with a million
+active journeys.
+
+``JW_BENCH_TOPOLOGY_PARTS=throughput`` (a comma-separated choice of ``throughput``, ``steady``,
+``memory``; all by default) runs only those parts, while iterating.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import json
+import os
 import re
 import subprocess
 import sys
@@ -12,14 +19,17 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
 
+from benchmarks._steady import PAD, SteadyMiddle
 from benchmarks._support import free_port, running, start_python, stop, worker_env
 from pipeline.contract import TouchpointEvent, decode_touchpoint
 from pipeline.definitions import load_catalog
@@ -40,7 +50,17 @@ PARTITIONS = 4
 STEADY_RATE = 5_000
 STEADY_SECONDS = 20
 JOURNEYS = 1_000_000
-DEFAULTS = Path(__file__).resolve().parent.parent / "pipeline" / "defaults" / "journeys.yaml"
+REPO = Path(__file__).resolve().parent.parent
+DEFAULTS = REPO / "pipeline" / "defaults" / "journeys.yaml"
+PARTS = ("throughput", "steady", "memory")
+# Quix Streams pins its own dependencies (confluent-kafka, rocksdict, pydantic-settings ...):
+# it gets a virtual environment of its own, made on demand.
+QUIX_VENV = REPO / ".venv-quix"
+QUIX_REQUIREMENT = "quixstreams>=3.28,<4"
+BARE_OUTPUT = "bench.bare-io.out"
+QUIX_OUTPUT = "bench.quix.out"
+# the worker's consumer group time-outs in the embedded profile (Tansu's joins are slow)
+GROUP_TIMEOUTS = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500}
 
 
 def _validated(now: datetime, count: int, seed: int) -> list[tuple[bytes, bytes]]:
@@ -127,24 +147,154 @@ def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> 
 
 
 async def _raw_rate(bootstrap: str, topic: str, count: int) -> float:
+    """Records/s of consuming ``topic`` (no consumer group) and decoding each record; a
+    record is done when decoded."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
     )
     await consumer.start()
     try:
-        seen, started = 0, None
+        steady, seen = SteadyMiddle(count), 0
         while seen < count:
             batches = await consumer.getmany(timeout_ms=500, max_records=5_000)
             for records in batches.values():
-                if started is None:
-                    started = time.perf_counter()
                 for record in records:
                     orjson.loads(record.value)
                 seen += len(records)
-        assert started is not None
-        return count / (time.perf_counter() - started)
+            steady.done(seen)
+        return steady.rate()
     finally:
         await consumer.stop()
+
+
+def _create_topics(bootstrap: str, names: list[str]) -> None:
+    """``names`` with ``PARTITIONS`` partitions each (Tansu auto-creates with 4 whatever)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(name, PARTITIONS, 1) for name in names])
+    finally:
+        admin.close()
+
+
+async def _bare_io_rate(bootstrap: str, topic: str, output: str, count: int, group: str) -> float:
+    """Inputs/s of the I/O a journey worker must do, done bare with aiokafka in one process:
+    consume ``topic`` in consumer group ``group``, decode each record, produce three ~250-byte
+    records per input as record batches (one or more per partition per fetch, to the input's
+    partition of ``output``), await the acknowledgements once per fetch, then commit the
+    consumed offsets. An input is done when its fetch's offsets are committed."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        rebalance_timeout_ms=3000,
+        fetch_max_wait_ms=25,
+        **GROUP_TIMEOUTS,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    await consumer.start()
+    try:
+        steady, done = SteadyMiddle(count), 0
+        while done < count:
+            fetched = await consumer.getmany(timeout_ms=500)
+            acknowledgements = []
+            for tp, records in fetched.items():
+                batch = producer.create_batch()
+                for record in records:
+                    event = orjson.loads(record.value)
+                    for number in range(3):
+                        value = orjson.dumps(
+                            {
+                                "event_id": event["event_id"],
+                                "occurred_at": event["occurred_at"],
+                                "touchpoint": event["touchpoint"],
+                                "output": number,
+                                "pad": PAD,
+                            }
+                        )
+                        if batch.append(key=record.key, value=value, timestamp=None) is None:
+                            batch.close()  # full: send it, start the next one
+                            acknowledgements.append(
+                                await producer.send_batch(batch, output, partition=tp.partition)
+                            )
+                            batch = producer.create_batch()
+                            batch.append(key=record.key, value=value, timestamp=None)
+                batch.close()
+                acknowledgements.append(
+                    await producer.send_batch(batch, output, partition=tp.partition)
+                )
+                done += len(records)
+            if fetched:
+                await asyncio.gather(*acknowledgements)
+                await consumer.commit()
+                steady.done(done)
+        return steady.rate()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+def _quix_python() -> tuple[Path | None, str]:
+    """The Quix Streams environment's interpreter, made if missing; or why there is none."""
+    python = QUIX_VENV / "bin" / "python"
+    check = [str(python), "-c", "import quixstreams"]
+    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        return python, ""
+    steps = {
+        "python -m venv .venv-quix": [sys.executable, "-m", "venv", "--clear", str(QUIX_VENV)],
+        f"pip install {QUIX_REQUIREMENT}": [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--retries=1",
+            QUIX_REQUIREMENT,
+        ],
+    }
+    for name, step in steps.items():
+        try:
+            subprocess.run(step, capture_output=True, text=True, timeout=900, check=True)
+        except subprocess.CalledProcessError as error:
+            lines = (error.stderr or error.stdout or "").strip().splitlines()
+            return None, f"`{name}` failed: {lines[-1] if lines else error}"
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return None, f"`{name}` failed: {error}"
+    return python, ""
+
+
+@dataclass(frozen=True)
+class Quix:
+    rate: float  # inputs/s over the steady middle, timed inside the Quix process
+    rate_to_end: float  # from 10% done to the end of the run, the last checkpoint included
+    version: str
+
+
+def _quix_rate(bootstrap: str, topic: str, count: int, tmp: str) -> Quix | str:
+    """Quix Streams' keyed stateful count with two outputs per input
+    (``benchmarks/quix_count.py``, timed inside it); or why it was not measured."""
+    python, reason = _quix_python()
+    if python is None:
+        return reason
+    state = Path(tmp) / "quix-state"
+    args = [bootstrap, topic, str(count), QUIX_OUTPUT, str(state), "bench-quix"]
+    try:
+        result = subprocess.run(
+            [str(python), "-m", "benchmarks.quix_count", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    except subprocess.TimeoutExpired:
+        return "the Quix Streams consumer did not finish within 600 s"
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines()
+        return f"the Quix Streams consumer failed: {lines[-1] if lines else result.returncode}"
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    return Quix(float(found["rate"]), float(found["rate_to_end"]), str(found["version"]))
 
 
 def _journey_work_alone(records: list[tuple[bytes, bytes]]) -> float:
@@ -211,7 +361,17 @@ def _rate_of(progress: Callable[[], float], count: int) -> float:
     return (progress() - first) / (time.perf_counter() - started)
 
 
-def _throughput() -> tuple[float, float, float, float]:
+@dataclass(frozen=True)
+class Throughput:
+    raw: float
+    bare_io: float
+    quix: Quix | str  # or why it was not measured
+    naive: float
+    worker: float
+    alone: float
+
+
+def _throughput() -> Throughput:
     now = datetime.now(UTC)
     records = _validated(now, EVENTS, seed=5)
     alone = max(_journey_work_alone(records) for _ in range(2))
@@ -220,8 +380,16 @@ def _throughput() -> tuple[float, float, float, float]:
         EmbeddedBroker(free_port(), Path(tmp) / "b.log") as broker,
     ):
         ensure_topics(Settings(broker_url=broker.url, partitions=PARTITIONS))
+        _create_topics(broker.url, [BARE_OUTPUT, QUIX_OUTPUT])
         _produce(broker.url, BY_PERSON, records)
         raw = max(asyncio.run(_raw_rate(broker.url, BY_PERSON, EVENTS)) for _ in range(2))
+        bare_io = max(
+            asyncio.run(
+                _bare_io_rate(broker.url, BY_PERSON, BARE_OUTPUT, EVENTS, f"bench-bare-{i}")
+            )
+            for i in range(2)
+        )
+        quix = _quix_rate(broker.url, BY_PERSON, EVENTS, tmp)
 
         port = free_port()
         naive_log = Path(tmp) / "naive.log"
@@ -252,7 +420,7 @@ def _throughput() -> tuple[float, float, float, float]:
             topology = _rate_of(done, EVENTS)
         finally:
             stop([worker])
-    return raw, naive_rate, topology, alone
+    return Throughput(raw, bare_io, quix, naive_rate, topology, alone)
 
 
 def _journeys_file(directory: str) -> Path:
@@ -444,32 +612,87 @@ def _steady_rows(standby: int) -> tuple[str, str, int]:
     return rows, cpu, drops
 
 
-def run() -> str:
-    raw, naive, topology, alone = _throughput()
-    default_rows, default_cpu, drops = _steady_rows(0)
-    standby_rows, standby_cpu, _ = _steady_rows(1)
-    memory, active = _memory()
+def _parts() -> tuple[str, ...]:
+    """The parts to run: ``JW_BENCH_TOPOLOGY_PARTS`` (comma-separated), all by default."""
+    chosen = os.environ.get("JW_BENCH_TOPOLOGY_PARTS", "")
+    names = tuple(name.strip() for name in chosen.split(",") if name.strip()) or PARTS
+    unknown = sorted(set(names) - set(PARTS))
+    if unknown:
+        raise SystemExit(f"JW_BENCH_TOPOLOGY_PARTS: unknown part(s) {unknown}; choose from {PARTS}")
+    return names
+
+
+def _met(ratio: float, goal: str, met: bool) -> str:
+    return f"{ratio:.2f} (goal {goal}): {'met' if met else 'not met'}"
+
+
+def _throughput_text(t: Throughput) -> str:
+    def row(name: str, rate: float) -> str:
+        return f"| {name} | {rate:,.0f} | {rate / t.raw:.2f} | {rate / t.bare_io:.2f} |\n"
+
+    if isinstance(t.quix, Quix):
+        quix_name = (
+            f"Quix Streams {t.quix.version}: keyed stateful count (RocksDB, changelog topic), "
+            "two ~250-byte outputs per input (1 process; to the end of the run, the last "
+            f"checkpoint included: {t.quix.rate_to_end:,.0f}/s)"
+        )
+        quix_row = row(quix_name, t.quix.rate)
+        quix_goal = _met(t.worker / t.quix.rate, "> 1", t.worker > t.quix.rate)
+    else:
+        quix_row = f"| Quix Streams: not measured ({t.quix}) | | | |\n"
+        quix_goal = f"Quix Streams: not measured ({t.quix})"
     return (
-        "## Streaming topology\n\n"
         f"Command: `make bench` (suite `benchmarks/topology.py`). {EVENTS:,} validated events "
         "(SimpleTrafficSource, one per millisecond of event time: a backlog) in "
-        f"`touchpoints.by_person` ({PARTITIONS} partitions, embedded broker) before the consumer "
-        "starts. Rates over the steady middle of each run, from 10% of the records done to 90% "
-        "(group joins before, the watermark's hold of the last records after, do not count); "
-        "for the worker, *done* means applied by the engine, outputs and state acknowledged by "
-        "the broker, input acknowledged (`jw_journey_inputs_done_total` of "
-        "`touchpoints.by_person`: touchpoints, not the hand-off messages they cause).\n\n"
-        "| consumer | events/s | ratio to raw aiokafka |\n"
-        "| --- | ---: | ---: |\n"
-        f"| raw aiokafka consume + orjson decode (baseline, best of 2) | {raw:,.0f} | 1.00 |\n"
-        f"| naive Faust agent (one message per iteration, decode) | {naive:,.0f} | "
-        f"{naive / raw:.2f} |\n"
-        f"| journeywatch worker, journey agent (1 process, all partitions) | {topology:,.0f} | "
-        f"{topology / raw:.2f} |\n"
-        "| the worker's own work alone: decoding, engine, hand-offs, outputs as JSON (one "
-        f"process, no Faust, no broker; best of 2) | {alone:,.0f} | {alone / raw:.2f} |\n\n"
+        f"`touchpoints.by_person` ({PARTITIONS} partitions, embedded broker) before the consumers "
+        "start; each consumer below reads that same backlog from its start, one after the "
+        "other (no consumer group for raw, a fresh one for every other). Rates over the "
+        "steady middle of each run, from 10% of the records done to 90% (group joins before, "
+        "the watermark's hold of the last records after, do not count). *Done* and the clock, "
+        "per consumer: raw, decoded, timed in its process at each fetch; bare I/O, the fetch's "
+        "outputs acknowledged by the broker and its offsets committed, timed in its process "
+        "at each fetch; Quix Streams, processed (`on_message_processed`: decoded, counted in "
+        "the state, both outputs handed to librdkafka's producer, which sends them in the "
+        "background; a checkpoint, producer and changelog flushed and offsets committed, every "
+        "second, `commit_interval=1.0` as the worker's `broker_commit_interval`), timed "
+        "inside its process at each input (`benchmarks/quix_count.py`, in its own virtual "
+        "environment `.venv-quix`); the naive agent, decoded (its `/count` page, read every "
+        "0.25 s); the worker, applied by the engine, outputs and state acknowledged by the "
+        "broker, input acknowledged (`jw_journey_inputs_done_total` of `touchpoints.by_person`: "
+        "touchpoints, not the hand-off messages they cause; read every 0.25 s).\n\n"
+        "| consumer | events/s | ratio to raw aiokafka | ratio to bare I/O |\n"
+        "| --- | ---: | ---: | ---: |\n"
+        + row("raw aiokafka consume + orjson decode (baseline, best of 2)", t.raw)
+        + row(
+            "bare I/O: aiokafka consume in a group + orjson decode, three ~250-byte records "
+            "produced per input as record batches (`create_batch`/`send_batch`, per partition "
+            "per fetch, to the input's partition), acknowledgements awaited once per fetch, "
+            "explicit `commit()` "
+            "(1 process, best of 2)",
+            t.bare_io,
+        )
+        + quix_row
+        + row("naive Faust agent (one message per iteration, decode)", t.naive)
+        + row("journeywatch worker, journey agent (1 process, all partitions)", t.worker)
+        + row(
+            "the worker's own work alone: decoding, engine, hand-offs, outputs as JSON (one "
+            "process, no Faust, no broker; whole run, best of 2)",
+            t.alone,
+        )
+        + "\n"
+        f"Goal (issue #25), the journeywatch worker against the bare I/O it must do: "
+        f"{_met(t.worker / t.bare_io, '≥ 0.5', t.worker / t.bare_io >= 0.5)}.\n\n"
+        f"Goal (issue #25), the journeywatch worker against Quix Streams with two outputs per "
+        f"input: {quix_goal}.\n\n"
         f"Target for the full topology: at least 0.25 of raw. "
-        f"{'Met.' if topology / raw >= 0.25 else _not_met(alone / raw)}\n\n"
+        f"{'Met.' if t.worker / t.raw >= 0.25 else _not_met(t.alone / t.raw)}\n\n"
+    )
+
+
+def _steady_text() -> str:
+    default_rows, default_cpu, drops = _steady_rows(0)
+    standby_rows, standby_cpu, _ = _steady_rows(1)
+    return (
         f"Steady live traffic: {STEADY_RATE:,} events/s for {STEADY_SECONDS} s into "
         "`touchpoints.raw` (a load generator sending record batches every 10 ms, each event "
         "stamped when sent), two workers (ingest + journeys), every stage time-out set to 2 s "
@@ -490,7 +713,28 @@ def run() -> str:
         "`JW_ALLOWED_LATENESS_S`) and the next sweep (`JW_SWEEP_INTERVAL_S`, 0.25 s): "
         "about 1.3 s with the defaults, plus the time to emit the burst of drop-offs that "
         "fire together.\n\n"
+    )
+
+
+def _memory_text() -> str:
+    memory, active = _memory()
+    return (
         f"Memory: one journey partition (engine) holding {active:,} active journeys "
         f"(one anonymous person each): {memory:,.0f} MiB resident "
         f"(target < 2 GiB).\n"
     )
+
+
+def run() -> str:
+    parts = _parts()
+    text = "## Streaming topology\n\n"
+    if "throughput" in parts:
+        text += _throughput_text(_throughput())
+    if "steady" in parts:
+        text += _steady_text()
+    if "memory" in parts:
+        text += _memory_text()
+    skipped = [part for part in PARTS if part not in parts]
+    if skipped:
+        text += f"Not run: {', '.join(skipped)} (`JW_BENCH_TOPOLOGY_PARTS={','.join(parts)}`).\n"
+    return text
