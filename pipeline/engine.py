@@ -176,27 +176,45 @@ def drop_off_hold(
 def linked_output(identifier: str, at: int, person_id: str, event_id: str) -> Output:
     """An identifier belongs to ``person_id`` from ``at`` on (reported once per identifier and
     person: a redelivery has the same output id)."""
-    return Output(
-        "identity",
-        "linked",
-        f"linked:{identifier}:{person_id}",
-        at,
-        person_id,
-        event_id=event_id,
-        detail=(("identifier", identifier),),
+    return _new(
+        Output,
+        (
+            "identity",
+            "linked",
+            f"linked:{identifier}:{person_id}",
+            at,
+            person_id,
+            None,
+            None,
+            None,
+            None,
+            None,
+            event_id,
+            None,
+            (("identifier", identifier),),
+        ),
     )
 
 
 def blocked_output(identifier: str, at: int, person_id: str, event_id: str) -> Output:
     """An identifier seen with too many customers is no longer used to stitch (reported once)."""
-    return Output(
-        "identity",
-        "identifier_blocked",
-        f"blocked:{identifier}",
-        at,
-        person_id,
-        event_id=event_id,
-        detail=(("identifier_kind", identifier.split(":", 1)[0]),),
+    return _new(
+        Output,
+        (
+            "identity",
+            "identifier_blocked",
+            f"blocked:{identifier}",
+            at,
+            person_id,
+            None,
+            None,
+            None,
+            None,
+            None,
+            event_id,
+            None,
+            (("identifier_kind", identifier.split(":", 1)[0]),),
+        ),
     )
 
 
@@ -632,7 +650,25 @@ class JourneyEngine:
         self._versions: tuple[tuple[tuple[str, Any], ...], ...] = tuple(
             (("definition_version", d.version),) for d in self.definitions
         )
+        self._version_of: tuple[str, ...] = tuple(d.version for d in self.definitions)
+        self._first_contact: tuple[bool, ...] = tuple(
+            d.first_contact_resolution for d in self.definitions
+        )
         self.detectors = catalog.detectors
+        # the detectors' thresholds as plain values (a pydantic model's attribute is a slow
+        # lookup on the hot path)
+        d = catalog.detectors
+        self._session_gap: dict[str, int] = dict(d.session_gap)
+        self._queue_waits: dict[str, int] = dict(d.queue_waits)
+        self._slow_page: int = d.slow_page
+        self._low_csat: int = d.low_csat_at_most
+        self._nps_detractor: int = d.nps_detractor_at_most
+        self._negative_sentiment: float = d.negative_sentiment_at_most
+        self._repeat_contact_within: int = d.repeat_contact_within
+        self._channel_switch_within: int = d.channel_switch_within
+        self._repeated_attempts: int = d.repeated_attempts
+        self._repeated_attempts_within: int = d.repeated_attempts_within
+        self._churn_after: int = d.churn_after
         self.lateness = allowed_lateness_ms
         self.idle_after = idle_after_ms
         self.identity = IdentityGraph(max_customers=catalog.detectors.max_customers_per_identifier)
@@ -1080,7 +1116,7 @@ class JourneyEngine:
         if hint is not None and current is not None:
             new = hint != current
         else:
-            new = at - last_end > self.detectors.session_gap.get(channel, SESSION_GAP_MS)
+            new = at - last_end > self._session_gap.get(channel, SESSION_GAP_MS)
         if new:
             # A late touchpoint (older than what this person did since: touchpoints are
             # applied in event-time order unless late) of an earlier session leaves the
@@ -1096,43 +1132,50 @@ class JourneyEngine:
         return new
 
     def _negative_kinds(self, person: PersonState, touch: Touch, new_session: bool) -> list[str]:
-        d = self.detectors
         kinds: list[str] = []
-        failed = touch.outcome != "ok"
-        if touch.outcome == "error":
-            kinds.append("error")
-        elif touch.outcome == "abandoned":
-            queue = touch.channel == "call_center" and touch.touchpoint.startswith("queue.")
-            kinds.append("call_abandoned" if queue else "abandoned")
+        outcome = touch.outcome
+        channel = touch.channel
+        action = touch.action
+        failed = outcome != "ok"
+        if failed:
+            if outcome == "error":
+                kinds.append("error")
+            elif outcome == "abandoned":
+                queue = channel == "call_center" and touch.touchpoint.startswith("queue.")
+                kinds.append("call_abandoned" if queue else "abandoned")
         wait = touch.wait_ms
         if wait is not None:
-            limit = d.queue_waits.get(touch.channel)
+            limit = self._queue_waits.get(channel)
             if limit is not None and wait > limit:
                 kinds.append("long_wait")
+        duration = touch.duration_ms
         if (
-            touch.duration_ms is not None
-            and touch.channel in ("web", "app")
-            and (touch.action == "view" and touch.duration_ms > d.slow_page)
+            duration is not None
+            and (channel == "web" or channel == "app")
+            and (action == "view" and duration > self._slow_page)
         ):
             kinds.append("slow_page")
-        if touch.csat is not None and touch.csat <= d.low_csat_at_most:
+        csat = touch.csat
+        if csat is not None and csat <= self._low_csat:
             kinds.append("low_csat")
-        if touch.nps is not None and touch.nps <= d.nps_detractor_at_most:
+        nps = touch.nps
+        if nps is not None and nps <= self._nps_detractor:
             kinds.append("nps_detractor")
-        if touch.sentiment is not None and touch.sentiment <= d.negative_sentiment_at_most:
+        sentiment = touch.sentiment
+        if sentiment is not None and sentiment <= self._negative_sentiment:
             kinds.append("negative_sentiment")
-        if touch.action == "complain" or touch.touchpoint.endswith(".complaint"):
+        if action == "complain" or touch.touchpoint.endswith(".complaint"):
             kinds.append("complaint")
-        if touch.action == "transfer":
+        if action == "transfer":
             kinds.append("transfer")
-        if touch.channel in ASSISTED and new_session:
+        if new_session and channel in ASSISTED:
             # judged once per contact, at its first touchpoint (_session: a contact is one
             # session however long it lasts)
             issue = touch.issue or ""
             contact_at = person.contact_at
             if (
                 contact_at is not None
-                and 0 < touch.at - contact_at <= d.repeat_contact_within
+                and 0 < touch.at - contact_at <= self._repeat_contact_within
                 and (not issue or not person.contact_issue or issue == person.contact_issue)
             ):
                 kinds.append("repeat_contact")
@@ -1143,7 +1186,7 @@ class JourneyEngine:
         if (
             failed_at is not None
             and person.failure_channel != touch.channel
-            and 0 <= touch.at - failed_at <= d.channel_switch_within
+            and 0 <= touch.at - failed_at <= self._channel_switch_within
         ):
             kinds.append("channel_switch_after_failure")
             person.failure_at = None
@@ -1154,10 +1197,10 @@ class JourneyEngine:
         if (
             person.attempt_count
             and person.attempt_step == step
-            and touch.at - person.attempt_at <= d.repeated_attempts_within
+            and touch.at - person.attempt_at <= self._repeated_attempts_within
         ):
             person.attempt_count += 1
-            if person.attempt_count == d.repeated_attempts:
+            if person.attempt_count == self._repeated_attempts:
                 kinds.append("repeated_attempts")
         else:
             person.attempt_step = step
@@ -1177,13 +1220,12 @@ class JourneyEngine:
     ) -> list[JourneyState]:
         touched: list[JourneyState] = []
         for definition_index, stage_index in matches:
-            definition = self.definitions[definition_index]
             journey = self._journey_for(person, definition_index, touch.at)
             if journey is None:
                 if stage_index == GOAL:
                     continue  # a goal without a journey before it starts nothing
                 journey = JourneyState(
-                    f"{_id_hash(definition.name + ':' + touch.event_id):016x}",
+                    f"{_id_hash(self._names[definition_index] + ':' + touch.event_id):016x}",
                     definition_index,
                     stage_index,
                     touch.at,
@@ -1216,17 +1258,23 @@ class JourneyEngine:
                 for kind in negatives:
                     intensity = NEGATIVE_INTENSITY[kind]
                     out.append(
-                        Output(
-                            "negative_moment",
-                            kind,
-                            f"negative_moment:{kind}:{person_id}:{touch.event_id}",
-                            touch.at,
-                            person_id,
-                            channel=touch.channel,
-                            touchpoint=touch.touchpoint,
-                            event_id=touch.event_id,
-                            value=-intensity,
-                            detail=(("severity", intensity), ("moment_of_truth", None)),
+                        _new(
+                            Output,
+                            (
+                                "negative_moment",
+                                kind,
+                                f"negative_moment:{kind}:{person_id}:{touch.event_id}",
+                                touch.at,
+                                person_id,
+                                None,
+                                None,
+                                None,
+                                touch.channel,
+                                touch.touchpoint,
+                                touch.event_id,
+                                -intensity,
+                                (("severity", intensity), ("moment_of_truth", None)),
+                            ),
                         )
                     )
         if touch.csat is None and touch.nps is None and touch.sentiment is None:
@@ -1234,7 +1282,6 @@ class JourneyEngine:
         else:
             value = positive_value(touch.csat, touch.nps, touch.sentiment)
         for journey in touched:
-            definition = self.definitions[journey.definition]
             mot = self._mot(
                 journey.definition, touch.touchpoint, touch.action, touch.channel, touch.outcome
             )
@@ -1275,7 +1322,7 @@ class JourneyEngine:
                 journey.peak = more_intense(journey.peak, journey_value)
             journey.end = journey_value
             if goal:
-                self._convert(person_id, person, journey, definition, touch, out)
+                self._convert(person_id, person, journey, touch, out)
             else:
                 self._schedule(person_id, journey)
         return touched
@@ -1298,7 +1345,6 @@ class JourneyEngine:
         person_id: str,
         person: PersonState,
         journey: JourneyState,
-        definition: JourneyDefinition,
         touch: Touch,
         out: list[Output],
     ) -> None:
@@ -1337,7 +1383,7 @@ class JourneyEngine:
         self._journey_out("converted", person_id, journey, touch, out)
         seconds = (touch.at - journey.started_at) / 1000
         self._emit(out, "kpi", "conversion", person_id, journey, touch, seconds, ())
-        if definition.first_contact_resolution:
+        if self._first_contact[journey.definition]:
             self._emit(
                 out,
                 "kpi",
@@ -1390,7 +1436,7 @@ class JourneyEngine:
 
     def _schedule_churn(self, person_id: str, person: PersonState) -> None:
         if not person.churn_due:
-            person.churn_due = person.last_activity + self.detectors.churn_after
+            person.churn_due = person.last_activity + self._churn_after
             self._push(person.churn_due, person_id, "")
 
     def _push(self, due: int, person_id: str, journey_id: str) -> None:
@@ -1427,14 +1473,15 @@ class JourneyEngine:
 
     def _drop(self, person_id: str, journey: JourneyState, due: int, out: list[Output]) -> None:
         """The journey passed its stage's deadline ``due``: dropped (reported once per journey)."""
-        definition = self.definitions[journey.definition]
+        index = journey.definition
+        definition = self.definitions[index]  # (raises for a journey the catalog lacks)
         journey_id = journey.journey_id
         journey.status = "dropped"
         journey.dropped_at = due
         self._schedule(person_id, journey)
         if journey.dropoff_at:
             return  # resumed, then stalled again: a drop-off is reported once per journey
-        stage = definition.stages[journey.stage].name
+        stage = self._stage_names[index][journey.stage]
         journey.dropoff_at = due
         journey.dropoff_stage = stage
         journey.dropoff_channel = journey.channel
@@ -1456,7 +1503,7 @@ class JourneyEngine:
                     None,
                     (
                         ("negative_moments", journey.negatives),
-                        ("definition_version", definition.version),
+                        ("definition_version", self._version_of[index]),
                         *_segment_detail(journey.segment),
                     ),
                 ),
@@ -1509,7 +1556,7 @@ class JourneyEngine:
     ) -> None:
         if person.churn_due == due:
             person.churn_due = 0
-        expected = person.last_activity + self.detectors.churn_after
+        expected = person.last_activity + self._churn_after
         if expected != due:
             if expected > due:
                 self._schedule_churn(person_id, person)
@@ -1525,7 +1572,7 @@ class JourneyEngine:
                     f"churn:{person_id}:{due}",
                     due,
                     person_id,
-                    value=self.detectors.churn_after / 86_400_000,
+                    value=self._churn_after / 86_400_000,
                 )
             )
         if not person.journeys:
@@ -1540,14 +1587,23 @@ class JourneyEngine:
         self.dirty.add(source)
         self.dirty.add(target)
         out.append(
-            Output(
-                "identity",
-                "merged",
-                f"merged:{source}:{target}",
-                at,
-                target,
-                event_id=event_id,
-                detail=(("from_person", source),),
+            _new(
+                Output,
+                (
+                    "identity",
+                    "merged",
+                    f"merged:{source}:{target}",
+                    at,
+                    target,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    event_id,
+                    None,
+                    (("from_person", source),),
+                ),
             )
         )
         if moved is None:
@@ -1598,15 +1654,23 @@ class JourneyEngine:
                     person.journeys.remove(existing)
                     person.journeys.append(journey)
                 out.append(
-                    Output(
-                        "journey",
-                        "merged",
-                        f"merged:{gone.journey_id}",
-                        at,
-                        target,
-                        self.definitions[gone.definition].name,
-                        gone.journey_id,
-                        detail=(("into_journey_id", keep.journey_id),),
+                    _new(
+                        Output,
+                        (
+                            "journey",
+                            "merged",
+                            f"merged:{gone.journey_id}",
+                            at,
+                            target,
+                            self._names[gone.definition],
+                            gone.journey_id,
+                            None,
+                            None,
+                            None,
+                            None,
+                            None,
+                            (("into_journey_id", keep.journey_id),),
+                        ),
                     )
                 )
         for journey in person.journeys:
@@ -1719,7 +1783,7 @@ class JourneyEngine:
             return  # the common case: nothing to measure
         journey = touched[0] if touched else None
         context = (
-            (self.definitions[journey.definition].name, journey.journey_id, journey.segment)
+            (self._names[journey.definition], journey.journey_id, journey.segment)
             if journey
             else (None, None, "")
         )
