@@ -175,6 +175,8 @@ class JourneyRole:
         self.settings = settings
         self.readiness = readiness
         self.catalog = catalog or load_catalog(settings.journeys_file)
+        # read once: a pydantic private attribute costs a __getattr__ call per touchpoint
+        self._segment_rules = self.catalog.segment_rules
         self.partitions = settings.partitions
         self.shards: dict[int, JourneyShard] = {}
         self.lock = asyncio.Lock()
@@ -304,7 +306,7 @@ class JourneyRole:
                     continue
             if message.topic == by_person:
                 try:
-                    touch = touch_of(raw, self.catalog.segment_rules)
+                    touch = touch_of(raw, self._segment_rules)
                 except MemoryError:  # the worker's, not a record's: stops the batch
                     raise
                 except Exception as exc:  # bad input is data (the error policy)
@@ -375,7 +377,7 @@ class JourneyRole:
             elif control is not None:
                 shard.erase(control, message)  # (idempotent: replayed by a rebuild)
             else:
-                shard.touch(touch_of(raw, self.catalog.segment_rules), message, message.offset)
+                shard.touch(touch_of(raw, self._segment_rules), message, message.offset)
         else:
             shard.message(raw, message, message.offset)
 
