@@ -21,7 +21,8 @@ from pipeline.deadletter import dead_letter_headers
 from pipeline.pii import REDACT, FreeTextScrubber, redact
 from pipeline.settings import Settings
 from sinks.metrics import EVENTS_ACCEPTED, EVENTS_REJECTED, INGEST_BATCH_SECONDS, LabelCache
-from streams.batching import BatchSender, deliver_in_batches, faust_producer
+from streams.batching import BatchSender
+from streams.faust_internals import deliver_in_batches, faust_producer
 from streams.topics import BY_PERSON, DLQ, RAW
 
 # The ingest measures an event's age from its Kafka record time, a little later than the
@@ -41,7 +42,7 @@ def register_ingest(app: faust.App, settings: Settings) -> None:
     free_text = _free_text(settings)
 
     async def ingest(messages: list[Message]) -> None:
-        # Whole fetches (streams/batching.py), produced as record batches; the broker
+        # Whole fetches (streams/faust_internals.py), produced as record batches; the broker
         # acknowledges all of a chunk before any of its input is acknowledged (and may be
         # committed): at-least-once.
         consumer = app.consumer

@@ -86,11 +86,12 @@ from sinks.metrics import (
     observe_many,
 )
 from streams.app import Readiness
-from streams.batching import (
-    BatchSender,
-    TableWriter,
+from streams.batching import BatchSender, TableWriter
+from streams.faust_internals import (
+    committed_offset,
     deliver_in_batches,
     faust_producer,
+    open_store_partition,
     partition_context,
 )
 from streams.topics import (
@@ -225,8 +226,8 @@ class JourneyRole:
 
     # --- wiring ---------------------------------------------------------------------------------
     def register(self) -> None:
-        # Whole fetches straight to the agent (streams/batching.py): Faust's per-message stream
-        # path costs more per record than the engine does.
+        # Whole fetches straight to the agent (streams/faust_internals.py): Faust's per-message
+        # stream path costs more per record than the engine does.
         deliver_in_batches(self.app, (self.by_person, self.handoff), self._on_fetch)
         self.app.timer(self.settings.sweep_interval_s)(self._sweep)
 
@@ -605,15 +606,10 @@ class JourneyRole:
         shard.refused = set(self._refused[partition])
         # hand-off input before the committed offset was absorbed by an earlier owner (watermark
         # alignment: reported processed, so its senders stop waiting for it)
-        committed = getattr(self.app.consumer, "_committed_offset", {})
-        shard.resume(committed.get(TP(self.handoff, partition)) or 0)
+        shard.resume(committed_offset(self.app.consumer, TP(self.handoff, partition)) or 0)
         prefix = f"{partition}|".encode()
         started = time.perf_counter()
-        # Faust's RocksDB store lists only the partition databases it has opened; after a
-        # restart with nothing new in the changelog it has not opened ours yet.
-        open_partition = getattr(self.table.data, "_db_for_partition", None)
-        if open_partition is not None:
-            open_partition(partition)
+        open_store_partition(self.table.data, partition)
         with partition_context(self.by_person, partition):
             records = [
                 (key[len(prefix) :].decode(), value)
@@ -760,10 +756,10 @@ class JourneyRole:
     def _tell_committed(self, partition: int, shard: JourneyShard) -> None:
         """The consumer's committed offsets of the partition's two inputs: the shard forgets
         the input it finished before them (never read again)."""
-        committed = getattr(self.app.consumer, "_committed_offset", {})
+        consumer = self.app.consumer
         shard.committed(
-            committed.get(TP(self.by_person, partition)) or 0,
-            committed.get(TP(self.handoff, partition)) or 0,
+            committed_offset(consumer, TP(self.by_person, partition)) or 0,
+            committed_offset(consumer, TP(self.handoff, partition)) or 0,
         )
 
     def _assigned(self) -> list[int]:
@@ -804,7 +800,6 @@ class JourneyRole:
                     active.get((definition.name, stage.name), 0)
                 )
         consumer = self.app.consumer
-        committed = getattr(consumer, "_committed_offset", {})
         changelogs = self.app.tables.changelog_topics  # read on recovery, never committed
         for tp in consumer.assignment():
             if tp.topic in changelogs:
@@ -812,7 +807,7 @@ class JourneyRole:
             highwater = consumer.highwater(tp)
             if highwater is None:
                 continue
-            done = committed.get(tp) or 0
+            done = committed_offset(consumer, tp) or 0
             CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - done))
 
 

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
-import signal
-import threading
 from typing import Any, NoReturn
-
-from faust.worker import Worker
 
 from pipeline.settings import Settings
 from streams.app import create_app
+from streams.faust_internals import QuietWorker
 from streams.ingest import register_ingest
 from streams.logs import logging_config
 from streams.process import GC_THRESHOLDS
@@ -21,44 +17,8 @@ from streams.topics import ensure_topics
 log = logging.getLogger(__name__)
 
 
-class QuietWorker(Worker):
-    """A Faust worker without the terminal spinner, that stops within a bounded time.
-
-    The spinner writes cursor escape codes into the logs and, worse, installs a log handler
-    that sets the root logger to DEBUG, so every debug record of every library is built
-    and formatted even when the configured level is WARNING.
-
-    Stopping (after SIGTERM or SIGINT) waits for the broker: with the broker gone, Faust's
-    consumer thread and producer retry for ever. ``shutdown_timeout_s`` after the signal the
-    process exits anyway, with status 1; nothing is lost, because what was not committed is
-    read again by the partition's next owner.
-    """
-
-    def __init__(self, *args: Any, shutdown_timeout_s: float = 25.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.spinner = None
-        self._shutdown_timeout_s = shutdown_timeout_s
-        self._watchdog: threading.Timer | None = None
-
-    def _schedule_shutdown(self, received: signal.Signals) -> None:
-        if self._watchdog is None:
-            self._watchdog = threading.Timer(self._shutdown_timeout_s, self._exit_now, (received,))
-            self._watchdog.daemon = True
-            self._watchdog.start()
-        super()._schedule_shutdown(received)
-
-    def _exit_now(self, received: signal.Signals) -> None:
-        log.error(
-            "the worker did not stop within JW_SHUTDOWN_TIMEOUT_S after the signal; exiting "
-            "now (what it had not committed is read again by the next owner)",
-            extra={"signal": received.name, "shutdown_timeout_s": self._shutdown_timeout_s},
-        )
-        logging.shutdown()
-        os._exit(1)
-
-
 def _run_worker(app: object, settings: Settings) -> NoReturn:
-    from streams.offsets import never_commit_over_unacknowledged
+    from streams.faust_internals import never_commit_over_unacknowledged
 
     never_commit_over_unacknowledged()  # at-least-once for messages acknowledged out of order
     gc.set_threshold(*GC_THRESHOLDS)
@@ -76,8 +36,8 @@ def _run_worker(app: object, settings: Settings) -> NoReturn:
 
 
 def run_worker(settings: Settings, index: int = 0) -> NoReturn:
+    from streams.faust_internals import confirm_table_recovery_highwaters
     from streams.journeys import JourneyRole
-    from streams.offsets import confirm_table_recovery_highwaters
 
     ensure_topics(settings)
     confirm_table_recovery_highwaters(settings)
@@ -127,7 +87,7 @@ def run_actions(settings: Settings) -> NoReturn:
     """The actions agent (streams/actions.py): its own consumer group, web port and table."""
     from pipeline.definitions import load_catalog
     from streams.actions import ActionsRole, action_topics
-    from streams.offsets import confirm_table_recovery_highwaters
+    from streams.faust_internals import confirm_table_recovery_highwaters
 
     catalog = load_catalog(settings.journeys_file)
     ensure_topics(settings, action_topics())

@@ -11,7 +11,7 @@ from faust.transport.consumer import Consumer
 from faust.types import TP
 from intervaltree import IntervalTree
 
-from streams.offsets import never_commit_over_unacknowledged
+from streams.faust_internals import never_commit_over_unacknowledged
 
 PARTITION = TP("journeys.handoff", 0)
 

@@ -1,7 +1,7 @@
 """The Faust internals journeywatch copies, replaces or wraps are the ones it was written against.
 
-streams/batching.py, streams/offsets.py and streams/app.py change how Faust 0.15 fetches,
-commits, recovers tables and saves table records (each says why). ``constraints.txt`` pins the
+streams/faust_internals.py changes how Faust 0.15 fetches, commits, recovers tables and saves
+table records (its table says why, with the upstream issues). ``constraints.txt`` pins the
 Faust they were checked against, but ``pyproject.toml`` allows any 0.15.x: when a newer one
 changes one of these functions, this test names it and the journeywatch code to compare with
 it. Compare, adapt that code if needed, run the topology tests (tests/e2e/test_topology.py),
@@ -26,31 +26,35 @@ from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
 # (Faust's function, what in journeywatch depends on it, sha256 of its dedented source [:16])
 CHECKED: list[tuple[Callable[..., Any], str, str]] = [
-    (Consumer._drain_messages, "streams/batching._drain_in_batches copies it", "8f35dd7a11144daa"),
-    (Consumer.getmany, "streams/batching._fetched copies it", "e486c434b7928ee8"),
+    (
+        Consumer._drain_messages,
+        "streams/faust_internals._drain_in_batches copies it",
+        "8f35dd7a11144daa",
+    ),
+    (Consumer.getmany, "streams/faust_internals._fetched copies it", "e486c434b7928ee8"),
     (
         Consumer._new_offset,
-        "streams/offsets.never_commit_over_unacknowledged replaces it",
+        "streams/faust_internals.never_commit_over_unacknowledged replaces it",
         "2b29afe4dd9a65a3",
     ),
     (
         Consumer.track_message,
-        "streams/offsets.never_commit_over_unacknowledged wraps it",
+        "streams/faust_internals.never_commit_over_unacknowledged wraps it",
         "e43b88ec93553217",
     ),
     (
         Consumer.perform_seek,
-        "streams/offsets.never_commit_over_unacknowledged wraps it",
+        "streams/faust_internals.never_commit_over_unacknowledged wraps it",
         "2b4ceebd23deb7ee",
     ),
     (
         Recovery._build_highwaters,
-        "streams/offsets.confirm_table_recovery_highwaters wraps it",
+        "streams/faust_internals.confirm_table_recovery_highwaters wraps it",
         "32d70220d2a8a96f",
     ),
     (
         AIOKafkaConsumerThread._create_worker_consumer,
-        "streams/app.use_fetch_max_wait wraps it",
+        "streams/faust_internals.use_fetch_max_wait wraps it",
         "c179c0bdb9755c3a",
     ),
     (
@@ -60,20 +64,24 @@ CHECKED: list[tuple[Callable[..., Any], str, str]] = [
     ),
     (
         BaseStore._encode_key,
-        "streams/batching.TableWriter encodes keys with it",
+        "streams/faust_internals.encode_key calls it",
         "33cb92d4d0b83da7",
     ),
     (
         BaseStore._encode_value,
-        "streams/batching.TableWriter encodes values with it",
+        "streams/faust_internals.encode_value calls it",
         "24aca27438303d5e",
     ),
     (
         RocksDBStore._set,
-        "streams/batching.TableWriter writes a partition's batch as it does",
+        "streams/faust_internals.write_partition writes as it does",
         "40e273d6ef07db1e",
     ),
-    (RocksDBStore._del, "streams/batching.TableWriter deletes as it does", "2bb45852bef57237"),
+    (
+        RocksDBStore._del,
+        "streams/faust_internals.write_partition deletes as it does",
+        "2bb45852bef57237",
+    ),
     (
         RocksDBStore.set_persisted_offset,
         "streams/batching.TableWriter records offsets with it",
@@ -81,7 +89,7 @@ CHECKED: list[tuple[Callable[..., Any], str, str]] = [
     ),
     (
         RocksDBStore.apply_changelog_batch,
-        "streams/batching.TableWriter writes batches as it does",
+        "streams/faust_internals.write_partition writes batches as it does",
         "67ac93a2bea2a488",
     ),
 ]
