@@ -1,6 +1,7 @@
 """A naive Faust agent, for comparison: one message per iteration, decode, count.
 
-Run as ``python -m benchmarks.naive_agent BROKER TOPIC PORT``; the benchmark reads its
+Run as ``python -m benchmarks.naive_agent BROKER TOPIC PORT [APP_ID]`` (the application id
+names its consumer group: a fresh one reads the topic from the start); the benchmark reads its
 ``/count`` page until every record has been seen.
 """
 
@@ -17,8 +18,9 @@ from streams.roles import QuietWorker
 
 def main() -> None:
     broker, topic_name, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    app_id = sys.argv[4] if len(sys.argv) > 4 else "naive-benchmark"
     app = faust.App(
-        "naive-benchmark",
+        app_id,
         broker=f"kafka://{broker}",
         store="memory://",
         topic_allow_declare=False,
