@@ -14,7 +14,6 @@ import hashlib
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from heapq import heappop, heappush
 from struct import Struct
 from typing import Any, Final, NamedTuple
@@ -461,6 +460,50 @@ class JourneyState:
         )
 
 
+class Moment:
+    """What a touchpoint means to one journey's moments, precomputed once per moment of truth
+    (and once for touchpoints at none): its name and weight, the detail of the
+    ``moment_of_truth`` output passed and failed, and per negative-moment kind its weighted
+    intensity and its output's detail. Outputs share these tuples instead of building their
+    own."""
+
+    __slots__ = ("failed", "name", "negatives", "passed", "weight")
+
+    def __init__(self, name: str | None, weight: float) -> None:
+        self.name = name
+        self.weight = weight
+        self.passed: tuple[tuple[str, Any], ...] = (("passed", True), ("weight", weight))
+        self.failed: tuple[tuple[str, Any], ...] = (("passed", False), ("weight", weight))
+        self.negatives: dict[str, tuple[float, tuple[tuple[str, Any], ...]]] = {}
+        for kind, base in NEGATIVE_INTENSITY.items():
+            intensity = weighted(base, weight)
+            self.negatives[kind] = (
+                intensity,
+                (("severity", round(intensity, 4)), ("moment_of_truth", name)),
+            )
+
+
+class Meaning:
+    """What a touchpoint (touchpoint, action, channel, outcome) means to the definitions,
+    computed once per distinct one: the (definition, stage or GOAL) pairs it matches, and per
+    definition whether it is that journey's goal and its moment of truth there (None: none)."""
+
+    __slots__ = ("goal", "matches", "moments")
+
+    def __init__(
+        self,
+        matches: tuple[tuple[int, int], ...],
+        goal: tuple[bool, ...],
+        moments: tuple[Moment | None, ...],
+    ) -> None:
+        self.matches = matches
+        self.goal = goal
+        self.moments = moments
+
+
+MEANINGS_KEPT: Final = 65_536  # distinct touchpoints remembered (then forgotten at once)
+
+
 class RetiredJourney:
     """An in-flight journey whose journey or stage the definitions no longer have: it ends
     ``retired`` at its last activity (the engine queues that as a deadline), and is saved as it
@@ -686,12 +729,18 @@ class JourneyEngine:
         # arrive in order and go to the deque (no heap work); the others to the heap.
         self._in_order: deque[Pending] = deque()
         self._pending: list[Pending] = []
-        # Deadlines as plain ints (due << SEQ_BITS | seq) in a heap, with whose they are in two
-        # dicts: no tuple per deadline for the garbage collector to scan (hundreds of thousands
-        # are queued at a time), and int comparisons in the heap.
+        # Deadlines as plain ints (due << SEQ_BITS | seq) in a heap: int comparisons, and no
+        # tuple per heap entry. Whose each queued key is: (person, journey), journey "" for
+        # the churn deadline (one dict of pairs: half the hash-table work of a dict per field;
+        # a pair of strings is untracked by the garbage collector the first time it looks).
         self._deadlines: list[int] = []
-        self._deadline_person: dict[int, str] = {}
-        self._deadline_journey: dict[int, str] = {}  # "" for the person's churn deadline
+        self._deadline_of: dict[int, tuple[str, str]] = {}
+        # Churn deadlines (last activity + churn_after: nearly always queued in key order) go
+        # to a lane of their own instead: keys and persons in two deques, no heap or dict work.
+        # One queued out of order goes to the heap. Firing takes the lower key of the heap's
+        # and the lane's first, so deadlines fire in exactly the order of one heap.
+        self._lane_keys: deque[int] = deque()
+        self._lane_persons: deque[str] = deque()
         self._seq = 0
         # held touches by identifier key (extract finds a person's touches without a scan);
         # extracted ones stay in the heap, marked by sequence number, until popped
@@ -708,8 +757,8 @@ class JourneyEngine:
         # persons whose deadlines are not fired (their state raised on one: the adapter drops
         # them; streams/journeys.py, the error policy)
         self.quarantined: set[str] = set()
-        self._matches = lru_cache(maxsize=65_536)(self._compute_matches)
-        self._mot = lru_cache(maxsize=65_536)(self._compute_mot)
+        self._meanings: dict[tuple[str, str, str, str], Meaning] = {}
+        self._no_moment = Moment(None, 1.0)  # a touchpoint at no moment of truth
 
     # --- input -----------------------------------------------------------------------------
     def submit(self, touch: Touch, wall_ms: int | None = None) -> list[Output]:
@@ -833,25 +882,46 @@ class JourneyEngine:
             return out
         self.watermark = watermark
         in_order, pending, deadlines = self._in_order, self._pending, self._deadlines
+        lane_keys, lane_persons = self._lane_keys, self._lane_persons
+        deadline_of = self._deadline_of
         while True:
-            from_heap = bool(pending) and (not in_order or pending[0] < in_order[0])
-            if from_heap:
-                next_event: int | None = pending[0][0]
+            from_heap = False
+            has_event = True
+            next_event = 0
+            if pending and (not in_order or pending[0] < in_order[0]):
+                from_heap = True
+                next_event = pending[0][0]
+            elif in_order:
+                next_event = in_order[0][0]
             else:
-                next_event = in_order[0][0] if in_order else None
-            next_due = deadlines[0] >> SEQ_BITS if deadlines else None
-            if (
-                next_event is not None
-                and next_event <= watermark
-                and (next_due is None or next_event <= next_due)
-            ):
+                has_event = False
+            from_lane = False
+            has_due = True
+            key = 0
+            if deadlines:
+                key = deadlines[0]
+                if lane_keys and lane_keys[0] < key:
+                    key = lane_keys[0]
+                    from_lane = True
+            elif lane_keys:
+                key = lane_keys[0]
+                from_lane = True
+            else:
+                has_due = False
+            next_due = key >> SEQ_BITS
+            if has_event and next_event <= watermark and (not has_due or next_event <= next_due):
                 entry = heappop(pending) if from_heap else in_order.popleft()
                 if self._release(entry):
                     self._apply(entry[3], entry[4], out)
-            elif next_due is not None and next_due <= watermark:
-                key = heappop(deadlines)
-                person_id = self._deadline_person.pop(key)
-                journey_id = self._deadline_journey.pop(key)
+            elif has_due and next_due <= watermark:
+                if from_lane:
+                    lane_keys.popleft()
+                    person_id = lane_persons.popleft()
+                    journey_id = ""
+                else:
+                    heappop(deadlines)
+                    person_id, journey_id = deadline_of[key]
+                    del deadline_of[key]
                 if self.quarantined and person_id in self.quarantined:
                     continue
                 self.firing = person_id
@@ -1031,12 +1101,30 @@ class JourneyEngine:
                     break
         return tuple(found)
 
+    def _meaning(self, key: tuple[str, str, str, str]) -> Meaning:
+        """Compute and remember what a touchpoint means (``Meaning``)."""
+        touchpoint, action, channel, outcome = key
+        matches = self._compute_matches(touchpoint, action, channel, outcome)
+        goals = {index for index, stage in matches if stage == GOAL}
+        meaning = Meaning(
+            matches,
+            tuple(index in goals for index in range(len(self.definitions))),
+            tuple(
+                self._compute_mot(index, touchpoint, action, channel, outcome)
+                for index in range(len(self.definitions))
+            ),
+        )
+        if len(self._meanings) >= MEANINGS_KEPT:
+            self._meanings.clear()
+        self._meanings[key] = meaning
+        return meaning
+
     def _compute_mot(
         self, definition: int, touchpoint: str, action: str, channel: str, outcome: str
-    ) -> tuple[str, float] | None:
+    ) -> Moment | None:
         for mot in self.definitions[definition].moments_of_truth:
             if _any(mot.match, touchpoint, action, channel, outcome):
-                return mot.name, mot.weight
+                return Moment(mot.name, mot.weight)
         return None
 
     # --- applying one touch ----------------------------------------------------------------------
@@ -1082,8 +1170,11 @@ class JourneyEngine:
         person.recent = recent + marker
         new_session = self._session(person, touch)
         negatives = self._negative_kinds(person, touch, new_session)
-        matches = self._matches(touch.touchpoint, touch.action, touch.channel, touch.outcome)
-        touched = self._progress(person_id, person, touch, matches, new_session, negatives, out)
+        key = (touch.touchpoint, touch.action, touch.channel, touch.outcome)
+        meaning = self._meanings.get(key)
+        if meaning is None:
+            meaning = self._meaning(key)
+        touched = self._progress(person_id, person, touch, meaning, new_session, negatives, out)
         self._kpis(person_id, person, touch, touched, out)
         person.last_activity = max(person.last_activity, touch.at)
         person.churn_flagged = False
@@ -1213,13 +1304,13 @@ class JourneyEngine:
         person_id: str,
         person: PersonState,
         touch: Touch,
-        matches: tuple[tuple[int, int], ...],
+        meaning: Meaning,
         new_session: bool,
         negatives: list[str],
         out: list[Output],
     ) -> list[JourneyState]:
         touched: list[JourneyState] = []
-        for definition_index, stage_index in matches:
+        for definition_index, stage_index in meaning.matches:
             journey = self._journey_for(person, definition_index, touch.at)
             if journey is None:
                 if stage_index == GOAL:
@@ -1282,40 +1373,28 @@ class JourneyEngine:
         else:
             value = positive_value(touch.csat, touch.nps, touch.sentiment)
         for journey in touched:
-            mot = self._mot(
-                journey.definition, touch.touchpoint, touch.action, touch.channel, touch.outcome
-            )
-            weight = mot[1] if mot else 1.0
+            mot = meaning.moments[journey.definition]
+            moment = mot if mot is not None else self._no_moment
             journey_value = value
             for kind in negatives:
-                intensity = weighted(NEGATIVE_INTENSITY[kind], weight)
+                intensity, detail = moment.negatives[kind]
                 journey_value = more_intense(journey_value, -intensity)
                 journey.negatives += 1
                 self._emit(
-                    out,
-                    "negative_moment",
-                    kind,
-                    person_id,
-                    journey,
-                    touch,
-                    -intensity,
-                    (
-                        ("severity", round(intensity, 4)),
-                        ("moment_of_truth", mot[0] if mot else None),
-                    ),
+                    out, "negative_moment", kind, person_id, journey, touch, -intensity, detail
                 )
-            if mot:
+            if mot is not None:
                 self._emit(
                     out,
                     "moment_of_truth",
-                    mot[0],
+                    mot.name or "",
                     person_id,
                     journey,
                     touch,
                     None,
-                    (("passed", not negatives), ("weight", weight)),
+                    mot.failed if negatives else mot.passed,
                 )
-            goal = (journey.definition, GOAL) in matches and journey.status == "active"
+            goal = meaning.goal[journey.definition] and journey.status == "active"
             if goal:
                 journey_value = more_intense(journey_value, GOAL_VALUE)
             if journey_value:
@@ -1436,14 +1515,21 @@ class JourneyEngine:
 
     def _schedule_churn(self, person_id: str, person: PersonState) -> None:
         if not person.churn_due:
-            person.churn_due = person.last_activity + self._churn_after
-            self._push(person.churn_due, person_id, "")
+            due = person.churn_due = person.last_activity + self._churn_after
+            self._seq += 1
+            key = due << SEQ_BITS | (self._seq & SEQ_MASK)
+            lane = self._lane_keys
+            if not lane or key > lane[-1]:
+                lane.append(key)
+                self._lane_persons.append(person_id)
+            else:  # out of key order: in the heap
+                self._deadline_of[key] = (person_id, "")
+                heappush(self._deadlines, key)
 
     def _push(self, due: int, person_id: str, journey_id: str) -> None:
         self._seq += 1
         key = due << SEQ_BITS | (self._seq & SEQ_MASK)
-        self._deadline_person[key] = person_id
-        self._deadline_journey[key] = journey_id
+        self._deadline_of[key] = (person_id, journey_id)
         heappush(self._deadlines, key)
 
     def _on_deadline(self, due: int, person_id: str, journey_id: str, out: list[Output]) -> None:

@@ -89,8 +89,11 @@ class IdentityGraph:
         if first is None:
             return None
         blocked = self.blocked
-        for key in keys:
-            if owner.get(key) != first or key in blocked:
+        if blocked and keys[0] in blocked:
+            return None
+        for index in range(1, len(keys)):
+            key = keys[index]
+            if owner.get(key) != first or (blocked and key in blocked):
                 return None
         return first
 
