@@ -13,7 +13,7 @@ from typing import Any
 import faust
 import orjson
 
-from streams.roles import QuietWorker
+from streams.faust_internals import QuietWorker
 
 
 def main() -> None:
