@@ -653,6 +653,15 @@ class PersonState:
         return state
 
 
+def _active_in(person: PersonState) -> int:
+    """How many of a person's journeys are active."""
+    count = 0
+    for journey in person.journeys:
+        if journey.status == "active":
+            count += 1
+    return count
+
+
 @dataclass
 class EngineCounters:
     events: int = 0
@@ -716,6 +725,10 @@ class JourneyEngine:
         self.idle_after = idle_after_ms
         self.identity = IdentityGraph(max_customers=catalog.detectors.max_customers_per_identifier)
         self.persons: dict[str, PersonState] = {}
+        # active journeys over all persons, kept as they change (``active_journeys``): every
+        # change of a journey's status, and every person loaded, restored, taken over,
+        # extracted, forgotten or merged, updates it
+        self._active = 0
         self.counters = EngineCounters()
         self.watermark = -(2**62)
         self.max_event_time = -(2**62)  # (each touch counts at most at its received_at)
@@ -945,7 +958,23 @@ class JourneyEngine:
 
     # --- state -----------------------------------------------------------------------------
     def active_journeys(self) -> int:
-        return sum(1 for p in self.persons.values() for j in p.journeys if j.status == "active")
+        """Active journeys over all persons (kept as they change: no walk)."""
+        return self._active
+
+    def _put_person(self, person_id: str, state: PersonState) -> None:
+        """Hold ``state`` as ``person_id``'s (replacing what was held), counting its journeys."""
+        old = self.persons.get(person_id)
+        if old is not None:
+            self._active -= _active_in(old)
+        self.persons[person_id] = state
+        self._active += _active_in(state)
+
+    def _pop_person(self, person_id: str) -> PersonState | None:
+        """Let go of a person's state (returned), its journeys no longer counted."""
+        state = self.persons.pop(person_id, None)
+        if state is not None:
+            self._active -= _active_in(state)
+        return state
 
     def snapshot(self) -> dict[str, bytes]:
         """Serialized state per person, for a key-value store."""
@@ -956,7 +985,7 @@ class JourneyEngine:
         """Load person states and re-derive their deadlines."""
         for person, raw in snapshot.items():
             state = PersonState.from_bytes(raw, self.state_names)
-            self.persons[person] = state
+            self._put_person(person, state)
             self._schedule_all(person, state)
 
     def _schedule_all(self, person_id: str, state: PersonState) -> None:
@@ -982,7 +1011,7 @@ class JourneyEngine:
         """The inverse of ``person_record`` (recovery): state, identifiers and deadlines."""
         if record[0] is not None:
             state = PersonState.from_list(record[0], self.state_names)
-            self.persons[person_id] = state
+            self._put_person(person_id, state)
             self._schedule_all(person_id, state)
         for identifier in record[1]:
             self.identity.own(identifier, person_id)
@@ -991,7 +1020,7 @@ class JourneyEngine:
         """Drop a person: its state and the identifiers it owns (the churn window passed, or
         it is erased). Its record is saved as a deletion; ``forgotten`` tells the adapter,
         which drops what it holds beside it. Returns the identifiers it owned."""
-        self.persons.pop(person_id, None)
+        self._pop_person(person_id)
         identity = self.identity
         members = identity.members.pop(person_id, ())
         for identifier in members:
@@ -1027,7 +1056,7 @@ class JourneyEngine:
         (those carrying one of its identifiers, its ``anchor`` identifier, or ``also``). A
         person whose first touch is still held has no identifiers yet: its anchor finds it."""
         record = self.person_record(person_id)
-        self.persons.pop(person_id, None)
+        self._pop_person(person_id)
         members = self.identity.members.pop(person_id, ())
         for identifier in members:
             self.identity.owner.pop(identifier, None)
@@ -1063,7 +1092,7 @@ class JourneyEngine:
         if record is not None and record[0] is not None:
             if source in self.persons:  # handed over twice: keep what is here
                 return out
-            self.persons[source] = PersonState.from_list(record[0], self.state_names)
+            self._put_person(source, PersonState.from_list(record[0], self.state_names))
         self._merge_person(source, target, at, event_id, out)
         return out
 
@@ -1325,9 +1354,11 @@ class JourneyEngine:
                 if touch.segment:
                     journey.segment = touch.segment
                 person.journeys.append(journey)
+                self._active += 1
                 self._journey_out("started", person_id, journey, touch, out)
             elif journey.status == "dropped":
                 journey.status = "active"
+                self._active += 1
                 self._journey_out("resumed", person_id, journey, touch, out)
             if stage_index != GOAL and stage_index > journey.stage:
                 journey.stage = stage_index
@@ -1475,6 +1506,7 @@ class JourneyEngine:
             )
         self._score(person_id, journey, touch.at, "converted", out)
         person.journeys.remove(journey)
+        self._active -= 1  # (an active journey: only an active one converts)
 
     def _due(self, journey: JourneyState) -> int:
         """When the journey's deadline fires: an active journey's drop-off deadline plus the
@@ -1562,6 +1594,8 @@ class JourneyEngine:
         index = journey.definition
         definition = self.definitions[index]  # (raises for a journey the catalog lacks)
         journey_id = journey.journey_id
+        if journey.status == "active":
+            self._active -= 1
         journey.status = "dropped"
         journey.dropped_at = due
         self._schedule(person_id, journey)
@@ -1669,7 +1703,7 @@ class JourneyEngine:
     def _merge_person(
         self, source: str, target: str, at: int, event_id: str, out: list[Output]
     ) -> None:
-        moved = self.persons.pop(source, None)
+        moved = self._pop_person(source)
         self.dirty.add(source)
         self.dirty.add(target)
         out.append(
@@ -1704,9 +1738,10 @@ class JourneyEngine:
                     self._push(retired.due, target, retired.journey_id)
         person = self.persons.get(target)
         if person is None:
-            self.persons[target] = moved
+            self._put_person(target, moved)
             person = moved
         else:
+            self._active -= _active_in(person)
             if moved.retired:
                 person.retired = (person.retired or []) + moved.retired
                 person.catalog_version = max(person.catalog_version, moved.catalog_version)
@@ -1759,6 +1794,7 @@ class JourneyEngine:
                         ),
                     )
                 )
+            self._active += _active_in(person)
         for journey in person.journeys:
             self._schedule(target, journey)
         self._schedule_churn(target, person)

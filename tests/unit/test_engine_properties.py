@@ -37,9 +37,16 @@ def run(touches: list[Touch], channel_lateness_ms: dict[str, int] | None = None)
     out: list[Output] = []
     for item in touches:
         out += engine.submit(item)
+        assert engine.active_journeys() == walk_active(engine)
     out += engine.flush()
     out += engine.advance(2**62)
+    assert engine.active_journeys() == walk_active(engine)
     return out
+
+
+def walk_active(engine: JourneyEngine) -> int:
+    """The active journeys counted the long way (``active_journeys`` keeps the count)."""
+    return sum(1 for p in engine.persons.values() for j in p.journeys if j.status == "active")
 
 
 def canonical(outputs: list[Output]) -> list[tuple[object, ...]]:
@@ -115,5 +122,47 @@ def test_batched_submission_gives_the_same_outcome(seed: int, size: int) -> None
     out: list[Output] = []
     for start in range(0, len(touches), size):
         out += engine.submit_batch(touches[start : start + size])
+        assert engine.active_journeys() == walk_active(engine)
     out += engine.flush() + engine.advance(2**62)
+    assert engine.active_journeys() == walk_active(engine)
     assert canonical(out) == canonical(run(touches))
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**9), moves=st.integers(0, 10**9))
+def test_the_active_journey_count_follows_hand_offs_erasures_and_restores(
+    seed: int, moves: int
+) -> None:
+    """``active_journeys`` (kept as journeys change) equals the walk over every person, also
+    when persons are handed over and back, taken over by another (a merge), forgotten, or
+    restored from a snapshot."""
+    rng = random.Random(moves)
+    engine = JourneyEngine(CATALOG, allowed_lateness_ms=LATENESS)
+    for _, touch in generate(seed):
+        engine.submit(touch)
+        assert engine.active_journeys() == walk_active(engine)
+        persons = sorted(engine.persons)
+        if not persons or rng.random() > 0.15:
+            continue
+        person = rng.choice(persons)
+        move = rng.randrange(4)
+        if move == 0:  # handed over and back
+            record, _, held = engine.extract(person)
+            if record is not None:
+                engine.load_person(person, record)
+            engine.apply_now(held)
+        elif move == 1:  # taken over by another person: merged into it
+            record, members, held = engine.extract(person)
+            target = rng.choice(persons)
+            engine.absorb(person, target, record, members, touch.at, touch.event_id)
+            engine.apply_now(held)
+        elif move == 2:  # erased, or its churn window passed
+            engine.forget(person)
+        else:
+            restored = JourneyEngine(CATALOG, allowed_lateness_ms=LATENESS)
+            restored.restore(engine.snapshot())
+            assert restored.active_journeys() == walk_active(restored) == walk_active(engine)
+        assert engine.active_journeys() == walk_active(engine)
+    engine.flush()
+    engine.advance(2**62)
+    assert engine.active_journeys() == walk_active(engine)
