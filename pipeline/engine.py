@@ -151,6 +151,12 @@ class Output(NamedTuple):
         }
 
 
+# an outcome's detail pair in scores, shared by all of them
+_OUTCOMES: Final[dict[str, tuple[str, Any]]] = {
+    name: ("outcome", name) for name in ("converted", "dropped_off")
+}
+
+
 def _segment_detail(segment: str) -> tuple[tuple[str, Any], ...]:
     """An output's ``detail.segment``: its journey's segment, when it has one."""
     return (("segment", segment),) if segment else ()
@@ -702,7 +708,6 @@ class JourneyEngine:
         self._versions: tuple[tuple[tuple[str, Any], ...], ...] = tuple(
             (("definition_version", d.version),) for d in self.definitions
         )
-        self._version_of: tuple[str, ...] = tuple(d.version for d in self.definitions)
         self._first_contact: tuple[bool, ...] = tuple(
             d.first_contact_resolution for d in self.definitions
         )
@@ -757,7 +762,9 @@ class JourneyEngine:
         self._seq = 0
         # held touches by identifier key (extract finds a person's touches without a scan);
         # extracted ones stay in the heap, marked by sequence number, until popped
-        self._held_by_key: dict[str, list[Pending]] = {}
+        # (a key's one held touch as the entry itself, the common case: no list per touch;
+        # a list once a second one is held)
+        self._held_by_key: dict[str, Pending | list[Pending]] = {}
         self._extracted: set[int] = set()
         self.dirty: set[str] = set()  # persons changed since the adapter last saved them
         # persons ``forget`` dropped and the identifiers they owned, until the adapter looks
@@ -831,11 +838,13 @@ class JourneyEngine:
             in_order.append(entry)
         held = self._held_by_key
         for key in entry[4]:
-            entries = held.get(key)
-            if entries is None:
-                held[key] = [entry]
+            found = held.get(key)
+            if found is None:
+                held[key] = entry
+            elif isinstance(found, list):
+                found.append(entry)
             else:
-                entries.append(entry)
+                held[key] = [found, entry]
 
     def _release(self, entry: Pending) -> bool:
         """Forget a held touch taken off the queue; False when it was extracted meanwhile.
@@ -846,12 +855,12 @@ class JourneyEngine:
             return False
         held = self._held_by_key
         for key in entry[4]:
-            entries = held.get(key)
-            if entries is not None:
-                if len(entries) == 1:
+            found = held.get(key)
+            if found is not None:
+                if not isinstance(found, list) or len(found) == 1:
                     del held[key]
                 else:
-                    entries.remove(entry)
+                    found.remove(entry)
         return True
 
     def tick(self, wall_ms: int) -> list[Output]:
@@ -1036,16 +1045,23 @@ class JourneyEngine:
         taken: list[Pending] = []
         by_key = self._held_by_key
         for key in keys:
-            for entry in by_key.pop(key, ()):
+            found = by_key.pop(key, None)
+            if found is None:
+                continue
+            for entry in found if isinstance(found, list) else [found]:
                 if entry[2] not in self._extracted:
                     self._extracted.add(entry[2])
                     taken.append(entry)
-        for entry in taken:  # out of the other keys' lists too
+        for entry in taken:  # out of the other keys' too
             seq = entry[2]
             for key in entry[4]:
-                entries = by_key.get(key)
-                if entries:
-                    entries[:] = [e for e in entries if e[2] != seq]
+                held = by_key.get(key)
+                if held is None:
+                    continue
+                if isinstance(held, list):
+                    held[:] = [e for e in held if e[2] != seq]
+                elif held[2] == seq:
+                    del by_key[key]
         taken.sort()
         return [entry[3] for entry in taken]
 
@@ -1623,7 +1639,7 @@ class JourneyEngine:
                     None,
                     (
                         ("negative_moments", journey.negatives),
-                        ("definition_version", self._version_of[index]),
+                        self._versions[index][0],
                         *_segment_detail(journey.segment),
                     ),
                 ),
@@ -1877,7 +1893,7 @@ class JourneyEngine:
                     None,
                     peak_end_score(journey.peak, journey.end),
                     (
-                        ("outcome", outcome),
+                        _OUTCOMES.get(outcome) or ("outcome", outcome),
                         ("peak", round(journey.peak, 4)),
                         ("end", round(journey.end, 4)),
                         *_segment_detail(journey.segment),
