@@ -56,7 +56,8 @@ PARTS = ("throughput", "steady", "memory")
 # Quix Streams pins its own dependencies (confluent-kafka, rocksdict, pydantic-settings ...):
 # it gets a virtual environment of its own, made on demand.
 QUIX_VENV = REPO / ".venv-quix"
-QUIX_REQUIREMENT = "quixstreams>=3.28,<4"
+QUIX_VERSION = "3.28.1"  # the release measured in docs/benchmarks.md: pinned, as ours are
+QUIX_REQUIREMENT = f"quixstreams=={QUIX_VERSION}"
 BARE_OUTPUT = "bench.bare-io.out"
 QUIX_OUTPUT = "bench.quix.out"
 # the worker's consumer group time-outs in the embedded profile (Tansu's joins are slow)
@@ -239,7 +240,11 @@ async def _bare_io_rate(bootstrap: str, topic: str, output: str, count: int, gro
 def _quix_python() -> tuple[Path | None, str]:
     """The Quix Streams environment's interpreter, made if missing; or why there is none."""
     python = QUIX_VENV / "bin" / "python"
-    check = [str(python), "-c", "import quixstreams"]
+    check = [
+        str(python),
+        "-c",
+        f"import sys, quixstreams; sys.exit(quixstreams.__version__ != {QUIX_VERSION!r})",
+    ]
     if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
         return python, ""
     steps = {
