@@ -978,6 +978,12 @@ class JourneyEngine:
         self.persons[person_id] = state
         self._active += _active_in(state)
 
+    def drop_person(self, person_id: str) -> None:
+        """Let go of a person's state only (its identifiers and queued deadlines stay): what an
+        adapter undoing a record that failed to load drops, instead of popping ``persons``
+        itself (which would leave ``active_journeys`` counting its journeys)."""
+        self._pop_person(person_id)
+
     def _pop_person(self, person_id: str) -> PersonState | None:
         """Let go of a person's state (returned), its journeys no longer counted."""
         state = self.persons.pop(person_id, None)

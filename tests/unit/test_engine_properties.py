@@ -134,8 +134,8 @@ def test_the_active_journey_count_follows_hand_offs_erasures_and_restores(
     seed: int, moves: int
 ) -> None:
     """``active_journeys`` (kept as journeys change) equals the walk over every person, also
-    when persons are handed over and back, taken over by another (a merge), forgotten, or
-    restored from a snapshot."""
+    when persons are handed over and back, taken over by another (a merge), forgotten, their
+    state dropped, or restored from a snapshot."""
     rng = random.Random(moves)
     engine = JourneyEngine(CATALOG, allowed_lateness_ms=LATENESS)
     for _, touch in generate(seed):
@@ -145,7 +145,7 @@ def test_the_active_journey_count_follows_hand_offs_erasures_and_restores(
         if not persons or rng.random() > 0.15:
             continue
         person = rng.choice(persons)
-        move = rng.randrange(4)
+        move = rng.randrange(5)
         if move == 0:  # handed over and back
             record, _, held = engine.extract(person)
             if record is not None:
@@ -158,6 +158,8 @@ def test_the_active_journey_count_follows_hand_offs_erasures_and_restores(
             engine.apply_now(held)
         elif move == 2:  # erased, or its churn window passed
             engine.forget(person)
+        elif move == 3:  # its state let go of (a record that failed to load)
+            engine.drop_person(person)
         else:
             restored = JourneyEngine(CATALOG, allowed_lateness_ms=LATENESS)
             restored.restore(engine.snapshot())
