@@ -659,15 +659,6 @@ class PersonState:
         return state
 
 
-def _active_in(person: PersonState) -> int:
-    """How many of a person's journeys are active."""
-    count = 0
-    for journey in person.journeys:
-        if journey.status == "active":
-            count += 1
-    return count
-
-
 @dataclass
 class EngineCounters:
     events: int = 0
@@ -734,6 +725,10 @@ class JourneyEngine:
         # change of a journey's status, and every person loaded, restored, taken over,
         # extracted, forgotten or merged, updates it
         self._active = 0
+        # the same per definition and stage, keyed definition * _span + stage: the gauge of
+        # active journeys per journey and stage
+        self._active_at: dict[int, int] = {}
+        self._span = 1 + max((len(d.stages) for d in catalog.journeys), default=0)
         self.counters = EngineCounters()
         self.watermark = -(2**62)
         self.max_event_time = -(2**62)  # (each touch counts at most at its received_at)
@@ -970,13 +965,30 @@ class JourneyEngine:
         """Active journeys over all persons (kept as they change: no walk)."""
         return self._active
 
+    def active_by_stage(self) -> dict[tuple[int, int], int]:
+        """Active journeys per (definition index, stage index), those with any (kept as they
+        change: no walk over the persons)."""
+        return {divmod(key, self._span): count for key, count in self._active_at.items() if count}
+
+    def _count_active(self, journey: JourneyState, change: int) -> None:
+        """An active journey counted (``change`` 1) or no longer (-1), at its stage."""
+        key = journey.definition * self._span + journey.stage
+        self._active += change
+        self._active_at[key] = self._active_at.get(key, 0) + change
+
+    def _count_person(self, person: PersonState, change: int) -> None:
+        """Every active journey of ``person`` counted (1) or no longer (-1)."""
+        for journey in person.journeys:
+            if journey.status == "active":
+                self._count_active(journey, change)
+
     def _put_person(self, person_id: str, state: PersonState) -> None:
         """Hold ``state`` as ``person_id``'s (replacing what was held), counting its journeys."""
         old = self.persons.get(person_id)
         if old is not None:
-            self._active -= _active_in(old)
+            self._count_person(old, -1)
         self.persons[person_id] = state
-        self._active += _active_in(state)
+        self._count_person(state, 1)
 
     def drop_person(self, person_id: str) -> None:
         """Let go of a person's state only (its identifiers and queued deadlines stay): what an
@@ -988,7 +1000,7 @@ class JourneyEngine:
         """Let go of a person's state (returned), its journeys no longer counted."""
         state = self.persons.pop(person_id, None)
         if state is not None:
-            self._active -= _active_in(state)
+            self._count_person(state, -1)
         return state
 
     def snapshot(self) -> dict[str, bytes]:
@@ -1376,14 +1388,16 @@ class JourneyEngine:
                 if touch.segment:
                     journey.segment = touch.segment
                 person.journeys.append(journey)
-                self._active += 1
+                self._count_active(journey, 1)
                 self._journey_out("started", person_id, journey, touch, out)
             elif journey.status == "dropped":
                 journey.status = "active"
-                self._active += 1
+                self._count_active(journey, 1)
                 self._journey_out("resumed", person_id, journey, touch, out)
             if stage_index != GOAL and stage_index > journey.stage:
+                self._count_active(journey, -1)  # (active here: started, resumed or was)
                 journey.stage = stage_index
+                self._count_active(journey, 1)
                 self._journey_out("stage_reached", person_id, journey, touch, out)
             if touch.at >= journey.active_at:
                 journey.channel = touch.channel
@@ -1528,7 +1542,7 @@ class JourneyEngine:
             )
         self._score(person_id, journey, touch.at, "converted", out)
         person.journeys.remove(journey)
-        self._active -= 1  # (an active journey: only an active one converts)
+        self._count_active(journey, -1)  # (an active journey: only an active one converts)
 
     def _due(self, journey: JourneyState) -> int:
         """When the journey's deadline fires: an active journey's drop-off deadline plus the
@@ -1617,7 +1631,7 @@ class JourneyEngine:
         definition = self.definitions[index]  # (raises for a journey the catalog lacks)
         journey_id = journey.journey_id
         if journey.status == "active":
-            self._active -= 1
+            self._count_active(journey, -1)
         journey.status = "dropped"
         journey.dropped_at = due
         self._schedule(person_id, journey)
@@ -1763,7 +1777,7 @@ class JourneyEngine:
             self._put_person(target, moved)
             person = moved
         else:
-            self._active -= _active_in(person)
+            self._count_person(person, -1)
             if moved.retired:
                 person.retired = (person.retired or []) + moved.retired
                 person.catalog_version = max(person.catalog_version, moved.catalog_version)
@@ -1816,7 +1830,7 @@ class JourneyEngine:
                         ),
                     )
                 )
-            self._active += _active_in(person)
+            self._count_person(person, 1)
         for journey in person.journeys:
             self._schedule(target, journey)
         self._schedule_churn(target, person)

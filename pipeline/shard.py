@@ -867,7 +867,7 @@ class JourneyShard:
         """Undo whatever a record that failed to load had loaded; its deletion is saved."""
         name = key[2:]
         if key.startswith("p:"):
-            self.engine.persons.pop(name, None)
+            self.engine.drop_person(name)  # (not ``persons.pop``: its journeys leave the counts)
             for identifier in self.graph.members.pop(name, ()):
                 self.graph.owner.pop(identifier, None)
             self.foreign.pop(name, None)

@@ -781,24 +781,7 @@ class JourneyRole:
         self._taken_seen = taken
 
     def _refresh_gauges(self) -> None:
-        active: Tally[tuple[str, str]] = Tally()
-        for partition, shard in self.shards.items():
-            engine = shard.engine
-            # how far alignment holds the watermark behind what its own input allows
-            behind = (
-                max(0, engine.candidate - engine.watermark) if engine.watermark > -(2**62) else 0
-            )
-            WATERMARK_ALIGNMENT_LAG.labels(str(partition)).set(behind / 1000)
-            for person in engine.persons.values():
-                for journey in person.journeys:
-                    if journey.status == "active":
-                        definition = engine.definitions[journey.definition]
-                        active[(definition.name, definition.stages[journey.stage].name)] += 1
-        for definition in self.catalog.journeys:
-            for stage in definition.stages:
-                ACTIVE_JOURNEYS.labels(definition.name, stage.name).set(
-                    active.get((definition.name, stage.name), 0)
-                )
+        self._refresh_shard_gauges()
         consumer = self.app.consumer
         changelogs = self.app.tables.changelog_topics  # read on recovery, never committed
         for tp in consumer.assignment():
@@ -809,6 +792,27 @@ class JourneyRole:
                 continue
             done = committed_offset(consumer, tp) or 0
             CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, highwater - done))
+
+    def _refresh_shard_gauges(self) -> None:
+        """The gauges the shards give: alignment lag per partition, active journeys per journey
+        and stage (the engines keep those counts as journeys change)."""
+        active: Tally[tuple[str, str]] = Tally()
+        for partition, shard in self.shards.items():
+            engine = shard.engine
+            # how far alignment holds the watermark behind what its own input allows
+            behind = (
+                max(0, engine.candidate - engine.watermark) if engine.watermark > -(2**62) else 0
+            )
+            WATERMARK_ALIGNMENT_LAG.labels(str(partition)).set(behind / 1000)
+            # kept by the engine as journeys change: no walk over its persons
+            for (index, position), count in engine.active_by_stage().items():
+                definition = engine.definitions[index]
+                active[(definition.name, definition.stages[position].name)] += count
+        for definition in self.catalog.journeys:
+            for stage in definition.stages:
+                ACTIVE_JOURNEYS.labels(definition.name, stage.name).set(
+                    active.get((definition.name, stage.name), 0)
+                )
 
 
 class _Metrics:

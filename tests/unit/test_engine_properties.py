@@ -37,16 +37,28 @@ def run(touches: list[Touch], channel_lateness_ms: dict[str, int] | None = None)
     out: list[Output] = []
     for item in touches:
         out += engine.submit(item)
-        assert engine.active_journeys() == walk_active(engine)
+        assert kept_active(engine) == walk_active(engine)
     out += engine.flush()
     out += engine.advance(2**62)
-    assert engine.active_journeys() == walk_active(engine)
+    assert kept_active(engine) == walk_active(engine)
     return out
 
 
-def walk_active(engine: JourneyEngine) -> int:
-    """The active journeys counted the long way (``active_journeys`` keeps the count)."""
-    return sum(1 for p in engine.persons.values() for j in p.journeys if j.status == "active")
+def kept_active(engine: JourneyEngine) -> tuple[int, dict[tuple[int, int], int]]:
+    """The active journeys as the engine keeps their counts: in all, and per definition and
+    stage (the gauge)."""
+    return engine.active_journeys(), engine.active_by_stage()
+
+
+def walk_active(engine: JourneyEngine) -> tuple[int, dict[tuple[int, int], int]]:
+    """The active journeys counted the long way, over every person (``kept_active``)."""
+    by_stage: Counter[tuple[int, int]] = Counter(
+        (j.definition, j.stage)
+        for p in engine.persons.values()
+        for j in p.journeys
+        if j.status == "active"
+    )
+    return sum(by_stage.values()), dict(by_stage)
 
 
 def canonical(outputs: list[Output]) -> list[tuple[object, ...]]:
@@ -122,9 +134,9 @@ def test_batched_submission_gives_the_same_outcome(seed: int, size: int) -> None
     out: list[Output] = []
     for start in range(0, len(touches), size):
         out += engine.submit_batch(touches[start : start + size])
-        assert engine.active_journeys() == walk_active(engine)
+        assert kept_active(engine) == walk_active(engine)
     out += engine.flush() + engine.advance(2**62)
-    assert engine.active_journeys() == walk_active(engine)
+    assert kept_active(engine) == walk_active(engine)
     assert canonical(out) == canonical(run(touches))
 
 
@@ -140,7 +152,7 @@ def test_the_active_journey_count_follows_hand_offs_erasures_and_restores(
     engine = JourneyEngine(CATALOG, allowed_lateness_ms=LATENESS)
     for _, touch in generate(seed):
         engine.submit(touch)
-        assert engine.active_journeys() == walk_active(engine)
+        assert kept_active(engine) == walk_active(engine)
         persons = sorted(engine.persons)
         if not persons or rng.random() > 0.15:
             continue
@@ -163,8 +175,8 @@ def test_the_active_journey_count_follows_hand_offs_erasures_and_restores(
         else:
             restored = JourneyEngine(CATALOG, allowed_lateness_ms=LATENESS)
             restored.restore(engine.snapshot())
-            assert restored.active_journeys() == walk_active(restored) == walk_active(engine)
-        assert engine.active_journeys() == walk_active(engine)
+            assert kept_active(restored) == walk_active(restored) == walk_active(engine)
+        assert kept_active(engine) == walk_active(engine)
     engine.flush()
     engine.advance(2**62)
-    assert engine.active_journeys() == walk_active(engine)
+    assert kept_active(engine) == walk_active(engine)
