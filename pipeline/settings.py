@@ -230,6 +230,14 @@ class Settings(BaseSettings):
         gt=0,
         description="How often each journey partition checks its deadlines and idle time.",
     )
+    gc_thaw_interval_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="A journey worker hides the objects that outlive each batch (journey state, "
+        "mostly) from Python's cyclic garbage collector, whose scans of them grew with the state "
+        "(a full one took 1.2 s per million persons); this often, it lets one full collection "
+        "look at them all (reference cycles that became garbage). 0: never hide them.",
+    )
     table_standby_replicas: int = Field(
         default=0,
         ge=0,

@@ -94,6 +94,7 @@ from streams.faust_internals import (
     open_store_partition,
     partition_context,
 )
+from streams.process import LongLivedHeap
 from streams.topics import (
     BY_PERSON,
     CONTROL_HEADER,
@@ -196,6 +197,7 @@ class JourneyRole:
         )
         readiness.checks["tables_recovered"] = False
         self._metrics = _Metrics(self.catalog)
+        self._heap = LongLivedHeap(settings.gc_thaw_interval_s)  # (streams/process.py)
         self._inputs_done = {  # both series exist from the start, at 0
             topic: JOURNEY_INPUTS_DONE.labels(topic) for topic in (self.by_person, self.handoff)
         }
@@ -238,6 +240,7 @@ class JourneyRole:
             async with self.lock:
                 self.readiness.checks["tables_recovered"] = False
                 self.shards.clear()
+                self._heap.thaw_soon()  # (the shards let go of are collected with the next batch)
                 # what is not acknowledged is read again by the partition's next owner
                 for held in (
                     self._unacked,
@@ -261,6 +264,7 @@ class JourneyRole:
         for start in range(0, len(messages), size):
             async with self.lock:
                 await self._process(messages[start : start + size])
+            self._heap.settle()
 
     async def _process(self, messages: list[Message]) -> None:
         # Messages the shard holds (for the watermark, behind a hand-off) stay unacknowledged
@@ -422,6 +426,7 @@ class JourneyRole:
         partition in this batch, the input being applied and every one after it are left out
         unapplied (``TooManyFailures``) and the next pass ends it."""
         failed = self.shards.pop(partition)
+        self._heap.thaw_soon()
         refused = self._refused[partition]
         poisoned = self._poisoned[partition]
         failure = failure_of(error)
@@ -749,6 +754,7 @@ class JourneyRole:
                 steps[partition] = self._drain(partition)
             await self._complete(steps)
         SWEEP_SECONDS.observe(time.perf_counter() - started)
+        self._heap.settle()
         if time.monotonic() - self._last_gauges >= GAUGE_EVERY_S:
             self._last_gauges = time.monotonic()
             self._refresh_gauges()
