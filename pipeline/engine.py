@@ -178,48 +178,26 @@ def drop_off_hold(
     return max(0, latest - lateness_ms)
 
 
+def _identity_output(
+    name: str, key: str, at: int, person_id: str, event_id: str, detail: tuple[Any, ...]
+) -> Output:
+    """An ``identity`` output (built positionally: no journey, stage, channel or value)."""
+    fields = ("identity", name, key, at, person_id, None, None, None, None, None, event_id)
+    return _new(Output, (*fields, None, detail))
+
+
 def linked_output(identifier: str, at: int, person_id: str, event_id: str) -> Output:
     """An identifier belongs to ``person_id`` from ``at`` on (reported once per identifier and
     person: a redelivery has the same output id)."""
-    return _new(
-        Output,
-        (
-            "identity",
-            "linked",
-            f"linked:{identifier}:{person_id}",
-            at,
-            person_id,
-            None,
-            None,
-            None,
-            None,
-            None,
-            event_id,
-            None,
-            (("identifier", identifier),),
-        ),
-    )
+    key = f"linked:{identifier}:{person_id}"
+    return _identity_output("linked", key, at, person_id, event_id, (("identifier", identifier),))
 
 
 def blocked_output(identifier: str, at: int, person_id: str, event_id: str) -> Output:
     """An identifier seen with too many customers is no longer used to stitch (reported once)."""
-    return _new(
-        Output,
-        (
-            "identity",
-            "identifier_blocked",
-            f"blocked:{identifier}",
-            at,
-            person_id,
-            None,
-            None,
-            None,
-            None,
-            None,
-            event_id,
-            None,
-            (("identifier_kind", identifier.split(":", 1)[0]),),
-        ),
+    detail = (("identifier_kind", identifier.split(":", 1)[0]),)
+    return _identity_output(
+        "identifier_blocked", f"blocked:{identifier}", at, person_id, event_id, detail
     )
 
 
