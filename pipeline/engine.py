@@ -1562,19 +1562,24 @@ class JourneyEngine:
     def _schedule_churn(self, person_id: str, person: PersonState) -> None:
         if not person.churn_due:
             due = person.churn_due = person.last_activity + self._churn_after
-            self._seq += 1
-            key = due << SEQ_BITS | (self._seq & SEQ_MASK)
+            key = self._key(due)
             lane = self._lane_keys
             if not lane or key > lane[-1]:
                 lane.append(key)
                 self._lane_persons.append(person_id)
             else:  # out of key order: in the heap
-                self._deadline_of[key] = (person_id, "")
-                heappush(self._deadlines, key)
+                self._queue_key(key, person_id, "")
 
     def _push(self, due: int, person_id: str, journey_id: str) -> None:
+        self._queue_key(self._key(due), person_id, journey_id)
+
+    def _key(self, due: int) -> int:
+        """A deadline's queue key: its time, then the order it was queued in."""
         self._seq += 1
-        key = due << SEQ_BITS | (self._seq & SEQ_MASK)
+        return due << SEQ_BITS | (self._seq & SEQ_MASK)
+
+    def _queue_key(self, key: int, person_id: str, journey_id: str) -> None:
+        """Queue a deadline in the heap (journey "": the person's churn deadline)."""
         self._deadline_of[key] = (person_id, journey_id)
         heappush(self._deadlines, key)
 
@@ -1720,26 +1725,9 @@ class JourneyEngine:
         moved = self._pop_person(source)
         self.dirty.add(source)
         self.dirty.add(target)
-        out.append(
-            _new(
-                Output,
-                (
-                    "identity",
-                    "merged",
-                    f"merged:{source}:{target}",
-                    at,
-                    target,
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
-                    event_id,
-                    None,
-                    (("from_person", source),),
-                ),
-            )
-        )
+        detail = (("from_person", source),)
+        key = f"merged:{source}:{target}"
+        out.append(_identity_output("merged", key, at, target, event_id, detail))
         if moved is None:
             return
         # Queued deadlines name the old person id: queue them again under the new one.
