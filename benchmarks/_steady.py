@@ -1,4 +1,5 @@
-"""The steady middle of a run, timed inside the process that does the work.
+"""The steady middle of a run, timed inside the process that does the work; and the consumer
+group timings every benchmark consumer uses on the embedded broker.
 
 No third-party imports: the Quix Streams consumer (``benchmarks/quix_count.py``) uses it from
 its own virtual environment, the topology suite's in-process baselines from the main one.
@@ -7,6 +8,14 @@ its own virtual environment, the topology suite's in-process baselines from the 
 from __future__ import annotations
 
 import time
+
+# The embedded profile's consumer group (Tansu: a group join waits about half the session
+# time-out; a fetch is answered only when its wait is over), for the workers
+# (``_support.worker_env``) and every baseline alike.
+SESSION_TIMEOUT_MS = 3_000
+HEARTBEAT_MS = 500
+REBALANCE_TIMEOUT_MS = 3_000
+FETCH_MAX_WAIT_MS = 25
 
 # A ~250-byte output record's padding (with an event's id, time and touchpoint, and the
 # output's number: about 250 bytes as JSON).

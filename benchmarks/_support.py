@@ -8,6 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks._steady import (
+    FETCH_MAX_WAIT_MS,
+    HEARTBEAT_MS,
+    REBALANCE_TIMEOUT_MS,
+    SESSION_TIMEOUT_MS,
+)
 from tests.helpers import free_port, start_python, stop_process
 
 __all__ = ["free_port", "running", "start_python", "stop", "worker_env"]
@@ -43,9 +49,9 @@ def worker_env(broker_url: str, data_dir: str, partitions: int, **extra: str) ->
         "JW_BROKER_URL": broker_url,
         "JW_PARTITIONS": str(partitions),
         "JW_DATA_DIR": data_dir,
-        "JW_CONSUMER_SESSION_TIMEOUT_S": "3",
-        "JW_CONSUMER_HEARTBEAT_S": "0.5",
-        "JW_CONSUMER_REBALANCE_TIMEOUT_S": "3",
-        "JW_CONSUMER_FETCH_MAX_WAIT_MS": "25",
+        "JW_CONSUMER_SESSION_TIMEOUT_S": str(SESSION_TIMEOUT_MS / 1000),
+        "JW_CONSUMER_HEARTBEAT_S": str(HEARTBEAT_MS / 1000),
+        "JW_CONSUMER_REBALANCE_TIMEOUT_S": str(REBALANCE_TIMEOUT_MS / 1000),
+        "JW_CONSUMER_FETCH_MAX_WAIT_MS": str(FETCH_MAX_WAIT_MS),
         **extra,
     }

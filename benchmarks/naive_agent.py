@@ -13,6 +13,7 @@ from typing import Any
 import faust
 import orjson
 
+from benchmarks._steady import HEARTBEAT_MS, REBALANCE_TIMEOUT_MS, SESSION_TIMEOUT_MS
 from streams.faust_internals import QuietWorker
 
 
@@ -26,9 +27,9 @@ def main() -> None:
         topic_allow_declare=False,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=3,
-        broker_heartbeat_interval=0.5,
-        broker_rebalance_timeout=3,
+        broker_session_timeout=SESSION_TIMEOUT_MS / 1000,
+        broker_heartbeat_interval=HEARTBEAT_MS / 1000,
+        broker_rebalance_timeout=REBALANCE_TIMEOUT_MS / 1000,
         web_port=port,
         web_bind="127.0.0.1",
     )

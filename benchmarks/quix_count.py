@@ -20,7 +20,13 @@ import json
 import sys
 from typing import Any
 
-from benchmarks._steady import PAD, SteadyMiddle
+from benchmarks._steady import (
+    FETCH_MAX_WAIT_MS,
+    HEARTBEAT_MS,
+    PAD,
+    SESSION_TIMEOUT_MS,
+    SteadyMiddle,
+)
 
 
 def count_with_state(value: dict[str, Any], state: Any) -> list[dict[str, Any]]:
@@ -78,11 +84,10 @@ def main() -> None:
         state_dir=state_dir,
         loglevel="WARNING",
         on_message_processed=on_processed,
-        # Tansu: a group join waits about half the session time-out (docs: PLATFORM notes)
-        consumer_extra_config={
-            "session.timeout.ms": 3000,
-            "heartbeat.interval.ms": 500,
-            "fetch.wait.max.ms": 25,
+        consumer_extra_config={  # the embedded profile's (benchmarks/_steady.py)
+            "session.timeout.ms": SESSION_TIMEOUT_MS,
+            "heartbeat.interval.ms": HEARTBEAT_MS,
+            "fetch.wait.max.ms": FETCH_MAX_WAIT_MS,
         },
         producer_extra_config={"linger.ms": 5},
         topic_manager=_topic_manager(bootstrap, group),

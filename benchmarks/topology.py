@@ -26,10 +26,16 @@ from pathlib import Path
 import orjson
 import psutil
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import NewTopic
+from kafka import KafkaProducer
 
-from benchmarks._steady import PAD, SteadyMiddle
+from benchmarks._steady import (
+    FETCH_MAX_WAIT_MS,
+    HEARTBEAT_MS,
+    PAD,
+    REBALANCE_TIMEOUT_MS,
+    SESSION_TIMEOUT_MS,
+    SteadyMiddle,
+)
 from benchmarks._support import free_port, running, start_python, stop, worker_env
 from pipeline.contract import TouchpointEvent, decode_touchpoint
 from pipeline.definitions import load_catalog
@@ -60,8 +66,6 @@ QUIX_VERSION = "3.28.1"  # the release measured in docs/benchmarks.md: pinned, a
 QUIX_REQUIREMENT = f"quixstreams=={QUIX_VERSION}"
 BARE_OUTPUT = "bench.bare-io.out"
 QUIX_OUTPUT = "bench.quix.out"
-# the worker's consumer group time-outs in the embedded profile (Tansu's joins are slow)
-GROUP_TIMEOUTS = {"session_timeout_ms": 3000, "heartbeat_interval_ms": 500}
 
 
 def _validated(now: datetime, count: int, seed: int) -> list[tuple[bytes, bytes]]:
@@ -168,15 +172,6 @@ async def _raw_rate(bootstrap: str, topic: str, count: int) -> float:
         await consumer.stop()
 
 
-def _create_topics(bootstrap: str, names: list[str]) -> None:
-    """``names`` with ``PARTITIONS`` partitions each (Tansu auto-creates with 4 whatever)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        admin.create_topics([NewTopic(name, PARTITIONS, 1) for name in names])
-    finally:
-        admin.close()
-
-
 async def _bare_io_rate(bootstrap: str, topic: str, output: str, count: int, group: str) -> float:
     """Inputs/s of the I/O a journey worker must do, done bare with aiokafka in one process:
     consume ``topic`` in consumer group ``group``, decode each record, produce three ~250-byte
@@ -189,9 +184,10 @@ async def _bare_io_rate(bootstrap: str, topic: str, output: str, count: int, gro
         group_id=group,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
-        rebalance_timeout_ms=3000,
-        fetch_max_wait_ms=25,
-        **GROUP_TIMEOUTS,
+        session_timeout_ms=SESSION_TIMEOUT_MS,  # the embedded profile's (benchmarks/_steady.py)
+        heartbeat_interval_ms=HEARTBEAT_MS,
+        rebalance_timeout_ms=REBALANCE_TIMEOUT_MS,
+        fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await producer.start()
@@ -441,7 +437,9 @@ def _throughput() -> Throughput:
             settings = Settings(broker_url=broker.url, partitions=PARTITIONS, topic_prefix=prefix)
             ensure_topics(settings)
             _produce(broker.url, f"{prefix}{BY_PERSON}", records)
-        _create_topics(broker.url, [BARE_OUTPUT, QUIX_OUTPUT])
+        # the baselines' output topics (Tansu auto-creates with 4 partitions whatever)
+        unprefixed = Settings(broker_url=broker.url, partitions=PARTITIONS)
+        ensure_topics(unprefixed, (BARE_OUTPUT, QUIX_OUTPUT))
         for round_, prefix in enumerate(prefixes):
             found["raw"].append(asyncio.run(_raw_rate(broker.url, BY_PERSON, EVENTS)))
             group = f"bench-bare-{round_}"
