@@ -43,7 +43,7 @@ from streams.offsets import committed_offsets, confirmed_end_offsets, group_lag
 from streams.topics import BY_PERSON, HANDOFF, RAW
 from tests.e2e.stack import PARTITIONS, clock_events, day_start
 from tests.e2e.test_run import journeywatch_run
-from tests.e2e.test_topology import found, truth_of
+from tests.e2e.test_topology import found, outputs_of, truth_of
 from tests.helpers import (
     WEB_READ_TOKEN,
     free_port,
@@ -291,10 +291,16 @@ def test_children_killed_mid_stream_lose_no_acknowledged_event(
 
         with contextlib.suppress(AssertionError):
             wait_until(settled, 120, "the outcomes to equal the ground truth", 1.0)
-        outcomes, _ = found(broker)
+        outcomes, outputs = found(broker)
         _, body = http_get(f"http://127.0.0.1:{ports['worker']}/metrics")
         late = metric_values(body.decode(), "jw_late_events_total")
-        assert outcomes == truth, (outcomes - truth, truth - outcomes, late, client.retries)
+        assert outcomes == truth, (
+            outcomes - truth,
+            truth - outcomes,
+            late,
+            client.retries,
+            outputs_of((outcomes - truth) + (truth - outcomes), outputs),
+        )
         expected = Counter(k[2] for k in truth.elements())
         wait_until(
             lambda: all(
