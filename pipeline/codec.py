@@ -124,6 +124,10 @@ class Frontier(NamedTuple):
     open: list[int]
     yours: int | None = None
     hello: bool = False
+    # the sender's epoch (a shard's, new at each load: every frontier of this version carries
+    # it), and the epoch of the receiver's hello this frontier answers
+    epoch: int | None = None
+    answers: int | None = None
 
     @property
     def kind(self) -> str:
@@ -257,6 +261,10 @@ def encode_message(message: Message) -> bytes:
             body["yours"] = message.yours
         if message.hello:
             body["hello"] = True
+        if message.epoch is not None:
+            body["epoch"] = message.epoch
+        if message.answers is not None:
+            body["answers"] = message.answers
     elif isinstance(message, Handoff):
         touches = message.touches
         body = {
@@ -427,6 +435,7 @@ def _decode_frontier(data: dict[str, Any]) -> Frontier:
     if not isinstance(still, list) or not all(type(o) is int for o in still):
         raise ValueError(f"frontier message: 'open' is not a list of offsets: {still!r:.80}")
     yours = data.get("yours")
+    epoch, answers = data.get("epoch"), data.get("answers")
     return Frontier(
         _int(data["from"], "frontier message: 'from'"),
         frontier,
@@ -435,6 +444,8 @@ def _decode_frontier(data: dict[str, Any]) -> Frontier:
         still,
         yours if type(yours) is int else None,
         bool(data.get("hello")),
+        epoch if type(epoch) is int else None,
+        answers if type(answers) is int else None,
     )
 
 

@@ -227,7 +227,15 @@ class JourneyShard:
         self._inputs = 0  # input records handled (frontiers not counted)
         self._inputs_ticked = -1
         self._active_wall = NEVER  # the wall clock when ``tick`` last found new input
-        self._hello: set[int] = set()  # peers that asked for our frontier (they restarted)
+        # peers that asked for our frontier (they restarted), with the epoch of their ask
+        self._hello: dict[int, int | None] = {}
+        # This shard's epoch, in every frontier it sends: a frontier counts towards the bound
+        # only once its sender has answered this epoch's hello (or it comes from a release
+        # that sends no epoch). Read again after a restart, the frontiers the hand-off
+        # partition still holds are history: an idle partition's unlimited one from before
+        # any input among them, they let the restarted watermark race ahead of the hand-off
+        # messages behind them (``_on_frontier``).
+        self._epoch = getrandbits(63)
         # the highest event time of this partition's own input (at most its received_at), and
         # since when (wall clock, noticed by ``tick``) it has not moved: a partition whose
         # touchpoints all go on to other partitions still promises its candidate from them
@@ -492,6 +500,8 @@ class JourneyShard:
                 still,
                 self._their.get(partition),
                 hello,
+                self._epoch,
+                self._hello.get(partition),
             )
             self._notices.append((partition, encode_message(message)))
             self._told[partition] = now
@@ -502,8 +512,17 @@ class JourneyShard:
         if sender == self.partition or not self.partitions:
             return
         if message.frontier is not None and message.candidate is not None:
-            self.peers[sender] = message.frontier
             self._their[sender] = message.candidate
+            # A frontier bounds this partition's watermark once the sender has answered our
+            # hello (it was computed after the sender read it, so every message the sender
+            # wrote here before it has been read here): one read again from before a restart
+            # (the hand-off input is read again from the committed offset) promised what the
+            # sender would send *then*, not what it may still send. Unlimited frontiers of
+            # idle partitions before any input among them let a restarted partition's
+            # watermark jump to its candidate, past the touches of hand-off messages read
+            # after them. (A release that sends no epoch: counted at once, as before.)
+            if message.epoch is None or sender in self.peers or message.answers == self._epoch:
+                self.peers[sender] = message.frontier
         yours = message.yours
         if yours is not None and yours > self._floor:
             self._floor = yours
@@ -520,7 +539,7 @@ class JourneyShard:
                     kept.append(sent)
             self._outstanding[sender] = kept
         if message.hello:
-            self._hello.add(sender)
+            self._hello[sender] = message.epoch
         self._rebound()
 
     def _note(self, message: Carrying, offset: int) -> None:

@@ -97,6 +97,8 @@ def meant(raw: bytes) -> Message:
         d["open"],
         d.get("yours"),
         bool(d.get("hello")),
+        d.get("epoch"),
+        d.get("answers"),
     )
 
 
@@ -512,6 +514,8 @@ MESSAGES = st.one_of(
         st.lists(st.integers(0, 2**40), max_size=4),
         st.none() | TIME,
         st.booleans(),
+        st.none() | st.integers(0, 2**63 - 1),  # a shard's epoch (getrandbits(63))
+        st.none() | st.integers(0, 2**63 - 1),
     ),
 )
 
