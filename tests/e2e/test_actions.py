@@ -360,7 +360,18 @@ def test_actions_are_delivered_once_through_retries_a_crash_and_the_limits(
         actions = start_cli(["actions", "run"], env, logs[0])
         expected = first | {key_of(o, "payment_failed") for o in [bob, *others]}
         expected.add(key_of(carts[0], "cart_dropped"))
-        wait_until(lambda: expected <= set(receiver.accepted()), 90, "every delivery")
+        try:
+            wait_until(lambda: expected <= set(receiver.accepted()), 90, "every delivery")
+        except AssertionError as timed_out:  # what a rare failure needs to be understood
+            missing = sorted(expected - set(receiver.accepted()))
+            raise AssertionError(
+                (
+                    str(timed_out),
+                    {key: receiver.attempts(key) for key in missing},
+                    http_get(f"http://127.0.0.1:{actions_port}/readyz"),
+                    logs[0].read_text()[-3000:],
+                )
+            ) from None
         taken(2)
 
         # exactly one accepted delivery per trigger and rule, and nothing else
