@@ -79,6 +79,11 @@ _NONCE: Final = b'"n":"'
 _NONCE_TAIL: Final = 18  # 16 hex digits, '"}'
 _NONCE_END: Final = _NONCE_TAIL + len(_NONCE)
 NEVER: Final = -(2**62)  # an event time before any other (the watermark of a new engine)
+# How far (event time) this partition's own candidate may run ahead of where it stood when an
+# idle peer's unlimited frontier came, beyond the wall-clock time since, before that peer is
+# asked again (``_recheck_quiet``): live input moves event time with the wall clock, an
+# import or a backlog far faster.
+QUIET_SLACK_MS: Final = 2_000
 FOREVER: Final = 2**62  # an event time after any other (no bound)
 # Hand-off messages and state records are typed and versioned in pipeline/codec.py (a touch
 # travels as its first 17 fields, which every version reads, its ``received_at`` beside them).
@@ -236,6 +241,8 @@ class JourneyShard:
         # any input among them, they let the restarted watermark race ahead of the hand-off
         # messages behind them (``_on_frontier``).
         self._epoch = getrandbits(63)
+        # this partition's candidate and the wall clock when it first asked in this epoch
+        self._asked: tuple[int, int] | None = None
         # the highest event time of this partition's own input (at most its received_at), and
         # since when (wall clock, noticed by ``tick``) it has not moved: a partition whose
         # touchpoints all go on to other partitions still promises its candidate from them
@@ -246,6 +253,11 @@ class JourneyShard:
         # idle (no input for ``idle_after``) and holding nothing outside the engine: this
         # partition holds nobody back (its frontier is unlimited) until its next input
         self._quiet = False
+        # Peers whose counted frontier is unlimited (idle), with where this partition's own
+        # candidate and the wall clock stood when it came: it holds while this partition's
+        # input moves no faster than the wall clock (``_recheck_quiet``)
+        self._quiet_peers: dict[int, tuple[int, int]] = {}
+        self._wall = NEVER  # the wall clock of the latest tick
         self._notices: list[tuple[int, bytes]] = []
         self.taken = 0  # touches taken out of the engine with a person handed to another partition
         if partitions > 1:
@@ -380,6 +392,8 @@ class JourneyShard:
         if not self.partitions:
             self._outputs += self.engine.tick(wall_ms)
             return
+        if wall_ms > self._wall:
+            self._wall = wall_ms
         if self._inputs != self._inputs_ticked:
             self._inputs_ticked, self._active_wall = self._inputs, wall_ms
         self._rebound()
@@ -465,14 +479,56 @@ class JourneyShard:
         if self.partitions and at < self.engine.bound:
             self.engine.bound = at
 
+    def _allowance(self, ref: int, since: int) -> int:
+        """How far an idle peer's unlimited frontier lets this partition's watermark go: where
+        its own candidate stood when that frontier came, moved on by the wall-clock time since
+        and ``QUIET_SLACK_MS`` (``_recheck_quiet``)."""
+        wall = self._wall
+        return ref + QUIET_SLACK_MS + (wall - since if NEVER < since < wall else 0)
+
+    def _recheck_quiet(self) -> None:
+        """An idle peer's unlimited frontier says that it holds nothing and has had no input
+        for a while, not what input it has not read yet. Live input moves this partition's
+        candidate with the wall clock; when it runs further ahead than that (an import, a
+        backlog, a stream starting into idle partitions), the peer may well have input of the
+        same stream unread, whose touches travel here below that candidate. So the watermark
+        goes no further than the peer's allowance (``_rebound``), and past it the peer is asked
+        again, as after a restart: a new epoch, its frontier counts once it answers (the
+        others' still count), and its answer's allowance starts from where this candidate
+        stood when it was asked. Before, a stream all at once into partitions idle until then
+        decided journeys twice (tests/unit/test_shard.py, stream 31)."""
+        candidate = self.engine.candidate
+        stale = [
+            peer
+            for peer, (ref, since) in self._quiet_peers.items()
+            if candidate > self._allowance(ref, since)
+        ]
+        if not stale:
+            return
+        self._new_epoch()
+        for peer in stale:
+            del self._quiet_peers[peer]
+            self.peers.pop(peer, None)
+
+    def _new_epoch(self) -> None:
+        self._epoch = getrandbits(63)
+        self._asked = None
+        self._told.clear()  # (the hello goes to every peer with the next frontier)
+
     def _rebound(self) -> None:
         """The engine's bound: what this partition holds outside the engine and the last
-        frontier of every other partition (none heard yet from one: the watermark waits)."""
+        frontier of every other partition (none heard yet from one: the watermark waits; an
+        idle one's unlimited frontier as far as its allowance)."""
+        quiet = self._quiet_peers
+        if quiet:
+            self._recheck_quiet()
         bound = self._held()
         if len(self.peers) < self.partitions - 1:
             bound = NEVER
         else:
-            for frontier in self.peers.values():
+            for peer, frontier in self.peers.items():
+                if quiet and peer in quiet:
+                    frontier = self._allowance(*quiet[peer])
                 if frontier < bound:
                     bound = frontier
         self.engine.bound = bound
@@ -487,6 +543,8 @@ class JourneyShard:
         still = sorted(self._open)
         now = (frontier, processed, len(still), hash(tuple(still)))
         hello = len(self.peers) < self.partitions - 1
+        if hello and self._asked is None:
+            self._asked = (self.engine.candidate, self._wall)
         for partition in range(self.partitions):
             if partition == self.partition:
                 continue
@@ -523,6 +581,14 @@ class JourneyShard:
             # after them. (A release that sends no epoch: counted at once, as before.)
             if message.epoch is None or sender in self.peers or message.answers == self._epoch:
                 self.peers[sender] = message.frontier
+                if message.frontier >= FOREVER and message.epoch is not None:
+                    asked = self._asked
+                    if message.answers == self._epoch and asked is not None:
+                        self._quiet_peers[sender] = asked  # (where we stood when we asked)
+                    else:
+                        self._quiet_peers[sender] = (self.engine.candidate, self._wall)
+                else:
+                    self._quiet_peers.pop(sender, None)
         yours = message.yours
         if yours is not None and yours > self._floor:
             self._floor = yours
