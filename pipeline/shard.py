@@ -253,9 +253,9 @@ class JourneyShard:
         # idle (no input for ``idle_after``) and holding nothing outside the engine: this
         # partition holds nobody back (its frontier is unlimited) until its next input
         self._quiet = False
-        # Peers whose counted frontier is unlimited (idle), with where this partition's own
-        # candidate and the wall clock stood when it came: it holds while this partition's
-        # input moves no faster than the wall clock (``_recheck_quiet``)
+        # Peers whose counted frontier is unlimited (idle), with the candidate it allows from
+        # and the wall clock when it came: it holds while this partition's input moves no
+        # faster than the wall clock (``_recheck_quiet``)
         self._quiet_peers: dict[int, tuple[int, int]] = {}
         self._wall = NEVER  # the wall clock of the latest tick
         self._notices: list[tuple[int, bytes]] = []
@@ -480,9 +480,9 @@ class JourneyShard:
             self.engine.bound = at
 
     def _allowance(self, ref: int, since: int) -> int:
-        """How far an idle peer's unlimited frontier lets this partition's watermark go: where
-        its own candidate stood when that frontier came, moved on by the wall-clock time since
-        and ``QUIET_SLACK_MS`` (``_recheck_quiet``)."""
+        """How far an idle peer's unlimited frontier lets this partition's watermark go: the
+        peer's candidate when it came (or where this one stood when it asked for it), moved on
+        by the wall-clock time since and ``QUIET_SLACK_MS`` (``_recheck_quiet``)."""
         wall = self._wall
         return ref + QUIET_SLACK_MS + (wall - since if NEVER < since < wall else 0)
 
@@ -494,9 +494,10 @@ class JourneyShard:
         same stream unread, whose touches travel here below that candidate. So the watermark
         goes no further than the peer's allowance (``_rebound``), and past it the peer is asked
         again, as after a restart: a new epoch, its frontier counts once it answers (the
-        others' still count), and its answer's allowance starts from where this candidate
-        stood when it was asked. Before, a stream all at once into partitions idle until then
-        decided journeys twice (tests/unit/test_shard.py, stream 31)."""
+        others' still count), and its answer's allowance starts from the higher of its own
+        candidate and where this one stood when it was asked. Before, a stream all at once
+        into partitions idle until then decided journeys twice (tests/unit/test_shard.py,
+        stream 31)."""
         candidate = self.engine.candidate
         stale = [
             peer
@@ -582,11 +583,17 @@ class JourneyShard:
             if message.epoch is None or sender in self.peers or message.answers == self._epoch:
                 self.peers[sender] = message.frontier
                 if message.frontier >= FOREVER and message.epoch is not None:
+                    # From the peer's own candidate (what it reads later is late there too)
+                    # or, answering our hello, from where we stood when we asked (it had read
+                    # what was written before): the higher, as it stands now
+                    wall = self._wall
+                    ref = message.candidate
                     asked = self._asked
                     if message.answers == self._epoch and asked is not None:
-                        self._quiet_peers[sender] = asked  # (where we stood when we asked)
-                    else:
-                        self._quiet_peers[sender] = (self.engine.candidate, self._wall)
+                        since = asked[0] + (wall - asked[1] if NEVER < asked[1] < wall else 0)
+                        if since > ref:
+                            ref = since
+                    self._quiet_peers[sender] = (ref, wall)
                 else:
                     self._quiet_peers.pop(sender, None)
         yours = message.yours
