@@ -1,0 +1,79 @@
+"""End offsets on the embedded broker (streams/offsets.py), which can answer ListOffsets with
+the start of a partition's last record batch + 1 (../shared/PLATFORM.md)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+
+from streams.broker import EmbeddedBroker
+from streams.offsets import confirmed_end_offsets
+from tests.helpers import (
+    extract_release,
+    newest_release,
+    read_topic,
+    released_env,
+    with_confirmed_end_offsets,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_confirmed_end_offsets_are_past_the_last_record_however_late_the_fetch_answers(
+    broker: EmbeddedBroker,
+) -> None:
+    """Records sent in batches of several (one ``flush`` each) to 3 of 4 partitions: the
+    confirmed end of each is the offset after its last record, with a poll that gives up
+    before the broker answers (0 or 1 ms, as on a loaded machine) as with one that waits. Before,
+    an end was taken as confirmed by the first poll that found nothing: with such a poll it
+    was the start of the last batch + 1, and on a loaded CI machine a worker's table recovery
+    and a test's read of journeys.dlq stopped there."""
+    admin = KafkaAdminClient(bootstrap_servers=broker.url)
+    try:
+        admin.create_topics([NewTopic("ends", 4, 1)])
+    finally:
+        admin.close()
+    producer = KafkaProducer(bootstrap_servers=broker.url, linger_ms=200)
+    sent = {0: 0, 1: 0, 2: 0, 3: 0}
+    for batch, sizes in enumerate([(5, 1, 3, 0), (2, 0, 7, 0), (1, 4, 1, 0)]):
+        for partition, size in enumerate(sizes):
+            for n in range(size):
+                producer.send("ends", f"{batch}-{partition}-{n}".encode(), partition=partition)
+                sent[partition] += 1
+        producer.flush()
+    producer.close()
+    partitions = [TopicPartition("ends", p) for p in range(4)]
+    truth = {TopicPartition("ends", p): n for p, n in sent.items()}
+    consumer = KafkaConsumer(bootstrap_servers=broker.url)
+    try:
+        reported = consumer.end_offsets(partitions)
+    finally:
+        consumer.close()
+    # what the adapter is for: the broker reports less than there is (its last batch's start)
+    assert any(reported[tp] < truth[tp] for tp in partitions), (reported, truth)
+    for quiet_ms in (0, 1, 300):
+        assert confirmed_end_offsets(broker.url, partitions, quiet_ms=quiet_ms) == truth
+    assert len(read_topic(broker.url, "ends")) == sum(sent.values())
+
+
+def test_the_upgrade_test_runs_the_release_with_todays_end_offsets(tmp_path: Path) -> None:
+    """tests/e2e/test_topology.py's rolling upgrade runs the release with this confirmation
+    (``with_confirmed_end_offsets``): the released module imports, and its recovery wrapper
+    calls today's function."""
+    code = with_confirmed_end_offsets(extract_release(newest_release(), tmp_path, "streams"))
+    probe = (
+        "import inspect, streams.offsets as o; "
+        "src = inspect.getsource(o.confirmed_end_offsets); "
+        "assert 'waiting' in src and o.EndOffsetsTimeout, src; print('ok')"
+    )
+    env = released_env(dict(os.environ))
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=code, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
