@@ -54,6 +54,7 @@ from tests.helpers import (
     query_chdb,
     read_topic,
     wait_until,
+    with_confirmed_end_offsets,
 )
 
 pytestmark = pytest.mark.e2e
@@ -278,7 +279,7 @@ def test_a_rolling_upgrade_from_the_release_changes_no_outcome(
     touchpoints are handed off between partitions: the only path that defect takes) and is
     printed."""
     commit = newest_release()
-    code = extract_release(commit, tmp_path / "released")
+    code = with_confirmed_end_offsets(extract_release(commit, tmp_path / "released"))
     outcomes, truth, outputs = run_day(broker, tmp_path, seed=34, released=code)
     start = day_start()
     events = DaySimulator(34, start, 500, default_incidents(start)).generate()  # the same day
