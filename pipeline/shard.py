@@ -483,8 +483,12 @@ class JourneyShard:
         """How far an idle peer's unlimited frontier lets this partition's watermark go: the
         peer's candidate when it came (or where this one stood when it asked for it), moved on
         by the wall-clock time since and ``QUIET_SLACK_MS`` (``_recheck_quiet``)."""
+        return self._moved_on(ref, since) + QUIET_SLACK_MS
+
+    def _moved_on(self, at: int, since: int) -> int:
+        """``at`` (a candidate) moved on by the wall-clock time from ``since`` to now."""
         wall = self._wall
-        return ref + QUIET_SLACK_MS + (wall - since if NEVER < since < wall else 0)
+        return at + (wall - since if NEVER < since < wall else 0)
 
     def _recheck_quiet(self) -> None:
         """An idle peer's unlimited frontier says that it holds nothing and has had no input
@@ -586,14 +590,11 @@ class JourneyShard:
                     # From the peer's own candidate (what it reads later is late there too)
                     # or, answering our hello, from where we stood when we asked (it had read
                     # what was written before): the higher, as it stands now
-                    wall = self._wall
                     ref = message.candidate
                     asked = self._asked
                     if message.answers == self._epoch and asked is not None:
-                        since = asked[0] + (wall - asked[1] if NEVER < asked[1] < wall else 0)
-                        if since > ref:
-                            ref = since
-                    self._quiet_peers[sender] = (ref, wall)
+                        ref = max(ref, self._moved_on(asked[0], asked[1]))
+                    self._quiet_peers[sender] = (ref, self._wall)
                 else:
                     self._quiet_peers.pop(sender, None)
         yours = message.yours
