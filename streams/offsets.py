@@ -33,7 +33,8 @@ def confirmed_end_offsets(
     ``EndOffsetsTimeout``): an end confirmed by the first poll that found nothing was short by
     all but one record of the last batch whenever the answer took longer than that poll (a
     loaded machine: a worker's table recovery stopped early, a test read a topic short). Then
-    records that arrive meanwhile are taken up to a poll that finds nothing for ``quiet_ms``.
+    records that arrive meanwhile are taken up to a poll that finds nothing for ``quiet_ms``
+    (or until ``timeout_s``: the ends of a busy topic as far as they were read by then).
     """
     wanted = list(partitions)
     consumer = KafkaConsumer(
@@ -55,9 +56,10 @@ def confirmed_end_offsets(
             for tp, records in batches.items():
                 ends[tp] = max(ends[tp], records[-1].offset + 1)
             waiting = {tp for tp in waiting if consumer.position(tp) < reported[tp]}
-            if not batches and not waiting:
+            late = time.monotonic() > deadline
+            if not waiting and (not batches or late):  # (a topic that never goes quiet)
                 return ends
-            if waiting and time.monotonic() > deadline:
+            if late:
                 raise EndOffsetsTimeout(
                     f"no answer within {timeout_s:.0f} s to a fetch of the last records of "
                     f"{sorted(f'{tp.topic}[{tp.partition}]' for tp in waiting)}: is the broker "

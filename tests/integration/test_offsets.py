@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,40 @@ def test_the_upgrade_test_runs_the_release_with_todays_end_offsets(tmp_path: Pat
         [sys.executable, "-c", probe], cwd=code, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_topic_that_never_goes_quiet_gets_its_ends_by_the_time_out(
+    broker: EmbeddedBroker,
+) -> None:
+    """A producer sends a record every 20 ms while the ends are confirmed: no poll ever finds
+    nothing, and the confirmation returns by its time-out with ends at least those reported
+    when it began (before, it polled for as long as the records came)."""
+    admin = KafkaAdminClient(bootstrap_servers=broker.url)
+    try:
+        admin.create_topics([NewTopic("busy", 1, 1)])
+    finally:
+        admin.close()
+    producer = KafkaProducer(bootstrap_servers=broker.url)
+    for n in range(50):
+        producer.send("busy", b"%d" % n)
+    producer.flush()
+    stop = threading.Event()
+
+    def send() -> None:
+        while not stop.is_set():
+            producer.send("busy", b"more").get(timeout=10)
+            stop.wait(0.02)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    tp = TopicPartition("busy", 0)
+    try:
+        started = time.monotonic()
+        ends = confirmed_end_offsets(broker.url, [tp], quiet_ms=300, timeout_s=3)
+        took = time.monotonic() - started
+    finally:
+        stop.set()
+        sender.join()
+        producer.close()
+    assert ends[tp] >= 50
+    assert took < 30, f"{took:.1f} s: the confirmation did not stop at its time-out"
