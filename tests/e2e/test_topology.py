@@ -277,7 +277,11 @@ def test_a_rolling_upgrade_from_the_release_changes_no_outcome(
     run on a loaded machine). How many depends on the machine's load, so no number is held;
     each such difference must belong to a customer with more than one identifier (whose
     touchpoints are handed off between partitions: the only path that defect takes) and is
-    printed."""
+    printed. The release runs with today's ``confirmed_end_offsets``
+    (``with_confirmed_end_offsets``): its own let a table recovery stop one record batch short
+    on the embedded broker, which lost the newest state of a partition taken over at a restart
+    (three single-identifier customers of partition 0 in the project's CI at ee77962), a
+    defect an upgrade on Apache Kafka never meets."""
     commit = newest_release()
     code = with_confirmed_end_offsets(extract_release(commit, tmp_path / "released"))
     outcomes, truth, outputs = run_day(broker, tmp_path, seed=34, released=code)
