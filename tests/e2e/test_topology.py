@@ -69,8 +69,12 @@ def truth_of(simulator: DaySimulator) -> Counter[tuple[Any, ...]]:
     )
 
 
-def found(bootstrap: str) -> tuple[Counter[tuple[Any, ...]], list[dict[str, Any]]]:
-    """Journey outcomes in the output topics, deduplicated by output id as a consumer would."""
+def found(
+    bootstrap: str, doubled: list[tuple[dict[str, Any], dict[str, Any]]] | None = None
+) -> tuple[Counter[tuple[Any, ...]], list[dict[str, Any]]]:
+    """Journey outcomes in the output topics, deduplicated by output id as a consumer would.
+    A journey with a second outcome fails, or with ``doubled`` given is put there (its first
+    outcome and the second) and counted with its first."""
     records = read_topic(bootstrap, JOURNEY_EVENTS) + read_topic(bootstrap, EXPERIENCE_MOMENTS)
     unique = {o["output_id"]: o for o in (orjson.loads(r.value) for r in records)}
     final: dict[str, dict[str, Any]] = {}
@@ -83,6 +87,9 @@ def found(bootstrap: str) -> tuple[Counter[tuple[Any, ...]], list[dict[str, Any]
         if o["output_id"] in retracted:
             continue
         if o["type"] == "journey" and o["name"] in ("converted", "dropped_off"):
+            if doubled is not None and o["journey_id"] in final:
+                doubled.append((final[o["journey_id"]], o))
+                continue
             # with what a failure needs to be understood: every output of that person
             assert o["journey_id"] not in final, (
                 f"two outcomes for one journey: {o}",
@@ -130,7 +137,10 @@ def run_day(
     sink: bool = False,
     scale: bool = False,
     released: Path | None = None,
+    doubled: list[tuple[dict[str, Any], dict[str, Any]]] | None = None,
 ) -> tuple[Counter[tuple[Any, ...]], Counter[tuple[Any, ...]], list[dict[str, Any]]]:
+    """A simulated day through the workers: (outcomes found, the truth, every output). With
+    ``doubled``, journeys decided twice are put there (``found``) instead of failing."""
     start = day_start()
     simulator = DaySimulator(seed, start, 500, default_incidents(start))
     events = simulator.generate()
@@ -200,7 +210,7 @@ def run_day(
             and no hand-off is left: a difference from the truth is then final."""
             if not topology.drained():
                 return False
-            _, outputs = found(broker.url)
+            _, outputs = found(broker.url, None if doubled is None else [])
             started = {o["journey_id"] for o in outputs if o["name"] == "started"}
             decided = {
                 o["journey_id"]
@@ -212,7 +222,7 @@ def run_day(
         # A time-out is reported by the comparison below, with the difference.
         with contextlib.suppress(AssertionError):
             wait_until(settled, 180, "every journey begun to have its outcome", 1.0)
-        outcomes, outputs = found(broker.url)
+        outcomes, outputs = found(broker.url, doubled)
         if sink:
             # the sink wrote every journey outcome to ClickHouse, each once
             expected = Counter(key[2] for key in truth.elements())
@@ -265,8 +275,8 @@ def test_a_rolling_upgrade_from_the_release_changes_no_outcome(
     docs/operations/upgrades.md says:
     a rolling restart with JW_STATE_WRITE_VERSION=1 (old and new workers share the partitions
     and read each other's state and hand-offs), then one without. Nothing is dead-lettered,
-    no journey is decided twice, and every customer who came once the released workers were
-    gone gets exactly the truth.
+    and every customer who came once the released workers were gone gets exactly the truth,
+    each journey decided once.
 
     The customers who came while released workers ran get what those workers decided, and the
     upgrade does not repair it: the release lacks the hand-off fixes made since
@@ -277,14 +287,19 @@ def test_a_rolling_upgrade_from_the_release_changes_no_outcome(
     run on a loaded machine). How many depends on the machine's load, so no number is held;
     each such difference must belong to a customer with more than one identifier (whose
     touchpoints are handed off between partitions: the only path that defect takes) and is
-    printed. The release runs with today's ``confirmed_end_offsets``
+    printed. So must a journey the release decided twice: in a clean-clone CI run at 61fcbcb,
+    c:cus-000063's purchase converted at payment and dropped off at the cart two hours of event
+    time later, at 03:57 of the simulated day (the first restart comes at 11:17), when only
+    released workers ran (most likely a copy of the journey left on the device's partition
+    when the sign-in merged it). The release runs with today's ``confirmed_end_offsets``
     (``with_confirmed_end_offsets``): its own let a table recovery stop one record batch short
     on the embedded broker, which lost the newest state of a partition taken over at a restart
     (three single-identifier customers of partition 0 in the project's CI at ee77962), a
     defect an upgrade on Apache Kafka never meets."""
     commit = newest_release()
     code = with_confirmed_end_offsets(extract_release(commit, tmp_path / "released"))
-    outcomes, truth, outputs = run_day(broker, tmp_path, seed=34, released=code)
+    doubled: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    outcomes, truth, outputs = run_day(broker, tmp_path, seed=34, released=code, doubled=doubled)
     start = day_start()
     events = DaySimulator(34, start, 500, default_incidents(start)).generate()  # the same day
     # the second restart (progress 0.4, ``run_day``) retires the last released worker
@@ -304,11 +319,16 @@ def test_a_rolling_upgrade_from_the_release_changes_no_outcome(
     handed_off = {p for p, n in identities.items() if n >= 2}
     unexplained = Counter({k: n for k, n in differing.items() if persona(k[1]) not in handed_off})
     assert not unexplained, (unexplained, outputs_of(unexplained, outputs))
-    if differing:
+    twice = Counter((None, first["person_id"]) for first, _ in doubled)
+    unexplained_twice = [
+        key for key in twice if persona(key[1]) not in early or persona(key[1]) not in handed_off
+    ]
+    assert not unexplained_twice, (unexplained_twice, doubled, outputs_of(twice, outputs))
+    if differing or doubled:
         print(
             f"decided by the release otherwise than the truth: {sum((outcomes - truth).values())}"
-            f" extra, {sum((truth - outcomes).values())} missing",
-            outputs_of(differing, outputs),
+            f" extra, {sum((truth - outcomes).values())} missing, {len(doubled)} decided twice",
+            outputs_of(differing + twice, outputs),
         )
 
 
