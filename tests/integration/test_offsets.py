@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from pipeline.settings import Settings
 from streams.broker import EmbeddedBroker
 from streams.offsets import confirmed_end_offsets
+from streams.topics import ensure_topics
 from tests.helpers import (
     extract_release,
     newest_release,
@@ -36,11 +37,7 @@ def test_confirmed_end_offsets_are_past_the_last_record_however_late_the_fetch_a
     an end was taken as confirmed by the first poll that found nothing: with such a poll it
     was the start of the last batch + 1, and on a loaded CI machine a worker's table recovery
     and a test's read of journeys.dlq stopped there."""
-    admin = KafkaAdminClient(bootstrap_servers=broker.url)
-    try:
-        admin.create_topics([NewTopic("ends", 4, 1)])
-    finally:
-        admin.close()
+    ensure_topics(Settings(broker_url=broker.url, partitions=4, topic_prefix=""), ("ends",))
     producer = KafkaProducer(bootstrap_servers=broker.url, linger_ms=200)
     sent = {0: 0, 1: 0, 2: 0, 3: 0}
     for batch, sizes in enumerate([(5, 1, 3, 0), (2, 0, 7, 0), (1, 4, 1, 0)]):
@@ -87,11 +84,7 @@ def test_a_topic_that_never_goes_quiet_gets_its_ends_by_the_time_out(
     """A producer sends a record every 20 ms while the ends are confirmed: no poll ever finds
     nothing, and the confirmation returns by its time-out with ends at least those reported
     when it began (before, it polled for as long as the records came)."""
-    admin = KafkaAdminClient(bootstrap_servers=broker.url)
-    try:
-        admin.create_topics([NewTopic("busy", 1, 1)])
-    finally:
-        admin.close()
+    ensure_topics(Settings(broker_url=broker.url, partitions=1, topic_prefix=""), ("busy",))
     producer = KafkaProducer(bootstrap_servers=broker.url)
     for n in range(50):
         producer.send("busy", b"%d" % n)
