@@ -45,8 +45,9 @@ def _touches(events: list[dict[str, Any]], received_at: str) -> list[Touch]:
 
 
 def decided(outputs: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Every journey's terminal outcome (a retracted drop-off replaced by what followed) and
-    every identity merge, keyed so that two runs compare exactly."""
+    """Every journey's terminal outcome (a retracted drop-off replaced by what followed), every
+    identity merge, the persons each identifier resolves to (its links, followed through the
+    merges) and every person that had an output, keyed so that two runs compare exactly."""
     unique = {o["output_id"]: o for o in outputs}
     retracted = {o["journey_id"] for o in unique.values() if o["name"] == "dropoff_retracted"}
     outcomes: dict[str, set[tuple[str, str, str | None]]] = {}
@@ -58,7 +59,21 @@ def decided(outputs: Iterable[dict[str, Any]]) -> dict[str, Any]:
             outcomes.setdefault(o["journey_id"], set()).add((o["name"], o["person_id"], o["stage"]))
         elif o["type"] == "identity" and o["name"] == "merged":
             merges.add((o["detail"]["from_person"], o["person_id"]))
-    return {"outcomes": outcomes, "merges": merges}
+    into = dict(merges)
+
+    def resolved(person: str) -> str:
+        seen = {person}
+        while person in into and into[person] not in seen:
+            person = into[person]
+            seen.add(person)
+        return person
+
+    identities: dict[str, set[str]] = {}
+    for o in unique.values():
+        if o["type"] == "identity" and o["name"] == "linked":
+            identities.setdefault(o["detail"]["identifier"], set()).add(resolved(o["person_id"]))
+    persons = {o["person_id"] for o in unique.values()}
+    return {"outcomes": outcomes, "merges": merges, "identities": identities, "persons": persons}
 
 
 @pytest.mark.parametrize("release", RELEASES, ids=lambda p: p.name)
@@ -89,7 +104,18 @@ def test_the_new_code_takes_over_from_a_released_version(release: Path) -> None:
     after = [o.as_dict() for o in upgraded.outputs]
     assert committed_everything(upgraded)
     took_over, expected = decided(released + after), decided(o.as_dict() for o in alone.outputs)
-    assert took_over["merges"] == expected["merges"]
+    # A merge folds an anonymous person into a customer. Whether that person exists depends on
+    # delivery order: if the hand-off's link is read before the anonymous touchpoints (they
+    # were in flight at the upgrade), those touchpoints go to the customer directly, and there
+    # is nothing to merge. So a merge may be missing only where its anonymous person never had
+    # an output and its identifiers were linked to the customer; the journeys and their
+    # outcomes must still be the same.
+    assert took_over["merges"] <= expected["merges"], took_over["merges"] - expected["merges"]
+    for source, target in expected["merges"] - took_over["merges"]:
+        assert source not in took_over["persons"], (source, target)
+        identifiers = {i for i, persons in expected["identities"].items() if target in persons}
+        linked = {i for i in identifiers if took_over["identities"].get(i) == {target}}
+        assert linked and linked == identifiers, (source, target, identifiers, linked)
     differ = {
         j: (took_over["outcomes"].get(j), expected["outcomes"].get(j))
         for j in took_over["outcomes"].keys() | expected["outcomes"].keys()
