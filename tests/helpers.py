@@ -150,28 +150,6 @@ def extract_release(commit: str, into: Path, *paths: str) -> Path:
     return into
 
 
-def with_confirmed_end_offsets(code: Path) -> Path:
-    """Released code (``extract_release``) with today's ``streams.offsets.confirmed_end_offsets``
-    in place of its own. Releases before it confirmed an end by the first poll that found
-    nothing, 300 ms: when the embedded broker's answer took longer (a loaded CI machine), a
-    worker's table recovery stopped at the start of the changelog's last batch and the newest
-    state records were lost. The embedded broker's ListOffsets is the cause, which Apache Kafka
-    does not share: an upgrade in production never meets that defect, so a test of the upgrade
-    runs the release without it. The function is appended to the released module (its callers
-    look it up at call time)."""
-    import inspect
-
-    from streams import offsets
-
-    module = code / "streams" / "offsets.py"
-    source = module.read_text()
-    assert "def confirmed_end_offsets(" in source, f"{module}: no confirmed_end_offsets to replace"
-    parts = (offsets.EndOffsetsTimeout, offsets.confirmed_end_offsets)
-    today = "\n\n".join(inspect.getsource(part) for part in parts)
-    module.write_text(f"{source}\n\nimport time  # noqa: E402\n\n\n{today}")
-    return code
-
-
 def newest_release() -> str:
     """The commit of the newest release with golden records (tests/golden/released-<commit>),
     by commit time: the version a rolling upgrade starts from. (An older one stays for the

@@ -3,12 +3,8 @@ the start of a partition's last record batch + 1 (../shared/PLATFORM.md)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -18,11 +14,7 @@ from streams.broker import EmbeddedBroker
 from streams.offsets import confirmed_end_offsets
 from streams.topics import ensure_topics
 from tests.helpers import (
-    extract_release,
-    newest_release,
     read_topic,
-    released_env,
-    with_confirmed_end_offsets,
 )
 
 pytestmark = pytest.mark.integration
@@ -59,23 +51,6 @@ def test_confirmed_end_offsets_are_past_the_last_record_however_late_the_fetch_a
     for quiet_ms in (0, 1, 300):
         assert confirmed_end_offsets(broker.url, partitions, quiet_ms=quiet_ms) == truth
     assert len(read_topic(broker.url, "ends")) == sum(sent.values())
-
-
-def test_the_upgrade_test_runs_the_release_with_todays_end_offsets(tmp_path: Path) -> None:
-    """tests/e2e/test_topology.py's rolling upgrade runs the release with this confirmation
-    (``with_confirmed_end_offsets``): the released module imports, and its recovery wrapper
-    calls today's function."""
-    code = with_confirmed_end_offsets(extract_release(newest_release(), tmp_path, "streams"))
-    probe = (
-        "import inspect, streams.offsets as o; "
-        "src = inspect.getsource(o.confirmed_end_offsets); "
-        "assert 'waiting' in src and o.EndOffsetsTimeout, src; print('ok')"
-    )
-    env = released_env(dict(os.environ))
-    done = subprocess.run(
-        [sys.executable, "-c", probe], cwd=code, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
 def test_a_topic_that_never_goes_quiet_gets_its_ends_by_the_time_out(
