@@ -101,7 +101,7 @@ def facts(topology: Topology, sender: str) -> dict[str, Any]:
         return {}
     people = repr(tuple(persons)) if len(persons) > 1 else f"('{persons[0]}')"
     outputs = [
-        (table, *row[:6], row[6].split(":")[0] if row[6] else "", round(row[7] or 0))
+        (table, *row[:6], row[6].split(":")[0] if row[6] else "", round(row[7] or 0, 3))
         for table in ("journey_events", "experience_moments")
         for row in _sql(
             topology,
@@ -130,9 +130,34 @@ def facts(topology: Topology, sender: str) -> dict[str, Any]:
     distinct, names = touchpoints[0] if touchpoints else (0, [])
     return {
         "journeys": journeys,
-        "outputs": sorted(outputs, key=lambda o: json.dumps(o)),
+        "outputs": sorted(outputs, key=lambda o: (json.dumps(o[:-1]), o[-1])),
         "touchpoints": (distinct, sorted(set(names))),
     }
+
+
+# How far a value of the browser's journey may be from the native one's: the collector moves
+# each Segment message's timestamp by its request's ``receivedAt - sentAt`` (the device clock's
+# skew, as the Segment API defines it), which includes the request's time in transit, and
+# analytics-next sends each call in a request of its own. So a duration between two of its calls
+# (the conversion KPI's seconds) is off by the difference of their transit times: seen 0.5 s in a
+# CI run, the first request waiting for the page and its CORS preflight. The journey's steps are
+# 40 s and more apart, so a duration measured from the wrong touchpoint is still told apart.
+TRANSIT_S = {"analytics-next": 5.0}
+
+
+def alike(found: dict[str, Any], native: dict[str, Any], sender: str) -> bool:
+    """``found`` is ``native``: every value to the millisecond, the browser's within
+    ``TRANSIT_S`` (the Python SDKs send the journey in one request: one correction for all)."""
+    if not found or {k: v for k, v in found.items() if k != "outputs"} != {
+        k: v for k, v in native.items() if k != "outputs"
+    }:
+        return False
+    mine, theirs = found["outputs"], native["outputs"]
+    tolerance = TRANSIT_S.get(sender, 0.0)
+    return len(mine) == len(theirs) and all(
+        a[:-1] == b[:-1] and abs(a[-1] - b[-1]) <= tolerance
+        for a, b in zip(mine, theirs, strict=True)
+    )
 
 
 def test_every_sdk_journey_comes_out_in_clickhouse_as_the_native_one(topology: Topology) -> None:
@@ -162,7 +187,7 @@ def test_every_sdk_journey_comes_out_in_clickhouse_as_the_native_one(topology: T
         seen = {sender: facts(topology, sender) for sender in SENDERS}
         native = seen["native"]
         done = native and [j[1] for j in native["journeys"]] == ["converted"]
-        return seen if done and all(f == native for f in seen.values()) else None
+        return seen if done and all(alike(seen[s], native, s) for s in SENDERS) else None
 
     try:
         wait_until(all_alike, 60, "every sender's journey in ClickHouse as the native one")
