@@ -3,19 +3,24 @@
 journeywatch runs on faust-streaming 0.15 (``constraints.txt`` pins the release this code was
 checked against; ``pyproject.toml`` allows 0.15.x). Faust's public API does not do what the
 workers need in the places below; each entry says why, with the upstream issue where there is
-one. ``tests/unit/test_faust_internals.py`` holds a digest of every Faust function named here:
-a Faust release that changes one fails that test, naming this code to compare with it.
+one. ``tests/unit/test_faust_internals.py`` holds a digest of every Faust (and mode) function
+named here, and of those the copies call: a Faust release that changes one fails that test,
+naming this code to compare with it. The attributes read or set (``_committed_offset``,
+``_fetch_max_wait_ms``, ``_current_event``, ``spinner``) have no source to digest: the
+topology and chaos tests (tests/e2e/) are what notices a change there.
 
 * ``deliver_in_batches``: ``Consumer._drain_messages``, ``Consumer.getmany`` (copied). Faust
   hands a stream one message at a time (two tasks, an ``Event``, a queue, tracking and
   acknowledgement per record): about 5,000-7,000 records/s for an agent that only decodes,
-  against over 100k/s for aiokafka (../shared/PLATFORM.md; upstream robinhood/faust#563,
-  "Message consumption is slow", open). The journey and ingest agents take whole fetches.
+  against over 100k/s for aiokafka (../shared/PLATFORM.md; upstream "Message consumption is
+  slow", https://github.com/robinhood/faust/issues/563, open). The journey and ingest agents
+  take whole fetches.
 * ``never_commit_over_unacknowledged``: ``Consumer._new_offset`` (replaced), ``track_message``,
   ``perform_seek`` (wrapped). Faust commits over a message that is not acknowledged yet when it
   sits right at the committed offset, or before the first commit: the journey agent holds
   touchpoints for the watermark while later ones are acknowledged, and a crash lost them.
-  Upstream faust-streaming/faust#606 (open), fix proposed in faust-streaming/faust#707 (open).
+  Upstream https://github.com/faust-streaming/faust/issues/606 (open), fix proposed in
+  https://github.com/faust-streaming/faust/pull/707 (open).
 * ``confirm_table_recovery_highwaters``: ``Recovery._build_highwaters`` (wrapped). The embedded
   broker (Tansu) can answer ListOffsets short of the last records, so recovery stopped early
   and a restarted worker lost its newest state (a broker behaviour, not a Faust bug;
@@ -45,6 +50,14 @@ a Faust release that changes one fails that test, naming this code to compare wi
 * ``committed_offset``: ``Consumer._committed_offset`` (read). Where a partition's input
   restarts after a rebalance or a restart: the shard's hand-off bookkeeping and the lag gauges
   start there.
+
+Not internals, but bound to Faust's aiohttp web driver (the only one Faust 0.15 has), outside
+this module: ``app.web.web_app`` (the aiohttp application, for the security headers hook in
+streams/app.py), and Faust's ``Request``/``Response`` used as aiohttp's (``request.content``
+and ``request.transport`` for bounded body reads and a 408/413 that still reaches the client
+in streams/httpbody.py, ``response.force_close()`` in streams/sink.py, a raw
+``StreamResponse`` for the live stream in streams/live.py). tests/integration and tests/e2e
+exercise each.
 """
 
 from __future__ import annotations

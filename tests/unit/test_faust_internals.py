@@ -22,7 +22,8 @@ from faust.stores.rocksdb import Store as RocksDBStore
 from faust.tables.base import Collection
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
-from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
+from mode import Worker
 
 # (Faust's function, what in journeywatch depends on it, sha256 of its dedented source [:16])
 CHECKED: list[tuple[Callable[..., Any], str, str]] = [
@@ -58,9 +59,44 @@ CHECKED: list[tuple[Callable[..., Any], str, str]] = [
         "c179c0bdb9755c3a",
     ),
     (
+        Consumer._wait_next_records,
+        "streams/faust_internals._fetched (a copy of getmany) calls it",
+        "ba40cd3671328d3b",
+    ),
+    (
+        Consumer._to_message,
+        "streams/faust_internals._fetched (a copy of getmany) calls it",
+        "7e4aa9dd63259ef7",
+    ),
+    (
         Collection._send_changelog,
         "streams/batching.TableWriter sends the changelog as it does",
         "2fa0cb7eb2b2911e",
+    ),
+    (
+        Collection.send_changelog,
+        "streams/batching.TableWriter sends the changelog as it does (one record per key)",
+        "78a5e11370efe43a",
+    ),
+    (
+        Collection._on_changelog_sent,
+        "streams/batching.TableWriter records the persisted offset as it does",
+        "146c7ea5c7530a94",
+    ),
+    (
+        RocksDBStore._db_for_partition,
+        "streams/faust_internals.open_store_partition and write_partition call it",
+        "abc425297c7542f0",
+    ),
+    (
+        Producer._ensure_producer,
+        "streams/faust_internals.faust_producer calls it",
+        "04016bd22147281a",
+    ),
+    (
+        Worker._schedule_shutdown,
+        "streams/faust_internals.QuietWorker extends it",
+        "00f5a7d8fd26e62f",
     ),
     (
         BaseStore._encode_key,
