@@ -9,7 +9,7 @@ about three times an increment.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 from prometheus_client import (
@@ -443,6 +443,12 @@ def set_worker_info(role: str) -> None:
     WORKER_INFO.info({"version": __version__, "role": role})
 
 
-def exposition(registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:
-    """The text exposition of ``registry`` and its content type."""
+def exposition(
+    registry: CollectorRegistry = REGISTRY, names: Sequence[str] = ()
+) -> tuple[bytes, str]:
+    """The text exposition of ``registry`` and its content type; with ``names`` (the
+    ``name[]`` parameters of ``GET /metrics``, as prometheus_client's own handler takes them),
+    only those samples: a poller that wants one counter does not pay for the whole page."""
+    if names:
+        return generate_latest(registry.restricted_registry(names)), CONTENT_TYPE_LATEST
     return generate_latest(registry), CONTENT_TYPE_LATEST

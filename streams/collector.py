@@ -1002,7 +1002,7 @@ def create_collector_app(settings: Settings) -> web.Application:
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     async def metrics(request: web.Request) -> web.Response:
-        payload, content_type = exposition()
+        payload, content_type = exposition(names=request.query.getall("name[]", []))
         return web.Response(body=payload, content_type=content_type.split(";")[0])
 
     async def openapi_json(request: web.Request) -> web.Response:

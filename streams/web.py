@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import faust
 from faust.web import Request, Response, View
@@ -30,5 +30,6 @@ def register_health(app: faust.App, readiness: Readiness) -> None:
 
     @app.page("/metrics")
     async def metrics(self: View, request: Request) -> Response:
-        payload, content_type = exposition()
+        names = cast("Any", request).query.getall("name[]", [])
+        payload, content_type = exposition(names=names)
         return self.bytes(payload, content_type=content_type.split(";")[0])

@@ -48,3 +48,23 @@ def _samples(registry: CollectorRegistry) -> dict[str, float]:
         for name, value in (line.rsplit(" ", 1) for line in text.splitlines())
         if not name.startswith("#") and "_created" not in name
     }
+
+
+def test_metrics_asked_by_name_are_those_samples_alone() -> None:
+    """``GET /metrics?name[]=...`` (as prometheus_client's own handler): the named families
+    only, each sample as on the whole page; an unknown name gives an empty page."""
+    from prometheus_client import Counter, Gauge
+
+    from sinks.metrics import exposition
+
+    registry = CollectorRegistry()
+    done = Counter("done", "inputs done", ["topic"], registry=registry)
+    done.labels("a").inc(3)
+    Gauge("active", "active journeys", registry=registry).set(7)
+    whole = exposition(registry)[0].decode().splitlines()
+    only = exposition(registry, names=["done_total"])[0].decode().splitlines()
+    assert 'done_total{topic="a"} 3.0' in only
+    assert not any(line.startswith("active") for line in only)
+    assert {line for line in only if not line.startswith("#")} <= set(whole)
+    assert any(line.startswith("active 7.0") for line in whole)
+    assert exposition(registry, names=["nothing"])[0] == b""
