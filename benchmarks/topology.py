@@ -40,10 +40,10 @@ from benchmarks._support import free_port, running, start_python, stop, worker_e
 from pipeline.contract import TouchpointEvent, decode_touchpoint
 from pipeline.definitions import load_catalog
 from pipeline.engine import JourneyEngine
-from pipeline.settings import Settings
+from pipeline.settings import PRODUCER_MAX_BATCH_BYTES, Settings
 from pipeline.shard import JourneyShard
 from pipeline.simulator import SimpleTrafficSource
-from streams.batching import RECORD_BATCH_BYTES, BatchSender
+from streams.batching import BatchSender
 from streams.broker import EmbeddedBroker
 from streams.journeys import touch_of
 from streams.process import GC_THRESHOLDS
@@ -198,7 +198,7 @@ async def _bare_io_rate(bootstrap: str, topic: str, output: str, count: int, gro
         bootstrap_servers=bootstrap,
         acks="all",
         linger_ms=5,
-        max_batch_size=RECORD_BATCH_BYTES,  # as the worker's (streams/batching.py)
+        max_batch_size=PRODUCER_MAX_BATCH_BYTES,  # as the worker's (JW_PRODUCER_MAX_BATCH_BYTES)
     )
     await producer.start()
     await consumer.start()

@@ -17,7 +17,6 @@ import faust
 from pipeline.settings import Settings
 from sinks.metrics import set_worker_info
 from streams import web
-from streams.batching import RECORD_BATCH_BYTES
 from streams.faust_internals import use_fetch_max_wait
 from streams.topics import faust_broker_url, kafka_client_options
 from streams.webauth import add_security_headers, guard
@@ -79,7 +78,7 @@ def create_app(
         # simply read again by the partition's next owner.
         stream_wait_empty=False,
         producer_linger_ms=5,
-        producer_max_batch_size=RECORD_BATCH_BYTES,
+        producer_max_batch_size=settings.producer_max_batch_bytes,
         web_enabled=True,
         web_bind=settings.web_host,
         web_port=port,

@@ -21,13 +21,6 @@ from streams.topics import partition_hash
 
 _Record = tuple[bytes | None, bytes | None, list[Any]]  # key, value, headers
 _Unrouted = tuple[int, bytes | None, bytes | None, list[Any]]  # partitioner hash, then a record
-# The largest record batch the workers' producer builds (Faust's ``producer_max_batch_size``,
-# aiokafka's ``max_batch_size``; default 16 KiB). A worker saves a fetch's outputs, state
-# records and hand-off messages as record batches and awaits them: at 16 KiB a fetch of 2,000
-# touchpoints (about 2.3 MB) went out as some 150 produce requests one after another. 512 KiB
-# stays under the request limit (``producer_max_request_size``, 1 MB) and Kafka's default
-# ``message.max.bytes``; the buffer grows as records are added, none is allocated ahead.
-RECORD_BATCH_BYTES = 512 * 1024
 _NO_HEADERS: list[Any] = []  # shared, never changed (aiokafka's batch builder wants a list)
 
 
