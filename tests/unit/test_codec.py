@@ -42,7 +42,7 @@ from pipeline.codec import (
 )
 from pipeline.definitions import load_catalog
 from pipeline.engine import STATE_VERSION, JourneyEngine
-from pipeline.shard import JourneyShard
+from pipeline.shard import _NONCE, _NONCE_END, _NONCE_TAIL, JourneyShard
 from pipeline.touch import Touch
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -115,23 +115,24 @@ def meant_record(key: str, raw: bytes) -> Record:
 
 def nonce(raw: bytes) -> bytes:
     """The identity a release since 6c76a49 appended to a hand-off message it sent from its
-    outbox (pipeline/shard.py ``_NONCE``: ``,"n":"<16 hex digits>"`` before the closing
-    brace), or b"": the shard's, not the codec's, which neither reads nor writes it."""
-    start = len(raw) - len(b',"n":"') - 18
-    return raw[start:-1] if start > 0 and raw[start:].startswith(b',"n":"') else b""
+    outbox (``,"n":"<16 hex digits>"`` before the closing brace, as pipeline/shard.py finds
+    it), or b"": the shard's, not the codec's, which neither reads nor writes it."""
+    return raw[-_NONCE_END - 1 : -1] if raw[-_NONCE_END:-_NONCE_TAIL] == _NONCE else b""
 
 
 def sent(raw: bytes, encoded: bytes) -> bytes:
     """``encoded`` (the codec's bytes of ``raw``) as the shard sends it: with raw's identity."""
-    return encoded[:-1] + nonce(raw) + b"}" if nonce(raw) else encoded
+    identity = nonce(raw)
+    return encoded[:-1] + identity + b"}" if identity else encoded
 
 
 def tagged(raw: bytes) -> bytes:
     """Bytes of the released layout with the version tag the codec adds (as they are, when a
     release that had the codec wrote them: tagged already), a message's identity left out."""
     if raw.startswith(b"{"):
-        if nonce(raw):
-            raw = raw[: -len(nonce(raw)) - 1] + b"}"
+        identity = nonce(raw)
+        if identity:
+            raw = raw[: -len(identity) - 1] + b"}"
         return raw if "v" in orjson.loads(raw) else raw[:-1] + b',"v":1}'
     return raw if len(orjson.loads(raw)) > 3 else raw[:-1] + b",1]"
 
