@@ -141,23 +141,25 @@ def run_day(
     scaled: list[str] = []
 
     upgraded: list[str] = []
+    # The rolling restarts from the released workers that docs/operations/upgrades.md
+    # prescribes: from a release that cannot read all this version writes (no outbox records),
+    # two, the new code writing the released format first (both versions share the partitions,
+    # without watermark alignment), then the new format; from one that can, one, alignment on
+    # throughout.
+    two_phase = released is not None and not reads_outbox(released)
+    steps: tuple[tuple[float, int, dict[str, object]], ...] = (
+        (
+            (0.2, 1, {"state_write_version": 1}),
+            (0.4, 0, {"state_write_version": 1}),
+            (0.6, 1, {}),
+            (0.8, 0, {}),
+        )
+        if two_phase
+        else ((0.3, 1, {}), (0.6, 0, {}))
+    )
 
     def upgrade(progress: float) -> None:
-        """The rolling restarts from the released workers that docs/operations/upgrades.md
-        prescribes: from a release that cannot read all this version writes (no outbox
-        records), two, the new code writing the released format first (both versions share
-        the partitions, without watermark alignment), then the new format; from one that can,
-        one, alignment on throughout."""
-        steps: tuple[tuple[float, int, dict[str, object]], ...] = (
-            (
-                (0.2, 1, {"state_write_version": 1}),
-                (0.4, 0, {"state_write_version": 1}),
-                (0.6, 1, {}),
-                (0.8, 0, {}),
-            )
-            if released is not None and not reads_outbox(released)
-            else ((0.3, 1, {}), (0.6, 0, {}))
-        )
+        """The next of ``steps`` once the day's replay has reached it (called per event)."""
         for n, (at, index, settings) in enumerate(steps):
             if progress >= at and len(upgraded) == n:
                 topology.retire(index)
@@ -250,7 +252,7 @@ def run_day(
         if chaos:
             assert killed and topology.workers[1].poll() is None
         if released is not None:
-            two = ["1:1", "0:1"] if not reads_outbox(released) else []
+            two = ["1:1", "0:1"] if two_phase else []
             assert upgraded == [*two, "1:2", "0:2"]
             assert topology.retired == {0: 0, 1: 0}, "every worker stopped cleanly"
             # nothing either version could not read
