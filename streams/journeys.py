@@ -88,6 +88,7 @@ from sinks.metrics import (
 from streams.app import Readiness
 from streams.batching import BatchSender, TableWriter
 from streams.faust_internals import (
+    acknowledge,
     committed_offset,
     deliver_in_batches,
     faust_producer,
@@ -693,15 +694,16 @@ class JourneyRole:
         late = {p: step for p, step in steps.items() if step.saved_first}
         if late:
             await self._deliver(late)
-        consumer = self.app.consumer
         done: Tally[str] = Tally()
         unacked = self._unacked
+        tokens: list[Message] = []
         for step in steps.values():
             for token in step.done:
                 if token is not None:
-                    token.ack(consumer)
+                    tokens.append(token)
                     done[token.topic] += 1
                     unacked[token.partition].pop((token.topic, token.offset), None)
+        acknowledge(self.app.consumer, tokens)
         for topic, count in done.items():
             self._inputs_done[topic].inc(count)
 

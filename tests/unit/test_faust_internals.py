@@ -23,6 +23,7 @@ from faust.tables.base import Collection
 from faust.tables.recovery import Recovery
 from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
+from faust.types import ConsumerMessage, Message
 from mode import Worker
 
 # (Faust's function, what in journeywatch depends on it, sha256 of its dedented source [:16])
@@ -48,6 +49,14 @@ CHECKED: list[tuple[Callable[..., Any], str, str]] = [
         "streams/faust_internals.never_commit_over_unacknowledged wraps it",
         "2b4ceebd23deb7ee",
     ),
+    (Message.ack, "streams/faust_internals.acknowledge does as it does", "3c9ee05236d3fe1f"),
+    (Message.decref, "streams/faust_internals.acknowledge does as it does", "15b30eed4f4bb53c"),
+    (
+        ConsumerMessage.on_final_ack,
+        "streams/faust_internals.acknowledge does as it does",
+        "818bf19da0010b2e",
+    ),
+    (Consumer.ack, "streams/faust_internals.acknowledge does as it does", "5548cf0f75843f73"),
     (
         Recovery._build_highwaters,
         "streams/faust_internals.confirm_table_recovery_highwaters wraps it",

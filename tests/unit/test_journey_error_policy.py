@@ -8,6 +8,7 @@ import gc
 import itertools
 import weakref
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -31,10 +32,8 @@ class FakeMessage:
         self.offset = next(_offsets)
         self.generation_id = 1
         self.tp = (topic, 0)
-        self.acked = False
-
-    def ack(self, consumer: Any) -> None:
-        self.acked = True
+        self.acked = False  # (set by streams/faust_internals.acknowledge)
+        self.refcount = 0
 
 
 class FakeTable(dict[bytes, bytes]):
@@ -44,6 +43,13 @@ class FakeTable(dict[bytes, bytes]):
 class FakeConsumer:
     def __init__(self, role: JourneyRole) -> None:
         self.role = role
+        # what streams/faust_internals.acknowledge reads (no offsets kept: acks not enabled)
+        self.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: False))
+        self._committed_offset: dict[Any, int] = {}
+        self._acked_index: dict[Any, set[int]] = {}
+        self._acked: dict[Any, list[int]] = {}
+        self._unacked_messages: set[FakeMessage] = set()
+        self._waiting_for_ack = None
 
     def assignment(self) -> set[tuple[str, int]]:
         return {(self.role.by_person, 0), (self.role.handoff, 0)}
