@@ -636,10 +636,10 @@ def _not_met(alone: float) -> str:
         "(streams/faust_internals.py, streams/batching.py), and the journey engine is compiled; "
         "a profile of the worker "
         '(docs/streaming-topology.md, "Where a worker\'s time goes") gives the engine and the '
-        "identity hand-offs about a quarter of its time, and the rest to work the raw baseline "
-        "does not do: Faust's per-record bookkeeping (a message object per record, tracked, "
-        "counted by sensors and acknowledged one by one), decoding into the engine's "
-        "touchpoint, about two outputs and one state record per touchpoint to serialize and "
+        "identity hand-offs about two fifths of its time, and the rest to work the raw baseline "
+        "does not do: Faust's per-record bookkeeping (a message object per record, tracked "
+        "and counted by sensors), decoding into the engine's "
+        "touchpoint, about 2.6 outputs and one state record per touchpoint to serialize and "
         "produce."
     )
 
