@@ -60,7 +60,6 @@ def state(found: Any, delivered: list[ConsumerMessage]) -> tuple[Any, ...]:
 def test_acknowledge_does_what_faust_does_per_message(seed: int) -> None:
     async def run() -> None:
         faust_way, ours = consumer(), consumer()
-        ours._waiting_for_ack = asyncio.get_running_loop().create_future()
         pick = random.Random(seed)
         delivered = {id(faust_way): messages(seed), id(ours): messages(seed)}
         for found in (faust_way, ours):
@@ -75,9 +74,11 @@ def test_acknowledge_does_what_faust_does_per_message(seed: int) -> None:
         for message, take in zip(delivered[id(faust_way)], taken, strict=True):
             if take:
                 message.ack(faust_way)
+        # a commit waiting for acknowledgements (after the earlier ones woke the last waiter)
+        ours._waiting_for_ack = asyncio.get_running_loop().create_future()
         acknowledge(ours, [m for m, take in zip(delivered[id(ours)], taken, strict=True) if take])
         assert state(ours, delivered[id(ours)]) == state(faust_way, delivered[id(faust_way)])
         assert ours._n_acked > 0  # (the seeds acknowledge something)
-        assert ours._waiting_for_ack.done()  # a commit waiting for acknowledgements wakes
+        assert ours._waiting_for_ack.done()  # it wakes
 
     asyncio.run(run())
