@@ -771,12 +771,12 @@ def _steady_text() -> str:
         f"{default_rows}{standby_rows}\n"
         "CPU in use while the traffic was sent (cores; the machine has 2, shared by all): "
         f"{default_cpu}; {standby_cpu}. A standby replica reads every state change of the "
-        "other worker through Faust's per-message path; the cost shows as longer fetch cycles "
-        "and latency more than as CPU. After the traffic stops, a drop-off waits by design "
-        "for `JW_IDLE_AFTER_S` without input, then for the watermark (wall clock minus "
-        "`JW_ALLOWED_LATENESS_S`) and the next sweep (`JW_SWEEP_INTERVAL_S`, 0.25 s): "
-        "about 1.3 s with the defaults, plus the time to emit the burst of drop-offs that "
-        "fire together.\n\n"
+        "other worker through Faust's per-message path, in the fetch loop the agents share: it "
+        "costs CPU (the two runs above) and lengthens fetch cycles. After the traffic stops, "
+        "a drop-off waits by design for `JW_IDLE_AFTER_S` without input, then for the "
+        "watermark (wall clock minus `JW_ALLOWED_LATENESS_S`) and the next sweep "
+        "(`JW_SWEEP_INTERVAL_S`, 0.25 s): about 1.3 s with the defaults, plus the time to emit "
+        "the burst of drop-offs that fire together.\n\n"
     )
 
 
