@@ -364,7 +364,8 @@ class JourneyState:
         self.channels = channels
         self.contacts = contacts  # assisted-channel sessions (first-contact resolution)
         self.negatives = negatives
-        self.channel = channel  # channel of its latest progress (labels a drop-off)
+        # channel of its latest progress (labels a drop-off); one string per channel name
+        self.channel = intern(channel)
         # The drop-off reported for it (0: none), with its stage (name) and channel as
         # reported: a conversion retracts exactly that drop-off (same at, stage, channel),
         # however far the journey moved after resuming, and whatever the file now calls the
@@ -372,7 +373,7 @@ class JourneyState:
         # stands in).
         self.dropoff_at = dropoff_at
         self.dropoff_stage = dropoff_stage
-        self.dropoff_channel = dropoff_channel
+        self.dropoff_channel = intern(dropoff_channel)
         # its segment (pipeline/segment_rules.py), decided by the touchpoint that started it,
         # never changed; "" in none. Saved as a 17th item only when set.
         self.segment = segment
@@ -542,7 +543,9 @@ class PersonState:
         "last_activity",
         "recent",
         "retired",
-        "session_at",
+        "session_channel",
+        "session_end",
+        "session_ends",
         "session_hint",
     )
 
@@ -553,12 +556,15 @@ class PersonState:
         # dormant journeys: saved back under that version); 0 otherwise
         self.catalog_version = 0
         # per channel: when the session's activity ends so far (the latest end of its
-        # touchpoints: occurred_at + duration_ms) and its name (call id, visit id), once a
-        # touchpoint gave one. (States saved before held the latest touchpoint's start here:
-        # read as its end, the same thing for a touchpoint without a duration.) Names only
-        # where there is one, and no dict until there is (most persons' sessions have none:
-        # a dict with an entry is 184 bytes, a tenth of what a person takes in memory).
-        self.session_at: dict[str, int] = {}
+        # touchpoints: occurred_at + duration_ms; ``session_at``) and its name (call id, visit
+        # id), once a touchpoint gave one. (States saved before held the latest touchpoint's
+        # start here: read as its end, the same thing for a touchpoint without a duration.)
+        # The first channel's in fields of their own, the others' in a dict once there are
+        # any, names only where there is one: most persons use one channel and name no
+        # session, and a dict with an entry is 184 bytes, a tenth of a person in memory.
+        self.session_channel: str | None = None
+        self.session_end = 0
+        self.session_ends: dict[str, int] | None = None  # the other channels', in order
         self.session_hint: dict[str, str] | None = None
         # markers of the last RECENT_IDS event ids applied, packed; serialized as ints
         self.recent = b""
@@ -573,6 +579,37 @@ class PersonState:
         self.last_activity = 0
         self.churn_flagged = False
         self.churn_due = 0  # churn deadline queued (not persisted; re-derived)
+
+    @property
+    def session_at(self) -> dict[str, int]:
+        """Per channel, when its session's activity ends so far, in the order they began."""
+        found: dict[str, int] = {}
+        if self.session_channel is not None:
+            found[self.session_channel] = self.session_end
+        if self.session_ends:
+            found.update(self.session_ends)
+        return found
+
+    def session_end_of(self, channel: str) -> int | None:
+        """When the channel's session's activity ends so far; None before its first."""
+        if channel == self.session_channel:
+            return self.session_end
+        ends = self.session_ends
+        return None if ends is None else ends.get(channel)
+
+    def end_session_at(self, channel: str, end: int) -> None:
+        """The channel's session's activity ends at ``end`` so far."""
+        first = self.session_channel
+        if first is None or channel == first:
+            if first is None:
+                self.session_channel = intern(channel)
+            self.session_end = end
+            return
+        ends = self.session_ends
+        if ends is None:
+            self.session_ends = {intern(channel): end}
+        else:
+            ends[channel] = end
 
     def name_session(self, channel: str, hint: str | None) -> None:
         """The channel's current session is named ``hint`` (None: it has no name)."""
@@ -640,7 +677,7 @@ class PersonState:
                     state.retired = []
                 state.retired.append(journey)
         for channel, (at, hint) in data[1].items():
-            state.session_at[channel] = at
+            state.end_session_at(channel, at)
             state.name_session(channel, hint)
         state.recent = _recent_bytes(data[2])
         if data[3]:
@@ -1257,10 +1294,9 @@ class JourneyEngine:
             spent = wait
         end = at + spent
         hint = touch.session_hint or None
-        sessions = person.session_at
-        last_end = sessions.get(channel)
+        last_end = person.session_end_of(channel)
         if last_end is None:
-            sessions[channel] = end
+            person.end_session_at(channel, end)
             person.name_session(channel, hint)
             return True
         hints = person.session_hint
@@ -1274,11 +1310,11 @@ class JourneyEngine:
             # applied in event-time order unless late) of an earlier session leaves the
             # current session as it is.
             if at >= person.last_activity:
-                sessions[channel] = end
+                person.end_session_at(channel, end)
                 person.name_session(channel, hint)
         else:
             if end > last_end:
-                sessions[channel] = end
+                person.end_session_at(channel, end)
             if current is None and hint is not None:
                 person.name_session(channel, hint)
         return new
@@ -1397,8 +1433,8 @@ class JourneyEngine:
                 journey.stage = stage_index
                 self._count_active(journey, 1)
                 self._journey_out("stage_reached", person_id, journey, touch, out)
-            if touch.at >= journey.active_at:
-                journey.channel = touch.channel
+            if touch.at >= journey.active_at and journey.channel != touch.channel:
+                journey.channel = intern(touch.channel)  # (one string per channel name)
             journey.active_at = max(journey.active_at, touch.at)
             journey.channels |= CHANNEL_BIT.get(touch.channel, 0)
             # once per contact: at its first touchpoint, or at the first of its touchpoints that
