@@ -17,10 +17,7 @@ Faust's own on a real consumer by tests/unit/test_acknowledge.py.
   acknowledgement per record): about 5,000-7,000 records/s for an agent that only decodes,
   against over 100k/s for aiokafka (../shared/PLATFORM.md; upstream "Message consumption is
   slow", https://github.com/robinhood/faust/issues/563, open). The journey and ingest agents
-  take whole fetches. Unlike ``getmany``, the copy seeks a partition back (``Consumer.seek``,
-  called) to the records of a fetch it did not deliver (a partition paused since the fetch, a
-  rebalance beginning during it): Faust drops them with the consumer's position past them
-  (upstream https://github.com/faust-streaming/faust/issues/88 mended the full-buffer case).
+  take whole fetches.
 * ``never_commit_over_unacknowledged``: ``Consumer._new_offset`` (replaced), ``track_message``,
   ``perform_seek`` (wrapped). Faust commits over a message that is not acknowledged yet when it
   sits right at the committed offset, or before the first commit: the journey agent holds
@@ -204,21 +201,11 @@ async def _drain_in_batches(
 
 async def _fetched(
     self: Any, timeout: float
-) -> AsyncIterator[tuple[TP, Message]]:  # tests/unit/test_fetched.py
+) -> AsyncIterator[tuple[TP, Message]]:  # pragma: no cover - runs inside the worker
     """Faust's ``Consumer.getmany`` for a whole fetch at a time: the same messages, with each
     partition's high watermark read once per fetch rather than once per record (each read
     crosses into the consumer thread's client), partition by partition rather than round-robin
-    (the handlers take the whole fetch anyway).
-
-    Unlike Faust's, a record fetched and not delivered is fetched again: Faust drops the rest of
-    a fetch when the flow stops or the generation changes while it is delivered, and the records
-    of a partition paused meanwhile (upstream https://github.com/faust-streaming/faust/issues/88
-    mended this for a full stream buffer only), and seeks back to the committed offsets only
-    when the flow has stopped, which aiokafka does not do for a partition without a committed
-    offset (``seek_to_committed``: ``if offset and offset > 0``). The consumer's position had
-    moved past those records, so a partition that stayed assigned, or one never committed,
-    skipped them. Here each partition with records left out is sought back to the first of
-    them (``_seek_back``)."""
+    (the handlers take the whole fetch anyway)."""
     records, active_partitions = await self._wait_next_records(timeout)
     if records is None or self.should_stop:
         return
@@ -228,59 +215,19 @@ async def _fetched(
             await self.perform_seek()
         except Exception as exc:  # as Faust: logged, the fetch loop goes on
             self.log.warning(f"exception performing seek when flow not active {exc}")
-        # what perform_seek left where it was: the partitions without a committed offset
-        committed = self._committed_offset
-        await _seek_back(
-            self, {tp: rs[0].offset for tp, rs in records.items() if rs and not committed.get(tp)}
-        )
         return
     app = self.app
     generation_id = app.consumer_generation_id
     to_message = self._to_message
     track_end_offset = app.monitor.track_tp_end_offset
     buffered = self._buffered_partitions
-    left: dict[TP, int] = {}  # partition → the first of its records not delivered
-    fetched = list(records.items())
-    for index, (tp, tp_records) in enumerate(fetched):
-        if not tp_records:
-            continue
-        if not (active_partitions is None or tp in active_partitions or tp in buffered):
-            left[tp] = tp_records[0].offset  # paused since the fetch
-            continue
-        track_end_offset(tp, self.highwater(tp))
-        for record in tp_records:
-            if not self.flow_active or app.consumer_generation_id != generation_id:
-                # a rebalance began: this record and the rest of the fetch are not delivered
-                left[tp] = record.offset
-                left.update({later: rs[0].offset for later, rs in fetched[index + 1 :] if rs})
-                await _seek_back(self, left)
-                return
-            yield tp, to_message(tp, record)
-    await _seek_back(self, left)
-
-
-async def _seek_back(consumer: Any, offsets: dict[TP, int]) -> None:
-    """Seek each partition to its offset, if it is still assigned (one that moved to another
-    worker is read from its committed offset by its new owner)."""
-    if not offsets:
-        return
-    assigned = consumer.assignment()
-    for tp, offset in offsets.items():
-        if tp not in assigned:
-            continue
-        try:
-            await consumer.seek(tp, offset)
-        except Exception as exc:  # (revoked meanwhile: the next owner reads it again)
-            log.warning(
-                "could not seek back to records fetched and not delivered",
-                extra={"topic": tp.topic, "partition": tp.partition, "offset": offset},
-                exc_info=exc,
-            )
-        else:
-            log.info(
-                "records fetched and not delivered are fetched again",
-                extra={"topic": tp.topic, "partition": tp.partition, "offset": offset},
-            )
+    for tp, tp_records in records.items():
+        if active_partitions is None or tp in active_partitions or tp in buffered:
+            track_end_offset(tp, self.highwater(tp))
+            for record in tp_records:
+                if not self.flow_active or app.consumer_generation_id != generation_id:
+                    return  # a rebalance began: the partitions' owners fetch the rest again
+                yield tp, to_message(tp, record)
 
 
 # --- acknowledging -------------------------------------------------------------------------------

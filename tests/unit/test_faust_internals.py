@@ -34,7 +34,6 @@ CHECKED: list[tuple[Callable[..., Any], str, str]] = [
         "8f35dd7a11144daa",
     ),
     (Consumer.getmany, "streams/faust_internals._fetched copies it", "e486c434b7928ee8"),
-    (Consumer.seek, "streams/faust_internals._seek_back calls it", "7c61d5bd222aef82"),
     (
         Consumer._new_offset,
         "streams/faust_internals.never_commit_over_unacknowledged replaces it",
