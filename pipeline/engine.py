@@ -608,8 +608,10 @@ class PersonState:
         ends = self.session_ends
         if ends is None:
             self.session_ends = {intern(channel): end}
-        else:
+        elif channel in ends:
             ends[channel] = end
+        else:
+            ends[intern(channel)] = end
 
     def name_session(self, channel: str, hint: str | None) -> None:
         """The channel's current session is named ``hint`` (None: it has no name)."""
@@ -843,7 +845,10 @@ class JourneyEngine:
             keys = [kind + ":" + value for kind, value in touch.identifiers]
             if at < watermark:
                 self.counters.late_events += 1
+                # (applied now: the deadlines it queues take sequence numbers too)
+                self._seq = seq
                 self._apply(touch, keys, out)
+                seq = self._seq
                 continue
             seq += 1
             self._queue((at, touch.event_id, seq, touch, keys))

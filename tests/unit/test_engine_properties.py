@@ -180,3 +180,63 @@ def test_the_active_journey_count_follows_hand_offs_erasures_and_restores(
     engine.flush()
     engine.advance(2**62)
     assert kept_active(engine) == walk_active(engine)
+
+
+def test_a_late_touch_in_a_batch_does_not_rewind_the_deadline_sequence() -> None:
+    """A late touch of a batch is applied at once, and queues deadlines: the batch's own
+    sequence numbers follow them (they were rewound, two deadlines shared a queue key, and
+    firing the second raised KeyError)."""
+    engine = JourneyEngine(CATALOG)
+    engine.submit(
+        Touch("1", T0 + 10 * M, "web", "home.view", "view", identifiers=(("customer_id", "a"),))
+    )
+    engine.advance(T0 + 10 * M)
+    for event_id, customer in (("2", "b"), ("3", "c")):  # late: applied at once
+        touch = Touch(
+            event_id,
+            T0 + 5 * M,
+            "web",
+            "home.view",
+            "view",
+            identifiers=(("customer_id", customer),),
+        )
+        engine.submit_batch([touch])
+    keys = engine._deadlines + list(engine._lane_keys)
+    assert len(set(keys)) == len(keys)
+    assert {o.name for o in engine.advance(2**62) if o.type == "journey"} >= {"dropped_off"}
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**9), size=st.integers(1, 20), jumps=st.integers(0, 10**9))
+def test_batches_with_late_touches_give_what_touch_by_touch_gives(
+    seed: int, size: int, jumps: int
+) -> None:
+    """The watermark moved on between batches (``advance``), so that some touches are late:
+    batched or one at a time, the same outputs and the same state."""
+    touches = [t for _, t in generate(seed)]
+    rng = random.Random(jumps)
+    moves = {
+        start: touches[min(len(touches) - 1, start + rng.randrange(2 * size + 1))].at
+        for start in range(0, len(touches), size)
+        if rng.random() < 0.5
+    }
+    batched = JourneyEngine(CATALOG, allowed_lateness_ms=LATENESS)
+    single = JourneyEngine(CATALOG, allowed_lateness_ms=LATENESS)
+    out: list[Output] = []
+    expected: list[Output] = []
+    for start in range(0, len(touches), size):
+        batch = touches[start : start + size]
+        out += batched.submit_batch(batch)
+        for touch in batch:
+            expected += single.submit(touch)
+        if start in moves:
+            out += batched.advance(moves[start])
+            expected += single.advance(moves[start])
+    for engine, found in ((batched, out), (single, expected)):
+        found += engine.flush() + engine.advance(2**62)
+        assert kept_active(engine) == walk_active(engine)
+    assert canonical(out) == canonical(expected)
+    names = batched.state_names
+    assert {p: s.to_bytes(names) for p, s in batched.persons.items()} == {
+        p: s.to_bytes(names) for p, s in single.persons.items()
+    }
